@@ -1,0 +1,81 @@
+"""Final-answer extraction from model text: \\boxed{...}, 'Final Answer:', 'the answer is', last number."""
+
+from __future__ import annotations
+
+import re
+
+_BOX_CMDS = ("\\boxed", "\\fbox")
+_FINAL = re.compile(r"final\s+answer\s*(?:is)?\s*[:：]?\s*(.+)", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\s*[:：]?\s*(.+)", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?")
+_TAIL_CHARS = 4000  # the answer lives at the end; scanning 1 MB traces in full is wasted work
+
+METHODS = ("boxed", "final_answer", "answer_is", "last_number")
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox``), braces balanced; ``\\boxed 5`` too."""
+    best = None
+    for cmd in _BOX_CMDS:
+        at = text.rfind(cmd)
+        while at >= 0:
+            content = _braced_after(text, at + len(cmd))
+            if content is not None:
+                if best is None or at > best[0]:
+                    best = (at, content)
+                break
+            at = text.rfind(cmd, 0, at)
+    return best[1].strip() if best else None
+
+
+def _braced_after(text: str, i: int) -> str | None:
+    n = len(text)
+    if i < n and text[i] == " ":  # \boxed 5
+        m = re.match(r" +([^\s$]+)", text[i:])
+        return m.group(1) if m else None
+    if i >= n or text[i] != "{":
+        return None
+    depth, start = 0, i + 1
+    for j in range(i, n):
+        c = text[j]
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:j]
+    return None  # unbalanced: truncated text
+
+
+def _clean_line(s: str) -> str | None:
+    s = s.strip().splitlines()[0].strip() if s.strip() else ""
+    boxed = extract_boxed(s)
+    if boxed is not None:
+        return boxed
+    s = s.strip().strip("*").strip()
+    s = re.sub(r"^\$+|\$+$", "", s).strip()
+    s = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", s).strip()
+    s = s.rstrip(".").strip()
+    return s or None
+
+
+def extract_answer(text: str, methods: tuple[str, ...] | list[str] = METHODS) -> tuple[str | None, str | None]:
+    """The final answer in ``text`` and the method that found it, trying ``methods`` in order."""
+    tail = text[-_TAIL_CHARS:]
+    for method in methods:
+        if method == "boxed":
+            found = extract_boxed(tail) or (extract_boxed(text) if len(text) > _TAIL_CHARS else None)
+        elif method == "final_answer":
+            m = list(_FINAL.finditer(tail))
+            found = _clean_line(m[-1].group(1)) if m else None
+        elif method == "answer_is":
+            m = list(_ANSWER_IS.finditer(tail))
+            found = _clean_line(m[-1].group(1)) if m else None
+        elif method == "last_number":
+            m = _NUMBER.findall(tail)
+            found = m[-1].replace(",", "").replace(" ", "") if m else None
+        else:
+            raise ValueError(f"unknown extraction method {method!r}; use {', '.join(METHODS)}")
+        if found:
+            return found, method
+    return None, None

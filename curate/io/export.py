@@ -1,0 +1,112 @@
+"""Exporters: a dataset folder to SFT chat `messages`, or back to the Sky-T1 layout."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.errors import InputError
+from curate.io.markers import join_response
+
+# Our own wording of what the Sky-T1 system prompt asks for; pass `system_prompt=` for the exact one.
+DEFAULT_SKY_T1_SYSTEM = (
+    "You are an assistant that reasons carefully before answering. Think through the problem step by "
+    "step inside <|begin_of_thought|> and <|end_of_thought|>, separating steps with blank lines and "
+    "revisiting earlier steps when needed. Then give the final, self-contained solution inside "
+    "<|begin_of_solution|> and <|end_of_solution|>."
+)
+
+
+def _dataset_files(dataset: str | os.PathLike, config: str | None) -> list[Path]:
+    root = Path(dataset)
+    manifest = root / "manifest.json"
+    if manifest.exists():
+        files = [root / f for f in json.loads(manifest.read_text())["output"]["files"]]
+        if config:
+            files = [f for f in files if f.parent.name == config]
+    else:
+        folder = root / "data" / config if config else root / "data"
+        files = sorted(folder.glob("*.parquet")) if folder.exists() else []
+    if not files:
+        raise InputError(f"{root}: no dataset shards found (expected data/*.parquet or a manifest.json)")
+    return files
+
+
+def _rows(files: list[Path]) -> Iterator[dict[str, Any]]:
+    for f in files:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=512,
+                                                    columns=["id", "problem", "thinking", "solution"]):
+            yield from batch.to_pylist()
+
+
+def export(
+    dataset: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    to: Literal["messages", "sky-t1"] = "messages",
+    style: Literal["think", "sky-t1", "none"] | None = None,
+    system_prompt: str | None = None,
+    config: str | None = None,
+) -> int:
+    """Write a dataset folder's traces as chat rows to ``out`` (.jsonl or .parquet); returns rows.
+
+    ``to="messages"``: ``{"id", "messages": [system?, user, assistant]}`` with the thinking wrapped
+    in ``<think>`` tags (``style="think"``, default) or Sky-T1 markers. ``to="sky-t1"``:
+    ``{"system", "conversations": [{"from": "user"}, {"from": "assistant"}]}`` with Sky-T1 markers.
+    """
+    if to not in ("messages", "sky-t1"):
+        raise ValueError(f"to must be 'messages' or 'sky-t1', not {to!r}")
+    style = style or ("think" if to == "messages" else "sky-t1")
+    out = Path(out)
+    if out.suffix not in (".jsonl", ".parquet"):
+        raise ValueError(f"{out}: export writes .jsonl or .parquet")
+    files = _dataset_files(dataset, config)
+
+    def convert(row: dict[str, Any]) -> dict[str, Any]:
+        response = join_response(row["thinking"] or "", row["solution"] or "", style)
+        if to == "messages":
+            msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
+            msgs += [{"role": "user", "content": row["problem"]}, {"role": "assistant", "content": response}]
+            return {"id": row["id"], "messages": msgs}
+        return {"id": row["id"], "system": system_prompt or DEFAULT_SKY_T1_SYSTEM,
+                "conversations": [{"from": "user", "value": row["problem"]},
+                                  {"from": "assistant", "value": response}]}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    n = 0
+    if out.suffix == ".jsonl":
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in _rows(files):
+                f.write(json.dumps(convert(row), ensure_ascii=False) + "\n")
+                n += 1
+    else:
+        writer = None
+        chunk: list[dict[str, Any]] = []
+        for row in _rows(files):
+            chunk.append(convert(row))
+            if len(chunk) == 512:
+                writer = _write_chunk(writer, tmp, chunk)
+                n += len(chunk)
+                chunk = []
+        if chunk or writer is None:
+            writer = _write_chunk(writer, tmp, chunk)
+            n += len(chunk)
+        writer.close()
+    os.replace(tmp, out)
+    return n
+
+
+def _write_chunk(writer: pq.ParquetWriter | None, path: Path, chunk: list[dict[str, Any]]) -> pq.ParquetWriter:
+    table = pa.Table.from_pylist(chunk) if chunk else pa.table({"id": pa.array([], pa.string())})
+    if writer is None:
+        writer = pq.ParquetWriter(path, table.schema, compression="zstd")
+    if chunk:
+        writer.write_table(table.cast(writer.schema))
+    return writer

@@ -1,0 +1,406 @@
+"""Format adapters: map the record layouts real trace datasets use onto trace schema v1.
+
+An adapter turns one input record (a dict) into one or more *draft* traces: dicts with
+``problem``, either ``response`` (split into thinking/solution by the markers) or
+``thinking``/``solution``, and optionally ``reference_answer``, ``source_id``, ``domain``,
+``teacher``, ``test_cases``, ``test_fn_name``, ``finish_reason``. Every record field the adapter
+does not map verbatim goes to ``extra``, so nothing in the input is lost.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from curate.errors import RowError
+
+Draft = dict[str, Any]
+
+PROBLEM_KEYS = ("problem", "question", "prompt", "instruction", "input", "query")
+RESPONSE_KEYS = ("response", "output", "completion", "generation", "model_output", "content")
+ID_KEYS = ("id", "uuid", "idx", "problem_id", "unique_id", "task_id")
+REFERENCE_KEYS = ("reference_answer", "gt", "answer", "final_answer", "ground_truth")
+
+
+def _str(rec: dict, key: str, *, required: bool = True) -> str | None:
+    """A string field, with a RowError naming it when it is missing or of the wrong type."""
+    if key not in rec or rec[key] is None:
+        if required:
+            raise RowError(key, "missing")
+        return None
+    value = rec[key]
+    if not isinstance(value, str):
+        raise RowError(key, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _first_key(rec: dict, keys: tuple[str, ...]) -> str | None:
+    return next((k for k in keys if k in rec and rec[k] is not None), None)
+
+
+def _id_of(rec: dict) -> str | None:
+    key = _first_key(rec, ID_KEYS)
+    return None if key is None else str(rec[key])
+
+
+def _answer_text(value: Any) -> str | None:
+    """Reference answers come as strings, numbers or one-element lists (OlympiadBench, AIME 25)."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) if value else None
+    return str(value)
+
+
+def _rest(rec: dict, used: set[str]) -> dict:
+    return {k: v for k, v in rec.items() if k not in used}
+
+
+def parse_input_output(value: Any) -> tuple[list[dict[str, str]], str | None]:
+    """APPS/TACO ``input_output`` (JSON string or dict with inputs, outputs, optional fn_name).
+
+    Call-based tests (a ``fn_name``) keep each input/output JSON-encoded; stdin tests keep text.
+    """
+    if isinstance(value, str):
+        if not value.strip():
+            return [], None
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise RowError("input_output", f"not valid JSON ({e.msg} at char {e.pos})") from None
+    if not isinstance(value, dict):
+        raise RowError("input_output", f"expected an object, got {type(value).__name__}")
+    inputs, outputs = value.get("inputs") or [], value.get("outputs") or []
+    if len(inputs) != len(outputs):
+        raise RowError("input_output", f"{len(inputs)} inputs but {len(outputs)} outputs")
+    fn_name = value.get("fn_name")
+
+    def enc(v: Any) -> str:
+        return v if isinstance(v, str) and not fn_name else json.dumps(v, ensure_ascii=False)
+
+    return [{"input": enc(i), "output": enc(o)} for i, o in zip(inputs, outputs, strict=False)], fn_name
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    description: str
+    detect: Callable[[dict], bool]
+    convert: Callable[[dict], list[Draft]]
+    default_domain: str | None = None
+
+
+# --- curate's own layout ---------------------------------------------------------------------
+
+
+def _detect_curate(rec: dict) -> bool:
+    return "problem" in rec and ("thinking" in rec or "solution" in rec) and "generations" not in rec
+
+
+def _convert_curate(rec: dict) -> list[Draft]:
+    from curate.schema import CORE_COLUMNS
+
+    draft: Draft = {"problem": _str(rec, "problem")}
+    draft["thinking"] = _str(rec, "thinking", required=False) or ""
+    draft["solution"] = _str(rec, "solution", required=False) or ""
+    for key in ("answer", "reference_answer", "domain", "source", "teacher", "test_fn_name",
+                "finish_reason"):
+        if rec.get(key) is not None:
+            draft[key] = _str(rec, key)
+    if rec.get("thinking_closed") is not None:
+        draft["thinking_closed"] = bool(rec["thinking_closed"])
+    if rec.get("test_cases") is not None:
+        draft["test_cases"] = rec["test_cases"]
+    draft["source_id"] = str(rec["source_id"]) if rec.get("source_id") is not None else _id_of(rec)
+    extra = rec.get("extra")
+    extra = json.loads(extra) if isinstance(extra, str) and extra else (extra or {})
+    extra.update(_rest(rec, set(CORE_COLUMNS)))
+    draft["extra"] = extra
+    return [draft]
+
+
+# --- Sky-T1 / OpenThoughts: system + conversations ---------------------------------------------
+
+
+def _detect_sky(rec: dict) -> bool:
+    return isinstance(rec.get("conversations"), list)
+
+
+def _convert_sky(rec: dict) -> list[Draft]:
+    convs = rec["conversations"]
+    user = next((c for c in convs if isinstance(c, dict) and c.get("from") in ("user", "human")), None)
+    asst = next(
+        (c for c in reversed(convs) if isinstance(c, dict) and c.get("from") in ("assistant", "gpt")),
+        None,
+    )
+    if user is None:
+        raise RowError("conversations", "no turn from 'user' or 'human'")
+    if asst is None:
+        raise RowError("conversations", "no turn from 'assistant' or 'gpt'")
+    problem = _str(user, "value")
+    response = _str(asst, "value")
+    extra = _rest(rec, {"conversations"})
+    if len(convs) != 2:
+        extra["conversations"] = convs  # multi-turn: keep the whole exchange
+    return [{"problem": problem, "response": response, "source_id": _id_of(rec), "extra": extra}]
+
+
+# --- generic chat messages ----------------------------------------------------------------------
+
+
+def _detect_messages(rec: dict) -> bool:
+    return isinstance(rec.get("messages"), list)
+
+
+def _convert_messages(rec: dict) -> list[Draft]:
+    msgs = [m for m in rec["messages"] if isinstance(m, dict)]
+    last = max((i for i, m in enumerate(msgs) if m.get("role") == "assistant"), default=None)
+    if last is None:
+        raise RowError("messages", "no message with role 'assistant'")
+    user = next((m for m in reversed(msgs[:last]) if m.get("role") == "user"), None)
+    if user is None:
+        raise RowError("messages", "no 'user' message before the last 'assistant' message")
+    asst = msgs[last]
+    draft: Draft = {"problem": _str(user, "content"), "source_id": _id_of(rec)}
+    reasoning = asst.get("reasoning_content") or asst.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        draft.update(thinking=reasoning, solution=_str(asst, "content"), thinking_closed=True)
+    else:
+        draft["response"] = _str(asst, "content")
+    extra = _rest(rec, {"messages"})
+    system = [m.get("content") for m in msgs if m.get("role") == "system"]
+    if system:
+        extra["system"] = system[0]
+    if len(msgs) - len(system) != 2:
+        extra["messages"] = rec["messages"]
+    draft["extra"] = extra
+    return [draft]
+
+
+# --- Qwen2.5-Math / SkyThought evaluation harness output ---------------------------------------
+
+
+def _detect_harness(rec: dict) -> bool:
+    return "question" in rec and isinstance(rec.get("code"), list) and ("gt" in rec or "pred" in rec)
+
+
+def _convert_harness(rec: dict) -> list[Draft]:
+    """One trace per sampled response; per-response lists (pred, score...) are sliced along."""
+    problem = _str(rec, "question")
+    responses = rec["code"]
+    n = len(responses)
+    per_response = {k for k, v in rec.items() if isinstance(v, list) and len(v) == n and k != "code"}
+    base_id = _id_of(rec)
+    drafts = []
+    for k, response in enumerate(responses):
+        if not isinstance(response, str):
+            raise RowError(f"code[{k}]", f"expected a string, got {type(response).__name__}")
+        extra = _rest(rec, {"question", "code", "gt", *per_response})
+        extra.update({key: rec[key][k] for key in per_response})
+        extra["response_index"] = k
+        drafts.append({
+            "problem": problem,
+            "response": response,
+            "reference_answer": _answer_text(rec.get("gt")),
+            "source_id": f"{base_id}:{k}" if base_id is not None else None,
+            "extra": extra,
+        })
+    return drafts
+
+
+# --- OpenR1-Math: problem / solution / answer / generations -----------------------------------
+
+
+def _detect_openr1(rec: dict) -> bool:
+    return "problem" in rec and isinstance(rec.get("generations"), list)
+
+
+def _convert_openr1(rec: dict) -> list[Draft]:
+    problem = _str(rec, "problem")
+    gens = rec["generations"]
+    n = len(gens)
+    per_gen = {k for k, v in rec.items() if isinstance(v, list) and len(v) == n and k != "generations"}
+    drafts = []
+    for k, gen in enumerate(gens):
+        if not isinstance(gen, str):
+            raise RowError(f"generations[{k}]", f"expected a string, got {type(gen).__name__}")
+        extra = _rest(rec, {"problem", "generations", "answer", *per_gen})
+        extra.update({key: rec[key][k] for key in per_gen})
+        extra["generation_index"] = k
+        finish = rec["finish_reasons"][k] if "finish_reasons" in per_gen else None
+        domain = {"math": "math", "code": "code"}.get(str(rec.get("problem_type", "math")).lower())
+        base_id = _id_of(rec)
+        drafts.append({
+            "problem": problem,
+            "response": gen,
+            "reference_answer": _answer_text(rec.get("answer")),
+            "finish_reason": finish if finish in ("stop", "length") else None,
+            "domain": domain,
+            "source_id": f"{base_id}:{k}" if base_id is not None else None,
+            "extra": extra,
+        })
+    return drafts
+
+
+# --- s1K: question / thinking_trajectories / attempt -------------------------------------------
+
+_S1_DOMAINS = {"math": "math", "science": "science", "crossword": "puzzle"}
+
+
+def _detect_s1k(rec: dict) -> bool:
+    return "thinking_trajectories" in rec and "attempt" in rec
+
+
+def _convert_s1k(rec: dict) -> list[Draft]:
+    traj = rec["thinking_trajectories"]
+    if isinstance(traj, str):
+        traj = [traj]
+    if not isinstance(traj, list) or not all(isinstance(t, str) for t in traj):
+        raise RowError("thinking_trajectories", "expected a list of strings")
+    extra = _rest(rec, {"question", "thinking_trajectories", "attempt"})
+    return [{
+        "problem": _str(rec, "question"),
+        "thinking": "\n\n".join(traj).strip(),
+        "solution": (_str(rec, "attempt") or "").strip(),
+        "thinking_closed": True,
+        "reference_answer": _answer_text(rec.get("solution")),
+        "domain": _S1_DOMAINS.get(str(rec.get("cot_type", "")).lower()),
+        "source_id": _id_of(rec),
+        "extra": extra,
+    }]
+
+
+# --- APPS / TACO code rows ---------------------------------------------------------------------
+
+
+def _detect_apps(rec: dict) -> bool:
+    return "input_output" in rec and ("solutions" in rec or "solution" in rec)
+
+
+def _convert_apps(rec: dict) -> list[Draft]:
+    """One trace per reference program (fenced, so code verification finds it)."""
+    problem = _str(rec, "question") if "question" in rec else _str(rec, "problem")
+    tests, fn_name = parse_input_output(rec.get("input_output"))
+    if "solutions" in rec:
+        sols = rec["solutions"]
+        if isinstance(sols, str):
+            try:
+                sols = json.loads(sols) if sols.strip() else []
+            except json.JSONDecodeError as e:
+                raise RowError("solutions", f"not valid JSON ({e.msg})") from None
+        programs = sols
+        used = {"question", "problem", "input_output", "solutions"}
+    else:
+        programs, used = [_str(rec, "solution")], {"question", "problem", "input_output", "solution"}
+    if not programs:
+        raise RowError("solutions", "empty: no program to make a trace from")
+    base_id = _id_of(rec)
+    drafts = []
+    for k, prog in enumerate(programs):
+        if not isinstance(prog, str):
+            raise RowError(f"solutions[{k}]", f"expected a string, got {type(prog).__name__}")
+        text = prog if "```" in prog else f"```python\n{prog.strip()}\n```"
+        extra = _rest(rec, used)
+        extra["solution_index"] = k
+        drafts.append({
+            "problem": problem,
+            "thinking": "",
+            "solution": text,
+            "test_cases": tests,
+            "test_fn_name": fn_name,
+            "domain": "code",
+            "source_id": f"{base_id}:{k}" if base_id is not None and len(programs) > 1 else base_id,
+            "extra": extra,
+        })
+    return drafts
+
+
+# --- raw R1 responses with <think> -------------------------------------------------------------
+
+
+def _detect_r1(rec: dict) -> bool:
+    key = _first_key(rec, RESPONSE_KEYS)
+    text = rec.get(key) if key else None
+    return _first_key(rec, PROBLEM_KEYS) is not None and isinstance(text, str) and "</think>" in text
+
+
+def _convert_r1(rec: dict) -> list[Draft]:
+    pkey, rkey = _first_key(rec, PROBLEM_KEYS), _first_key(rec, RESPONSE_KEYS)
+    if pkey is None:
+        raise RowError("problem", "missing (looked for " + ", ".join(PROBLEM_KEYS) + ")")
+    if rkey is None:
+        raise RowError("response", "missing (looked for " + ", ".join(RESPONSE_KEYS) + ")")
+    ref_key = _first_key(rec, REFERENCE_KEYS)
+    used = {pkey, rkey} | ({ref_key} if ref_key else set())
+    return [{
+        "problem": _str(rec, pkey),
+        "response": _str(rec, rkey),
+        "reference_answer": _answer_text(rec.get(ref_key)) if ref_key else None,
+        "teacher": rec.get("model") if isinstance(rec.get("model"), str) else None,
+        "finish_reason": rec.get("finish_reason") if rec.get("finish_reason") in ("stop", "length") else None,
+        "source_id": _id_of(rec),
+        "extra": _rest(rec, used),
+    }]
+
+
+# --- LIMO: question / solution / answer --------------------------------------------------------
+
+
+def _detect_limo(rec: dict) -> bool:
+    return "question" in rec and "solution" in rec and "answer" in rec and "code" not in rec
+
+
+def _convert_limo(rec: dict) -> list[Draft]:
+    """LIMO's ``solution`` *is* the long reasoning; markers, if any, split it as usual."""
+    text = _str(rec, "solution")
+    draft: Draft = {
+        "problem": _str(rec, "question"),
+        "reference_answer": _answer_text(rec.get("answer")),
+        "source_id": _id_of(rec),
+        "extra": _rest(rec, {"question", "solution", "answer"}),
+    }
+    if "</think>" in text or "<|end_of_thought|>" in text:
+        draft["response"] = text
+    else:
+        draft.update(thinking=text.strip(), solution="")
+    return [draft]
+
+
+# Order matters for auto-detection: the most specific layouts come first.
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format("sky-t1", "Sky-T1 / OpenThoughts: `system` + `conversations` with thought/solution markers",
+               _detect_sky, _convert_sky),
+        Format("messages", "Generic chat `messages` (role/content; `reasoning_content` honoured)",
+               _detect_messages, _convert_messages),
+        Format("harness", "Qwen2.5-Math / SkyThought eval output: question, gt, `code` = list of responses, pred, score",
+               _detect_harness, _convert_harness, "math"),
+        Format("openr1", "OpenR1-Math: problem, solution, answer, `generations` (one trace each)",
+               _detect_openr1, _convert_openr1, "math"),
+        Format("s1k", "s1K: question, thinking_trajectories, attempt", _detect_s1k, _convert_s1k),
+        Format("apps", "APPS / TACO code rows: question, solutions, input_output (one trace per program)",
+               _detect_apps, _convert_apps, "code"),
+        Format("curate", "curate's own layout (trace schema v1 columns)", _detect_curate, _convert_curate),
+        Format("r1", "Raw R1 responses: a prompt field and a response containing <think>…</think>",
+               _detect_r1, _convert_r1),
+        Format("limo", "LIMO: question, solution (the long reasoning), answer",
+               _detect_limo, _convert_limo, "math"),
+    )
+}
+FORMAT_ALIASES = {"openthoughts": "sky-t1", "skythought": "sky-t1", "taco": "apps", "chat": "messages",
+                  "qwen-math-eval": "harness", "deepseek-r1": "r1"}
+
+
+def get_format(name: str) -> Format:
+    key = FORMAT_ALIASES.get(name, name)
+    if key not in FORMATS:
+        known = ", ".join([*FORMATS, *FORMAT_ALIASES])
+        raise KeyError(f"unknown format {name!r}; known formats: {known}, or 'auto'")
+    return FORMATS[key]
+
+
+def detect_format(rec: dict) -> Format | None:
+    return next((f for f in FORMATS.values() if f.detect(rec)), None)

@@ -1,0 +1,401 @@
+"""Pipeline: run steps over a source, write data/, rejects/ and manifest.json; resume when killed.
+
+Every stage (the read, then each step) writes one Parquet part per input batch under
+``OUT/.curate/stage-NN-name/``, atomically, so a killed run resumes at the first missing part
+without duplicating or losing rows. A stage is identified by a fingerprint chained from the
+input and every step before it: change a step and only it and the steps after it run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import platform
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from curate.errors import PipelineError
+from curate.io.read import Source, read
+from curate.io.write import (
+    concat_parquet,
+    read_metadata,
+    remove_tree,
+    write_json_atomic,
+    write_parquet_atomic,
+    write_shards,
+)
+from curate.schema import SCHEMA_VERSION, TRACE_SCHEMA
+from curate.step import REJECT_REASON, Step
+
+WORK_DIR = ".curate"
+MANIFEST = "manifest.json"
+_LIBRARIES = ("curate", "pyarrow", "polars", "numpy", "datasets", "huggingface_hub", "math-verify",
+              "datasketch", "sentence-transformers", "torch", "transformers", "vllm")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        with contextlib.suppress(importlib_metadata.PackageNotFoundError):
+            versions[name] = importlib_metadata.version(name)
+    return versions
+
+
+def _hash(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:32]
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the dataset folder, its manifest, and the funnel."""
+
+    out: Path
+    manifest: dict[str, Any]
+
+    @property
+    def funnel(self) -> pl.DataFrame:
+        """Rows in / kept / rejected (and seconds) per stage, read first."""
+        return pl.DataFrame(self.manifest["funnel"])
+
+    @property
+    def rows(self) -> int:
+        return self.manifest["output"]["rows"]
+
+    def to_polars(self) -> pl.DataFrame:
+        return pl.concat([pl.read_parquet(self.out / p) for p in self.manifest["output"]["files"]])
+
+    def rejects(self, step: str | None = None) -> pl.DataFrame:
+        """All rejected rows (or one step's), with `reject_step` and `reject_reason`."""
+        files = [f for f in self.manifest["rejects"] if step is None or f["step"] == step]
+        frames = [pl.read_parquet(self.out / f["path"]) for f in files]
+        if not frames:
+            return pl.DataFrame({"reject_step": [], "reject_reason": []}, schema={"reject_step": pl.String, "reject_reason": pl.String})
+        return pl.concat(frames, how="diagonal_relaxed")
+
+    def __repr__(self) -> str:
+        return f"RunResult(out={str(self.out)!r}, rows={self.rows})"
+
+
+class Pipeline:
+    """An ordered list of steps. ``Pipeline([ExactDedup(), Filter(...)]).run(source, out=...)``."""
+
+    def __init__(self, steps: Sequence[Step], *, batch_size: int = 1024):
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        for i, s in enumerate(steps):
+            if not isinstance(s, Step):
+                raise TypeError(f"step {i} is {type(s).__name__}, not a curate Step")
+        self.steps = list(steps)
+        self.batch_size = batch_size
+
+    def recipe(self) -> list[dict[str, Any]]:
+        """The steps as recipe entries (``[{name: params}]``), the same shape YAML recipes use."""
+        return [{s.name: s.params()} for s in self.steps]
+
+    def plan(self, input_schema: pa.Schema = TRACE_SCHEMA) -> list[pa.Schema]:
+        """The schema after each step; raises PipelineError when a step reads a missing column."""
+        schemas, current = [], input_schema
+        for i, step in enumerate(self.steps, 1):
+            names = set(current.names)
+            missing = [c for c in step.columns_read() if c not in names]
+            if missing:
+                writers = [s.name for s in self.steps[i:] if set(missing) & set(s.columns_written())]
+                hint = f" ({', '.join(writers)} writes it, but runs later)" if writers else ""
+                raise PipelineError(
+                    f"step {i} '{step.name}' reads column(s) {', '.join(missing)} that neither the input "
+                    f"nor an earlier step provides{hint}"
+                )
+            for col, typ in step.columns_written().items():
+                if col in names:
+                    old = current.field(col).type
+                    if old != typ and not (_is_text(old) and _is_text(typ)):
+                        raise PipelineError(f"step {i} '{step.name}' writes {col} as {typ}, but it is {old}")
+                else:
+                    current = current.append(pa.field(col, typ))
+            schemas.append(current)
+        return schemas
+
+    def run(
+        self,
+        data: Any,
+        out: str | Path,
+        *,
+        resume: bool = True,
+        overwrite: bool = False,
+        progress: bool | None = None,
+        engine: str = "local",
+        keep_work: bool = False,
+        shard_bytes: int = 256 << 20,
+        command: str | None = None,
+    ) -> RunResult:
+        """Run every step over ``data`` (a Source from ``read``, or anything ``read`` accepts)
+        and write the dataset folder ``out``. A rerun of a finished run returns it unchanged."""
+        if engine != "local":
+            raise PipelineError(f"engine {engine!r} is not available in this version; use engine='local'")
+        source = data if isinstance(data, Source) else read(data)
+        return _Run(self, source, Path(out), resume, overwrite, progress, keep_work, shard_bytes, command).go()
+
+
+class _Run:
+    def __init__(self, pipeline: Pipeline, source: Source, out: Path, resume: bool, overwrite: bool,
+                 progress: bool | None, keep_work: bool, shard_bytes: int, command: str | None):
+        self.p, self.source, self.out = pipeline, source, out
+        self.resume, self.overwrite, self.keep_work = resume, overwrite, keep_work
+        self.progress_disabled = None if progress is None else not progress
+        self.shard_bytes, self.command = shard_bytes, command
+        self.work = out / WORK_DIR
+
+    # --- the whole run -------------------------------------------------------------------------
+    def go(self) -> RunResult:
+        input_schema = self.source.schema()
+        schemas = self.p.plan(input_schema)  # fail before any work
+        fingerprint = _hash(self.source.fingerprint(), self.p.recipe(), SCHEMA_VERSION, self.p.batch_size)
+        done = self._existing(fingerprint)
+        if done is not None:
+            return done
+        if not self.resume:
+            remove_tree(self.work)
+        started = time.time()
+        read_fp = _hash(self.source.fingerprint(), SCHEMA_VERSION, self.p.batch_size)
+        funnel = [self._read_stage(read_fp, input_schema)]
+        stage_fp, prev_dir, prev_schema = read_fp, self._stage_dir(0, "read"), input_schema
+        for i, (step, schema) in enumerate(zip(self.p.steps, schemas, strict=False), 1):
+            stage_fp = _hash(stage_fp, {step.name: step.params()})
+            funnel.append(self._step_stage(i, step, stage_fp, prev_dir, prev_schema, schema))
+            prev_dir, prev_schema = self._stage_dir(i, step.name), schema
+        return self._finish(fingerprint, funnel, prev_dir, prev_schema, time.time() - started)
+
+    def _existing(self, fingerprint: str) -> RunResult | None:
+        manifest_path = self.out / MANIFEST
+        if manifest_path.exists():
+            manifest = json.loads(manifest_path.read_text())
+            if manifest.get("fingerprint") == fingerprint and not self.overwrite:
+                return RunResult(self.out, manifest)
+            if not self.overwrite:
+                raise PipelineError(
+                    f"{self.out} holds a dataset made from another input or recipe; "
+                    "pass overwrite=True (--overwrite) to replace it"
+                )
+            for name in ("data", "rejects"):
+                remove_tree(self.out / name)
+            manifest_path.unlink()
+            remove_tree(self.work)
+        elif self.out.exists() and any(p.name != WORK_DIR for p in self.out.iterdir()) and not self.overwrite:
+            raise PipelineError(
+                f"{self.out} exists and is not a curate dataset folder; choose another --out or pass --overwrite"
+            )
+        return None
+
+    def _stage_dir(self, i: int, name: str) -> Path:
+        return self.work / f"stage-{i:02d}-{name}"
+
+    def _open_stage(self, folder: Path, fingerprint: str) -> bool:
+        """Prepare a stage folder; returns True when the stage already completed."""
+        meta_path = folder / "_meta.json"
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            if meta.get("fingerprint") == fingerprint:
+                return bool(meta.get("complete"))
+        remove_tree(folder)
+        write_json_atomic({"fingerprint": fingerprint, "complete": False}, meta_path)
+        return False
+
+    def _close_stage(self, folder: Path, fingerprint: str, extra: dict[str, Any]) -> None:
+        write_json_atomic({"fingerprint": fingerprint, "complete": True, **extra}, folder / "_meta.json")
+
+    def _bar(self, desc: str, total: int | None) -> tqdm:
+        return tqdm(total=total, desc=desc, unit=" rows", disable=self.progress_disabled, leave=False,
+                    dynamic_ncols=True, file=sys.stderr)
+
+    # --- stage 0: read -------------------------------------------------------------------------
+    def _read_stage(self, fingerprint: str, schema: pa.Schema) -> dict[str, Any]:
+        folder = self._stage_dir(0, "read")
+        if not self._open_stage(folder, fingerprint):
+            bar = self._bar(f"[0/{len(self.p.steps)}] read", None)
+            t0 = time.perf_counter()
+            k = -1
+            for k, batch in enumerate(self.source.batches(self.p.batch_size)):
+                part = folder / f"part-{k:05d}.parquet"
+                if not part.exists():
+                    seconds = time.perf_counter() - t0
+                    if batch.rejects.num_rows:
+                        write_parquet_atomic(batch.rejects, folder / f"rejects-{k:05d}.parquet")
+                    stats = {"rows_in": batch.rows, "rejected": batch.rejects.num_rows, "seconds": seconds}
+                    write_parquet_atomic(batch.traces.cast(schema), part, {"part": stats})
+                bar.update(batch.rows)
+                t0 = time.perf_counter()
+            bar.close()
+            if k < 0:  # empty input: one empty part keeps the stage well-formed
+                write_parquet_atomic(schema.empty_table(), folder / "part-00000.parquet",
+                                     {"part": {"rows_in": 0, "rejected": 0, "seconds": 0.0}})
+            self._close_stage(folder, fingerprint, {})
+        return self._stage_stats(0, "read", folder)
+
+    # --- stage i: one step ---------------------------------------------------------------------
+    def _step_stage(self, i: int, step: Step, fingerprint: str, in_dir: Path, in_schema: pa.Schema,
+                    out_schema: pa.Schema) -> dict[str, Any]:
+        folder = self._stage_dir(i, step.name)
+        if self._open_stage(folder, fingerprint):
+            return self._stage_stats(i, step.name, folder)
+        parts = sorted(in_dir.glob("part-*.parquet"))
+        counts = [pq.ParquetFile(p).metadata.num_rows for p in parts]
+        total = sum(counts)
+        fit_seconds = 0.0
+        n = len(self.p.steps)
+        if step.needs_global_pass:
+            t0 = time.perf_counter()
+            bar = self._bar(f"[{i}/{n}] {step.name} (fit)", total)
+            step.fit(_frames(parts, bar))
+            bar.close()
+            fit_seconds = time.perf_counter() - t0
+        reject_schema = _reject_schema(out_schema, step)
+        bar = self._bar(f"[{i}/{n}] {step.name}", total)
+        offset = 0
+        for k, (part, count) in enumerate(zip(parts, counts, strict=False)):
+            dest = folder / f"part-{k:05d}.parquet"
+            if dest.exists():
+                offset += count
+                bar.update(count)
+                continue
+            batch = pl.read_parquet(part)
+            t0 = time.perf_counter()
+            result = step.apply(batch, offset)
+            seconds = time.perf_counter() - t0
+            kept, rejected = result.kept, result.rejected
+            n_rej = 0 if rejected is None else rejected.height
+            if kept.height + n_rej != batch.height:
+                raise PipelineError(
+                    f"step {i} '{step.name}' returned {kept.height} kept + {n_rej} rejected rows "
+                    f"for a batch of {batch.height}: rows would be lost"
+                )
+            if n_rej:
+                write_parquet_atomic(_conform_rejects(rejected, reject_schema, step),
+                                     folder / f"rejects-{k:05d}.parquet")
+            stats = {"rows_in": batch.height, "rejected": n_rej, "seconds": seconds}
+            write_parquet_atomic(_conform(kept, out_schema, step), dest, {"part": stats})
+            offset += count
+            bar.update(count)
+        bar.close()
+        self._close_stage(folder, fingerprint, {"fit_seconds": fit_seconds})
+        return self._stage_stats(i, step.name, folder)
+
+    def _stage_stats(self, i: int, name: str, folder: Path) -> dict[str, Any]:
+        rows_in = rejected = kept = 0
+        seconds = json.loads((folder / "_meta.json").read_text()).get("fit_seconds", 0.0)
+        for part in sorted(folder.glob("part-*.parquet")):
+            stats = read_metadata(part).get("part", {})
+            rows_in += stats.get("rows_in", 0)
+            rejected += stats.get("rejected", 0)
+            seconds += stats.get("seconds", 0.0)
+            kept += pq.ParquetFile(part).metadata.num_rows
+        return {"step": i, "name": name, "rows_in": rows_in, "kept": kept, "rejected": rejected,
+                "seconds": round(seconds, 3)}
+
+    # --- final write ---------------------------------------------------------------------------
+    def _finish(self, fingerprint: str, funnel: list[dict], last_dir: Path, schema: pa.Schema,
+                wall: float) -> RunResult:
+        parts = sorted(last_dir.glob("part-*.parquet"))
+        total_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+        total_bytes = sum(p.stat().st_size for p in parts)
+        manifest: dict[str, Any] = {
+            "curate_version": library_versions().get("curate", "dev"),
+            "schema_version": SCHEMA_VERSION,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "fingerprint": fingerprint,
+            "command": self.command,
+            "input": {**self.source.describe(), "fingerprint": self.source.fingerprint()},
+            "recipe": {"steps": self.p.recipe(), "batch_size": self.p.batch_size},
+            "seeds": {f"{i}:{s.name}": s.params()["seed"] for i, s in enumerate(self.p.steps, 1) if "seed" in s.params()},
+            "libraries": library_versions(),
+            "funnel": funnel,
+            "wall_seconds": round(wall, 3),
+        }
+        files = write_shards(
+            (pq.read_table(p) for p in parts), self.out, schema, total_rows, total_bytes,
+            shard_bytes=self.shard_bytes, metadata={"manifest": {k: manifest[k] for k in ("fingerprint", "recipe", "input")}},
+        )
+        rejects = []
+        remove_tree(self.out / "rejects")
+        for stats in funnel:
+            folder = self._stage_dir(stats["step"], stats["name"])
+            rparts = sorted(folder.glob("rejects-*.parquet"))
+            if not rparts:
+                continue
+            rschema = pq.read_schema(rparts[0]).remove_metadata()
+            dest = f"rejects/{stats['step']:02d}-{stats['name']}.parquet"
+            rows = concat_parquet(rparts, self.out / dest, rschema)
+            rejects.append({"step": stats["name"], "path": dest, "rows": rows})
+        manifest["output"] = {"rows": total_rows, "files": files, "columns": schema.names}
+        manifest["rejects"] = rejects
+        write_json_atomic(manifest, self.out / MANIFEST)
+        if not self.keep_work:
+            remove_tree(self.work)
+        return RunResult(self.out, manifest)
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _frames(parts: list[Path], bar: tqdm) -> Iterator[pl.DataFrame]:
+    for p in parts:
+        frame = pl.read_parquet(p)
+        yield frame
+        bar.update(frame.height)
+
+
+def _reject_schema(out_schema: pa.Schema, step: Step) -> pa.Schema:
+    fields = [pa.field("reject_step", pa.string()), pa.field(REJECT_REASON, pa.string())]
+    fields += [pa.field(k, v) for k, v in step.reject_columns.items()]
+    fields += [f for f in out_schema if f.name not in step.reject_columns]
+    return pa.schema(fields)
+
+
+def _to_schema(frame: pl.DataFrame, schema: pa.Schema, step: Step, what: str, fill: set[str]) -> pa.Table:
+    table = frame.to_arrow()
+    cols = []
+    for f in schema:
+        if f.name in table.column_names:
+            col = table.column(f.name)
+            try:
+                cols.append(col.cast(f.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise PipelineError(f"step '{step.name}': column {f.name} of its {what} is {col.type}, "
+                                    f"not {f.type}: {e}") from None
+        elif f.name in fill:
+            cols.append(pa.nulls(table.num_rows, f.type))
+        else:
+            raise PipelineError(f"step '{step.name}' did not produce column {f.name!r} in its {what}")
+    extra = set(table.column_names) - set(schema.names)
+    if extra:
+        raise PipelineError(f"step '{step.name}' added undeclared column(s) {', '.join(sorted(extra))} "
+                            f"to its {what}; declare them in `writes`")
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def _conform(kept: pl.DataFrame, schema: pa.Schema, step: Step) -> pa.Table:
+    return _to_schema(kept, schema, step, "kept rows", set())
+
+
+def _conform_rejects(rejected: pl.DataFrame, schema: pa.Schema, step: Step) -> pa.Table:
+    if REJECT_REASON not in rejected.columns:
+        raise PipelineError(f"step '{step.name}' rejected rows without a {REJECT_REASON} column")
+    rejected = rejected.with_columns(pl.lit(step.name).alias("reject_step"))
+    fill = set(step.columns_written()) | set(step.reject_columns)
+    return _to_schema(rejected, schema, step, "rejected rows", fill)

@@ -1,0 +1,126 @@
+"""YAML recipes: the Python API one-to-one (same step names, same parameters).
+
+```yaml
+input: {path: data/traces.jsonl, format: auto}   # paths are relative to the recipe file
+steps:
+  - exact_dedup: {}
+  - filter: {min_thinking_chars: 200}
+output: {path: out/quickstart}                     # relative to the working directory
+```
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from curate.errors import RecipeError
+from curate.io.read import Source, read
+from curate.pipeline import Pipeline, RunResult
+from curate.step import build_step
+
+TOP_KEYS = {"input", "steps", "output", "batch_size", "name", "description"}
+INPUT_KEYS = {"path", "format", "on_error", "domain", "source", "teacher", "max_chars"}
+OUTPUT_KEYS = {"path", "shard_mb"}
+
+
+@dataclass
+class Recipe:
+    """A validated recipe: where to read, the pipeline, where to write."""
+
+    path: Path | None
+    input: dict[str, Any]
+    pipeline: Pipeline
+    output: dict[str, Any]
+    name: str | None = None
+
+    def source(self) -> Source:
+        spec = dict(self.input)
+        data = spec.pop("path")
+        paths = data if isinstance(data, list) else [data]
+        base = self.path.parent if self.path else Path.cwd()
+        resolved = [str(p) if Path(p).is_absolute() else str(base / p) for p in paths]
+        fmt = spec.pop("format", "auto")
+        return read(resolved if len(resolved) > 1 else resolved[0], fmt, **spec)
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def parse_recipe(doc: Any, where: str = "recipe") -> Recipe:
+    if not isinstance(doc, dict):
+        raise RecipeError(f"{where}: a recipe is a mapping with input, steps and output")
+    unknown = set(doc) - TOP_KEYS
+    if unknown:
+        raise RecipeError(f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
+                          f"valid: {', '.join(sorted(TOP_KEYS))}")
+    if "input" not in doc:
+        raise RecipeError(f"{where}: missing key 'input' (e.g. input: {{path: traces.jsonl}})")
+    inp = doc["input"]
+    if isinstance(inp, str):
+        inp = {"path": inp}
+    inp = _mapping(inp, f"{where}: input")
+    bad = set(inp) - INPUT_KEYS
+    if bad:
+        raise RecipeError(f"{where}: input: unknown key(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(INPUT_KEYS))}")
+    if "path" not in inp:
+        raise RecipeError(f"{where}: input.path is missing")
+    if "steps" not in doc:
+        raise RecipeError(f"{where}: missing key 'steps' (use `steps: []` to import, validate and write)")
+    steps_doc = doc["steps"] if doc["steps"] is not None else []
+    if not isinstance(steps_doc, list):
+        raise RecipeError(f"{where}: steps must be a list of {{step_name: {{params}}}} entries")
+    steps = []
+    for i, entry in enumerate(steps_doc):
+        at = f"{where}: steps[{i}]"
+        if isinstance(entry, str):
+            entry = {entry: {}}
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise RecipeError(f"{at}: each step is a mapping with one key, the step name (e.g. - filter: {{...}})")
+        (name, params), = entry.items()
+        steps.append(build_step(name, _mapping(params, f"{at}.{name}"), at))
+    out = doc.get("output") or {}
+    if isinstance(out, str):
+        out = {"path": out}
+    out = _mapping(out, f"{where}: output")
+    bad = set(out) - OUTPUT_KEYS
+    if bad:
+        raise RecipeError(f"{where}: output: unknown key(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(OUTPUT_KEYS))}")
+    batch_size = doc.get("batch_size", 1024)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise RecipeError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
+    return Recipe(None, inp, Pipeline(steps, batch_size=batch_size), out, doc.get("name"))
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read and validate a YAML recipe; errors name the file and the key."""
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError(f"{path}: no such recipe file")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    recipe = parse_recipe(doc, str(path))
+    recipe.path = path
+    return recipe
+
+
+def run_recipe(path: str | os.PathLike, out: str | os.PathLike | None = None, **run_kwargs: Any) -> RunResult:
+    """``curate run`` in Python: load the recipe, run it, return the result."""
+    recipe = load_recipe(path)
+    target = out or recipe.output.get("path")
+    if not target:
+        raise RecipeError(f"{path}: no output.path in the recipe and no out given")
+    if "shard_mb" in recipe.output:
+        run_kwargs.setdefault("shard_bytes", int(recipe.output["shard_mb"] * (1 << 20)))
+    return recipe.pipeline.run(recipe.source(), target, **run_kwargs)

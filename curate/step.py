@@ -1,0 +1,159 @@
+"""The operator protocol: a step sees a polars batch and returns (kept, rejected-with-reason).
+
+A step is a dataclass whose fields are its parameters (the same names in Python and YAML).
+It declares the columns it reads and the typed columns it writes; the runner checks the chain
+before any work starts. Row-local steps stream; steps with ``needs_global_pass`` get a ``fit``
+over the whole input first (signatures, an index, a plan), then ``apply`` per batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Iterator
+from typing import Any, ClassVar, NamedTuple
+
+import polars as pl
+import pyarrow as pa
+
+from curate.errors import RecipeError
+
+REGISTRY: dict[str, type[Step]] = {}
+REJECT_REASON = "reject_reason"
+
+
+class StepResult(NamedTuple):
+    kept: pl.DataFrame
+    rejected: pl.DataFrame | None = None  # input columns + `reject_reason` (+ declared detail columns)
+
+
+class Step:
+    """Base class of every operator. Subclasses are dataclasses and set ``name``."""
+
+    name: ClassVar[str] = ""
+    reads: ClassVar[tuple[str, ...]] = ()
+    writes: ClassVar[dict[str, pa.DataType]] = {}
+    reject_columns: ClassVar[dict[str, pa.DataType]] = {}  # detail columns on this step's rejects
+    needs_global_pass: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            if cls.name in REGISTRY and REGISTRY[cls.name].__qualname__ != cls.__qualname__:
+                raise RuntimeError(f"two steps are named {cls.name!r}")
+            REGISTRY[cls.name] = cls
+
+    # --- declarations (instances may refine them from their parameters) -------------------------
+    def columns_read(self) -> tuple[str, ...]:
+        return self.reads
+
+    def columns_written(self) -> dict[str, pa.DataType]:
+        return dict(self.writes)
+
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    # --- work ------------------------------------------------------------------------------------
+    def fit(self, batches: Iterator[pl.DataFrame]) -> None:
+        """Global pass over the whole input, batch by batch, in order (global steps only)."""
+
+    def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
+        """Process one batch; ``offset`` is the global position of its first row."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+def reject_where(batch: pl.DataFrame, drop: pl.Series, reason: pl.Series | pl.Expr | str) -> StepResult:
+    """Split a batch on a boolean mask; ``reason`` gives each dropped row's reject reason."""
+    reason_expr = pl.lit(reason) if isinstance(reason, str) else reason
+    if isinstance(reason_expr, pl.Series):
+        tagged = batch.with_columns(reason_expr.alias(REJECT_REASON))
+    else:
+        tagged = batch.with_columns(reason_expr.cast(pl.String).alias(REJECT_REASON))
+    drop = drop.fill_null(False)
+    return StepResult(batch.filter(~drop), tagged.filter(drop))
+
+
+# --- building steps from recipes -----------------------------------------------------------------
+
+
+def param_specs(cls: type[Step]) -> list[dict[str, Any]]:
+    """Name, type, default and help of each parameter (what `curate ops` and CATALOG.md show)."""
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        specs.append({
+            "name": f.name,
+            "type": _type_name(hints.get(f.name, Any)),
+            "default": default,
+            "required": default is dataclasses.MISSING,
+            "help": f.metadata.get("help", ""),
+        })
+    return specs
+
+
+def _type_name(t: Any) -> str:
+    if isinstance(t, type):
+        return t.__name__
+    return str(t).replace("typing.", "")
+
+
+def _check_type(value: Any, t: Any) -> bool:
+    origin = typing.get_origin(t)
+    if t is Any:
+        return True
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        return any(_check_type(value, a) for a in typing.get_args(t))
+    if origin is typing.Literal:
+        return value in typing.get_args(t)
+    if t is type(None):
+        return value is None
+    if t is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        args = typing.get_args(t)
+        return isinstance(value, (list, tuple)) and all(_check_type(v, args[0]) for v in value) if args else isinstance(value, (list, tuple))
+    if origin is dict:
+        return isinstance(value, dict)
+    if isinstance(t, type):
+        return isinstance(value, t)
+    return True
+
+
+def build_step(name: str, params: dict[str, Any] | None, where: str = "") -> Step:
+    """Instantiate a registered step from a recipe entry, with errors that name the key."""
+    import curate.ops  # noqa: F401  (registers the built-in operators)
+
+    at = f"{where}: " if where else ""
+    if name not in REGISTRY:
+        known = ", ".join(sorted(REGISTRY))
+        raise RecipeError(f"{at}unknown step {name!r}; known steps: {known}")
+    cls = REGISTRY[name]
+    params = params or {}
+    if not isinstance(params, dict):
+        raise RecipeError(f"{at}{name}: parameters must be a mapping, got {type(params).__name__}")
+    specs = {s["name"]: s for s in param_specs(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in params.items():
+        if key not in specs:
+            raise RecipeError(f"{at}{name}: unknown parameter {key!r}; valid: {', '.join(specs) or '(none)'}")
+        if not _check_type(value, hints.get(key, Any)):
+            raise RecipeError(f"{at}{name}.{key}: expected {specs[key]['type']}, got {value!r}")
+    missing = [k for k, s in specs.items() if s["required"] and k not in params]
+    if missing:
+        raise RecipeError(f"{at}{name}: missing required parameter(s) {', '.join(missing)}")
+    try:
+        return cls(**params)
+    except (ValueError, TypeError) as e:
+        raise RecipeError(f"{at}{name}: {e}") from None
