@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 
 _BOX_CMDS = ("\\boxed", "\\fbox")
-_FINAL = re.compile(r"final\s+answer\s*(?:is)?\s*[:：]?\s*(.+)", re.IGNORECASE)
-_ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\s*[:：]?\s*(.+)", re.IGNORECASE)
+_FINAL = re.compile(r"final\s+answer", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\b", re.IGNORECASE)
+_LEAD = re.compile(r"^[\s*#:：]*(?:is\b)?[\s*:：]*")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?")
 _TAIL_CHARS = 4000  # the answer lives at the end; scanning 1 MB traces in full is wasted work
 
@@ -48,15 +49,27 @@ def _braced_after(text: str, i: int) -> str | None:
 
 
 def _clean_line(s: str) -> str | None:
+    """First line, with markdown emphasis, math delimiters and a closing period removed."""
     s = s.strip().splitlines()[0].strip() if s.strip() else ""
     boxed = extract_boxed(s)
     if boxed is not None:
         return boxed
-    s = s.strip().strip("*").strip()
-    s = re.sub(r"^\$+|\$+$", "", s).strip()
-    s = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", s).strip()
-    s = s.rstrip(".").strip()
+    previous = None
+    while previous != s:
+        previous = s
+        s = s.strip().strip("*").rstrip(".").strip()
+        s = re.sub(r"^\$+|\$+$", "", s)
+        s = re.sub(r"^\\[(\[]|\\[)\]]$", "", s)
     return s or None
+
+
+def _after_last(pattern: re.Pattern[str], text: str) -> str | None:
+    """The first non-empty line after the last match ("**Final Answer**\n\n$42$" gives 42)."""
+    m = list(pattern.finditer(text))
+    if not m:
+        return None
+    rest = _LEAD.sub("", text[m[-1].end():], count=1)
+    return _clean_line(rest)
 
 
 def extract_answer(text: str, methods: tuple[str, ...] | list[str] = METHODS) -> tuple[str | None, str | None]:
@@ -65,12 +78,8 @@ def extract_answer(text: str, methods: tuple[str, ...] | list[str] = METHODS) ->
     for method in methods:
         if method == "boxed":
             found = extract_boxed(tail) or (extract_boxed(text) if len(text) > _TAIL_CHARS else None)
-        elif method == "final_answer":
-            m = list(_FINAL.finditer(tail))
-            found = _clean_line(m[-1].group(1)) if m else None
-        elif method == "answer_is":
-            m = list(_ANSWER_IS.finditer(tail))
-            found = _clean_line(m[-1].group(1)) if m else None
+        elif method in ("final_answer", "answer_is"):
+            found = _after_last(_FINAL if method == "final_answer" else _ANSWER_IS, tail)
         elif method == "last_number":
             m = _NUMBER.findall(tail)
             found = m[-1].replace(",", "").replace(" ", "") if m else None

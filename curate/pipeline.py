@@ -196,7 +196,8 @@ class _Run:
                 remove_tree(self.out / name)
             manifest_path.unlink()
             remove_tree(self.work)
-        elif self.out.exists() and any(p.name != WORK_DIR for p in self.out.iterdir()) and not self.overwrite:
+        elif (self.out.exists() and not self.work.exists() and not self.overwrite
+              and any(p.name != WORK_DIR for p in self.out.iterdir())):
             raise PipelineError(
                 f"{self.out} exists and is not a curate dataset folder; choose another --out or pass --overwrite"
             )

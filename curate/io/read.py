@@ -99,25 +99,33 @@ class _RowBuilder:
     """Validates drafts from a format adapter and finishes them into schema rows."""
 
     options: ReadOptions
-    seen_ids: dict[str, str] = field(default_factory=dict)
+    # source ids are unique per input file (eval dumps number every file from 0)
+    seen_ids: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    def finish(self, draft: dict, fmt: Format, source: str, where: str) -> dict:
+    def finish(self, draft: dict, fmt: Format, source: str, where: str, file: str = "") -> dict:
+        fields = draft.get("_fields") or {}
+        pname, rname = fields.get("problem", "problem"), fields.get("response", "response")
         row: dict[str, Any] = dict.fromkeys(CORE_COLUMNS)
         problem = draft.get("problem")
-        if not isinstance(problem, str) or not problem.strip():
-            raise RowError("problem", "empty")
+        if not isinstance(problem, str):
+            raise RowError(pname, "missing" if problem is None else f"expected a string, got {type(problem).__name__}")
+        if not problem.strip():
+            raise RowError(pname, "empty")
         if "response" in draft:
             if not isinstance(draft["response"], str):
-                raise RowError("response", f"expected a string, got {type(draft['response']).__name__}")
+                raise RowError(rname, f"expected a string, got {type(draft['response']).__name__}")
             thinking, solution, closed, _ = split_response(draft["response"])
         else:
             thinking, solution = draft.get("thinking") or "", draft.get("solution") or ""
+            for name, value in (("thinking", thinking), ("solution", solution)):
+                if not isinstance(value, str):
+                    raise RowError(name, f"expected a string, got {type(value).__name__}")
             closed = draft.get("thinking_closed", True if thinking else None)
         if not thinking.strip() and not solution.strip():
-            raise RowError("response", "empty: no thinking and no solution text")
+            raise RowError(rname, "empty: no thinking and no solution text")
         limit = self.options.max_chars
         if limit is not None and len(thinking) + len(solution) > limit:
-            raise RowError("response", f"{len(thinking) + len(solution)} chars > max_chars={limit}")
+            raise RowError(rname, f"{len(thinking) + len(solution)} chars > max_chars={limit}")
         tests = draft.get("test_cases")
         if tests is not None:
             tests = _check_tests(tests)
@@ -130,10 +138,10 @@ class _RowBuilder:
             raise RowError("finish_reason", f"{finish!r} is not one of stop, length, unknown")
         source_id = draft.get("source_id")
         if source_id is not None:
-            first = self.seen_ids.get(source_id)
+            first = self.seen_ids.get((file or source, source_id))
             if first is not None:
                 raise RowError("source_id", f"duplicate id {source_id!r} (first seen at {first})")
-            self.seen_ids[source_id] = where
+            self.seen_ids[(file or source, source_id)] = where
         row.update(
             id=trace_id(problem, thinking, solution),
             source_id=source_id,
@@ -149,9 +157,28 @@ class _RowBuilder:
             test_fn_name=draft.get("test_fn_name"),
             finish_reason=finish,
             thinking_closed=closed,
-            extra=json.dumps(draft["extra"], ensure_ascii=False, default=str) if draft.get("extra") else None,
+            extra=_json_text(draft["extra"]) if draft.get("extra") else None,
         )
         return row
+
+
+def _json_text(value: Any) -> str:
+    """JSON text of a value (unmapped fields, raw rejected records); NaN/inf (pandas-made Parquet)
+    become null, since JSON has no NaN."""
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), ensure_ascii=False, default=str, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _check_tests(tests: Any) -> list[dict[str, str]]:
@@ -178,7 +205,7 @@ class _BatchAssembler:
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8", "backslashreplace")
         elif not isinstance(raw, str):
-            raw = json.dumps(raw, ensure_ascii=False, default=str)
+            raw = _json_text(raw)
         self.rejects.append({"reject_step": "read", "reject_reason": reason, "source_file": file,
                              "line": line, "raw": raw})
 
@@ -219,7 +246,7 @@ def _records_to_batches(
             for k, draft in enumerate(drafts):
                 where = f"{file}:{line}" + (f"#{k}" if len(drafts) > 1 else "")
                 try:
-                    asm.rows.append(builder.finish(draft, fmt, source_name, where))
+                    asm.rows.append(builder.finish(draft, fmt, source_name, where, file))
                 except RowError as e:
                     asm.reject(file, line, raw if raw is not None else rec, f"{fmt.name}: {e}")
         if asm.full():

@@ -1,0 +1,180 @@
+"""The `curate` command line: run recipes, list operators, inspect and export datasets."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from curate.errors import CurateError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Group(click.Group):
+    """Print curate's own errors as one line (exit 2) instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CurateError as e:
+            click.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="curate")
+def main() -> None:
+    """curate: turn raw long chain-of-thought traces into clean, verified training sets.
+
+    \b
+    Typical session:
+      curate formats                          # the input layouts curate reads
+      curate ops                              # every operator and its parameters
+      curate run pipelines/quickstart.yaml    # run a recipe, write a dataset folder
+      curate inspect out/quickstart           # counts, lengths, funnel
+      curate export out/quickstart sft.jsonl  # chat `messages` for SFT
+    """
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset folder to write; overrides the recipe's output.path.")
+@click.option("--overwrite", is_flag=True, help="Replace a dataset already in the folder.")
+@click.option("--no-resume", is_flag=True, help="Start over instead of resuming a killed run.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: when on a terminal).")
+@click.option("--engine", type=click.Choice(["local"]), default="local", show_default=True,
+              help="Execution engine.")
+@click.option("--keep-work", is_flag=True, help="Keep the per-step intermediate Parquet parts (OUT/.curate).")
+def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progress: bool | None,
+        engine: str, keep_work: bool) -> None:
+    """Run a YAML RECIPE and write a dataset folder.
+
+    \b
+    The folder gets:
+      data/train-00000-of-0000N.parquet   kept rows (trace schema + annotation columns)
+      rejects/NN-<step>.parquet           every dropped row with reject_step and reject_reason
+      manifest.json                       recipe, library versions, seeds, input fingerprint, funnel
+    Input paths in the recipe are relative to the recipe file; output paths to the current
+    directory. A killed run resumes where it stopped when you run the same command again; a
+    finished run is not redone.
+    """
+    from curate.recipe import run_recipe
+
+    command = "curate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result = run_recipe(recipe, out, overwrite=overwrite, resume=not no_resume, progress=progress,
+                        engine=engine, keep_work=keep_work, command=command)
+    click.echo(result.funnel)
+    click.echo(f"wrote {result.rows} rows to {result.out}")
+
+
+@main.command()
+@click.argument("name", required=False)
+def ops(name: str | None) -> None:
+    """List the operators (recipe step names) with their parameters, or show one NAME in full."""
+    import curate.ops  # noqa: F401
+    from curate.catalog import operator_doc
+    from curate.step import REGISTRY, param_specs
+
+    if name:
+        if name not in REGISTRY:
+            raise click.UsageError(f"unknown operator {name!r}; known: {', '.join(sorted(REGISTRY))}")
+        click.echo(operator_doc(REGISTRY[name]))
+        return
+    for key in sorted(REGISTRY):
+        cls = REGISTRY[key]
+        first = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        click.secho(key, bold=True, nl=False)
+        click.echo(f"  {first}")
+        for s in param_specs(cls):
+            default = "required" if s["required"] else f"default {s['default']!r}"
+            click.echo(f"    {s['name']}: {s['type']} ({default}) {s['help']}")
+
+
+@main.command()
+def formats() -> None:
+    """List the input formats `read` and recipes understand (auto-detected by default)."""
+    from curate.io.formats import FORMAT_ALIASES, FORMATS
+
+    for f in FORMATS.values():
+        click.secho(f"{f.name:10}", bold=True, nl=False)
+        click.echo(f" {f.description}")
+    click.echo("aliases: " + ", ".join(f"{a}={t}" for a, t in sorted(FORMAT_ALIASES.items())))
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def inspect(folder: Path, as_json: bool) -> None:
+    """Summarise a dataset FOLDER: rows, funnel, lengths, domain/source mix, columns."""
+    from curate.inspect import render, summarize
+
+    summary = summarize(folder)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        render(summary)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--to", type=click.Choice(["messages", "sky-t1"]), default="messages", show_default=True,
+              help="messages: {id, messages:[system?, user, assistant]}; sky-t1: {system, conversations}.")
+@click.option("--style", type=click.Choice(["think", "sky-t1", "none"]), default=None,
+              help="How the thinking is marked in the assistant turn (default: think for messages).")
+@click.option("--system-prompt", default=None, help="System prompt to include.")
+@click.option("--config", default=None, help="Which config (variant) of the dataset to export.")
+def export(folder: Path, out: Path, to: str, style: str | None, system_prompt: str | None,
+           config: str | None) -> None:
+    """Export a dataset FOLDER to OUT (.jsonl or .parquet) as SFT chat rows."""
+    from curate.io.export import export as do_export
+
+    n = do_export(folder, out, to=to, style=style, system_prompt=system_prompt, config=config)  # type: ignore[arg-type]
+    click.echo(f"wrote {n} rows to {out}")
+
+
+@main.command()
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=REPO_ROOT / "CATALOG.md",
+              show_default=True, help="Where to write the catalog.")
+@click.option("--check", is_flag=True, help="Exit 1 if the file differs from what the code generates.")
+def catalog(output: Path, check: bool) -> None:
+    """Regenerate CATALOG.md from the operators' metadata, the formats and pipelines/*.yaml."""
+    from curate.catalog import render_catalog
+
+    text = render_catalog(REPO_ROOT / "pipelines")
+    if check:
+        current = output.read_text() if output.exists() else ""
+        if current != text:
+            raise click.ClickException(f"{output} is out of date; run `curate catalog`")
+        click.echo(f"{output} is up to date")
+        return
+    output.write_text(text)
+    click.echo(f"wrote {output}")
+
+
+@main.command()
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              default=REPO_ROOT / "schemas" / "trace-v1.json", show_default=True)
+@click.option("--check", is_flag=True, help="Exit 1 if the file differs from the schema in the code.")
+def schema(output: Path, check: bool) -> None:
+    """Write the trace schema v1 as JSON Schema (derived from curate/schema.py)."""
+    from curate.schema import json_schema_text
+
+    text = json_schema_text()
+    if check:
+        if not output.exists() or output.read_text() != text:
+            raise click.ClickException(f"{output} is out of date; run `curate schema`")
+        click.echo(f"{output} is up to date")
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    click.echo(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Recipes mirror the Python API; the CLI runs them and reports user mistakes in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from curate import Pipeline, RecipeError, load_recipe, read, run_recipe
+from curate.catalog import render_catalog
+from curate.cli import main
+from curate.ops import ExactDedup, ExtractAnswer, Filter, Sample
+from curate.schema import json_schema_text
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_recipe(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(body)
+    return path
+
+
+def test_quickstart_recipe_equals_the_python_pipeline(tmp_path):
+    recipe = load_recipe(REPO / "pipelines" / "quickstart.yaml")
+    assert [type(s) for s in recipe.pipeline.steps] == [ExactDedup, ExtractAnswer, Filter, Sample]
+    from_yaml = run_recipe(REPO / "pipelines" / "quickstart.yaml", out=tmp_path / "yaml")
+    python = Pipeline([
+        ExactDedup(mode="problem_response"),
+        ExtractAnswer(),
+        Filter(min_thinking_chars=200, require_closed_thinking=True, require_answer=True),
+        Sample(n=50, seed=0, stratify_by="source"),
+    ]).run(read(REPO / "curate" / "data" / "samples"), out=tmp_path / "py")
+    assert from_yaml.to_polars().equals(python.to_polars())
+    assert from_yaml.manifest["recipe"] == python.manifest["recipe"]
+    assert from_yaml.rows == 50
+
+
+def test_empty_steps_is_valid(tmp_path, math500_sample):
+    path = write_recipe(tmp_path, f"input: {{path: {math500_sample}}}\nsteps: []\noutput: {{path: {tmp_path / 'o'}}}\n")
+    assert run_recipe(path).rows == 120
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("steps: []\n", "missing key 'input'"),
+        ("input: {path: x.jsonl}\n", "missing key 'steps'"),
+        ("input: {path: x.jsonl}\nsteps: []\nouptut: {path: o}\n", "unknown top-level key(s) ouptut"),
+        ("input: {path: x.jsonl, fromat: auto}\nsteps: []\n", "input: unknown key(s) fromat"),
+        ("input: {path: x.jsonl}\nsteps:\n  - exact_dedupe: {}\n", "steps[0]: unknown step 'exact_dedupe'"),
+        ("input: {path: x.jsonl}\nsteps:\n  - filter: {min_thinking_chars: many}\n",
+         "steps[0]: filter.min_thinking_chars: expected int | None, got 'many'"),
+        ("input: {path: x.jsonl}\nsteps:\n  - filter: {min_think: 3}\n", "filter: unknown parameter 'min_think'"),
+        ("input: {path: x.jsonl}\nsteps:\n  - sample: {seed: 1}\n", "sample: give exactly one of n or fraction"),
+        ("input: {path: x.jsonl}\nsteps:\n  - filter: {}\n    extract_answer: {}\n", "one key, the step name"),
+        ("input: {path: x.jsonl}\nsteps:\n  - filter: [1]\n", "expected a mapping"),
+        ("input: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_recipe_errors_name_the_key(tmp_path, body, message):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write_recipe(tmp_path, body))
+    assert message in str(err.value)
+    assert "recipe.yaml" in str(err.value)
+
+
+def test_input_paths_are_relative_to_the_recipe(tmp_path, math500_sample):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "t.jsonl").write_bytes(math500_sample.read_bytes())
+    path = tmp_path / "sub" / "r.yaml"
+    path.write_text("input: {path: t.jsonl}\nsteps: []\n")
+    assert run_recipe(path, out=tmp_path / "o").rows == 120
+
+
+def test_cli_run_inspect_export(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(main, ["run", str(REPO / "pipelines" / "quickstart.yaml"), "--out", "qs"])
+    assert res.exit_code == 0, res.output
+    assert "wrote 50 rows to qs" in res.output
+    manifest = json.loads((tmp_path / "qs" / "manifest.json").read_text())
+    assert manifest["command"].startswith("curate ") or manifest["command"] is not None
+    res = runner.invoke(main, ["inspect", "qs", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["rows"] == 50 and summary["funnel"][0]["rows_in"] == 180
+    assert summary["lengths"][1]["min"] >= 200  # the filter's min_thinking_chars held
+    res = runner.invoke(main, ["inspect", "qs"])
+    assert "Funnel" in res.output and "exact_dedup" in res.output
+    res = runner.invoke(main, ["export", "qs", "sft.jsonl"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
+    assert len(rows) == 50
+    assert rows[0]["messages"][1]["content"].startswith("<think>\n")
+
+
+def test_cli_user_errors_are_one_line(tmp_path):
+    runner = CliRunner()
+    bad = write_recipe(tmp_path, "input: {path: x.jsonl}\nsteps:\n  - filter: {min_think: 3}\n")
+    res = runner.invoke(main, ["run", str(bad), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    assert res.output.startswith("error: ") and "Traceback" not in res.output
+    missing = write_recipe(tmp_path, "input: {path: nowhere.jsonl}\nsteps: []\n")
+    res = runner.invoke(main, ["run", str(missing), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "nowhere.jsonl: no such file" in res.output
+
+
+def test_cli_ops_lists_every_operator_with_parameters():
+    res = CliRunner().invoke(main, ["ops"])
+    assert res.exit_code == 0
+    for name in ("exact_dedup", "filter", "sample", "extract_answer"):
+        assert name in res.output
+    assert "min_thinking_chars" in res.output
+    res = CliRunner().invoke(main, ["ops", "sample"])
+    assert "stratify_by" in res.output and "global" in res.output
+
+
+def test_catalog_matches_the_code():
+    current = (REPO / "CATALOG.md").read_text()
+    assert current == render_catalog(REPO / "pipelines"), "CATALOG.md drifted: run `curate catalog`"
+
+
+def test_schema_file_matches_the_code():
+    current = (REPO / "schemas" / "trace-v1.json").read_text()
+    assert current == json_schema_text(), "schemas/trace-v1.json drifted: run `curate schema`"
