@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import json
 import platform
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from curate.errors import PipelineError
 from curate.io.read import Source, read
 from curate.io.write import (
+    WORK_COMPRESSION,
     concat_parquet,
     read_metadata,
     remove_tree,
@@ -75,10 +77,26 @@ class RunResult:
 
     @property
     def rows(self) -> int:
+        """Rows written (summed over configs when the run has variants)."""
         return self.manifest["output"]["rows"]
 
-    def to_polars(self) -> pl.DataFrame:
-        return pl.concat([pl.read_parquet(self.out / p) for p in self.manifest["output"]["files"]])
+    @property
+    def configs(self) -> list[str]:
+        """Variant config names (empty for a single-config dataset)."""
+        return list(self.manifest.get("configs", {}))
+
+    def to_polars(self, config: str | None = None) -> pl.DataFrame:
+        """The kept rows; with variants, name the ``config`` to read."""
+        configs = self.manifest.get("configs", {})
+        if configs:
+            if config not in configs:
+                raise ValueError(f"this dataset has configs {', '.join(configs)}; pass config=<name>")
+            files = configs[config]["files"]
+        elif config is not None:
+            raise ValueError("this dataset has no variant configs")
+        else:
+            files = self.manifest["output"]["files"]
+        return pl.concat([pl.read_parquet(self.out / p) for p in files])
 
     def rejects(self, step: str | None = None) -> pl.DataFrame:
         """All rejected rows (or one step's), with `reject_step` and `reject_reason`."""
@@ -95,41 +113,36 @@ class RunResult:
 class Pipeline:
     """An ordered list of steps. ``Pipeline([ExactDedup(), Filter(...)]).run(source, out=...)``."""
 
-    def __init__(self, steps: Sequence[Step], *, batch_size: int = 1024):
+    def __init__(self, steps: Sequence[Step], *, variants: dict[str, Sequence[Step]] | None = None,
+                 batch_size: int = 1024):
+        """``variants`` maps a config name to the extra steps that make it from the shared base
+        (e.g. ``{"clean": [], "shuffle_67": [ShuffleSteps(ratio=0.67)]}``); the base runs once and
+        each variant is written as its own config, ``data/<name>/train-*.parquet``."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        for i, s in enumerate(steps):
-            if not isinstance(s, Step):
-                raise TypeError(f"step {i} is {type(s).__name__}, not a curate Step")
-        self.steps = list(steps)
+        self.steps = _check_steps(steps, "step")
+        self.variants = {name: _check_steps(vs, f"variant {name!r} step") for name, vs in (variants or {}).items()}
+        for name in self.variants:
+            if not _CONFIG_NAME.fullmatch(name):
+                raise ValueError(f"variant name {name!r}: use letters, digits, '_' and '-' (it names a folder)")
         self.batch_size = batch_size
 
-    def recipe(self) -> list[dict[str, Any]]:
-        """The steps as recipe entries (``[{name: params}]``), the same shape YAML recipes use."""
-        return [{s.name: s.params()} for s in self.steps]
+    def recipe(self) -> dict[str, Any]:
+        """Steps (and variants) as recipe entries (``[{name: params}]``), the shape YAML recipes use."""
+        recipe: dict[str, Any] = {"steps": [{s.name: s.params()} for s in self.steps]}
+        if self.variants:
+            recipe["variants"] = {n: [{s.name: s.params()} for s in vs] for n, vs in self.variants.items()}
+        return recipe
 
     def plan(self, input_schema: pa.Schema = TRACE_SCHEMA) -> list[pa.Schema]:
         """The schema after each step; raises PipelineError when a step reads a missing column."""
-        schemas, current = [], input_schema
-        for i, step in enumerate(self.steps, 1):
-            names = set(current.names)
-            missing = [c for c in step.columns_read() if c not in names]
-            if missing:
-                writers = [s.name for s in self.steps[i:] if set(missing) & set(s.columns_written())]
-                hint = f" ({', '.join(writers)} writes it, but runs later)" if writers else ""
-                raise PipelineError(
-                    f"step {i} '{step.name}' reads column(s) {', '.join(missing)} that neither the input "
-                    f"nor an earlier step provides{hint}"
-                )
-            for col, typ in step.columns_written().items():
-                if col in names:
-                    old = current.field(col).type
-                    if old != typ and not (_is_text(old) and _is_text(typ)):
-                        raise PipelineError(f"step {i} '{step.name}' writes {col} as {typ}, but it is {old}")
-                else:
-                    current = current.append(pa.field(col, typ))
-            schemas.append(current)
+        schemas = _plan_chain(self.steps, input_schema, first=1)
+        for name, steps in self.variants.items():
+            _plan_chain(steps, schemas[-1] if schemas else input_schema, first=len(self.steps) + 1, variant=name)
         return schemas
+
+    def variant_plans(self, base_schema: pa.Schema) -> dict[str, list[pa.Schema]]:
+        return {n: _plan_chain(vs, base_schema, len(self.steps) + 1, n) for n, vs in self.variants.items()}
 
     def run(
         self,
@@ -152,6 +165,40 @@ class Pipeline:
         return _Run(self, source, Path(out), resume, overwrite, progress, keep_work, shard_bytes, command).go()
 
 
+_CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def _check_steps(steps: Sequence[Step], what: str) -> list[Step]:
+    for i, s in enumerate(steps):
+        if not isinstance(s, Step):
+            raise TypeError(f"{what} {i} is {type(s).__name__}, not a curate Step")
+    return list(steps)
+
+
+def _plan_chain(steps: list[Step], current: pa.Schema, first: int, variant: str | None = None) -> list[pa.Schema]:
+    schemas = []
+    where = f"variant {variant!r}: " if variant else ""
+    for i, step in enumerate(steps, first):
+        names = set(current.names)
+        missing = [c for c in step.columns_read() if c not in names]
+        if missing:
+            writers = [s.name for s in steps[i - first + 1:] if set(missing) & set(s.columns_written())]
+            hint = f" ({', '.join(writers)} writes it, but runs later)" if writers else ""
+            raise PipelineError(
+                f"{where}step {i} '{step.name}' reads column(s) {', '.join(missing)} that neither the input "
+                f"nor an earlier step provides{hint}"
+            )
+        for col, typ in step.columns_written().items():
+            if col in names:
+                old = current.field(col).type
+                if old != typ and not (_is_text(old) and _is_text(typ)):
+                    raise PipelineError(f"{where}step {i} '{step.name}' writes {col} as {typ}, but it is {old}")
+            else:
+                current = current.append(pa.field(col, typ))
+        schemas.append(current)
+    return schemas
+
+
 class _Run:
     def __init__(self, pipeline: Pipeline, source: Source, out: Path, resume: bool, overwrite: bool,
                  progress: bool | None, keep_work: bool, shard_bytes: int, command: str | None):
@@ -165,6 +212,8 @@ class _Run:
     def go(self) -> RunResult:
         input_schema = self.source.schema()
         schemas = self.p.plan(input_schema)  # fail before any work
+        base_schema = schemas[-1] if schemas else input_schema
+        variant_schemas = self.p.variant_plans(base_schema)
         fingerprint = _hash(self.source.fingerprint(), self.p.recipe(), SCHEMA_VERSION, self.p.batch_size)
         done = self._existing(fingerprint)
         if done is not None:
@@ -174,12 +223,28 @@ class _Run:
         started = time.time()
         read_fp = _hash(self.source.fingerprint(), SCHEMA_VERSION, self.p.batch_size)
         funnel = [self._read_stage(read_fp, input_schema)]
-        stage_fp, prev_dir, prev_schema = read_fp, self._stage_dir(0, "read"), input_schema
-        for i, (step, schema) in enumerate(zip(self.p.steps, schemas, strict=False), 1):
-            stage_fp = _hash(stage_fp, {step.name: step.params()})
-            funnel.append(self._step_stage(i, step, stage_fp, prev_dir, prev_schema, schema))
-            prev_dir, prev_schema = self._stage_dir(i, step.name), schema
-        return self._finish(fingerprint, funnel, prev_dir, prev_schema, time.time() - started)
+        base_fp, base_dir, funnel_steps = self._chain(self.p.steps, schemas, read_fp, self._stage_dir(0, "read"),
+                                                      input_schema, first=1, folder=self.work)
+        funnel += funnel_steps
+        outputs: dict[str | None, tuple[Path, pa.Schema, list[dict]]] = {}
+        if not self.p.variants:
+            outputs[None] = (base_dir, base_schema, [])
+        for name, steps in self.p.variants.items():
+            _, last, vfunnel = self._chain(steps, variant_schemas[name], base_fp, base_dir, base_schema,
+                                           first=len(self.p.steps) + 1, folder=self.work / f"variant-{name}")
+            outputs[name] = (last, variant_schemas[name][-1] if steps else base_schema, vfunnel)
+        return self._finish(fingerprint, funnel, outputs, time.time() - started)
+
+    def _chain(self, steps: list[Step], schemas: list[pa.Schema], fp: str, prev_dir: Path,
+               prev_schema: pa.Schema, first: int, folder: Path) -> tuple[str, Path, list[dict]]:
+        """Run steps one stage each, chaining fingerprints; returns the last fingerprint, folder, funnel."""
+        funnel = []
+        for i, (step, schema) in enumerate(zip(steps, schemas), first):
+            fp = _hash(fp, {step.name: step.params()})
+            stage = folder / f"stage-{i:02d}-{step.name}"
+            funnel.append(self._step_stage(i, step, fp, prev_dir, prev_schema, schema, stage))
+            prev_dir, prev_schema = stage, schema
+        return fp, prev_dir, funnel
 
     def _existing(self, fingerprint: str) -> RunResult | None:
         manifest_path = self.out / MANIFEST
@@ -238,7 +303,7 @@ class _Run:
                     if batch.rejects.num_rows:
                         write_parquet_atomic(batch.rejects, folder / f"rejects-{k:05d}.parquet")
                     stats = {"rows_in": batch.rows, "rejected": batch.rejects.num_rows, "seconds": seconds}
-                    write_parquet_atomic(batch.traces.cast(schema), part, {"part": stats})
+                    write_parquet_atomic(batch.traces.cast(schema), part, {"part": stats}, WORK_COMPRESSION)
                 bar.update(batch.rows)
                 t0 = time.perf_counter()
             bar.close()
@@ -250,23 +315,26 @@ class _Run:
 
     # --- stage i: one step ---------------------------------------------------------------------
     def _step_stage(self, i: int, step: Step, fingerprint: str, in_dir: Path, in_schema: pa.Schema,
-                    out_schema: pa.Schema) -> dict[str, Any]:
-        folder = self._stage_dir(i, step.name)
+                    out_schema: pa.Schema, folder: Path) -> dict[str, Any]:
         if self._open_stage(folder, fingerprint):
             return self._stage_stats(i, step.name, folder)
         parts = sorted(in_dir.glob("part-*.parquet"))
         counts = [pq.ParquetFile(p).metadata.num_rows for p in parts]
         total = sum(counts)
         fit_seconds = 0.0
-        n = len(self.p.steps)
+        n = len(self.p.steps) + max((len(v) for v in self.p.variants.values()), default=0)
+        if folder.parent.name.startswith("variant-"):
+            step_label = f"{folder.parent.name.removeprefix('variant-')}: {step.name}"
+        else:
+            step_label = step.name
         if step.needs_global_pass:
             t0 = time.perf_counter()
-            bar = self._bar(f"[{i}/{n}] {step.name} (fit)", total)
+            bar = self._bar(f"[{i}/{n}] {step_label} (fit)", total)
             step.fit(_frames(parts, bar))
             bar.close()
             fit_seconds = time.perf_counter() - t0
         reject_schema = _reject_schema(out_schema, step)
-        bar = self._bar(f"[{i}/{n}] {step.name}", total)
+        bar = self._bar(f"[{i}/{n}] {step_label}", total)
         offset = 0
         for k, (part, count) in enumerate(zip(parts, counts, strict=False)):
             dest = folder / f"part-{k:05d}.parquet"
@@ -289,7 +357,7 @@ class _Run:
                 write_parquet_atomic(_conform_rejects(rejected, reject_schema, step),
                                      folder / f"rejects-{k:05d}.parquet")
             stats = {"rows_in": batch.height, "rejected": n_rej, "seconds": seconds}
-            write_parquet_atomic(_conform(kept, out_schema, step), dest, {"part": stats})
+            write_parquet_atomic(_conform(kept, out_schema, step), dest, {"part": stats}, WORK_COMPRESSION)
             offset += count
             bar.update(count)
         bar.close()
@@ -306,14 +374,14 @@ class _Run:
             seconds += stats.get("seconds", 0.0)
             kept += pq.ParquetFile(part).metadata.num_rows
         return {"step": i, "name": name, "rows_in": rows_in, "kept": kept, "rejected": rejected,
-                "seconds": round(seconds, 3)}
+                "seconds": round(seconds, 3), "_folder": str(folder)}
 
     # --- final write ---------------------------------------------------------------------------
-    def _finish(self, fingerprint: str, funnel: list[dict], last_dir: Path, schema: pa.Schema,
+    def _finish(self, fingerprint: str, funnel: list[dict], outputs: dict[str | None, tuple[Path, pa.Schema, list[dict]]],
                 wall: float) -> RunResult:
-        parts = sorted(last_dir.glob("part-*.parquet"))
-        total_rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
-        total_bytes = sum(p.stat().st_size for p in parts)
+        first = len(self.p.steps) + 1
+        numbered = [(f"{i}:{s.name}", s) for i, s in enumerate(self.p.steps, 1)]
+        numbered += [(f"{v}/{i}:{s.name}", s) for v, vs in self.p.variants.items() for i, s in enumerate(vs, first)]
         manifest: dict[str, Any] = {
             "curate_version": library_versions().get("curate", "dev"),
             "schema_version": SCHEMA_VERSION,
@@ -321,33 +389,57 @@ class _Run:
             "fingerprint": fingerprint,
             "command": self.command,
             "input": {**self.source.describe(), "fingerprint": self.source.fingerprint()},
-            "recipe": {"steps": self.p.recipe(), "batch_size": self.p.batch_size},
-            "seeds": {f"{i}:{s.name}": s.params()["seed"] for i, s in enumerate(self.p.steps, 1) if "seed" in s.params()},
+            "recipe": {**self.p.recipe(), "batch_size": self.p.batch_size},
+            "seeds": {key: s.params()["seed"] for key, s in numbered if "seed" in s.params()},
             "libraries": library_versions(),
-            "funnel": funnel,
+            "funnel": [_public(f) for f in funnel],
             "wall_seconds": round(wall, 3),
         }
-        files = write_shards(
-            (pq.read_table(p) for p in parts), self.out, schema, total_rows, total_bytes,
-            shard_bytes=self.shard_bytes, metadata={"manifest": {k: manifest[k] for k in ("fingerprint", "recipe", "input")}},
-        )
-        rejects = []
+        shard_md = {"manifest": {k: manifest[k] for k in ("fingerprint", "recipe", "input")}}
         remove_tree(self.out / "rejects")
-        for stats in funnel:
-            folder = self._stage_dir(stats["step"], stats["name"])
-            rparts = sorted(folder.glob("rejects-*.parquet"))
-            if not rparts:
-                continue
-            rschema = pq.read_schema(rparts[0]).remove_metadata()
-            dest = f"rejects/{stats['step']:02d}-{stats['name']}.parquet"
-            rows = concat_parquet(rparts, self.out / dest, rschema)
-            rejects.append({"step": stats["name"], "path": dest, "rows": rows})
-        manifest["output"] = {"rows": total_rows, "files": files, "columns": schema.names}
+        rejects = self._collect_rejects(funnel, "rejects")
+        files: list[str] = []
+        total_rows = 0
+        configs: dict[str, Any] = {}
+        for config, (last_dir, schema, vfunnel) in outputs.items():
+            parts = sorted(last_dir.glob("part-*.parquet"))
+            rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+            nbytes = sum(p.stat().st_size for p in parts)
+            written = write_shards((pq.read_table(p) for p in parts), self.out, schema, rows, nbytes,
+                                   config=config, shard_bytes=self.shard_bytes, metadata=shard_md)
+            files += written
+            total_rows += rows
+            if config is not None:
+                vrejects = self._collect_rejects(vfunnel, f"rejects/{config}")
+                rejects += [{**r, "config": config} for r in vrejects]
+                configs[config] = {"rows": rows, "files": written, "columns": schema.names,
+                                   "funnel": [_public(f) for f in vfunnel]}
+        manifest["output"] = {"rows": total_rows, "files": files,
+                              "columns": next(iter(outputs.values()))[1].names}
+        if configs:
+            manifest["configs"] = configs
         manifest["rejects"] = rejects
         write_json_atomic(manifest, self.out / MANIFEST)
         if not self.keep_work:
             remove_tree(self.work)
         return RunResult(self.out, manifest)
+
+    def _collect_rejects(self, funnel: list[dict], prefix: str) -> list[dict[str, Any]]:
+        """One Parquet file per step that rejected rows, streamed from its parts."""
+        rejects = []
+        for stats in funnel:
+            rparts = sorted(Path(stats["_folder"]).glob("rejects-*.parquet"))
+            if not rparts:
+                continue
+            rschema = pq.read_schema(rparts[0]).remove_metadata()
+            dest = f"{prefix}/{stats['step']:02d}-{stats['name']}.parquet"
+            rows = concat_parquet(rparts, self.out / dest, rschema)
+            rejects.append({"step": stats["name"], "path": dest, "rows": rows})
+        return rejects
+
+
+def _public(stats: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in stats.items() if not k.startswith("_")}
 
 
 def _is_text(t: pa.DataType) -> bool:

@@ -23,7 +23,7 @@ from curate.io.read import Source, read
 from curate.pipeline import Pipeline, RunResult
 from curate.step import build_step
 
-TOP_KEYS = {"input", "steps", "output", "batch_size", "name", "description"}
+TOP_KEYS = {"input", "steps", "variants", "output", "batch_size", "name", "description"}
 INPUT_KEYS = {"path", "format", "on_error", "domain", "source", "teacher", "max_chars"}
 OUTPUT_KEYS = {"path", "shard_mb"}
 
@@ -76,18 +76,11 @@ def parse_recipe(doc: Any, where: str = "recipe") -> Recipe:
         raise RecipeError(f"{where}: input.path is missing")
     if "steps" not in doc:
         raise RecipeError(f"{where}: missing key 'steps' (use `steps: []` to import, validate and write)")
-    steps_doc = doc["steps"] if doc["steps"] is not None else []
-    if not isinstance(steps_doc, list):
-        raise RecipeError(f"{where}: steps must be a list of {{step_name: {{params}}}} entries")
-    steps = []
-    for i, entry in enumerate(steps_doc):
-        at = f"{where}: steps[{i}]"
-        if isinstance(entry, str):
-            entry = {entry: {}}
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise RecipeError(f"{at}: each step is a mapping with one key, the step name (e.g. - filter: {{...}})")
-        (name, params), = entry.items()
-        steps.append(build_step(name, _mapping(params, f"{at}.{name}"), at))
+    steps = _steps(doc["steps"], f"{where}: steps")
+    variants_doc = _mapping(doc.get("variants"), f"{where}: variants")
+    variants = {}
+    for name, vsteps in variants_doc.items():
+        variants[str(name)] = _steps(vsteps, f"{where}: variants.{name}")
     out = doc.get("output") or {}
     if isinstance(out, str):
         out = {"path": out}
@@ -98,7 +91,28 @@ def parse_recipe(doc: Any, where: str = "recipe") -> Recipe:
     batch_size = doc.get("batch_size", 1024)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise RecipeError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
-    return Recipe(None, inp, Pipeline(steps, batch_size=batch_size), out, doc.get("name"))
+    try:
+        pipeline = Pipeline(steps, variants=variants, batch_size=batch_size)
+    except ValueError as e:
+        raise RecipeError(f"{where}: variants: {e}") from None
+    return Recipe(None, inp, pipeline, out, doc.get("name"))
+
+
+def _steps(doc: Any, where: str) -> list:
+    """A list of ``{step_name: {params}}`` entries (a bare name means no parameters)."""
+    doc = doc if doc is not None else []
+    if not isinstance(doc, list):
+        raise RecipeError(f"{where} must be a list of {{step_name: {{params}}}} entries")
+    steps = []
+    for i, entry in enumerate(doc):
+        at = f"{where}[{i}]"
+        if isinstance(entry, str):
+            entry = {entry: {}}
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise RecipeError(f"{at}: each step is a mapping with one key, the step name (e.g. - filter: {{...}})")
+        ((name, params),) = entry.items()
+        steps.append(build_step(name, _mapping(params, f"{at}.{name}"), at))
+    return steps
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:

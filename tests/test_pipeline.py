@@ -226,3 +226,43 @@ def test_reads_its_own_output_back_with_annotations(math500_sample, tmp_path):
     df = second.to_polars()
     assert "answer_method" in df.columns and df["answer"].null_count() == 0
     assert second.funnel["rows_in"][0] == 120
+
+
+def test_variants_share_one_base_and_write_one_config_each(math500_sample, tmp_path):
+    calls = []
+
+    @dataclass
+    class CountingBase(Step):
+        name = "test_counting_base"
+
+        def apply(self, batch, offset):
+            calls.append(batch.height)
+            return StepResult(batch)
+
+    pipeline = Pipeline(
+        [CountingBase(), ExactDedup()],
+        variants={"clean": [], "boxed": [ExtractAnswer(), Filter(where={"answer_method": {"eq": "boxed"}})]},
+    )
+    result = pipeline.run(read(math500_sample), out=tmp_path / "fam")
+    assert sum(calls) == 120, "the base steps ran once for both variants"
+    assert result.configs == ["clean", "boxed"]
+    files = sorted(str(p.relative_to(tmp_path / "fam")) for p in (tmp_path / "fam" / "data").rglob("*.parquet"))
+    assert files == ["data/boxed/train-00000-of-00001.parquet", "data/clean/train-00000-of-00001.parquet"]
+    clean, boxed = result.to_polars("clean"), result.to_polars("boxed")
+    assert clean.height == 120 and "answer_method" not in clean.columns
+    assert 0 < boxed.height < 120 and set(boxed["answer_method"]) == {"boxed"}
+    assert set(boxed["id"]) <= set(clean["id"])
+    vfunnel = result.manifest["configs"]["boxed"]["funnel"]
+    assert [f["name"] for f in vfunnel] == ["extract_answer", "filter"] and vfunnel[0]["step"] == 3
+    assert vfunnel[1]["kept"] == boxed.height and vfunnel[1]["rejected"] == 120 - boxed.height
+    rejected = [r for r in result.manifest["rejects"] if r.get("config") == "boxed"]
+    assert rejected == [{"step": "filter", "path": "rejects/boxed/04-filter.parquet", "rows": 120 - boxed.height,
+                         "config": "boxed"}]
+    with pytest.raises(ValueError, match="pass config="):
+        result.to_polars()
+    # the chain of each variant is checked before any work
+    bad = Pipeline([ExactDedup()], variants={"v": [Filter(where={"verify_correct": {"eq": True}})]})
+    with pytest.raises(PipelineError, match="variant 'v': step 2 'filter' reads"):
+        bad.run(read(math500_sample), out=tmp_path / "bad")
+    with pytest.raises(ValueError, match="names a folder"):
+        Pipeline([], variants={"../x": []})

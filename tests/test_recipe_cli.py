@@ -126,3 +126,27 @@ def test_catalog_matches_the_code():
 def test_schema_file_matches_the_code():
     current = (REPO / "schemas" / "trace-v1.json").read_text()
     assert current == json_schema_text(), "schemas/trace-v1.json drifted: run `curate schema`"
+
+
+def test_recipe_variants(tmp_path, math500_sample):
+    path = write_recipe(tmp_path, f"""
+input: {{path: {math500_sample}}}
+steps:
+  - exact_dedup: {{}}
+variants:
+  clean: []
+  answered:
+    - extract_answer: {{}}
+    - filter: {{require_answer: true}}
+""")
+    recipe = load_recipe(path)
+    assert list(recipe.pipeline.variants) == ["clean", "answered"]
+    result = run_recipe(path, out=tmp_path / "o")
+    assert result.configs == ["clean", "answered"]
+    assert result.manifest["recipe"]["variants"]["answered"][1] == {"filter": {
+        "min_problem_chars": None, "max_problem_chars": None, "min_thinking_chars": None, "max_thinking_chars": None,
+        "min_solution_chars": None, "max_solution_chars": None, "domains": None, "require_closed_thinking": False,
+        "require_answer": True, "where": None}}
+    bad = write_recipe(tmp_path, f"input: {{path: {math500_sample}}}\nsteps: []\nvariants:\n  v: [{{shufle: {{}}}}]\n")
+    with pytest.raises(RecipeError, match=r"variants.v\[0\]: unknown step 'shufle'"):
+        load_recipe(bad)

@@ -16,10 +16,12 @@ import pyarrow.parquet as pq
 from curate.schema import SCHEMA_VERSION
 
 METADATA_KEY = b"curate"
-COMPRESSION = "zstd"
+COMPRESSION = "zstd"  # published shards: small on the hub
+WORK_COMPRESSION = "lz4"  # intermediate stage parts: 2-3x faster to read back than zstd, written once
 
 
-def write_parquet_atomic(table: pa.Table, path: Path, metadata: dict[str, Any] | None = None) -> None:
+def write_parquet_atomic(table: pa.Table, path: Path, metadata: dict[str, Any] | None = None,
+                         compression: str = COMPRESSION) -> None:
     """Write to a temporary name in the same folder, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if metadata is not None:
@@ -27,7 +29,7 @@ def write_parquet_atomic(table: pa.Table, path: Path, metadata: dict[str, Any] |
         md[METADATA_KEY] = json.dumps(metadata, default=str).encode()
         table = table.replace_schema_metadata(md)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression=COMPRESSION)
+    pq.write_table(table, tmp, compression=compression)
     os.replace(tmp, path)
 
 
