@@ -83,9 +83,13 @@ def _keep_reference(rec: dict, key: str | None, extra: dict) -> None:
         extra[key] = rec[key]
 
 
-def _sliced(rec: dict, keys: tuple[str, ...], n: int, skip: str) -> set[str]:
-    """The per-sample list fields of a record: known names whose list has one entry per sample."""
-    return {k for k in keys if k != skip and isinstance(rec.get(k), list) and len(rec[k]) == n}
+def _sliced(rec: dict, keys: tuple[str, ...], n: int, skip: str) -> list[str]:
+    """The per-sample list fields of a record: known names whose list has one entry per sample.
+
+    A list in record order, never a set: set order changes between processes, and `extra` must
+    be byte-identical in every run (a resumed run is compared with an uninterrupted one).
+    """
+    return [k for k in rec if k in keys and k != skip and isinstance(rec[k], list) and len(rec[k]) == n]
 
 
 def parse_input_output(value: Any) -> tuple[list[dict[str, str]], str | None]:

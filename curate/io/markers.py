@@ -25,7 +25,9 @@ def split_response(text: str) -> SplitResponse:
     Sky-T1 / OpenThoughts markers and R1 ``<think>`` tags are recognised (R1 output often lacks
     the opening tag, which lives in the chat template). A thinking block that never closes is a
     truncated trace: everything after the opening marker is thinking and ``closed`` is False.
-    Text without markers is all solution.
+    Text without markers is all solution. No text is dropped: anything before the opening marker
+    stays at the head of the thinking, anything between or after the solution markers stays in
+    the solution, and stray repeated markers are removed.
     """
     if SKY_BEGIN_THOUGHT in text or SKY_END_THOUGHT in text:
         return _split_sky(text)
@@ -34,48 +36,63 @@ def split_response(text: str) -> SplitResponse:
     return SplitResponse("", text.strip(), None, "none")
 
 
+def _clean(text: str, markers: tuple[str, ...]) -> str:
+    for m in markers:
+        if m in text:
+            text = text.replace(m, "")
+    return text.strip()
+
+
+_SKY_MARKERS = (SKY_BEGIN_THOUGHT, SKY_END_THOUGHT, SKY_BEGIN_SOLUTION, SKY_END_SOLUTION)
+_THINK_MARKERS = (THINK_OPEN, THINK_CLOSE)
+
+
+def _join(*parts: str) -> str:
+    return "\n\n".join(p for p in (q.strip() for q in parts) if p)
+
+
 def _split_sky(text: str) -> SplitResponse:
     start = text.find(SKY_BEGIN_THOUGHT)
-    body = text[start + len(SKY_BEGIN_THOUGHT) :] if start >= 0 else text
+    head, body = (text[:start], text[start + len(SKY_BEGIN_THOUGHT) :]) if start >= 0 else ("", text)
     end = body.find(SKY_END_THOUGHT)
     if end < 0:
         sol_at = body.find(SKY_BEGIN_SOLUTION)
         if sol_at < 0:
-            return SplitResponse(body.strip(), "", False, "sky-t1")
+            return SplitResponse(_clean(_join(head, body), _SKY_MARKERS), "", False, "sky-t1")
         thinking, rest, closed = body[:sol_at], body[sol_at:], False
     else:
         thinking, rest, closed = body[:end], body[end + len(SKY_END_THOUGHT) :], True
-    return SplitResponse(thinking.strip(), _strip_solution_markers(rest), closed, "sky-t1")
-
-
-def _strip_solution_markers(rest: str) -> str:
-    s = rest.find(SKY_BEGIN_SOLUTION)
-    if s >= 0:
-        rest = rest[s + len(SKY_BEGIN_SOLUTION) :]
-    e = rest.rfind(SKY_END_SOLUTION)
-    if e >= 0:
-        rest = rest[:e]
-    return rest.strip()
+    return SplitResponse(_clean(_join(head, thinking), _SKY_MARKERS), _clean(rest, _SKY_MARKERS),
+                         closed, "sky-t1")
 
 
 def _split_think(text: str) -> SplitResponse:
     start = text.find(THINK_OPEN)
-    body = text[start + len(THINK_OPEN) :] if start >= 0 else text
+    head, body = (text[:start], text[start + len(THINK_OPEN) :]) if start >= 0 else ("", text)
     end = body.find(THINK_CLOSE)
     if end < 0:
-        return SplitResponse(body.strip(), "", False, "think")
-    return SplitResponse(body[:end].strip(), body[end + len(THINK_CLOSE) :].strip(), True, "think")
+        return SplitResponse(_clean(_join(head, body), _THINK_MARKERS), "", False, "think")
+    thinking, rest = body[:end], body[end + len(THINK_CLOSE) :]
+    return SplitResponse(_clean(_join(head, thinking), _THINK_MARKERS), _clean(rest, _THINK_MARKERS),
+                         True, "think")
 
 
-def join_response(thinking: str, solution: str, style: str = "think") -> str:
-    """Inverse of :func:`split_response` for export: wrap thinking in the chosen markers."""
+def join_response(thinking: str, solution: str, style: str = "think", closed: bool | None = True) -> str:
+    """Inverse of :func:`split_response` for export: wrap thinking in the chosen markers.
+
+    A truncated trace (``closed=False``) is written without the closing marker, as the teacher
+    left it, so that reading the export back gives the same thinking, solution and flag.
+    """
+    truncated = closed is False
     if style == "think":
+        if truncated:
+            return _join(f"{THINK_OPEN}\n{thinking}", solution)
         return f"{THINK_OPEN}\n{thinking}\n{THINK_CLOSE}\n\n{solution}"
     if style == "sky-t1":
-        return (
-            f"{SKY_BEGIN_THOUGHT}\n\n{thinking}\n\n{SKY_END_THOUGHT}\n\n"
-            f"{SKY_BEGIN_SOLUTION}\n\n{solution}\n\n{SKY_END_SOLUTION}"
-        )
+        solution_block = f"{SKY_BEGIN_SOLUTION}\n\n{solution}\n\n{SKY_END_SOLUTION}"
+        if truncated:
+            return f"{SKY_BEGIN_THOUGHT}\n\n{thinking}" + (f"\n\n{solution_block}" if solution else "")
+        return f"{SKY_BEGIN_THOUGHT}\n\n{thinking}\n\n{SKY_END_THOUGHT}\n\n{solution_block}"
     if style == "none":
-        return f"{thinking}\n\n{solution}".strip()
+        return _join(thinking, solution)
     raise ValueError(f"unknown marker style {style!r}: use 'think', 'sky-t1' or 'none'")

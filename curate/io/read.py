@@ -2,7 +2,10 @@
 
 ``read(...)`` returns a lazy :class:`Source`; nothing is read until a pipeline (or you) iterates
 ``source.batches()``. Every input record becomes traces or rejects (file, line, raw text, reason),
-so kept + rejected always equals rows read.
+so kept + rejected always equals rows read. Source ids must be unique within a file (eval dumps
+number each file from 0). Data already in the trace schema (a curate dataset folder, one of its
+shards, or such a table in memory) skips the adapters and keeps its typed annotation columns;
+later files are conformed to the first file's columns.
 """
 
 from __future__ import annotations
@@ -255,6 +258,8 @@ def _records_to_batches(
 
 # --- files ---------------------------------------------------------------------------------------
 
+_KINDS = ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".parquet", "parquet"))
+
 
 def _open(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
@@ -262,33 +267,44 @@ def _open(path: Path):
 
 def _kind(path: Path) -> str:
     name = path.name.lower().removesuffix(".gz")
-    for ext, kind in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".parquet", "parquet")):
+    for ext, kind in _KINDS:
         if name.endswith(ext):
             return kind
     raise InputError(f"{path}: unknown file type (expected .jsonl, .ndjson, .json, .parquet, optionally .gz)")
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[int, Any, Any]]:
-    with _open(path) as f:
-        for line_no, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield line_no, ValueError(f"not valid UTF-8 (byte {e.start} of the line)"), raw
-                continue
-            try:
-                yield line_no, _loads(text), text
-            except _JSONError as e:
-                yield line_no, ValueError(f"malformed JSON ({e})"), text
+    try:
+        with _open(path) as f:
+            for line_no, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                raw = raw.rstrip(b"\r\n")
+                if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte-order mark
+                    raw = raw[3:]
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield line_no, ValueError(f"not valid UTF-8 (byte {e.start} of the line)"), raw
+                    continue
+                try:
+                    yield line_no, _loads(text), text
+                except _JSONError as e:
+                    yield line_no, ValueError(f"malformed JSON ({e})"), text
+    except (OSError, EOFError) as e:  # a truncated or corrupt .gz
+        raise InputError(f"{path}: cannot read the file ({e})") from None
 
 
 def _json_records(path: Path) -> Iterator[tuple[int, Any, Any]]:
-    with _open(path) as f:
-        data = f.read()
+    """A JSON document: an array of records (or an object holding one). ``line`` is the record's
+    1-based position in the array, since a JSON document has no per-record lines."""
     try:
-        doc = json.loads(data.decode("utf-8"))
+        with _open(path) as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise InputError(f"{path}: cannot read the file ({e})") from None
+    try:
+        doc = json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not valid UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
@@ -314,11 +330,17 @@ def _is_curate_table(schema: pa.Schema) -> bool:
     return all(name in schema.names for name in CORE_COLUMNS)
 
 
-def _cast_curate(table: pa.Table) -> pa.Table:
+def _cast_curate(table: pa.Table, where: str = "input") -> pa.Table:
     """Conform a curate-layout table: core columns first with their declared types, then the rest."""
     cols, names = [], []
     for f in TRACE_SCHEMA:
-        cols.append(table.column(f.name).cast(f.type))
+        col = table.column(f.name)
+        try:
+            cols.append(col.cast(f.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+            raise InputError(
+                f"{where}: column {f.name!r} is {col.type}, but trace schema v1 needs {f.type} ({e})"
+            ) from None
         names.append(f.name)
     for name in table.schema.names:
         if name not in CORE_COLUMNS:
@@ -328,16 +350,18 @@ def _cast_curate(table: pa.Table) -> pa.Table:
 
 
 def _curate_table_batches(
-    batches: Iterable[pa.RecordBatch], file: str, builder: _RowBuilder, asm: _BatchAssembler, offset: int = 0
+    batches: Iterable[pa.RecordBatch], file: str, asm: _BatchAssembler, offset: int = 0
 ) -> Iterator[ReadBatch]:
     """Fast path for data already in the trace schema: keep typed annotation columns as they are."""
     import pyarrow.compute as pc
 
     row0 = offset
     for rb in batches:
-        table = _cast_curate(pa.Table.from_batches([rb]))
+        table = _cast_curate(pa.Table.from_batches([rb]), file)
+        empty_problem = pc.or_(pc.is_null(table["problem"]),
+                               pc.equal(pc.utf8_trim_whitespace(table["problem"]), ""))
         bad = pc.or_(
-            pc.or_(pc.is_null(table["problem"]), pc.equal(pc.utf8_trim_whitespace(table["problem"]), "")),
+            empty_problem,
             pc.or_(pc.is_null(table["id"]), pc.invert(pc.is_in(table["domain"], pa.array(DOMAINS)))),
         )
         bad = pc.fill_null(bad, True)
@@ -355,6 +379,28 @@ def _curate_table_batches(
         asm.rejects = []
         row0 += rb.num_rows
         yield ReadBatch(traces, rejects, traces.num_rows + rejects.num_rows)
+
+
+def _fast_path(options: ReadOptions, schema: pa.Schema) -> bool:
+    """Curate-layout tables skip the adapters (and keep their typed annotation columns)."""
+    return options.format in ("auto", "curate") and _is_curate_table(schema)
+
+
+def _detect(name: str, records: Iterable[tuple[int, Any, Any]]) -> Format | None:
+    """The format of the first JSON object in ``records``; None when there are no records."""
+    for seen, (_, rec, _) in enumerate(records, 1):
+        if isinstance(rec, dict):
+            fmt = detect_format(rec)
+            if fmt is None:
+                keys = ", ".join(list(rec)[:20])
+                raise InputError(
+                    f"{name}: cannot detect the trace format from the record keys [{keys}]; "
+                    "name it with format=... (see `curate formats`)"
+                )
+            return fmt
+        if seen >= _DETECT_LINES:
+            raise InputError(f"{name}: no JSON object in the first {_DETECT_LINES} records to detect the format from")
+    return None
 
 
 class FileSource(Source):
@@ -386,49 +432,66 @@ class FileSource(Source):
 
     def schema(self) -> pa.Schema:
         first = self.paths[0]
-        if _kind(first) == "parquet" and _is_curate_table(_open_parquet(first).schema_arrow):
-            return _cast_curate(_open_parquet(first).schema_arrow.empty_table()).schema.remove_metadata()
+        if _kind(first) == "parquet":
+            arrow = _open_parquet(first).schema_arrow
+            if _fast_path(self.options, arrow):
+                return _cast_curate(arrow.empty_table(), str(first)).schema.remove_metadata()
         return TRACE_SCHEMA
 
-    def _format_for(self, path: Path, records: Iterator[tuple[int, Any, Any]]) -> Format:
-        if self.options.format != "auto":
-            return get_format(self.options.format)
-        seen = 0
-        for _, rec, _ in records:
-            if isinstance(rec, dict):
-                fmt = detect_format(rec)
-                if fmt is None:
-                    keys = ", ".join(list(rec)[:20])
-                    raise InputError(
-                        f"{path}: cannot detect the trace format from the record keys [{keys}]; "
-                        "name it with format=... (see `curate formats`)"
-                    )
-                return fmt
-            seen += 1
-            if seen >= _DETECT_LINES:
-                break
-        raise InputError(f"{path}: no JSON object in the first {_DETECT_LINES} records to detect the format from")
-
     def batches(self, batch_size: int = 1024) -> Iterator[ReadBatch]:
+        target = self.schema()
         builder = _RowBuilder(self.options)
         for path in self.paths:
-            kind = _kind(path)
-            source_name = path.name.split(".")[0]
-            asm = _BatchAssembler(batch_size, self.options)
-            if kind == "parquet":
-                pf = _open_parquet(path)
-                if _is_curate_table(pf.schema_arrow):
-                    yield from _curate_table_batches(pf.iter_batches(batch_size), str(path), builder, asm)
-                    continue
-                records = lambda pf=pf: _table_records(pf.iter_batches(batch_size))  # noqa: E731
-            elif kind == "jsonl":
-                records = lambda path=path: _jsonl_records(path)  # noqa: E731
-            else:
-                records = lambda path=path: _json_records(path)  # noqa: E731
-            fmt = self._format_for(path, records())
-            yield from _records_to_batches(records(), str(path), source_name, fmt, builder, asm)
-            if asm.rows or asm.rejects:
-                yield asm.emit()
+            for batch in self._file_batches(path, batch_size, builder):
+                if batch.traces.schema != target:
+                    batch.traces = _conform(batch.traces, target, str(path))
+                yield batch
+
+    def _file_batches(self, path: Path, batch_size: int, builder: _RowBuilder) -> Iterator[ReadBatch]:
+        kind = _kind(path)
+        asm = _BatchAssembler(batch_size, self.options)
+        if kind == "parquet":
+            pf = _open_parquet(path)
+            if _fast_path(self.options, pf.schema_arrow):
+                yield from _curate_table_batches(pf.iter_batches(batch_size), str(path), asm)
+                return
+            records = lambda: _table_records(pf.iter_batches(batch_size))  # noqa: E731
+        elif kind == "jsonl":
+            records = lambda: _jsonl_records(path)  # noqa: E731
+        else:  # one JSON document: parse it once, not once for detection and once to read
+            doc = list(_json_records(path))
+            records = lambda: iter(doc)  # noqa: E731
+        if self.options.format != "auto":
+            fmt = get_format(self.options.format)
+        else:
+            fmt = _detect(str(path), records())
+            if fmt is None:  # an empty file
+                return
+        yield from _records_to_batches(records(), str(path), path.name.split(".")[0], fmt, builder, asm)
+        if asm.rows or asm.rejects:
+            yield asm.emit()
+
+
+def _conform(table: pa.Table, target: pa.Schema, where: str) -> pa.Table:
+    """Give every file's batches the schema of the first file (the one the pipeline plans with):
+    annotation columns a later file lacks become nulls; columns the first file lacks are an error."""
+    unknown = [n for n in table.column_names if n not in target.names]
+    if unknown:
+        raise InputError(
+            f"{where}: has column(s) {', '.join(unknown)} that the first input file "
+            "lacks; read files with different annotation columns separately"
+        )
+    cols = []
+    for f in target:
+        if f.name in table.column_names:
+            try:
+                cols.append(table.column(f.name).cast(f.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+                raise InputError(f"{where}: column {f.name!r} is {table.column(f.name).type}, "
+                                 f"not {f.type} as in the first input file ({e})") from None
+        else:
+            cols.append(pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(cols, schema=target)
 
 
 def _open_parquet(path: Path) -> pq.ParquetFile:
@@ -442,28 +505,45 @@ class TableSource(Source):
     """An in-memory input: list of dicts, pyarrow Table, polars DataFrame or `datasets.Dataset`."""
 
     def __init__(self, obj: Any, options: ReadOptions, name: str):
+        if type(obj).__name__ in ("DatasetDict", "IterableDatasetDict"):
+            splits = ", ".join(obj)
+            raise InputError(f"{name}: a DatasetDict holds several splits ({splits}); pass one, e.g. ds['train']")
+        tabular = isinstance(obj, (pa.Table, pa.RecordBatch)) or type(obj).__module__.split(".")[0] in (
+            "polars", "pandas", "datasets")
+        if not tabular and (isinstance(obj, (str, bytes, dict)) or not hasattr(obj, "__iter__")):
+            raise InputError(
+                f"cannot read a {type(obj).__name__}: pass a path, a list of paths or records, a pyarrow "
+                "Table, a polars DataFrame or a datasets.Dataset"
+            )
         self.obj = obj
         self.options = options
         self.name = name
         self._fingerprint: str | None = None
+        self._table: pa.Table | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"in_memory": type(self.obj).__name__, "name": self.name, "format": self.options.format}
 
     def _arrow(self) -> pa.Table | None:
+        if self._table is not None:
+            return self._table
         obj = self.obj
         if isinstance(obj, pa.Table):
-            return obj
-        if type(obj).__module__.startswith("polars"):
-            return obj.to_arrow()
-        if type(obj).__name__ in ("Dataset",) and hasattr(obj, "with_format"):
-            return obj.with_format("arrow")[:]  # honours select/shuffle index mappings
-        return None
+            self._table = obj
+        elif isinstance(obj, pa.RecordBatch):
+            self._table = pa.Table.from_batches([obj])
+        elif type(obj).__module__.startswith("polars"):
+            self._table = obj.to_arrow() if hasattr(obj, "to_arrow") else obj.collect().to_arrow()
+        elif type(obj).__name__ == "Dataset" and hasattr(obj, "with_format"):
+            self._table = obj.with_format("arrow")[:]  # honours select/shuffle index mappings
+        elif type(obj).__module__.startswith("pandas"):
+            self._table = pa.Table.from_pandas(obj, preserve_index=False)
+        return self._table
 
     def schema(self) -> pa.Schema:
         table = self._arrow()
-        if table is not None and _is_curate_table(table.schema):
-            return _cast_curate(table.schema.empty_table()).schema.remove_metadata()
+        if table is not None and _fast_path(self.options, table.schema):
+            return _cast_curate(table.schema.empty_table(), self.name).schema.remove_metadata()
         return TRACE_SCHEMA
 
     def fingerprint(self) -> str:
@@ -477,49 +557,75 @@ class TableSource(Source):
                 h.update(sink.getvalue())
             else:
                 for rec in self.obj:
-                    h.update(json.dumps(rec, sort_keys=True, default=str).encode())
+                    h.update(_json_text(rec).encode())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
+
+    def _records(self, batch_size: int) -> Iterator[tuple[int, Any, Any]]:
+        table = self._arrow()
+        if table is not None:
+            return _table_records(table.to_batches(batch_size))
+        return ((i, rec, None) for i, rec in enumerate(self.obj, 1))
 
     def batches(self, batch_size: int = 1024) -> Iterator[ReadBatch]:
         builder = _RowBuilder(self.options)
         asm = _BatchAssembler(batch_size, self.options)
         table = self._arrow()
-        if table is not None and _is_curate_table(table.schema):
-            yield from _curate_table_batches(table.to_batches(batch_size), self.name, builder, asm)
+        if table is not None and _fast_path(self.options, table.schema):
+            yield from _curate_table_batches(table.to_batches(batch_size), self.name, asm)
             return
-        if table is not None:
-            records = list(_table_records(table.to_batches(batch_size)))
-        else:
-            records = [(i, rec, None) for i, rec in enumerate(self.obj, 1)]
         if self.options.format != "auto":
             fmt = get_format(self.options.format)
         else:
-            first = next((r for _, r, _ in records if isinstance(r, dict)), None)
-            fmt = detect_format(first) if first is not None else None
+            fmt = _detect(self.name, self._records(batch_size))
             if fmt is None:
-                keys = ", ".join(list(first)[:20]) if first else ""
-                raise InputError(f"{self.name}: cannot detect the trace format from keys [{keys}]; name it with format=...")
-        yield from _records_to_batches(records, self.name, self.name, fmt, builder, asm)
+                return
+        yield from _records_to_batches(self._records(batch_size), self.name, self.name, fmt, builder, asm)
         if asm.rows or asm.rejects:
             yield asm.emit()
+
+
+def _dataset_folder_files(p: Path) -> list[Path] | None:
+    """The data shards of a curate dataset folder (one with a manifest.json), else None."""
+    manifest = p / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        doc = json.loads(manifest.read_text(encoding="utf-8"))
+        files = doc["output"]["files"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    configs = doc.get("configs") or {}
+    if len(configs) > 1:  # variants have their own columns: one at a time
+        raise InputError(f"{p}: the dataset has configs {', '.join(configs)}; read one of them, "
+                         f"e.g. {p / 'data' / next(iter(configs))}")
+    return [p / f for f in files]
 
 
 def _expand(path: str | os.PathLike) -> list[Path]:
     p = Path(path)
     if p.is_dir():
-        files = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith("."))
+        shards = _dataset_folder_files(p)
+        if shards is not None:
+            return shards
+        files = sorted(
+            q for q in p.rglob("*")
+            if q.is_file() and not any(part.startswith((".", "_")) for part in q.relative_to(p).parts)
+        )
         files = [q for q in files if _maybe_kind(q)]
         if not files:
             raise InputError(f"{p}: directory holds no .jsonl, .json or .parquet files")
         return files
     if any(ch in str(path) for ch in "*?["):
-        files = sorted(Path(q) for q in globlib.glob(str(path), recursive=True))
+        files = sorted(Path(q) for q in globlib.glob(str(path), recursive=True) if Path(q).is_file())
         if not files:
             raise InputError(f"{path}: the pattern matches no file")
+        for q in files:
+            _kind(q)
         return files
     if not p.exists():
         raise InputError(f"{p}: no such file")
+    _kind(p)
     return [p]
 
 

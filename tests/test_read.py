@@ -1,0 +1,347 @@
+"""Readers: bad input (each case's exact outcome), every input kind, and re-reading curate output."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import datasets
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curate import InputError, Pipeline, read
+from curate.ops import ExtractAnswer
+from curate.schema import TRACE_SCHEMA
+
+TRACES = "skythought_correct5k27b_math500.jsonl"
+
+
+@pytest.fixture(scope="module")
+def real_lines(shared_data) -> list[str]:
+    return (shared_data / "traces" / TRACES).read_text(encoding="utf-8").splitlines()
+
+
+@pytest.fixture(scope="module")
+def real_records(real_lines) -> list[dict]:
+    return [json.loads(line) for line in real_lines[:40]]
+
+
+def ids(source) -> list[tuple[str, str]]:
+    df = source.to_polars()
+    return list(zip(df["id"], df["source_id"], strict=True))
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+
+def _bad_lines(real_lines: list[str]) -> tuple[list[bytes], str]:
+    """Ten input rows (real lines, each broken in one way) and the 2 MB trace's text."""
+    recs = [json.loads(line) for line in real_lines[:8]]
+
+    def with_(i: int, **changes) -> bytes:
+        rec = {**recs[i], **changes}
+        for k, v in changes.items():
+            if v is _DROP:
+                del rec[k]
+        return json.dumps(rec, ensure_ascii=False).encode()
+
+    big_thinking = (recs[0]["code"][0].split("<|begin_of_thought|>")[1].split("<|end_of_thought|>")[0].strip()
+                    + "\n\n") * 1000
+    big = f"<|begin_of_thought|>\n\n{big_thinking}<|end_of_thought|>\n\n<|begin_of_solution|>\n\n42\n\n<|end_of_solution|>"
+    non_utf8 = with_(4).replace(b'"question": "', b'"question": "\xff\xfe', 1)
+    rows = [
+        real_lines[0].encode(),                      # 1 good
+        real_lines[1].encode()[:300],                # 2 malformed JSON (cut line)
+        with_(2, question=_DROP),                    # 3 missing required field
+        with_(3, question=7),                        # 4 wrong type
+        non_utf8,                                    # 5 not UTF-8
+        with_(5, question="   "),                    # 6 empty problem
+        with_(6, code=[""]),                         # 7 empty response
+        with_(7, code=[big]),                        # 8 a 2 MB trace: fine
+        real_lines[0].encode(),                      # 9 duplicate id (idx 0 again)
+        b"[1, 2]",                                   # 10 not an object
+    ]
+    return rows, big_thinking.strip()
+
+
+_DROP = object()
+
+EXPECTED_REJECTS = {  # line -> reason
+    3: "harness: field 'question': missing",
+    4: "harness: field 'question': expected a string, got int",
+    5: "not valid UTF-8 (byte 24 of the line)",
+    6: "harness: field 'question': empty",
+    7: "harness: field 'code[0]': empty: no thinking and no solution text",
+    9: "harness: field 'source_id': duplicate id '0:0' (first seen at {file}:1)",
+    10: "expected a JSON object, got list",
+}
+
+
+@pytest.fixture()
+def bad_file(real_lines, tmp_path) -> tuple[Path, str]:
+    rows, big_thinking = _bad_lines(real_lines)
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join(rows[:5]) + b"\n\n" + b"\n".join(rows[5:]) + b"\n")  # a blank line is no row
+    return path, big_thinking
+
+
+def test_bad_rows_become_rejects_with_file_line_and_field(bad_file):
+    path, big_thinking = bad_file
+    batches = list(read(path).batches())
+    traces = pa.concat_tables([b.traces for b in batches]).to_pylist()
+    rejects = pa.concat_tables([b.rejects for b in batches]).to_pylist()
+    assert sum(b.rows for b in batches) == 10 == len(traces) + len(rejects)
+    assert [t["source_id"] for t in traces] == ["0:0", "7:0"]
+    assert len(traces[1]["thinking"]) == len(big_thinking) > 2_000_000 and traces[1]["thinking"] == big_thinking
+    by_line = {r["line"]: r for r in rejects}
+    assert sorted(by_line) == [2, 3, 4, 5, 7, 8, 10, 11]  # file lines (line 6 is blank)
+    file_line = {2: 2, 3: 3, 4: 4, 5: 5, 6: 7, 7: 8, 9: 10, 10: 11}  # row number -> file line
+    for row, reason in EXPECTED_REJECTS.items():
+        got = by_line[file_line[row]]
+        assert got["reject_reason"] == reason.format(file=path)
+        assert got["source_file"] == str(path) and got["reject_step"] == "read"
+    assert by_line[2]["reject_reason"].startswith("malformed JSON (")
+    assert by_line[2]["raw"] == path.read_bytes().split(b"\n")[1].decode()
+    assert "\\xff\\xfe" in by_line[5]["raw"]  # undecodable bytes are kept, escaped
+
+
+def test_funnel_counts_read_rejects(bad_file, tmp_path):
+    path, _ = bad_file
+    result = Pipeline([]).run(read(path), out=tmp_path / "ds", progress=False)
+    read_stage = result.funnel.row(0, named=True)
+    assert (read_stage["name"], read_stage["rows_in"], read_stage["kept"], read_stage["rejected"]) == ("read", 10, 2, 8)
+    rejects = result.rejects()
+    assert rejects.height == 8 and set(rejects["reject_step"]) == {"read"}
+    assert sorted(rejects["line"].to_list()) == [2, 3, 4, 5, 7, 8, 10, 11]
+    assert result.to_polars().height == 2
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    (2, r"malformed JSON"),
+    (3, r"field 'question': missing"),
+    (4, r"field 'question': expected a string, got int"),
+    (5, r"not valid UTF-8"),
+    (6, r"field 'question': empty"),
+    (7, r"field 'code\[0\]': empty"),
+    (9, r"field 'source_id': duplicate id '0:0'"),
+    (10, r"expected a JSON object, got list"),
+])
+def test_on_error_raise_names_file_line_and_field(real_lines, tmp_path, row, message):
+    rows, _ = _bad_lines(real_lines)
+    path = tmp_path / "one_bad.jsonl"
+    path.write_bytes(rows[0] + b"\n" + rows[row - 1] + b"\n")
+    with pytest.raises(InputError, match=rf"^{path}:2: .*{message}"):
+        read(path, on_error="raise").to_polars()
+    assert read(path).to_polars().height == 1  # the default rejects the row instead
+
+
+def test_a_2mb_trace_reads_fine(real_lines, tmp_path):
+    rows, big_thinking = _bad_lines(real_lines)
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(rows[7] + b"\n")
+    assert len(rows[7]) > 2 * 1024 * 1024
+    df = read(path, on_error="raise").to_polars()
+    assert df["thinking"].to_list() == [big_thinking] and df["solution"].to_list() == ["42"]
+
+
+def test_duplicate_ids_are_per_file(shared_data, tmp_path):
+    # eval dumps number every file from 0: the same idx in two files is not a duplicate
+    src = read([shared_data / "traces" / TRACES, shared_data / "traces" / "skythought_correct5k27b_minerva.jsonl"])
+    df = src.to_polars()
+    assert df.height == 772 and df.filter(pl.col("source_id") == "0:0")["source"].to_list() == [
+        "skythought_correct5k27b_math500", "skythought_correct5k27b_minerva"]
+
+
+def test_unknown_format_name():
+    with pytest.raises(InputError, match=r"unknown format 'sky_t1'; known formats: sky-t1, openr1, .* or 'auto'"):
+        read("whatever.jsonl", format="sky_t1")
+
+
+def test_unknown_extension_and_missing_file(tmp_path):
+    csv = tmp_path / "traces.csv"
+    csv.write_text("question,answer\n1+1,2\n")
+    with pytest.raises(InputError, match=r"traces.csv: unknown file type \(expected .jsonl, .ndjson, .json, .parquet"):
+        read(csv)
+    with pytest.raises(InputError, match=r"nope.jsonl: no such file"):
+        read(tmp_path / "nope.jsonl")
+    with pytest.raises(InputError, match=r"the pattern matches no file"):
+        read(str(tmp_path / "*.jsonl"))
+    with pytest.raises(InputError, match=r"directory holds no .jsonl, .json or .parquet files"):
+        read(tmp_path)
+
+
+def test_undetectable_format(shared_data, tmp_path):
+    problems = shared_data / "problems" / "deepscaler_train_aime.json"  # problems without responses
+    with pytest.raises(InputError, match=r"deepscaler_train_aime.json: cannot detect the trace format .*"
+                                         r"\[problem, solution, answer, .*name it with format="):
+        Pipeline([]).run(read(problems), out=tmp_path / "ds", progress=False)
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text("1\n2\n" * 150)
+    with pytest.raises(InputError, match=r"no JSON object in the first 200 records"):
+        read(junk).to_polars()
+
+
+def test_named_format_that_does_not_fit_rejects_every_row(shared_data, tmp_path):
+    path = tmp_path / "five.jsonl"
+    path.write_text("\n".join((shared_data / "traces" / TRACES).read_text().splitlines()[:5]) + "\n")
+    result = Pipeline([]).run(read(path, format="sky-t1"), out=tmp_path / "ds", progress=False)
+    assert result.funnel.row(0, named=True)["rejected"] == 5
+    assert set(result.rejects()["reject_reason"]) == {"sky-t1: field 'conversations': missing"}
+
+
+def test_empty_file_reads_as_no_rows(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    assert read(empty).to_polars().height == 0
+    result = Pipeline([]).run(read(empty), out=tmp_path / "ds", progress=False)
+    assert result.funnel.row(0, named=True)["rows_in"] == 0 and result.rows == 0
+
+
+def test_broken_containers_give_input_errors_not_tracebacks(real_lines, tmp_path):
+    bad_pq = tmp_path / "x.parquet"
+    bad_pq.write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(InputError, match=r"x.parquet: not a readable Parquet file"):
+        read(bad_pq).to_polars()
+    gz = tmp_path / "t.jsonl.gz"
+    gz.write_bytes(gzip.compress(("\n".join(real_lines[:20]) + "\n").encode())[:5000])
+    with pytest.raises(InputError, match=r"t.jsonl.gz: cannot read the file"):
+        read(gz).to_polars()
+    doc = tmp_path / "t.json"
+    doc.write_text('[{"question": "a",\n "code": ["b"], "gt": "1"},\n {"question": ]')
+    with pytest.raises(InputError, match=r"t.json:3:15: malformed JSON: Expecting value"):
+        read(doc).to_polars()
+
+
+def test_curate_parquet_with_a_wrongly_typed_column(tmp_path):
+    table = TRACE_SCHEMA.empty_table().to_pylist()
+    cols = {f.name: pa.nulls(1, f.type) for f in TRACE_SCHEMA}
+    cols.update(problem=pa.array(["p"], pa.large_string()), id=pa.array(["x"]), domain=pa.array(["math"]),
+                thinking_closed=pa.array(["yes"]))
+    path = tmp_path / "typed.parquet"
+    pq.write_table(pa.table(cols), path)
+    assert table == []
+    with pytest.raises(InputError, match=r"column 'thinking_closed' is string, but trace schema v1 needs bool"):
+        Pipeline([]).run(read(path), out=tmp_path / "ds", progress=False)
+
+
+def test_bad_arguments_to_read():
+    with pytest.raises(ValueError, match="on_error must be 'reject' or 'raise'"):
+        read([{"a": 1}], on_error="skip")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="domain must be one of"):
+        read([{"a": 1}], domain="biology")
+    with pytest.raises(InputError, match="cannot read a int"):
+        read(5)
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list([{"a": 1}])})
+    with pytest.raises(InputError, match=r"a DatasetDict holds several splits \(train\); pass one"):
+        read(dd)
+
+
+# --- every input kind gives the same traces -------------------------------------------------------
+
+
+def test_json_jsonl_gz_parquet_and_in_memory_inputs_agree(real_lines, real_records, tmp_path):
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text("\n".join(real_lines[:40]) + "\n")
+    expected = ids(read(jsonl))
+    assert len(expected) == 40 and expected[3][1] == "3:0"
+
+    as_json = tmp_path / "t.json"
+    as_json.write_text(json.dumps(real_records))
+    gz = tmp_path / "t.jsonl.gz"
+    gz.write_bytes(gzip.compress(jsonl.read_bytes()))
+    as_parquet = tmp_path / "t.parquet"
+    pq.write_table(pa.Table.from_pylist(real_records), as_parquet)
+    hf = datasets.Dataset.from_list(real_records)
+    for data in (as_json, gz, as_parquet, pa.Table.from_pylist(real_records), pl.DataFrame(real_records),
+                 real_records, hf):
+        assert ids(read(data)) == expected, type(data)
+    # a Dataset view (select) is honoured
+    assert ids(read(hf.select(range(5, 10)))) == expected[5:10]
+    # extra keeps the list-valued per-response fields sliced, from Arrow as from JSON
+    row = read(as_parquet).to_polars().row(0, named=True)
+    assert json.loads(row["extra"])["score"] is True
+
+
+def test_directory_and_glob_inputs(real_lines, tmp_path):
+    (tmp_path / "a.jsonl").write_text("\n".join(real_lines[:3]) + "\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.jsonl").write_text("\n".join(real_lines[3:5]) + "\n")
+    (tmp_path / ".hidden.jsonl").write_text("garbage\n")
+    (tmp_path / "_tmp").mkdir()
+    (tmp_path / "_tmp" / "c.jsonl").write_text("garbage\n")
+    (tmp_path / "notes.txt").write_text("not data")
+    assert read(tmp_path).to_polars()["source"].to_list() == ["a"] * 3 + ["b"] * 2
+    assert read(str(tmp_path / "**" / "*.jsonl")).to_polars().height == 5
+
+
+# --- curate output read back ----------------------------------------------------------------------
+
+
+def test_curate_output_folder_reads_back_with_typed_annotations(real_lines, tmp_path):
+    src = tmp_path / "t.jsonl"
+    src.write_text("\n".join(real_lines[:60]) + "\n")
+    first = Pipeline([ExtractAnswer()]).run(read(src), out=tmp_path / "a", progress=False)
+    before = first.to_polars()
+    again = read(tmp_path / "a")  # the folder: its manifest names the shards
+    assert again.schema().field("answer_method").type == pa.string()
+    df = again.to_polars()
+    assert df.equals(before)
+    assert read(tmp_path / "a" / first.manifest["output"]["files"][0]).to_polars().equals(before)
+    # and a pipeline over it keeps the annotation columns, with their types
+    second = Pipeline([]).run(read(tmp_path / "a"), out=tmp_path / "b", progress=False)
+    schema = pq.read_schema(tmp_path / "b" / second.manifest["output"]["files"][0])
+    assert schema.field("answer_method").type == pa.string()
+    assert second.to_polars()["answer_method"].to_list() == before["answer_method"].to_list()
+    assert second.funnel.row(0, named=True)["rows_in"] == 60
+
+
+def test_curate_table_annotations_of_other_types_survive(real_lines, tmp_path):
+    base = read([json.loads(line) for line in real_lines[:20]]).to_polars()
+    annotated = base.with_columns(
+        verify_correct=pl.Series([i % 3 == 0 if i % 5 else None for i in range(20)], dtype=pl.Boolean),
+        difficulty_pass_rate=pl.Series([i / 8 for i in range(20)], dtype=pl.Float64),
+        structure_steps=pl.Series([[i, i + 1] for i in range(20)], dtype=pl.List(pl.Int32)),
+    )
+    path = tmp_path / "annotated.parquet"
+    annotated.write_parquet(path)
+    for data in (path, annotated, annotated.to_arrow(), datasets.Dataset(annotated.to_arrow())):
+        src = read(data)
+        schema = src.schema()
+        assert schema.field("verify_correct").type == pa.bool_()
+        assert schema.field("difficulty_pass_rate").type == pa.float64()
+        assert schema.field("structure_steps").type.value_type == pa.int32()
+        result = Pipeline([]).run(src, out=tmp_path / f"out-{type(data).__name__}", progress=False)
+        out = result.to_polars()
+        assert out["verify_correct"].to_list() == annotated["verify_correct"].to_list()
+        assert out["difficulty_pass_rate"].to_list() == annotated["difficulty_pass_rate"].to_list()
+        assert out["structure_steps"].to_list() == annotated["structure_steps"].to_list()
+
+
+def test_curate_table_rows_with_empty_problem_are_rejected(real_lines, tmp_path):
+    base = read([json.loads(line) for line in real_lines[:5]]).to_polars()
+    broken = base.with_columns(pl.when(pl.int_range(pl.len()) == 2).then(pl.lit(" ")).otherwise(pl.col("problem")).alias("problem"))
+    path = tmp_path / "broken.parquet"
+    broken.write_parquet(path)
+    result = Pipeline([]).run(read(path), out=tmp_path / "ds", progress=False)
+    assert result.funnel.row(0, named=True)["rejected"] == 1 and result.rows == 4
+    rej = result.rejects().row(0, named=True)
+    assert (rej["reject_reason"], rej["line"]) == ("curate: field 'problem': empty", 3)
+    with pytest.raises(InputError, match=r"broken.parquet:3: curate: field 'problem': empty"):
+        read(path, on_error="raise").to_polars()
+
+
+def test_mixed_files_take_the_first_files_columns(real_lines, tmp_path):
+    src = tmp_path / "t.jsonl"
+    src.write_text("\n".join(real_lines[:10]) + "\n")
+    first = Pipeline([ExtractAnswer()]).run(read(src), out=tmp_path / "a", progress=False)
+    shard = tmp_path / "a" / first.manifest["output"]["files"][0]
+    more = tmp_path / "more.jsonl"
+    more.write_text("\n".join(real_lines[10:15]) + "\n")
+    mixed = Pipeline([]).run(read([shard, more]), out=tmp_path / "b", progress=False).to_polars()
+    assert mixed.height == 15
+    assert mixed["answer_method"].null_count() == 5  # the JSONL rows have no annotation yet
+    with pytest.raises(InputError, match=r"train-00000-of-00001.parquet: has column\(s\) answer_method that the first input file lacks"):
+        read([more, shard]).to_polars()
