@@ -43,8 +43,12 @@ def generate(path: Path, rows: int, kb: int, seed: int = 0) -> None:
     made: list[str] = []
     with open(path, "w") as f:
         for i in range(rows):
-            if made and rng.random() < 0.05:
-                f.write(made[rng.randrange(len(made))].replace("\\n\\n", "\\n\\n ", 1) + "\n")
+            if made and rng.random() < 0.05:  # a copy under its own id, whitespace changed
+                dup = json.loads(made[rng.randrange(len(made))])
+                dup["id"] = f"row-{i}"
+                turn = dup["conversations"][1]
+                turn["value"] = turn["value"].replace("\n\n", "\n\n ", 1)
+                f.write(json.dumps(dup, ensure_ascii=False) + "\n")
                 continue
             body, size = [], 0
             while size < target:
