@@ -1,0 +1,203 @@
+"""Benchmark decontamination: drop (or flag) rows whose problem is a benchmark test item."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from curate.decontam import benchmarks as bench
+from curate.decontam.match import BenchmarkIndex
+from curate.decontam.text import token_spans
+from curate.step import Step, StepResult, reject_where
+
+METHODS = ("ngram", "exact", "fuzzy", "embedding")
+WHOLE_TEXT_METHODS = ("exact", "fuzzy", "embedding")  # compare the whole problem, not spans
+SPAN_CHARS = 2000  # longest matching span kept in decontam_span
+COLUMNS: dict[str, pa.DataType] = {
+    "decontam_benchmark": pa.string(),
+    "decontam_item": pa.string(),
+    "decontam_method": pa.string(),
+    "decontam_score": pa.float64(),
+    "decontam_span": pa.large_string(),
+}
+
+
+@dataclass
+class Decontaminate(Step):
+    """Drop (or flag) rows that contain a benchmark test item: n-gram overlap, exact-after-stripping, fuzzy.
+
+    Benchmarks ship with the package (MATH-500, AIME 2024/2025, AMC 2023, GSM8K, Minerva,
+    OlympiadBench; GPQA-Diamond as hashed n-grams only) plus any user file. Each flagged row
+    records benchmark, item id, method, score and the matching span. ``ngram``: share of the
+    benchmark item's word n-grams found in the text (every field in ``fields``); ``exact``:
+    equal after lower-casing and stripping non-word characters and digits; ``fuzzy``: rapidfuzz
+    Indel ratio on the normalised problem, scored only on indexed candidates; ``embedding``:
+    cosine of sentence embeddings (``curate[semantic]``). The first method in ``method`` that
+    matches a row names it.
+    """
+
+    name = "decontaminate"
+    reject_columns = COLUMNS
+
+    benchmarks: list[str] | str = field(
+        default="all", metadata={"help": "bundled benchmarks to check against: 'all' or a list of "
+                                         + ", ".join(bench.available())})
+    files: list[str] | None = field(
+        default=None, metadata={"help": "extra test sets: JSONL/JSON files with problem (or question) and id"})
+    method: list[str] | str = field(
+        default_factory=lambda: ["ngram", "exact", "fuzzy"],
+        metadata={"help": "matchers, in priority order: ngram, exact, fuzzy, embedding"})
+    fields: list[str] = field(
+        default_factory=lambda: ["problem"],
+        metadata={"help": "columns the ngram matcher searches (add 'solution'/'thinking' to check responses); "
+                          "exact, fuzzy and embedding compare the problem"})
+    ngram_n: int = field(default=8, metadata={"help": "words per n-gram (open-r1/s1: 8, s1 utility: 13, Light-R1: 32)"})
+    ngram_min_overlap: float = field(
+        default=0.5, metadata={"help": "share of a benchmark item's n-grams the text must contain (0-1]"})
+    exact_min_chars: int = field(
+        default=40, metadata={"help": "exact: ignore texts whose stripped key is shorter (generic one-liners)"})
+    fuzzy_threshold: float = field(
+        default=0.95, metadata={"help": "fuzzy: normalised Indel ratio (0-1) to flag (OpenThoughts: 0.95, OpenThoughts2: 0.90)"})
+    embedding_model: str = field(
+        default="all-MiniLM-L6-v2", metadata={"help": "embedding: sentence-transformers model name or path"})
+    embedding_threshold: float = field(default=0.95, metadata={"help": "embedding: cosine similarity to flag"})
+    action: Literal["drop", "flag"] = field(
+        default="drop", metadata={"help": "drop: contaminated rows go to rejects; flag: keep all rows, annotate them"})
+
+    def __post_init__(self) -> None:
+        names = bench.available() if self.benchmarks == "all" else self.benchmarks
+        if isinstance(names, str):
+            names = [names]
+        unknown = [b for b in names if b not in bench.BUNDLED]
+        if unknown:
+            raise ValueError(f"benchmarks: unknown {', '.join(unknown)}; bundled: {', '.join(bench.available())}")
+        if not names and not self.files:
+            raise ValueError("benchmarks: select at least one benchmark or give files")
+        methods = [self.method] if isinstance(self.method, str) else list(self.method)
+        bad = [m for m in methods if m not in METHODS]
+        if bad or not methods:
+            raise ValueError(f"method: {', '.join(bad) or '(empty)'} not one of {', '.join(METHODS)}")
+        if not self.fields:
+            raise ValueError("fields: give at least one column (e.g. [problem])")
+        if self.ngram_n < 1:
+            raise ValueError(f"ngram_n must be >= 1, got {self.ngram_n}")
+        if "ngram" in methods and "gpqa" in names and self.ngram_n not in bench.FINGERPRINT_NGRAMS:
+            raise ValueError(f"gpqa ships as hashed n-grams of {bench.FINGERPRINT_NGRAMS} words; "
+                             f"ngram_n={self.ngram_n} cannot match it (pick one of those or drop gpqa)")
+        for key in ("ngram_min_overlap", "fuzzy_threshold", "embedding_threshold"):
+            value = getattr(self, key)
+            if not 0 < value <= 1:
+                raise ValueError(f"{key} must be in (0, 1], got {value}")
+        if self.exact_min_chars < 0:
+            raise ValueError(f"exact_min_chars must be >= 0, got {self.exact_min_chars}")
+        if self.action not in ("drop", "flag"):
+            raise ValueError(f"action must be drop or flag, not {self.action!r}")
+        if "embedding" in methods:
+            from curate.ops.semantic import require_sentence_transformers
+
+            require_sentence_transformers()
+        self._names = list(names)
+        self._methods = methods
+        self._index: BenchmarkIndex | None = None
+        self._embedder: Any = None
+
+    def columns_read(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(["problem", *self.fields]))
+
+    def columns_written(self) -> dict[str, pa.DataType]:
+        return dict(COLUMNS) if self.action == "flag" else {}
+
+    @property
+    def index(self) -> BenchmarkIndex:
+        """The benchmarks' index, built on first use (shared by every batch)."""
+        if self._index is None:
+            sets = [bench.load(n) for n in self._names] + [bench.load_user_file(f) for f in self.files or []]
+            self._index = BenchmarkIndex(sets)
+        return self._index
+
+    def matches(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Best match per matched row: row, benchmark, item, method, score, span."""
+        index = self.index
+        found = []
+        for rank, method in enumerate(self._methods):
+            cols = self.fields if method == "ngram" else ["problem"]
+            for col in cols:
+                texts = batch[col].cast(pl.String)
+                if method == "ngram":
+                    m = index.ngram(texts, self.ngram_n, self.ngram_min_overlap)
+                elif method == "exact":
+                    m = index.exact(texts, self.exact_min_chars)
+                elif method == "fuzzy":
+                    m = index.fuzzy(texts, self.fuzzy_threshold)
+                else:
+                    m = self._embedding_matches(texts)
+                if m.height:
+                    found.append(m.with_columns(pl.lit(rank).alias("rank"), pl.lit(method).alias("method"),
+                                                pl.lit(col).alias("field")))
+        if not found:
+            return pl.DataFrame(schema={"row": pl.Int64, **{k: pl.from_arrow(pa.array([], v)).dtype for k, v in COLUMNS.items()}})
+        best = (pl.concat(found).sort(["row", "rank", "score"], descending=[False, False, True])
+                .group_by("row", maintain_order=True).first())
+        spans = []
+        for r in best.iter_rows(named=True):
+            text = batch[r["field"]][r["row"]] or ""
+            spans.append(_span(text, r["start"], r["end"]))
+        return pl.DataFrame({
+            "row": best["row"],
+            "decontam_benchmark": [index.bench_of[i] for i in best["item"]],
+            "decontam_item": [index.item_ids[i] for i in best["item"]],
+            "decontam_method": best["method"],
+            "decontam_score": best["score"].round(4),
+            "decontam_span": pl.Series(spans, dtype=pl.String),
+        })
+
+    def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
+        found = self.matches(batch) if batch.height else None
+        annotated = batch.with_row_index("__row").join(
+            found.with_columns(pl.col("row").cast(pl.UInt32)) if found is not None else
+            pl.DataFrame(schema={"row": pl.UInt32}), left_on="__row", right_on="row", how="left",
+            maintain_order="left").drop("__row")
+        for col, typ in COLUMNS.items():
+            if col not in annotated.columns:
+                annotated = annotated.with_columns(pl.lit(None, dtype=pl.from_arrow(pa.array([], typ)).dtype).alias(col))
+        if self.action == "flag":
+            return StepResult(annotated, None)
+        hit = annotated["decontam_benchmark"].is_not_null()
+        reason = pl.format("benchmark contamination: {} match with {} item {} (score {})",
+                           pl.col("decontam_method"), pl.col("decontam_benchmark"), pl.col("decontam_item"),
+                           pl.col("decontam_score").round(3))
+        result = reject_where(annotated, hit, reason)
+        return StepResult(result.kept.drop(list(COLUMNS)), result.rejected)
+
+    # --- embedding matcher (optional extra) ----------------------------------------------------
+    def _embedding_matches(self, texts: pl.Series) -> pl.DataFrame:
+        from curate.ops.semantic import Embedder
+
+        index = self.index
+        if self._embedder is None:
+            self._embedder = Embedder(self.embedding_model)
+            items = [i for i, b in enumerate(index.bench_of) if index.text_of(i) is not None]
+            self._emb_items = np.array(items, dtype=np.int64)
+            self._emb_matrix = self._embedder.encode([index.text_of(i) or "" for i in items])
+        q = self._embedder.encode(texts.fill_null("").to_list())
+        sims = q @ self._emb_matrix.T
+        best = sims.argmax(axis=1) if sims.size else np.empty(0, dtype=np.int64)
+        score = sims[np.arange(len(best)), best] if sims.size else np.empty(0)
+        keep = score >= self.embedding_threshold
+        return pl.DataFrame({"row": np.nonzero(keep)[0].astype(np.int64), "item": self._emb_items[best[keep]],
+                             "score": score[keep].astype(np.float64), "start": None, "end": None},
+                            schema={"row": pl.Int64, "item": pl.Int64, "score": pl.Float64,
+                                    "start": pl.Int64, "end": pl.Int64})
+
+
+def _span(text: str, start: int | None, end: int | None) -> str:
+    """The matched text: token range [start, end) of ``text`` as characters, or the whole text."""
+    if start is not None and end is not None:
+        spans = token_spans(text)
+        if 0 <= start < end <= len(spans):
+            text = text[spans[start][0]: spans[end - 1][1]]
+    return text if len(text) <= SPAN_CHARS else text[: SPAN_CHARS - 1] + "…"

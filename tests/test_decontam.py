@@ -1,0 +1,182 @@
+"""decontaminate against the bundled benchmarks, on real traces and real training problems."""
+
+from __future__ import annotations
+
+import glob
+import json
+import random
+import re
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from curate import Pipeline, read
+from curate.decontam import benchmarks as bench
+from curate.errors import RecipeError
+from curate.ops import Decontaminate
+from curate.step import build_step
+
+REPO = Path(__file__).resolve().parent.parent
+# trace file suffix -> (benchmark, original benchmark file, id field); the trace's `idx` is the row there
+TRACE_BENCH = {
+    "math500": ("math500", "simplerl_math500_test.jsonl", "unique_id"),
+    "minerva": ("minerva", "simplerl_minerva_math_test.jsonl", "idx"),
+    "olympiadbench": ("olympiadbench", "simplerl_olympiadbench_test.jsonl", "id"),
+    "aime24": ("aime24", "simplerl_aime24_test.jsonl", "id"),
+    "amc23": ("amc23", "simplerl_amc23_test.jsonl", "id"),
+}
+SIZES = {"math500": 500, "aime24": 30, "aime25": 30, "amc23": 40, "gsm8k": 1319, "minerva": 272,
+         "olympiadbench": 675, "gpqa": 198}
+
+
+def _jsonl(path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").split("\n") if x.strip()]
+
+
+@pytest.fixture(scope="module")
+def traces(shared_data) -> pl.DataFrame:
+    """Every real trace with the benchmark and item it answers."""
+    frames = []
+    for f in sorted(glob.glob(str(shared_data / "traces" / "*.jsonl"))):
+        name, src, key = TRACE_BENCH[f.rsplit("_", 1)[-1].removesuffix(".jsonl")]
+        ids = [str(r[key]) for r in _jsonl(shared_data / "benchmarks" / src)]
+        for b in read(f).batches(5000):
+            df = pl.from_arrow(b.traces)
+            idx = df["extra"].map_elements(lambda e: json.loads(e)["idx"], return_dtype=pl.Int64)
+            frames.append(df.with_columns(pl.lit(name).alias("want_benchmark"),
+                                          idx.map_elements(lambda i, ids=ids: ids[i], return_dtype=pl.String).alias("want_item")))
+    return pl.concat(frames)
+
+
+@pytest.fixture(scope="module")
+def problems(shared_data) -> pl.DataFrame:
+    """The real training problems (AIME 1983-2023, MATH train) as rows."""
+    rows = []
+    for f in sorted((shared_data / "problems").glob("*.json")):
+        rows += [{"id": f"{f.stem}:{k}", "problem": r["problem"], "answer": str(r["answer"])}
+                 for k, r in enumerate(json.loads(f.read_text()))]
+    return pl.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def step() -> Decontaminate:
+    return Decontaminate()
+
+
+def test_bundled_sets_are_complete_and_gpqa_is_not_plain_text(shared_data):
+    for name, size in SIZES.items():
+        b = bench.load(name)
+        assert len(b) == size and len(set(b.ids)) == size, name
+        assert b.has_text == (name != "gpqa")
+    assert bench.load("gsm8k").answers[0] == "18" and bench.load("aime25").answers[:2] == ["70", "588"]
+    assert bench.load("minerva").answers[0] == "1.6"
+    shipped = b"".join(p.read_bytes() for p in bench.DATA_DIR.iterdir())
+    questions = [r["question"] for r in _jsonl(shared_data / "benchmarks" / "limo_gpqa_test.jsonl")]
+    for q in questions:  # no 40-character run of any GPQA question is in the package
+        words = q.split()
+        probe = " ".join(words[len(words) // 3:])[:40]
+        assert probe.encode() not in shipped, probe
+    readme = (bench.DATA_DIR / "README.md").read_text()
+    assert "fingerprint" in readme and "never" in readme
+
+
+def test_every_trace_is_flagged_with_its_benchmark_and_item(traces, step):
+    found = step.matches(traces)
+    assert found.height == traces.height
+    got = traces.with_row_index("row").join(found.with_columns(pl.col("row").cast(pl.UInt32)), on="row")
+    wrong = got.filter((pl.col("decontam_benchmark") != pl.col("want_benchmark"))
+                       | (pl.col("decontam_item") != pl.col("want_item")))
+    assert wrong.height == 0, wrong.select("source", "want_item", "decontam_benchmark", "decontam_item").head()
+    for r in got.head(200).iter_rows(named=True):  # the span is the problem's own text
+        assert r["decontam_span"] and r["decontam_span"][:-1] in r["problem"]
+
+
+def test_training_problems_mostly_pass_and_real_copies_are_caught(problems, step):
+    found = step.matches(problems.with_columns(pl.lit("").alias("thinking")))
+    assert 30 <= found.height <= 0.015 * problems.height  # ~0.9%: each one is listed in bench/RESULTS-dedup.md
+    hit = problems.with_row_index("row").join(found.with_columns(pl.col("row").cast(pl.UInt32)), on="row")
+    aime1994 = hit.filter(pl.col("problem").str.contains(r"x^{10}+(13x-1)^{10}", literal=True))
+    assert aime1994.height == 1 and aime1994["decontam_benchmark"][0] == "math500"  # AIME 1994 #13 is in MATH-500
+    assert set(hit["decontam_method"]) <= {"ngram", "exact", "fuzzy"}
+
+
+def _rewrite(text: str, how: str, rng: random.Random) -> str:
+    if how == "latex":
+        return re.sub(r"\s*([=+\-<>])\s*", r" \1 ", text).replace("\\frac", "\\dfrac").replace("$", "$ ")
+    if how == "number":
+        nums = list(re.finditer(r"\d+", text))
+        if not nums:
+            return text + " "
+        m = rng.choice(nums)
+        return text[: m.start()] + str(int(m.group()) + 7) + text[m.end():]
+    return re.sub(r"\b(Find|Compute|Calculate|What is)\b", "Determine", text, count=1) if re.search(
+        r"\b(Find|Compute|Calculate|What is)\b", text) else "Determine: " + text
+
+
+def test_light_rewrites_are_caught_among_clean_training_problems(problems, step):
+    rng = random.Random(5)
+    items = []
+    for name in ("math500", "aime24", "aime25", "amc23", "gsm8k", "minerva", "olympiadbench"):
+        b = bench.load(name)
+        for k in rng.sample(range(len(b)), min(40, len(b))):
+            items.append((name, b.ids[k], _rewrite(b.problems[k], ("latex", "number", "find")[len(items) % 3], rng)))
+    clean = problems.sample(1500, seed=2)
+    mixed = pl.DataFrame({"problem": [t for _, _, t in items] + clean["problem"].to_list()})
+    found = step.matches(mixed)
+    caught = found.filter(pl.col("row") < len(items))
+    right = sum(1 for r in caught.iter_rows(named=True)
+                if (r["decontam_benchmark"], r["decontam_item"]) == items[r["row"]][:2])
+    assert right / len(items) >= 0.97, (right, len(items))
+    assert found.filter(pl.col("row") >= len(items)).height <= 25  # clean rows flagged (see RESULTS-dedup.md)
+
+
+def test_gpqa_fingerprint_matches_its_questions(shared_data):
+    rows = _jsonl(shared_data / "benchmarks" / "limo_gpqa_test.jsonl")
+    step = Decontaminate(benchmarks=["gpqa"], method=["exact", "ngram"])
+    found = step.matches(pl.DataFrame({"problem": [r["question"] for r in rows]}))
+    assert found.height == len(rows)
+    assert found["decontam_item"].to_list() == [str(r["id"]) for r in rows]
+    with pytest.raises(ValueError, match="gpqa ships as hashed n-grams"):
+        Decontaminate(benchmarks=["gpqa"], ngram_n=10)
+
+
+def test_pipeline_drop_flag_and_user_file(traces, problems, tmp_path):
+    data = pl.concat([traces.select("id", "problem", "thinking", "solution").head(40),
+                      problems.head(200).select("id", "problem", pl.lit("").alias("thinking"),
+                                                pl.format("The answer is {}.", "answer").alias("solution"))],
+                     how="diagonal_relaxed").with_columns(pl.lit("math").alias("domain"))
+    result = Pipeline([Decontaminate()]).run(read(data, format="curate"), out=tmp_path / "drop")
+    rej = result.rejects("decontaminate")
+    assert rej.height >= 40 and result.rows + rej.height == data.height
+    assert rej["reject_reason"][0].startswith("benchmark contamination: ngram match with math500 item test/")
+    assert {"decontam_benchmark", "decontam_item", "decontam_method", "decontam_score", "decontam_span"} <= set(rej.columns)
+    flagged = Pipeline([Decontaminate(action="flag")]).run(read(data, format="curate"), out=tmp_path / "flag")
+    out = flagged.to_polars()
+    assert out.height == data.height and out["decontam_benchmark"].is_not_null().sum() == rej.height
+    user = tmp_path / "mytest.jsonl"
+    user.write_text("\n".join(json.dumps({"id": f"u{k}", "question": p}) for k, p in enumerate(problems["problem"][:3])))
+    own = Decontaminate(benchmarks=[], files=[str(user)]).matches(problems.head(10))
+    assert own["decontam_benchmark"].to_list() == ["mytest"] * 3 and own["decontam_item"].to_list() == ["u0", "u1", "u2"]
+
+
+def test_parameters_are_validated():
+    with pytest.raises(RecipeError, match="unknown nope"):
+        build_step("decontaminate", {"benchmarks": ["math500", "nope"]})
+    with pytest.raises(RecipeError, match="method"):
+        build_step("decontaminate", {"method": "cosine"})
+    with pytest.raises(ValueError, match="ngram_min_overlap"):
+        Decontaminate(ngram_min_overlap=0)
+    assert build_step("decontaminate", {"benchmarks": "all", "method": "ngram"}).columns_read() == ("problem",)
+
+
+def test_dedup_decontam_recipe_runs_on_the_real_sample(tmp_path):
+    from curate import run_recipe
+
+    result = run_recipe(REPO / "pipelines" / "dedup_decontam.yaml", out=tmp_path / "dd")
+    funnel = {r["name"]: r for r in result.funnel.iter_rows(named=True)}
+    assert funnel["read"]["kept"] > 100
+    assert funnel["minhash_dedup"]["rejected"] <= 3  # Minerva's multi-part problems repeat their preamble
+    assert funnel["decontaminate"]["rejected"] == funnel["decontaminate"]["rows_in"]  # all are benchmark items
+    rej = result.rejects("decontaminate")
+    assert set(rej["decontam_benchmark"]) <= {"math500", "minerva"} and rej["decontam_span"].is_not_null().all()

@@ -1,0 +1,156 @@
+"""minhash_dedup on real problems and traces: datasketch-identical signatures, planted duplicates
+scored against brute-force exact Jaccard, clusters, keep policies, rejects."""
+
+from __future__ import annotations
+
+import glob
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from curate import Pipeline, read
+from curate.decontam.text import units
+from curate.errors import RecipeError
+from curate.ops import MinHashDedup
+from curate.ops.minhash import Signer, char_shingle_hash32, shingle_hash32, shingles
+from curate.step import build_step
+
+datasketch = pytest.importorskip("datasketch")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.planted import VARIANTS, exact_jaccard_pairs, plant, score  # noqa: E402
+
+
+def _frame(texts: list[str]) -> pl.DataFrame:
+    return pl.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "problem": texts,
+                         "thinking": [""] * len(texts), "solution": [""] * len(texts)})
+
+
+@pytest.fixture(scope="module")
+def traces(shared_data) -> pl.DataFrame:
+    """Every real trace, read file by file (see the report on reading the folder at once)."""
+    frames = [pl.from_arrow(b.traces) for f in sorted(glob.glob(str(shared_data / "traces" / "*.jsonl")))
+              for b in read(f).batches(5000)]
+    return pl.concat(frames)
+
+
+@pytest.fixture(scope="module")
+def problems(shared_data) -> list[str]:
+    return [r["problem"] for f in sorted((shared_data / "problems").glob("*.json"))
+            for r in json.loads(f.read_text())]
+
+
+@pytest.mark.parametrize(("unit", "size", "hashfunc"), [("word", 3, shingle_hash32), ("word", 5, shingle_hash32),
+                                                        ("char", 24, char_shingle_hash32)])
+def test_signatures_equal_datasketch(problems, unit, size, hashfunc):
+    texts = problems[:150] + problems[-150:] + ["", "Two words", "x"]
+    sig, _, _ = Signer(100, 7, unit, size).sign(texts)
+    for k, text in enumerate(texts):
+        m = datasketch.MinHash(num_perm=100, seed=7, hashfunc=hashfunc)
+        m.update_batch(shingles(units(text, unit), size, unit))
+        assert np.array_equal(m.hashvalues, sig[k]), (k, text[:80])
+
+
+def test_planted_duplicates_recall_and_false_positives(traces):
+    originals = traces["problem"].unique(maintain_order=True).to_list()
+    texts, planted = plant(originals, 800, seed=3)
+    step = MinHashDedup()
+    step.fit(iter([_frame(texts)]))
+    pairs, jac = exact_jaccard_pairs(texts, step.size, step.shingle)
+    s = score(step._rep, pairs, jac, step.threshold)
+    assert s["true_pairs"] > 700
+    assert s["pair_recall"] >= 0.98, s
+    assert s["false_drops"] == 0, s
+    caught: dict[str, list[bool]] = {}
+    n0 = len(originals)
+    for k, (src, variant) in enumerate(planted):
+        caught.setdefault(variant, []).append(bool(step._rep[n0 + k] == step._rep[src]))
+    rate = {v: float(np.mean(c)) for v, c in caught.items()}
+    assert set(rate) == set(VARIANTS)
+    assert rate["whitespace"] == 1.0 and rate["numbering"] >= 0.97, rate
+    assert rate["reorder"] >= 0.9 and rate["changed_word"] >= 0.8 and rate["latex_spacing"] >= 0.8, rate
+    # the LSH alone (no Jaccard check) merges more: verification is what keeps precision
+    loose = MinHashDedup(verify="none", threshold=0.72)
+    loose.fit(iter([_frame(texts)]))
+    assert (loose._rep != np.arange(len(texts))).sum() >= (step._rep != np.arange(len(texts))).sum()
+
+
+def _chain(base: str) -> list[str] | None:
+    """base, base with k words changed early, that with k more changed late: J(a,b), J(b,c) >= 0.72 > J(a,c)."""
+    words = base.split(" ")
+    for k in range(1, 8):
+        early = range(2, 2 + 6 * k, 6)
+        late = range(len(words) - 3, len(words) - 3 - 6 * k, -6)
+        b = [("alpha" if i in early else w) for i, w in enumerate(words)]
+        c = [("omega" if i in late else w) for i, w in enumerate(b)]
+        texts = [base, " ".join(b), " ".join(c)]
+        pairs, jac = exact_jaccard_pairs(texts, 3)
+        j = {tuple(p): v for p, v in zip(pairs.tolist(), jac)}
+        if j.get((0, 1), 0) >= 0.72 and j.get((1, 2), 0) >= 0.72 and j.get((0, 2), 0) < 0.72:
+            return texts
+    return None
+
+
+def test_clusters_are_connected_components(problems):
+    rng = random.Random(0)
+    bases = [t for t in problems[:3000] if 50 <= len(t.split(" ")) <= 90]
+    chains = [c for c in (_chain(b) for b in bases[:40]) if c][:5]
+    assert len(chains) == 5  # real problems where A~B and B~C but not A~C
+    texts = [t for c in chains for t in c] + rng.sample(problems, 300)
+    step = MinHashDedup()
+    step.fit(iter([_frame(texts)]))
+    for k in range(5):
+        assert step._rep[3 * k] == step._rep[3 * k + 1] == step._rep[3 * k + 2] == 3 * k
+
+
+def test_pipeline_keeps_one_per_cluster_with_policies(traces, tmp_path):
+    # the two AIME 2024 files answer the same 30 problems: 30 clusters of two
+    data = traces.with_columns(
+        pl.col("extra").map_elements(lambda e: bool(json.loads(e)["score"]), return_dtype=pl.Boolean)
+        .alias("verify_correct"))
+    longest = Pipeline([MinHashDedup(keep="longest")], batch_size=400).run(read(data), out=tmp_path / "long")
+    rej = longest.rejects("minhash_dedup")
+    aime = rej.filter(pl.col("source").str.contains("aime24"))
+    assert aime.height == 30
+    kept = longest.to_polars()
+    length = {r["id"]: len(r["thinking"] or "") + len(r["solution"] or "") for r in traces.iter_rows(named=True)}
+    assert set(aime["duplicate_of"]) <= set(kept["id"])
+    for r in aime.iter_rows(named=True):
+        assert length[r["duplicate_of"]] >= length[r["id"]]
+        assert r["minhash_jaccard"] == 1.0
+        assert r["reject_reason"].startswith("near duplicate (MinHash")
+    assert kept.height + rej.height == traces.height
+    best = Pipeline([MinHashDedup(keep="best")], batch_size=400).run(read(data), out=tmp_path / "best")
+    correct = dict(zip(data["id"], data["verify_correct"]))
+    for r in best.rejects("minhash_dedup").iter_rows(named=True):
+        assert correct[r["duplicate_of"]] or not correct[r["id"]]
+    first = Pipeline([MinHashDedup(keep="first")], batch_size=400).run(read(data), out=tmp_path / "first")
+    order = {i: k for k, i in enumerate(data["id"])}
+    assert all(order[r["duplicate_of"]] < order[r["id"]] for r in first.rejects("minhash_dedup").iter_rows(named=True))
+
+
+def test_parameters_are_validated():
+    with pytest.raises(ValueError, match="exceeds num_perm"):
+        MinHashDedup(bands=20, rows=8, num_perm=100)
+    with pytest.raises(ValueError, match="threshold"):
+        MinHashDedup(threshold=1.5)
+    with pytest.raises(RecipeError, match="keep"):
+        build_step("minhash_dedup", {"keep": "random"})
+    assert MinHashDedup(mode="problem_response").size == 5
+    assert MinHashDedup(shingle="char").size == 24
+
+
+def test_problem_response_mode_compares_whole_traces(traces):
+    # the two AIME 2024 runs answer the same 30 problems with different responses
+    aime = traces.filter(pl.col("source").str.contains("aime24"))
+    by_problem = MinHashDedup()
+    by_problem.fit(iter([aime]))
+    whole = MinHashDedup(mode="problem_response", verify="signature")
+    whole.fit(iter([aime]))
+    assert (by_problem._rep != np.arange(aime.height)).sum() == 30
+    assert (whole._rep != np.arange(aime.height)).sum() == 0
+    assert whole.size == 5
