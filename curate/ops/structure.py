@@ -1,0 +1,217 @@
+"""Structure of a trace: reasoning steps (segment_steps) and a structure profile (profile)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import polars as pl
+import pyarrow as pa
+
+from curate.step import Step, StepResult
+from curate.structure.keywords import BACKTRACK_KEYWORDS, REFLECTION_KEYWORDS, count_keywords_expr
+from curate.structure.segment import INLINE_TRANSITIONS, MODES, TRANSITIONS, spans, step_starts
+from curate.structure.tokens import approx_expr, count_tokens, method_name
+
+STEPS_COLUMNS: dict[str, pa.DataType] = {
+    "steps_start": pa.list_(pa.int32()),
+    "steps_end": pa.list_(pa.int32()),
+    "steps_count": pa.int32(),
+    "steps_method": pa.string(),
+}
+
+
+@dataclass
+class Segmentation:
+    """The segmentation parameters shared by segment_steps, profile and the structural corruptions."""
+
+    mode: Literal["transition", "paragraph", "model"] = field(
+        default="transition",
+        metadata={"help": "transition: blank-line paragraphs merged into steps that open with a transition "
+                          "word (Wait, Alternatively, But, Hmm, Let me check, Therefore...); paragraph: every "
+                          "blank-line paragraph is a step; model: an LLM splitter (not available yet)"})
+    transitions: list[str] = field(
+        default_factory=lambda: list(TRANSITIONS),
+        metadata={"help": "phrases that open a new step at the start of a paragraph (transition mode)"})
+    split_inline: bool = field(
+        default=True, metadata={"help": "also start a step at a sentence inside a paragraph that opens with "
+                                        "one of inline_transitions (transition mode)"})
+    inline_transitions: list[str] = field(
+        default_factory=lambda: list(INLINE_TRANSITIONS),
+        metadata={"help": "phrases that open a step mid-paragraph, after a sentence end"})
+    min_step_chars: int = field(
+        default=0, metadata={"help": "merge a step shorter than this (stripped) into the step before it"})
+
+    def _check_segmentation(self) -> None:
+        if self.mode == "model":
+            raise ValueError("mode 'model' needs the generation backends of the model-ops issue, which have "
+                             "not landed; use mode: transition or paragraph")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.min_step_chars < 0:
+            raise ValueError(f"min_step_chars must be >= 0, got {self.min_step_chars}")
+        if self.mode == "transition" and not self.transitions:
+            raise ValueError("transitions must not be empty in transition mode")
+
+    def starts(self, text: str) -> list[int]:
+        return step_starts(text, self.mode, self.transitions, self.split_inline, self.inline_transitions,
+                           self.min_step_chars)
+
+    def method(self) -> str:
+        if self.mode == "paragraph":
+            return "rule:paragraph"
+        return "rule:transition+inline" if self.split_inline else "rule:transition"
+
+
+def resegment(batch: pl.DataFrame) -> pl.DataFrame:
+    """Recompute steps_* columns (when the batch has them) after the thinking text changed.
+
+    Uses the default rules of the mode recorded in ``steps_method``.
+    """
+    if "steps_start" not in batch.columns:
+        return batch
+    starts_col, ends_col, counts = [], [], []
+    methods = batch["steps_method"].to_list() if "steps_method" in batch.columns else [None] * batch.height
+    for text, method in zip(batch["thinking"].fill_null("").to_list(), methods, strict=True):
+        seg = Segmentation(mode="paragraph" if method == "rule:paragraph" else "transition",
+                           split_inline=method != "rule:transition")
+        s = seg.starts(text)
+        sp = spans(s, len(text))
+        starts_col.append([a for a, _ in sp])
+        ends_col.append([b for _, b in sp])
+        counts.append(len(sp))
+    return batch.with_columns(
+        pl.Series("steps_start", starts_col, dtype=pl.List(pl.Int32)),
+        pl.Series("steps_end", ends_col, dtype=pl.List(pl.Int32)),
+        pl.Series("steps_count", counts, dtype=pl.Int32),
+    )
+
+
+@dataclass
+class SegmentSteps(Segmentation, Step):
+    """Split the thinking block into reasoning steps and store their character offsets.
+
+    Rule-based: blank-line paragraphs, merged into steps that open with a transition word ("Wait",
+    "Alternatively", "But", "Hmm", "Let me check", "Therefore"...), or every paragraph a step.
+    ``thinking[steps_start[i]:steps_end[i]]`` is step i; the steps tile the thinking exactly, so
+    joining them gives it back. Empty thinking gives zero steps.
+    """
+
+    name = "segment_steps"
+    writes = STEPS_COLUMNS
+
+    def __post_init__(self) -> None:
+        self._check_segmentation()
+
+    def columns_read(self) -> tuple[str, ...]:
+        return ("thinking",)
+
+    def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
+        starts_col, ends_col, counts = [], [], []
+        for text in batch["thinking"].fill_null("").to_list():
+            sp = spans(self.starts(text), len(text))
+            starts_col.append([a for a, _ in sp])
+            ends_col.append([b for _, b in sp])
+            counts.append(len(sp))
+        return StepResult(batch.with_columns(
+            pl.Series("steps_start", starts_col, dtype=pl.List(pl.Int32)),
+            pl.Series("steps_end", ends_col, dtype=pl.List(pl.Int32)),
+            pl.Series("steps_count", counts, dtype=pl.Int32),
+            pl.lit(self.method(), dtype=pl.String).alias("steps_method"),
+        ))
+
+
+@dataclass
+class Profile(Segmentation, Step):
+    """Structure profile: steps, reflection / backtracking keywords (total and per 1k tokens), step length, tokens.
+
+    Keywords are counted in the ``keywords_in`` text (default the whole response, thinking +
+    solution, as the paper's Table 4 counts "keywords per response"); per-1k rates divide by that
+    text's token count. Steps are the thinking's (see segment_steps); mean step length is in
+    characters and tokens. Tokens come from ``tokenizer`` (a Hugging Face name or a local
+    tokenizer.json) when given, else a fast approximation; ``profile_token_method`` records which.
+    Table 4 in one command: ``curate run`` with ``[profile]`` then
+    ``df.group_by("source").agg(pl.col("profile_keywords").mean())``.
+    """
+
+    name = "profile"
+    writes = {
+        "profile_steps": pa.int32(),
+        "profile_reflection_keywords": pa.int32(),
+        "profile_backtrack_keywords": pa.int32(),
+        "profile_keywords": pa.int32(),
+        "profile_reflection_per_1k": pa.float64(),
+        "profile_backtrack_per_1k": pa.float64(),
+        "profile_keywords_per_1k": pa.float64(),
+        "profile_mean_step_chars": pa.float64(),
+        "profile_mean_step_tokens": pa.float64(),
+        "profile_thinking_tokens": pa.int64(),
+        "profile_solution_tokens": pa.int64(),
+        "profile_token_method": pa.string(),
+    }
+
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Hugging Face tokenizer name or tokenizer.json path for exact token "
+                                        "counts; unset: a fast approximation (method approx:v1)"})
+    keywords_in: Literal["response", "thinking"] = field(
+        default="response", metadata={"help": "where keywords are counted: thinking + solution, or thinking only"})
+    reflection_keywords: list[str] = field(
+        default_factory=lambda: list(REFLECTION_KEYWORDS),
+        metadata={"help": "self-verification / reflection phrases (case-insensitive, whole words)"})
+    backtrack_keywords: list[str] = field(
+        default_factory=lambda: list(BACKTRACK_KEYWORDS),
+        metadata={"help": "backtracking phrases (case-insensitive, whole words)"})
+
+    def __post_init__(self) -> None:
+        self._check_segmentation()
+        if self.keywords_in not in ("response", "thinking"):
+            raise ValueError(f"keywords_in must be response or thinking, not {self.keywords_in!r}")
+        if self.tokenizer is not None and not self.tokenizer.strip():
+            raise ValueError("tokenizer must be a name or path, or unset")
+
+    def columns_read(self) -> tuple[str, ...]:
+        return ("thinking", "solution")
+
+    def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
+        thinking = batch["thinking"].fill_null("").to_list()
+        solution = batch["solution"].fill_null("").to_list()
+        if self.tokenizer:
+            t_tok = count_tokens(thinking, self.tokenizer)
+            s_tok = count_tokens(solution, self.tokenizer)
+        else:
+            toks = batch.select(approx_expr("thinking").alias("t"), approx_expr("solution").alias("s"))
+            t_tok, s_tok = toks["t"].to_list(), toks["s"].to_list()
+        steps, mean_chars = [], []
+        for th in thinking:
+            n = len(self.starts(th))
+            steps.append(n)
+            mean_chars.append(len(th) / n if n else None)
+        text = pl.col("thinking").fill_null("")
+        if self.keywords_in == "response":
+            text = text + "\n\n" + pl.col("solution").fill_null("")
+        kw = batch.select(count_keywords_expr(text, self.reflection_keywords).alias("r"),
+                          count_keywords_expr(text, self.backtrack_keywords).alias("b"))
+        frame = pl.DataFrame({
+            "profile_steps": pl.Series(steps, dtype=pl.Int32),
+            "profile_reflection_keywords": kw["r"],
+            "profile_backtrack_keywords": kw["b"],
+            "profile_thinking_tokens": pl.Series(t_tok, dtype=pl.Int64),
+            "profile_solution_tokens": pl.Series(s_tok, dtype=pl.Int64),
+            "profile_mean_step_chars": pl.Series(mean_chars, dtype=pl.Float64),
+        })
+        denom = pl.col("profile_thinking_tokens") + (
+            pl.col("profile_solution_tokens") if self.keywords_in == "response" else 0)
+        per_1k = lambda c: pl.when(denom > 0).then(pl.col(c) * 1000.0 / denom).otherwise(None)  # noqa: E731
+        frame = frame.with_columns(
+            (pl.col("profile_reflection_keywords") + pl.col("profile_backtrack_keywords")).alias("profile_keywords"),
+        ).with_columns(
+            per_1k("profile_reflection_keywords").alias("profile_reflection_per_1k"),
+            per_1k("profile_backtrack_keywords").alias("profile_backtrack_per_1k"),
+            per_1k("profile_keywords").alias("profile_keywords_per_1k"),
+            pl.when(pl.col("profile_steps") > 0)
+              .then(pl.col("profile_thinking_tokens") / pl.col("profile_steps")).otherwise(None)
+              .alias("profile_mean_step_tokens"),
+            pl.lit(method_name(self.tokenizer), dtype=pl.String).alias("profile_token_method"),
+        )
+        out = batch.with_columns(frame.select(list(self.writes)).get_columns())
+        return StepResult(out)
