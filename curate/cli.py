@@ -69,7 +69,11 @@ def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progre
     result = run_recipe(recipe, out, overwrite=overwrite, resume=not no_resume, progress=progress,
                         engine=engine, keep_work=keep_work, command=command)
     click.echo(result.funnel)
-    click.echo(f"wrote {result.rows} rows to {result.out}")
+    for name, config in result.manifest.get("configs", {}).items():
+        steps = ", ".join(f"{f['name']} -{f['rejected']}" for f in config["funnel"]) or "base only"
+        click.echo(f"  config {name}: {config['rows']} rows ({steps})")
+    configs = f" in {len(result.configs)} configs" if result.configs else ""
+    click.echo(f"wrote {result.rows} rows{configs} to {result.out}")
 
 
 @main.command()

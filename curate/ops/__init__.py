@@ -1,8 +1,39 @@
 """The built-in operators, one module per family. Importing this registers them by recipe name."""
 
 from curate.ops.answer import ExtractAnswer
+from curate.ops.corrupt import (
+    CorruptDigits,
+    CorruptWrongAnswer,
+    DeleteSteps,
+    InsertSteps,
+    RemoveKeywords,
+    ShuffleSteps,
+)
+from curate.ops.decontam import Decontaminate
 from curate.ops.dedup import ExactDedup
 from curate.ops.filter import Filter
+from curate.ops.minhash import MinHashDedup
 from curate.ops.select import Sample
+from curate.ops.semantic import SemanticDedup
+from curate.ops.structure import Profile, SegmentSteps
+from curate.ops.verify import PairPreferences, Verify
 
-__all__ = ["ExactDedup", "ExtractAnswer", "Filter", "Sample"]
+__all__ = [
+    "CorruptDigits",
+    "CorruptWrongAnswer",
+    "Decontaminate",
+    "DeleteSteps",
+    "ExactDedup",
+    "ExtractAnswer",
+    "Filter",
+    "InsertSteps",
+    "MinHashDedup",
+    "PairPreferences",
+    "Profile",
+    "RemoveKeywords",
+    "Sample",
+    "SegmentSteps",
+    "SemanticDedup",
+    "ShuffleSteps",
+    "Verify",
+]

@@ -1,0 +1,286 @@
+"""Verification: judge each answer (math-verify, sandboxed tests, option letters) and pair traces.
+
+``verify`` writes a three-way verdict (``verify_correct`` true / false / null = unverifiable, with
+the reason in ``verify_error``) and keeps the correct rows (rejection sampling), all rows, or the
+incorrect ones (negatives). Work runs in a process pool whose per-row deadline is enforced by the
+parent, so one pathological expression or program costs at most its timeout. A model-judge
+verdict can be added later as ``verify_judge_correct`` next to these columns.
+
+``pair_preferences`` turns several verified traces of one problem into (problem, chosen,
+rejected) rows for DPO-style training.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import polars as pl
+import pyarrow as pa
+
+from curate.step import REJECT_REASON, Step, StepResult
+from curate.verify import verify_task
+from curate.verify.mcq import gold_letter
+from curate.verify.pool import Failed, WorkerPool, default_workers
+
+DOMAINS = ("auto", "math", "code", "mcq")
+KEEP = ("correct", "all", "incorrect")
+_OPTIONS = re.compile(r"^\s*\(?[A-J][.):]\s+\S", re.MULTILINE)
+GRACE_S = 0.5  # the pool kills a worker this long after a row's own timer should have fired
+THINKING_SENT = 4000  # math/mcq read at most the last 3000 characters of the thinking
+JUDGE_COLUMN = "verify_judge_correct"  # reserved for a model-judge verdict (not written yet)
+
+
+def _kind(domain: str, row: dict[str, Any]) -> str:
+    """Which verifier a row gets under ``domain: auto``."""
+    if domain != "auto":
+        return domain
+    if row.get("domain") == "code" or row.get("test_cases"):
+        return "code"
+    ref = row.get("reference_answer")
+    if ref and gold_letter(str(ref)) is not None and len(_OPTIONS.findall(row.get("problem") or "")) >= 2:
+        return "mcq"
+    if row.get("domain") == "science" and ref and gold_letter(str(ref), row.get("problem") or "") is not None:
+        return "mcq"
+    return "math"
+
+
+def _shutdown(pool: WorkerPool) -> None:
+    pool.close()
+
+
+@dataclass
+class Verify(Step):
+    """Check each answer against its reference (math-verify, sandboxed code tests, option letters); keep correct, all or incorrect rows.
+
+    ``verify_correct`` is true/false, or null when the row cannot be judged (no reference, a gold
+    that does not parse, a timeout) — null never counts as correct. Rows are verified in a
+    process pool; each row's deadline is enforced from outside the worker, which is killed and
+    replaced when it runs over. Code runs in a sandbox (see ``curate.verify.sandbox``).
+    """
+
+    name = "verify"
+    writes: ClassVar[dict[str, pa.DataType]] = {
+        "verify_correct": pa.bool_(),
+        "verify_error": pa.string(),
+        "verify_method": pa.string(),
+        "verify_gold": pa.large_string(),
+        "verify_pred": pa.large_string(),
+        "verify_pass_rate": pa.float64(),
+    }
+
+    domain: str = field(default="auto", metadata={"help": "auto | math | code | mcq (auto: code when the row has tests, mcq for lettered options, else math)"})
+    keep: str = field(default="correct", metadata={"help": "correct (rejection sampling) | all (annotate only) | incorrect (negatives)"})
+    timeout_s: float = field(default=5.0, metadata={"help": "per-row limit for math/mcq rows: a timer in the worker, and a kill from the parent 0.5 s later if the row still runs"})
+    workers: int | None = field(default=None, metadata={"help": "worker processes (default: the CPUs available; 0 = inline, no pool)"})
+    lenient: bool = field(default=False, metadata={"help": "math: when no anchored answer (boxed, 'final answer is') exists, take the last expression of the response, as last-number graders do"})
+    keep_unverifiable: bool = field(default=False, metadata={"help": "keep rows whose verdict is null (otherwise they are rejected)"})
+    code_test_timeout_s: float = field(default=4.0, metadata={"help": "wall/CPU limit of one code test"})
+    code_row_timeout_s: float = field(default=30.0, metadata={"help": "limit for all tests of one code row"})
+    code_max_tests: int = field(default=50, metadata={"help": "run at most this many tests per code row"})
+    code_memory_mb: int = field(default=1024, metadata={"help": "address-space limit of a code run (MB)"})
+
+    def __post_init__(self) -> None:
+        if self.domain not in DOMAINS:
+            raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, got {self.domain!r}")
+        if self.keep not in KEEP:
+            raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 = inline), got {self.workers}")
+        for name in ("code_test_timeout_s", "code_row_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.code_max_tests < 1:
+            raise ValueError(f"code_max_tests must be >= 1, got {self.code_max_tests}")
+        if self.code_memory_mb < 64:
+            raise ValueError(f"code_memory_mb must be >= 64, got {self.code_memory_mb}")
+        self._pool: WorkerPool | None = None
+
+    def columns_read(self) -> tuple[str, ...]:
+        return ("problem", "thinking", "solution", "answer", "reference_answer", "domain",
+                "test_cases", "test_fn_name")
+
+    # --- work ------------------------------------------------------------------------------------
+    def _tasks(self, batch: pl.DataFrame) -> list[dict[str, Any]]:
+        tasks = []
+        for row in batch.select(self.columns_read()).iter_rows(named=True):
+            kind = _kind(self.domain, row)
+            thinking = row["thinking"]
+            if kind != "code" and thinking and len(thinking) > THINKING_SENT:
+                thinking = thinking[-THINKING_SENT:]  # only the end is read; don't ship 100 kB to a worker
+            task = {"kind": kind, "reference": row["reference_answer"], "solution": row["solution"],
+                    "thinking": thinking, "answer": row["answer"], "problem": row["problem"],
+                    "timeout_s": self.timeout_s, "lenient": self.lenient}
+            if kind == "code":
+                task.update(tests=row["test_cases"] or [], fn_name=row["test_fn_name"],
+                            per_test_s=self.code_test_timeout_s, row_timeout_s=self.code_row_timeout_s,
+                            max_tests=self.code_max_tests, memory_mb=self.code_memory_mb)
+            tasks.append(task)
+        return tasks
+
+    def _deadline(self, task: dict[str, Any]) -> float:
+        """The pool's hard limit: the row's own limit plus a grace for the in-worker timer to fire."""
+        if task["kind"] == "code":
+            return self.code_row_timeout_s + self.code_test_timeout_s + 5.0
+        return self.timeout_s + GRACE_S
+
+    def start_pool(self) -> None:
+        """Start the worker pool now and wait until every worker is ready (benchmarks, services)."""
+        self._get_pool().start()
+
+    def _get_pool(self) -> WorkerPool:
+        if self._pool is None:
+            workers = default_workers() if self.workers is None else self.workers
+            self._pool = WorkerPool(verify_task, max(1, workers), self.timeout_s + GRACE_S,
+                                    preload=("curate.verify.math", "curate.verify.code"))
+            weakref.finalize(self, _shutdown, self._pool)
+        return self._pool
+
+    def run_tasks(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Verdicts for plain task dicts (what ``apply`` does, without polars)."""
+        workers = default_workers() if self.workers is None else self.workers
+        if workers == 0:
+            raw: list[Any] = []
+            for t in tasks:
+                try:
+                    raw.append(verify_task(t))
+                except Exception as e:  # noqa: BLE001 - a verifier bug must not end the run
+                    raw.append(Failed("error", f"{type(e).__name__}: {e}", 0.0))
+        else:
+            raw = self._get_pool().map(tasks, [self._deadline(t) for t in tasks])
+        out = []
+        for task, r in zip(tasks, raw, strict=True):
+            if isinstance(r, Failed):
+                what = {"timeout": "timeout", "crash": "verifier crashed", "error": "verifier error"}[r.kind]
+                r = {"correct": None, "error": f"{what}: {r.message}", "method": task["kind"],
+                     "gold": None, "pred": None}
+            out.append(r)
+        return out
+
+    def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
+        verdicts = self.run_tasks(self._tasks(batch)) if batch.height else []
+        annotated = batch.with_columns(
+            pl.Series("verify_correct", [v["correct"] for v in verdicts], dtype=pl.Boolean),
+            pl.Series("verify_error", [v["error"] for v in verdicts], dtype=pl.String),
+            pl.Series("verify_method", [v["method"] for v in verdicts], dtype=pl.String),
+            pl.Series("verify_gold", [v["gold"] for v in verdicts], dtype=pl.String),
+            pl.Series("verify_pred", [v["pred"] for v in verdicts], dtype=pl.String),
+            pl.Series("verify_pass_rate", [v.get("pass_rate") for v in verdicts], dtype=pl.Float64),
+        )
+        if self.keep == "all":
+            return StepResult(annotated, None)
+        reasons = [self._reject_reason(v) for v in verdicts]
+        drop = pl.Series([r is not None for r in reasons], dtype=pl.Boolean)
+        tagged = annotated.with_columns(pl.Series(REJECT_REASON, reasons, dtype=pl.String))
+        return StepResult(annotated.filter(~drop), tagged.filter(drop))
+
+    def _reject_reason(self, v: dict[str, Any]) -> str | None:
+        correct = v["correct"]
+        if correct is None:
+            return None if self.keep_unverifiable else f"unverifiable: {v['error']}"
+        if self.keep == "correct" and not correct:
+            detail = v["error"] or f"answer {_short(v['pred'])} != reference {_short(v['gold'])}"
+            return f"incorrect: {detail}"
+        if self.keep == "incorrect" and correct:
+            return "correct (keep=incorrect keeps only wrong answers)"
+        return None
+
+
+def _short(s: str | None, n: int = 60) -> str:
+    if s is None:
+        return "none"
+    s = " ".join(s.split())
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _norm_problem(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+@dataclass
+class PairPreferences(Step):
+    """Build (problem, chosen, rejected) pairs from verified traces that share a problem (DPO-style data).
+
+    Each kept row is a correct trace (the chosen side) carrying one incorrect trace of the same
+    problem in the ``pair_rejected_*`` columns. Rows used as a rejected side, rows left without a
+    partner, and unverifiable rows go to rejects with the reason. Run ``verify`` (keep: all) first.
+    """
+
+    name = "pair_preferences"
+    needs_global_pass = True
+    writes: ClassVar[dict[str, pa.DataType]] = {
+        "pair_rejected_id": pa.string(),
+        "pair_rejected_thinking": pa.large_string(),
+        "pair_rejected_solution": pa.large_string(),
+        "pair_rejected_answer": pa.large_string(),
+    }
+
+    by: str = field(default="problem", metadata={"help": "column whose (whitespace-normalised) value groups traces of one problem"})
+    max_pairs_per_problem: int = field(default=1, metadata={"help": "at most this many pairs per problem (each trace is used once)"})
+
+    def __post_init__(self) -> None:
+        if self.max_pairs_per_problem < 1:
+            raise ValueError(f"max_pairs_per_problem must be >= 1, got {self.max_pairs_per_problem}")
+        if not self.by:
+            raise ValueError("by must name a column")
+        self._chosen: dict[int, int] = {}  # global row -> global row of its rejected partner
+        self._rejected_side: dict[int, int] = {}  # global row -> chosen partner
+        self._texts: dict[int, tuple[Any, ...]] = {}
+
+    def columns_read(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.by, "id", "thinking", "solution", "verify_correct", "verify_pred")))
+
+    def fit(self, batches: Iterator[pl.DataFrame]) -> None:
+        good: dict[str, list[int]] = defaultdict(list)
+        bad: dict[str, list[int]] = defaultdict(list)
+        texts: dict[int, tuple[Any, ...]] = {}
+        offset = 0
+        for batch in batches:
+            cols = batch.select(self.by, "id", "thinking", "solution", "verify_correct", "verify_pred")
+            for k, (key, rid, thinking, solution, correct, pred) in enumerate(cols.iter_rows()):
+                g = offset + k
+                key = _norm_problem(str(key) if key is not None else None)
+                if correct is True and len(good[key]) < self.max_pairs_per_problem:
+                    good[key].append(g)
+                elif correct is False and len(bad[key]) < self.max_pairs_per_problem:
+                    bad[key].append(g)
+                    texts[g] = (rid, thinking, solution, pred)
+            offset += batch.height
+        self._chosen, self._rejected_side, self._texts = {}, {}, {}
+        for key, chosen in good.items():
+            for c, r in zip(chosen, bad.get(key, []), strict=False):
+                self._chosen[c], self._rejected_side[r] = r, c
+                self._texts[r] = texts[r]
+
+    def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
+        rows = range(offset, offset + batch.height)
+        partner = [self._chosen.get(g) for g in rows]
+        part = [self._texts[p] if p is not None else (None, None, None, None) for p in partner]
+        annotated = batch.with_columns(
+            pl.Series("pair_rejected_id", [t[0] for t in part], dtype=pl.String),
+            pl.Series("pair_rejected_thinking", [t[1] for t in part], dtype=pl.String),
+            pl.Series("pair_rejected_solution", [t[2] for t in part], dtype=pl.String),
+            pl.Series("pair_rejected_answer", [t[3] for t in part], dtype=pl.String),
+        )
+        correct = batch["verify_correct"].to_list()
+        reasons: list[str | None] = []
+        for g, p, c in zip(rows, partner, correct, strict=True):
+            if p is not None:
+                reasons.append(None)
+            elif g in self._rejected_side:
+                reasons.append("used as the rejected side of a pair")
+            elif c is None:
+                reasons.append("unverifiable: no verdict to pair on")
+            elif c:
+                reasons.append("no incorrect trace of this problem to pair with (or pair limit reached)")
+            else:
+                reasons.append("no correct trace of this problem to pair with (or pair limit reached)")
+        drop = pl.Series([r is not None for r in reasons], dtype=pl.Boolean)
+        tagged = annotated.with_columns(pl.Series(REJECT_REASON, reasons, dtype=pl.String))
+        return StepResult(annotated.filter(~drop), tagged.filter(drop))

@@ -1,0 +1,179 @@
+"""Code verification in the sandbox: real APPS-style tests pass, hostile programs are stopped.
+
+The hostile programs run with small limits (8 processes, 256 MB, 1 s CPU, 2 s wall) so a
+failure of a layer cannot hurt this machine. What holds where is in curate/verify/sandbox.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from curate.ops.verify import Verify
+from curate.verify.code import extract_program, outputs_match, verify_code
+from curate.verify.sandbox import SANDBOX_UID_BASE, Limits, _live_procs, isolation, run_python
+
+REPO = Path(__file__).resolve().parent.parent
+LIMITS = Limits(wall_s=2.0, cpu_s=1, memory_mb=256, file_mb=1, nproc=8)
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="the sandbox needs POSIX")
+
+# ../shared/data holds no code traces, so the code rows here are written for the test in the
+# layouts real sets use: an APPS-style stdin/stdout task (count binary words by first/last bit),
+# and LeetCode 1 (two sum) call-based, with its tests stored the way APPS stores call tests.
+APPS_TESTS = [
+    {"input": "4\n0001\n1000\n0011\n0111\n", "output": "1\n"},
+    {"input": "1\n01\n", "output": "0\n\n"},
+    {"input": "2\n00\n11\n", "output": "-1"},
+]
+APPS_PROGRAM = """```python
+import sys
+def main():
+    data = sys.stdin.read().split()
+    n = int(data[0])
+    words = data[1:1 + n]
+    kinds = {"00": 0, "01": 0, "10": 0, "11": 0}
+    for w in words:
+        kinds[w[0] + w[-1]] += 1
+    if kinds["01"] == 0 and kinds["10"] == 0 and kinds["00"] and kinds["11"]:
+        print(-1)
+        return
+    # answer: how many words to reverse so that |01 - 10| <= 1
+    print(abs(kinds["01"] - kinds["10"]) // 2)
+main()
+```"""
+
+# LeetCode 1 (two sum), call-based: tests as APPS stores them (inputs = argument lists).
+TWO_SUM = {"inputs": [[[2, 7, 11, 15], 9], [[3, 2, 4], 6], [[3, 3], 6]], "outputs": [[0, 1], [1, 2], [0, 1]]}
+TWO_SUM_OK = """Here is the solution:
+
+```python
+class Solution:
+    def twoSum(self, nums, target):
+        seen = {}
+        for i, x in enumerate(nums):
+            if target - x in seen:
+                return [seen[target - x], i]
+            seen[x] = i
+```"""
+TWO_SUM_WRONG = TWO_SUM_OK.replace("return [seen[target - x], i]", "return [i, seen[target - x]]")
+
+
+def _call_tests(spec: dict) -> list[dict]:
+    return [{"input": json.dumps(i), "output": json.dumps(o)} for i, o in zip(spec["inputs"], spec["outputs"])]
+
+
+def test_extract_last_python_block() -> None:
+    text = "Try:\n```python\nprint(1)\n```\nBetter:\n```py\nprint(2)\n```\nOutput:\n```text\n2\n```"
+    assert extract_program(text) == "print(2)\n"
+    assert extract_program("no code here") is None
+
+
+def test_output_comparison() -> None:
+    assert outputs_match("1\n3\n", "1\n3")
+    assert outputs_match("1 3", "1\n3")  # token fallback
+    assert outputs_match("0.3333333", "0.33333333")
+    assert not outputs_match("1\n4\n", "1\n3\n")
+
+
+def test_stdin_program_passes_and_fails() -> None:
+    ok = verify_code({"solution": APPS_PROGRAM, "tests": APPS_TESTS, "per_test_s": 4})
+    assert ok["correct"] is True and ok["pass_rate"] == 1.0 and ok["method"] == "code:stdio"
+    bad = verify_code({"solution": APPS_PROGRAM.replace("// 2", "// 2 + 1"), "tests": APPS_TESTS, "per_test_s": 4})
+    assert bad["correct"] is False and bad["pass_rate"] == pytest.approx(1 / 3)
+    assert "test 0: wrong output '2" in bad["error"]
+
+
+def test_call_based_leetcode() -> None:
+    tests = _call_tests(TWO_SUM)
+    ok = verify_code({"solution": TWO_SUM_OK, "tests": tests, "fn_name": "twoSum"})
+    assert ok["correct"] is True and ok["pass_rate"] == 1.0 and ok["method"] == "code:call"
+    bad = verify_code({"solution": TWO_SUM_WRONG, "tests": tests, "fn_name": "twoSum"})
+    assert bad["correct"] is False and bad["pass_rate"] == 0.0
+    missing = verify_code({"solution": TWO_SUM_OK, "tests": tests, "fn_name": "threeSum"})
+    assert missing["correct"] is False and "no function or Solution method named threeSum" in missing["error"]
+
+
+@pytest.mark.parametrize(("name", "code", "status", "says"), [
+    ("read outside", "print(open('/etc/hostname').read())", {"denied"}, "Permission denied"),
+    ("read the repo", f"print(open({str(REPO / 'pyproject.toml')!r}).read())", {"denied"}, "Permission denied"),
+    ("write the repo", f"open({str(REPO / 'SANDBOX_ESCAPED')!r}, 'w').write('x')", {"denied"}, "Permission denied"),
+    ("socket", "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=1)", {"denied", "exit"}, "Error"),
+    ("fork bomb", "import os\nwhile True:\n    os.fork()", {"process_limit", "cpu_limit", "timeout"}, "limit"),
+    ("50 GB", "x = bytearray(50 * 1024 ** 3)", {"memory_limit"}, "address-space limit"),
+    ("infinite loop", "while True:\n    pass", {"cpu_limit"}, "CPU time limit"),
+    ("sleep forever", "import time\ntime.sleep(3600)", {"timeout"}, "wall-clock limit"),
+    ("flood stdout", "while True:\n    print('x' * 10000)", {"file_limit"}, "file size limit"),
+])
+def test_hostile_code_is_stopped(name: str, code: str, status: set, says: str) -> None:
+    r = run_python(code, "", LIMITS)
+    assert r.status in status, (name, r)
+    assert says in r.reason, (name, r.reason)
+    assert r.seconds < LIMITS.wall_s + 1.0
+    assert not (REPO / "SANDBOX_ESCAPED").exists()
+
+
+def test_isolation_layers_here() -> None:
+    caps = isolation()
+    if not caps["landlock"] and not caps["netns"]:
+        pytest.skip("neither Landlock nor network namespaces on this machine")
+    r = run_python("import socket\ns = socket.socket()\ns.connect(('127.0.0.1', 22))", "", LIMITS)
+    assert r.status in {"denied", "exit"} and ("Permission denied" in r.reason or "unreachable" in r.reason.lower()
+                                               or "refused" in r.reason.lower())
+
+
+def test_setsid_escape_is_reaped() -> None:
+    if not isolation()["uid"]:
+        pytest.skip("per-run uid needs root")
+    code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\nprint('parent done')"
+    r = run_python(code, "", LIMITS)
+    assert r.ok and r.stdout.strip() == "parent done"
+    uid = SANDBOX_UID_BASE + os.getpid() % 100000
+    assert _live_procs(uid) == []
+
+
+def test_verify_step_on_code_rows_goes_on_after_hostile_row() -> None:
+    rows = pl.DataFrame({
+        "problem": ["Two sum", "Two sum", "Polycarp words", "Polycarp words"],
+        "thinking": ["", "", "", ""],
+        "solution": [TWO_SUM_OK, "```python\nwhile True:\n    pass\n```", APPS_PROGRAM,
+                     "```python\nimport os\nwhile True:\n    os.fork()\n```"],
+        "answer": [None] * 4,
+        "reference_answer": [None] * 4,
+        "domain": ["code"] * 4,
+        "test_cases": [_call_tests(TWO_SUM), _call_tests(TWO_SUM), APPS_TESTS, APPS_TESTS],
+        "test_fn_name": ["twoSum", "twoSum", None, None],
+    })
+    # workers=2: the sandbox is launched from pool workers (which have polars' threads)
+    step = Verify(keep="correct", workers=2, code_test_timeout_s=1.0, code_row_timeout_s=4.0, code_memory_mb=256)
+    res = step.apply(rows, 0)
+    assert res.kept["problem"].to_list() == ["Two sum", "Polycarp words"]
+    reasons = res.rejected["reject_reason"].to_list()
+    assert reasons[0] == "incorrect: program does not load: TimeoutError: per-test time limit"
+    assert reasons[1].startswith("incorrect: test 0: process limit (RLIMIT_NPROC")
+    assert res.rejected["verify_pass_rate"].to_list() == [0.0, 0.0]
+
+
+def test_test_layouts_of_real_datasets() -> None:
+    from curate.verify.layouts import tests_from_record
+
+    # APPS/TACO and OpenThoughts store the same JSON shape, under input_output / test_cases
+    apps = {"input_output": json.dumps({"inputs": [t["input"] for t in APPS_TESTS],
+                                        "outputs": [t["output"] for t in APPS_TESTS]})}
+    tests, fn = tests_from_record(apps)
+    assert fn is None and tests == [{"input": t["input"], "output": t["output"]} for t in APPS_TESTS]
+    ot = {"test_cases": json.dumps({**TWO_SUM, "fn_name": "twoSum"})}
+    tests, fn = tests_from_record(ot)
+    assert fn == "twoSum" and json.loads(tests[0]["input"]) == [[2, 7, 11, 15], 9]
+    assert verify_code({"solution": TWO_SUM_OK, "tests": tests, "fn_name": fn})["correct"] is True
+    # CodeContests: parallel input/output lists per split
+    cc = {"public_tests": {"input": [APPS_TESTS[0]["input"]], "output": [APPS_TESTS[0]["output"]]},
+          "private_tests": {"input": [t["input"] for t in APPS_TESTS[1:]], "output": [t["output"] for t in APPS_TESTS[1:]]},
+          "generated_tests": {"input": [], "output": []}}
+    tests, fn = tests_from_record(cc)
+    assert fn is None and len(tests) == 3
+    assert verify_code({"solution": APPS_PROGRAM, "tests": tests})["pass_rate"] == 1.0
+    assert tests_from_record({"problem": "no tests"}) == ([], None)

@@ -1,0 +1,191 @@
+"""The verify and pair_preferences steps on real traces, and the pool's deadline from outside."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from curate import Pipeline, read
+from curate.errors import RecipeError
+from curate.ops.verify import PairPreferences, Verify, _kind
+from curate.recipe import parse_recipe
+from curate.step import build_step
+from curate.verify.pool import Failed, WorkerPool, probe
+
+
+def _frame(path) -> pl.DataFrame:
+    return pl.concat([pl.from_arrow(b.traces) for b in read(path).batches(10_000)])
+
+
+@pytest.fixture(scope="module")
+def math500(math500_sample) -> pl.DataFrame:
+    df = _frame(math500_sample)
+    scores = [json.loads(e)["score"] for e in df["extra"]]
+    return df.with_columns(pl.Series("label", [s[0] if isinstance(s, list) else s for s in scores]))
+
+
+# --- the pool ------------------------------------------------------------------------------------
+
+
+def test_pool_kills_a_hung_worker_and_goes_on() -> None:
+    items = [("echo", 1), ("hang", 60), ("echo", 2), ("exit", 3), ("raise", "bad"), ("echo", 4)]
+    with WorkerPool(probe, 2, timeout_s=1.0) as pool:
+        pool.map([("echo", 0)])  # workers started and ready
+        t0 = time.monotonic()
+        out = pool.map(items)
+        wall = time.monotonic() - t0
+        assert pool.replaced == 2
+        assert pool.map([("echo", 5), ("echo", 6)]) == [5, 6]  # replacements work
+    assert out[0] == 1 and out[2] == 2 and out[5] == 4
+    assert isinstance(out[1], Failed) and out[1].kind == "timeout" and "killed" in out[1].message
+    assert isinstance(out[3], Failed) and out[3].kind == "crash" and "exit code 3" in out[3].message
+    assert isinstance(out[4], Failed) and out[4].kind == "error" and "ValueError: bad" in out[4].message
+    assert wall < 1.0 + 1.0  # the hang costs its timeout plus a small constant, not 60 s
+
+
+def test_pool_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        WorkerPool(probe, 0, 1.0)
+    with pytest.raises(ValueError, match="timeout"):
+        WorkerPool(probe, 1, 0)
+
+
+# --- verify -------------------------------------------------------------------------------------
+
+
+def test_params_are_validated() -> None:
+    with pytest.raises(RecipeError, match="keep must be one of"):
+        build_step("verify", {"keep": "best"})
+    with pytest.raises(RecipeError, match="domain must be one of"):
+        build_step("verify", {"domain": "chess"})
+    with pytest.raises(RecipeError, match="timeout_s"):
+        build_step("verify", {"timeout_s": 0})
+    assert isinstance(build_step("verify", {"keep": "all", "workers": 0}), Verify)
+
+
+def test_keep_modes_partition_real_traces(math500) -> None:
+    batch = math500.head(60)
+    annotated = Verify(keep="all", workers=0).apply(batch, 0)
+    assert annotated.rejected is None and annotated.kept.height == 60
+    verdict = annotated.kept["verify_correct"]
+    n_true, n_false = int((verdict == True).sum()), int((verdict == False).sum())  # noqa: E712
+    assert n_true > 30 and n_false > 0  # real traces: mostly right, some wrong
+    # agreement with the Qwen2.5-Math grader's label; most of the rest are responses with no
+    # stated answer, which that grader scores by their last number (see bench/RESULTS-verify.md)
+    assert (verdict == batch["label"]).sum() >= 45
+
+    correct = Verify(keep="correct", workers=0).apply(batch, 0)
+    assert correct.kept.height == n_true and correct.kept["verify_correct"].all()
+    assert correct.kept.height + correct.rejected.height == 60
+    assert correct.rejected["reject_reason"].str.starts_with("incorrect").sum() == n_false
+    example = correct.rejected.filter(pl.col("verify_pred").is_not_null())["reject_reason"][0]
+    assert " != reference " in example
+
+    wrong = Verify(keep="incorrect", workers=0).apply(batch, 0)
+    assert wrong.kept.height == n_false and not wrong.kept["verify_correct"].any()
+    assert set(wrong.kept["id"]) == set(correct.rejected.filter(pl.col("verify_correct") == False)["id"])  # noqa: E712
+
+
+def test_unverifiable_rows_are_never_kept_as_correct(math500) -> None:
+    batch = math500.head(10).with_columns(pl.lit(None, dtype=pl.String).alias("reference_answer"))
+    res = Verify(keep="correct", workers=0).apply(batch, 0)
+    assert res.kept.height == 0
+    assert res.rejected["reject_reason"].unique().to_list() == ["unverifiable: no reference answer"]
+    kept = Verify(keep="correct", workers=0, keep_unverifiable=True).apply(batch, 0)
+    assert kept.kept.height == 10 and kept.kept["verify_correct"].null_count() == 10
+
+
+def test_pool_timeout_on_real_pathological_rows(shared_data) -> None:
+    """A real Minerva row whose math-verify comparison runs for 5+ s (an equation of functions
+    with ``\\ddot``): with a 1 s limit it comes back null ('timeout'), the rows around it are
+    verified, and the slowest row costs the limit plus a little. The in-worker timer stops it,
+    so no worker is killed here (the hang no timer can stop is the probe test above)."""
+    df = _frame(shared_data / "traces" / "skythought_correct5k27b_minerva.jsonl")
+    slow = df.filter(pl.col("reference_answer") == r"ml\ddot{\theta}(t)-mg\sin\theta(t)=f(t)\cos\theta(t)")
+    assert slow.height == 1
+    quick = df.filter(pl.col("reference_answer").str.contains(r"^\d+$")).head(6)
+    batch = pl.concat([quick.head(3), slow, quick.tail(3), slow])
+    step = Verify(keep="all", workers=2, timeout_s=1.0)
+    step.start_pool()
+    t0 = time.monotonic()
+    out = step.apply(batch, 0).kept
+    wall = time.monotonic() - t0
+    hung = out[[3, 7]]
+    assert hung["verify_correct"].null_count() == 2
+    assert (hung["verify_error"] == "timeout after 1s (comparing answers)").all()
+    assert out[[0, 1, 2, 4, 5, 6]]["verify_correct"].null_count() == 0
+    assert step._pool is not None and step._pool.replaced == 0
+    assert max(step._pool.last_seconds) < 1.0 + 0.5  # a pathological row costs its timeout + a little
+    assert wall < 2 * 1.0 + 3.0
+
+
+def test_auto_domain_routing() -> None:
+    gpqa = "Which one?\n\nA. 10^-4 ev\nB. 10^-8 ev\nC. 10^-9 ev\nD. 10^-11 ev"
+    assert _kind("auto", {"domain": "science", "reference_answer": "A", "problem": gpqa}) == "mcq"
+    assert _kind("auto", {"domain": "math", "reference_answer": "(C)", "problem": gpqa}) == "mcq"
+    assert _kind("auto", {"domain": "math", "reference_answer": "3", "problem": "2+1?"}) == "math"
+    assert _kind("auto", {"domain": "code", "reference_answer": None, "problem": "x"}) == "code"
+    assert _kind("auto", {"domain": "other", "test_cases": [{"input": "1", "output": "1"}]}) == "code"
+    assert _kind("math", {"domain": "code"}) == "math"
+
+
+# --- pair_preferences -----------------------------------------------------------------------------
+
+
+def test_pairs_from_real_samples(shared_data, tmp_path) -> None:
+    """simpleRL MATH: 8 sampled answers per problem with correct and wrong ones mixed."""
+    src = read(shared_data / "responses" / "simplerl_math_cot_100.jsonl")
+    df = pl.concat([pl.from_arrow(b.traces) for b in src.batches(1000)]).head(160)  # 20 problems
+    annotated = Verify(keep="all", workers=0).apply(df, 0).kept
+    res = Pipeline([PairPreferences(max_pairs_per_problem=2)], batch_size=50).run(annotated, out=tmp_path / "pairs")
+    pairs = res.to_polars()
+    groups = annotated.group_by("problem").agg(
+        (pl.col("verify_correct") == True).sum().alias("good"),  # noqa: E712
+        (pl.col("verify_correct") == False).sum().alias("bad"),  # noqa: E712
+    )
+    expected = sum(min(g, b, 2) for g, b in groups.select("good", "bad").iter_rows())
+    assert expected > 0 and pairs.height == expected
+    assert pairs["verify_correct"].all()
+    by_id = {r["id"]: r for r in annotated.iter_rows(named=True)}
+    for row in pairs.iter_rows(named=True):
+        partner = by_id[row["pair_rejected_id"]]
+        assert partner["problem"] == row["problem"] and partner["verify_correct"] is False
+        assert partner["solution"] == row["pair_rejected_solution"]
+    rejects = res.rejects("pair_preferences")
+    assert rejects.height == 160 - pairs.height
+    assert (rejects["reject_reason"] == "used as the rejected side of a pair").sum() == pairs.height
+
+
+def test_recipe_names_and_yaml(tmp_path) -> None:
+    recipe = parse_recipe({
+        "input": {"path": "x.jsonl"},
+        "steps": [{"verify": {"domain": "math", "keep": "all", "timeout_s": 2, "workers": 0}},
+                  {"pair_preferences": {"max_pairs_per_problem": 1}}],
+        "output": {"path": str(tmp_path / "o")},
+    })
+    names = [s.name for s in recipe.pipeline.steps]
+    assert names == ["verify", "pair_preferences"]
+    recipe.pipeline.plan()  # pair_preferences reads what verify writes
+
+
+def test_recipe_file_and_accuracy_report(shared_data, tmp_path) -> None:
+    """pipelines/verify.yaml validates; a run's per-source accuracy counts every verified row."""
+    from curate.recipe import load_recipe
+    from curate.verify.report import verify_report
+
+    recipe = load_recipe(Path(__file__).resolve().parent.parent / "pipelines" / "verify.yaml")
+    assert [s.name for s in recipe.pipeline.steps] == ["verify"]
+    assert recipe.pipeline.steps[0].keep == "correct"
+    src = read(shared_data / "traces" / "skythought_corrupt07_32b_amc23.jsonl")
+    res = Pipeline([Verify(keep="correct", workers=0)]).run(src, out=tmp_path / "v")
+    report = verify_report(res)
+    row = report.row(0, named=True)
+    assert row["source"] == "skythought_corrupt07_32b_amc23" and row["rows"] == 40
+    assert row["correct"] == res.rows and row["correct"] + row["incorrect"] + row["unverifiable"] == 40
+    frame = _frame(shared_data / "traces" / "skythought_corrupt07_32b_amc23.jsonl")
+    labels = [json.loads(e)["score"] for e in frame["extra"]]
+    assert row["correct"] == sum(bool(s[0] if isinstance(s, list) else s) for s in labels)  # all 40 agree
