@@ -69,6 +69,7 @@ def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progre
     result = run_recipe(recipe, out, overwrite=overwrite, resume=not no_resume, progress=progress,
                         engine=engine, keep_work=keep_work, command=command)
     click.echo(result.funnel)
+    _echo_accuracy(result.manifest["funnel"])
     for name, config in result.manifest.get("configs", {}).items():
         steps = ", ".join(f"{f['name']} -{f['rejected']}" for f in config["funnel"]) or "base only"
         click.echo(f"  config {name}: {config['rows']} rows ({steps})")
@@ -97,6 +98,16 @@ def ops(name: str | None) -> None:
         for s in param_specs(cls):
             default = "required" if s["required"] else f"default {s['default']!r}"
             click.echo(f"    {s['name']}: {s['type']} ({default}) {s['help']}")
+
+
+def _echo_accuracy(funnel: list[dict]) -> None:
+    """Per-source verdicts a verify step reported: accuracy = correct / (correct + incorrect)."""
+    for entry in funnel:
+        for source, c in sorted(entry.get("stats", {}).get("by_source", {}).items()):
+            judged = c.get("correct", 0) + c.get("incorrect", 0)
+            acc = f"{c.get('correct', 0) / judged:.1%}" if judged else "n/a"
+            click.echo(f"  {entry['name']} [{source}]: accuracy {acc} ({c.get('correct', 0)} correct, "
+                       f"{c.get('incorrect', 0)} incorrect, {c.get('unverifiable', 0)} unverifiable)")
 
 
 @main.command()

@@ -72,8 +72,18 @@ class RunResult:
 
     @property
     def funnel(self) -> pl.DataFrame:
-        """Rows in / kept / rejected (and seconds) per stage, read first."""
-        return pl.DataFrame(self.manifest["funnel"])
+        """Rows in / kept / rejected (and seconds) per stage, read first (`stats` for the counts
+        steps report, such as verification accuracy per source)."""
+        cols = ("step", "name", "rows_in", "kept", "rejected", "seconds")
+        return pl.DataFrame([{k: f[k] for k in cols} for f in self.manifest["funnel"]])
+
+    def stats(self, step: str) -> dict[str, Any]:
+        """The counts a step reported (summed over batches), e.g. verify's per-source verdicts."""
+        entries = [f for f in self.manifest["funnel"] if f["name"] == step]
+        entries += [f for c in self.manifest.get("configs", {}).values() for f in c["funnel"] if f["name"] == step]
+        if not entries:
+            raise KeyError(f"no step {step!r} in this run")
+        return entries[0].get("stats", {})
 
     @property
     def rows(self) -> int:
@@ -357,6 +367,8 @@ class _Run:
                 write_parquet_atomic(_conform_rejects(rejected, reject_schema, step),
                                      folder / f"rejects-{k:05d}.parquet")
             stats = {"rows_in": batch.height, "rejected": n_rej, "seconds": seconds}
+            if result.stats:
+                stats["stats"] = result.stats
             write_parquet_atomic(_conform(kept, out_schema, step), dest, {"part": stats}, WORK_COMPRESSION)
             offset += count
             bar.update(count)
@@ -367,14 +379,19 @@ class _Run:
     def _stage_stats(self, i: int, name: str, folder: Path) -> dict[str, Any]:
         rows_in = rejected = kept = 0
         seconds = json.loads((folder / "_meta.json").read_text()).get("fit_seconds", 0.0)
+        step_stats: dict[str, Any] = {}
         for part in sorted(folder.glob("part-*.parquet")):
             stats = read_metadata(part).get("part", {})
             rows_in += stats.get("rows_in", 0)
             rejected += stats.get("rejected", 0)
             seconds += stats.get("seconds", 0.0)
+            _add_stats(step_stats, stats.get("stats") or {})
             kept += pq.ParquetFile(part).metadata.num_rows
-        return {"step": i, "name": name, "rows_in": rows_in, "kept": kept, "rejected": rejected,
-                "seconds": round(seconds, 3), "_folder": str(folder)}
+        entry = {"step": i, "name": name, "rows_in": rows_in, "kept": kept, "rejected": rejected,
+                 "seconds": round(seconds, 3), "_folder": str(folder)}
+        if step_stats:
+            entry["stats"] = step_stats
+        return entry
 
     # --- final write ---------------------------------------------------------------------------
     def _finish(self, fingerprint: str, funnel: list[dict], outputs: dict[str | None, tuple[Path, pa.Schema, list[dict]]],
@@ -436,6 +453,15 @@ class _Run:
             rows = concat_parquet(rparts, self.out / dest, rschema)
             rejects.append({"step": stats["name"], "path": dest, "rows": rows})
         return rejects
+
+
+def _add_stats(total: dict[str, Any], part: dict[str, Any]) -> None:
+    """Sum nested dicts of numbers in place (a step's per-batch stats into its funnel entry)."""
+    for key, value in part.items():
+        if isinstance(value, dict):
+            _add_stats(total.setdefault(key, {}), value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            total[key] = total.get(key, 0) + value
 
 
 def _public(stats: dict[str, Any]) -> dict[str, Any]:

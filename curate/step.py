@@ -25,6 +25,9 @@ REJECT_REASON = "reject_reason"
 class StepResult(NamedTuple):
     kept: pl.DataFrame
     rejected: pl.DataFrame | None = None  # input columns + `reject_reason` (+ declared detail columns)
+    # counts to report in the funnel (e.g. {"by_source": {"aime": {"correct": 3}}}): nested dicts of
+    # numbers, summed over batches by the runner into the step's funnel entry under "stats"
+    stats: dict[str, Any] | None = None
 
 
 class Step:

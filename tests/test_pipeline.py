@@ -266,3 +266,22 @@ def test_variants_share_one_base_and_write_one_config_each(math500_sample, tmp_p
         bad.run(read(math500_sample), out=tmp_path / "bad")
     with pytest.raises(ValueError, match="names a folder"):
         Pipeline([], variants={"../x": []})
+
+
+def test_step_stats_are_summed_into_the_funnel(samples_dir, tmp_path):
+    @dataclass
+    class CountsBySource(Step):
+        name = "test_counts_by_source"
+
+        def apply(self, batch, offset):
+            counts = {}
+            for src in batch["source"]:
+                counts[src] = counts.get(src, 0) + 1
+            return StepResult(batch, None, {"by_source": {s: {"rows": n} for s, n in counts.items()}, "batches": 1})
+
+    result = Pipeline([CountsBySource()], batch_size=25).run(read(samples_dir), out=tmp_path / "s")
+    stats = result.stats("test_counts_by_source")
+    assert stats["by_source"] == {"skythought_correct5k27b_math500": {"rows": 120},
+                                  "skythought_correct5k27b_minerva": {"rows": 60}}
+    assert stats["batches"] == 8  # 180 rows in batches of 25 (the reader starts a batch per file)
+    assert "stats" not in result.funnel.columns

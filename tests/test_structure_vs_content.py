@@ -50,3 +50,12 @@ def test_structural_variants_touch_only_the_thinking(family):
 def test_teacher_wrong_answers_are_verified_incorrect(family):
     df = family.to_polars("wrong_answer_teacher")
     assert df.height > 0 and (df["verify_correct"] == False).all()  # noqa: E712
+
+
+def test_verify_reports_verdicts_per_source_in_the_funnel(family):
+    by_source = family.stats("verify")["by_source"]
+    assert set(by_source) <= {"skythought_correct5k27b_math500", "skythought_correct5k27b_minerva"}
+    total = sum(sum(c.values()) for c in by_source.values())
+    assert total == family.to_polars("clean").height
+    incorrect = sum(c["incorrect"] for c in by_source.values())
+    assert incorrect == family.to_polars("wrong_answer_teacher").height

@@ -104,7 +104,7 @@ class Verify(Step):
 
     def columns_read(self) -> tuple[str, ...]:
         return ("problem", "thinking", "solution", "answer", "reference_answer", "domain",
-                "test_cases", "test_fn_name")
+                "test_cases", "test_fn_name", "source")
 
     # --- work ------------------------------------------------------------------------------------
     def _tasks(self, batch: pl.DataFrame) -> list[dict[str, Any]]:
@@ -173,12 +173,13 @@ class Verify(Step):
             pl.Series("verify_pred", [v["pred"] for v in verdicts], dtype=pl.String),
             pl.Series("verify_pass_rate", [v.get("pass_rate") for v in verdicts], dtype=pl.Float64),
         )
+        stats = _verdict_counts(batch["source"].to_list(), verdicts)
         if self.keep == "all":
-            return StepResult(annotated, None)
+            return StepResult(annotated, None, stats)
         reasons = [self._reject_reason(v) for v in verdicts]
         drop = pl.Series([r is not None for r in reasons], dtype=pl.Boolean)
         tagged = annotated.with_columns(pl.Series(REJECT_REASON, reasons, dtype=pl.String))
-        return StepResult(annotated.filter(~drop), tagged.filter(drop))
+        return StepResult(annotated.filter(~drop), tagged.filter(drop), stats)
 
     def _reject_reason(self, v: dict[str, Any]) -> str | None:
         correct = v["correct"]
@@ -190,6 +191,16 @@ class Verify(Step):
         if self.keep == "incorrect" and correct:
             return "correct (keep=incorrect keeps only wrong answers)"
         return None
+
+
+def _verdict_counts(sources: list[str | None], verdicts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-source verdict counts for the funnel: {"by_source": {src: {correct, incorrect, unverifiable}}}."""
+    by_source: dict[str, dict[str, int]] = {}
+    for src, v in zip(sources, verdicts, strict=True):
+        key = {True: "correct", False: "incorrect", None: "unverifiable"}[v["correct"]]
+        counts = by_source.setdefault(src or "(none)", {"correct": 0, "incorrect": 0, "unverifiable": 0})
+        counts[key] += 1
+    return {"by_source": by_source}
 
 
 def _short(s: str | None, n: int = 60) -> str:
