@@ -442,3 +442,23 @@ def test_hf_nested_types_through_arrow(real):
     })
     (row,), _ = read_rows(table)  # type: ignore[arg-type]
     assert (row["thinking"], row["solution"]) == sky_parts(r["code"][0])
+
+
+def test_code_tests_in_any_layout_become_test_cases(tmp_path):
+    """APPS-style plain rows, OpenThoughts `test_cases` and CodeContests splits all map to test_cases."""
+    import json as _json
+
+    from curate import read as _read
+
+    program = "```python\nprint(int(input()) * 2)\n```"
+    rows = [
+        {"problem": "Double it.", "thinking": "Multiply by two.", "solution": program, "id": "ot-1",
+         "test_cases": _json.dumps({"inputs": ["2\n", "5\n"], "outputs": ["4\n", "10\n"]})},
+        {"problem": "Double it again.", "thinking": "Times two.", "solution": program, "id": "cc-1",
+         "public_tests": {"input": ["3\n"], "output": ["6\n"]}, "private_tests": {"input": ["4\n"], "output": ["8\n"]}},
+    ]
+    df = _read(rows, format="curate").to_polars()
+    assert df["domain"].to_list() == ["code", "code"]
+    assert df["test_cases"].to_list()[0] == [{"input": "2\n", "output": "4\n"}, {"input": "5\n", "output": "10\n"}]
+    assert df["test_cases"].to_list()[1] == [{"input": "3\n", "output": "6\n"}, {"input": "4\n", "output": "8\n"}]
+    assert all("tests" not in (e or "") for e in df["extra"].to_list())

@@ -123,6 +123,70 @@ def parse_input_output(value: Any) -> tuple[list[dict[str, str]], str | None]:
     return [{"input": enc(i), "output": enc(o)} for i, o in zip(inputs, outputs, strict=True)], fn_name
 
 
+# --- test cases, whatever layout the record uses ----------------------------------------------
+# APPS / TACO `input_output` and OpenThoughts `test_cases`: a JSON string (or dict) with inputs,
+# outputs, optional fn_name; CodeContests `public_tests` / `private_tests` / `generated_tests`:
+# dicts of parallel `input` / `output` lists (stdin/stdout).
+
+CODECONTESTS_KEYS = ("public_tests", "private_tests", "generated_tests")
+
+
+def _codecontests(rec: dict[str, Any], keys: tuple[str, ...]) -> list[dict[str, str]]:
+    tests = []
+    for key in keys:
+        block = rec.get(key)
+        if isinstance(block, str):
+            try:
+                block = json.loads(block) if block.strip() else None
+            except json.JSONDecodeError as e:
+                raise RowError(key, f"not valid JSON ({e.msg})") from None
+        if not block:
+            continue
+        inputs, outputs = block.get("input") or [], block.get("output") or []
+        if len(inputs) != len(outputs):
+            raise RowError(key, f"{len(inputs)} inputs but {len(outputs)} outputs")
+        tests += [{"input": str(i), "output": str(o)} for i, o in zip(inputs, outputs)]
+    return tests
+
+
+def tests_from_record(rec: dict[str, Any], codecontests_keys: tuple[str, ...] = CODECONTESTS_KEYS
+                      ) -> tuple[list[dict[str, str]], str | None]:
+    """(tests, fn_name) from whichever test layout ``rec`` uses; ([], None) when it has none."""
+    for key in ("input_output", "test_cases"):
+        value = rec.get(key)
+        if value is not None and (not isinstance(value, str) or value.strip()):
+            if isinstance(value, list):  # already in schema shape
+                return [{"input": str(t["input"]), "output": str(t["output"])} for t in value], rec.get("test_fn_name")
+            return parse_input_output(value)
+    if any(rec.get(k) for k in codecontests_keys):
+        return _codecontests(rec, codecontests_keys), None
+    return [], None
+
+
+TEST_KEYS = ("input_output", "test_cases", *CODECONTESTS_KEYS)
+
+
+def convert_record(fmt: Format, rec: dict) -> list[Draft]:
+    """``fmt.convert`` plus the record's code tests, in any layout, for drafts that lack them.
+
+    A record with tests is code unless it says otherwise; the mapped test fields leave ``extra``.
+    """
+    drafts = fmt.convert(rec)
+    if not any(rec.get(k) for k in TEST_KEYS):
+        return drafts
+    tests, fn_name = tests_from_record(rec)
+    for draft in drafts:
+        if draft.get("test_cases"):
+            continue
+        draft["test_cases"], draft["test_fn_name"] = tests, draft.get("test_fn_name") or fn_name
+        draft["domain"] = draft.get("domain") or "code"
+        extra = draft.get("extra") or {}
+        for key in TEST_KEYS:
+            extra.pop(key, None)
+        draft["extra"] = extra
+    return drafts
+
+
 @dataclass(frozen=True)
 class Format:
     name: str
@@ -155,7 +219,7 @@ def _convert_curate(rec: dict) -> list[Draft]:
         if not isinstance(rec["thinking_closed"], bool):
             raise RowError("thinking_closed", f"expected a boolean, got {type(rec['thinking_closed']).__name__}")
         draft["thinking_closed"] = rec["thinking_closed"]
-    if rec.get("test_cases") is not None:
+    if isinstance(rec.get("test_cases"), list):  # schema shape; other layouts: convert_record
         draft["test_cases"] = rec["test_cases"]
     draft["source_id"] = str(rec["source_id"]) if rec.get("source_id") is not None else _id_of(rec)
     extra = rec.get("extra")

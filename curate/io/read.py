@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import InputError, RowError
-from curate.io.formats import Format, detect_format, get_format
+from curate.io.formats import Format, convert_record, detect_format, get_format
 from curate.io.markers import split_response
 from curate.schema import CORE_COLUMNS, DOMAINS, TRACE_SCHEMA, trace_id
 
@@ -240,7 +240,7 @@ def _records_to_batches(
             asm.reject(file, line, raw, f"expected a JSON object, got {type(rec).__name__}")
         else:
             try:
-                drafts = fmt.convert(rec)
+                drafts = convert_record(fmt, rec)
             except RowError as e:
                 asm.reject(file, line, raw if raw is not None else rec, f"{fmt.name}: {e}")
                 drafts = []

@@ -104,7 +104,7 @@ class Verify(Step):
 
     def columns_read(self) -> tuple[str, ...]:
         return ("problem", "thinking", "solution", "answer", "reference_answer", "domain",
-                "test_cases", "test_fn_name", "source")
+                "test_cases", "test_fn_name")
 
     # --- work ------------------------------------------------------------------------------------
     def _tasks(self, batch: pl.DataFrame) -> list[dict[str, Any]]:
@@ -173,7 +173,8 @@ class Verify(Step):
             pl.Series("verify_pred", [v["pred"] for v in verdicts], dtype=pl.String),
             pl.Series("verify_pass_rate", [v.get("pass_rate") for v in verdicts], dtype=pl.Float64),
         )
-        stats = _verdict_counts(batch["source"].to_list(), verdicts)
+        sources = batch["source"].to_list() if "source" in batch.columns else [None] * batch.height
+        stats = _verdict_counts(sources, verdicts)
         if self.keep == "all":
             return StepResult(annotated, None, stats)
         reasons = [self._reject_reason(v) for v in verdicts]
