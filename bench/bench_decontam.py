@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import platform
@@ -32,23 +31,12 @@ import polars as pl
 from rapidfuzz import fuzz
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from curate import read  # noqa: E402
+from bench.real_traces import traces_with_items  # noqa: E402
 from curate.decontam import benchmarks as bench  # noqa: E402
 from curate.decontam.text import normalise  # noqa: E402
 from curate.ops import Decontaminate  # noqa: E402
 
 SHARED = Path(os.environ.get("CURATE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-TRACE_BENCH = {"math500": ("math500", "simplerl_math500_test.jsonl", "unique_id"),
-               "minerva": ("minerva", "simplerl_minerva_math_test.jsonl", "idx"),
-               "olympiadbench": ("olympiadbench", "simplerl_olympiadbench_test.jsonl", "id"),
-               "aime24": ("aime24", "simplerl_aime24_test.jsonl", "id"),
-               "amc23": ("amc23", "simplerl_amc23_test.jsonl", "id")}
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").split("\n") if x.strip()]
-
-
 def problems() -> pl.DataFrame:
     rows = []
     for f in sorted((SHARED / "problems").glob("*.json")):
@@ -59,16 +47,7 @@ def problems() -> pl.DataFrame:
 
 
 def traces() -> pl.DataFrame:
-    frames = []
-    for f in sorted(glob.glob(str(SHARED / "traces" / "*.jsonl"))):
-        name, src, key = TRACE_BENCH[f.rsplit("_", 1)[-1].removesuffix(".jsonl")]
-        ids = [str(r[key]) for r in _jsonl(SHARED / "benchmarks" / src)]
-        for b in read(f).batches(5000):
-            df = pl.from_arrow(b.traces)
-            idx = df["extra"].map_elements(lambda e: json.loads(e)["idx"], return_dtype=pl.Int64)
-            frames.append(df.with_columns(pl.lit(name).alias("want_benchmark"),
-                                          idx.map_elements(lambda i, ids=ids: ids[i], return_dtype=pl.String).alias("want_item")))
-    return pl.concat(frames)
+    return traces_with_items(SHARED)
 
 
 def corpus(n: int, real: list[str], seed: int = 0) -> list[str]:

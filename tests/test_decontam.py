@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import random
 import re
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -17,36 +17,18 @@ from curate.errors import RecipeError
 from curate.ops import Decontaminate
 from curate.step import build_step
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.real_traces import jsonl, traces_with_items  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
-# trace file suffix -> (benchmark, original benchmark file, id field); the trace's `idx` is the row there
-TRACE_BENCH = {
-    "math500": ("math500", "simplerl_math500_test.jsonl", "unique_id"),
-    "minerva": ("minerva", "simplerl_minerva_math_test.jsonl", "idx"),
-    "olympiadbench": ("olympiadbench", "simplerl_olympiadbench_test.jsonl", "id"),
-    "aime24": ("aime24", "simplerl_aime24_test.jsonl", "id"),
-    "amc23": ("amc23", "simplerl_amc23_test.jsonl", "id"),
-}
 SIZES = {"math500": 500, "aime24": 30, "aime25": 30, "amc23": 40, "gsm8k": 1319, "minerva": 272,
          "olympiadbench": 675, "gpqa": 198}
-
-
-def _jsonl(path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").split("\n") if x.strip()]
 
 
 @pytest.fixture(scope="module")
 def traces(shared_data) -> pl.DataFrame:
     """Every real trace with the benchmark and item it answers."""
-    frames = []
-    for f in sorted(glob.glob(str(shared_data / "traces" / "*.jsonl"))):
-        name, src, key = TRACE_BENCH[f.rsplit("_", 1)[-1].removesuffix(".jsonl")]
-        ids = [str(r[key]) for r in _jsonl(shared_data / "benchmarks" / src)]
-        for b in read(f).batches(5000):
-            df = pl.from_arrow(b.traces)
-            idx = df["extra"].map_elements(lambda e: json.loads(e)["idx"], return_dtype=pl.Int64)
-            frames.append(df.with_columns(pl.lit(name).alias("want_benchmark"),
-                                          idx.map_elements(lambda i, ids=ids: ids[i], return_dtype=pl.String).alias("want_item")))
-    return pl.concat(frames)
+    return traces_with_items(shared_data)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +54,7 @@ def test_bundled_sets_are_complete_and_gpqa_is_not_plain_text(shared_data):
     assert bench.load("gsm8k").answers[0] == "18" and bench.load("aime25").answers[:2] == ["70", "588"]
     assert bench.load("minerva").answers[0] == "1.6"
     shipped = b"".join(p.read_bytes() for p in bench.DATA_DIR.iterdir())
-    questions = [r["question"] for r in _jsonl(shared_data / "benchmarks" / "limo_gpqa_test.jsonl")]
+    questions = [r["question"] for r in jsonl(shared_data / "benchmarks" / "limo_gpqa_test.jsonl")]
     for q in questions:  # no 40-character run of any GPQA question is in the package
         words = q.split()
         probe = " ".join(words[len(words) // 3:])[:40]
@@ -132,7 +114,7 @@ def test_light_rewrites_are_caught_among_clean_training_problems(problems, step)
 
 
 def test_gpqa_fingerprint_matches_its_questions(shared_data):
-    rows = _jsonl(shared_data / "benchmarks" / "limo_gpqa_test.jsonl")
+    rows = jsonl(shared_data / "benchmarks" / "limo_gpqa_test.jsonl")
     step = Decontaminate(benchmarks=["gpqa"], method=["exact", "ngram"])
     found = step.matches(pl.DataFrame({"problem": [r["question"] for r in rows]}))
     assert found.height == len(rows)
