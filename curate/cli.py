@@ -59,6 +59,8 @@ def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progre
       data/train-00000-of-0000N.parquet   kept rows (trace schema + annotation columns)
       rejects/NN-<step>.parquet           every dropped row with reject_step and reject_reason
       manifest.json                       recipe, library versions, seeds, input fingerprint, funnel
+    A recipe with `variants:` runs its shared steps once and writes each variant as a config,
+    data/<variant>/train-*.parquet (and rejects/<variant>/...).
     Input paths in the recipe are relative to the recipe file; output paths to the current
     directory. A killed run resumes where it stopped when you run the same command again; a
     finished run is not redone.

@@ -76,7 +76,7 @@ def test_every_trace_is_flagged_with_its_benchmark_and_item(traces, step):
 
 def test_training_problems_mostly_pass_and_real_copies_are_caught(problems, step):
     found = step.matches(problems.with_columns(pl.lit("").alias("thinking")))
-    assert 30 <= found.height <= 0.015 * problems.height  # ~0.9%: each one is listed in bench/RESULTS-dedup.md
+    assert 30 <= found.height <= 0.015 * problems.height  # ~0.9%: each one is listed in BENCHMARKS.md (dedup)
     hit = problems.with_row_index("row").join(found.with_columns(pl.col("row").cast(pl.UInt32)), on="row")
     aime1994 = hit.filter(pl.col("problem").str.contains(r"x^{10}+(13x-1)^{10}", literal=True))
     assert aime1994.height == 1 and aime1994["decontam_benchmark"][0] == "math500"  # AIME 1994 #13 is in MATH-500
@@ -110,7 +110,7 @@ def test_light_rewrites_are_caught_among_clean_training_problems(problems, step)
     right = sum(1 for r in caught.iter_rows(named=True)
                 if (r["decontam_benchmark"], r["decontam_item"]) == items[r["row"]][:2])
     assert right / len(items) >= 0.97, (right, len(items))
-    assert found.filter(pl.col("row") >= len(items)).height <= 25  # clean rows flagged (see RESULTS-dedup.md)
+    assert found.filter(pl.col("row") >= len(items)).height <= 25  # clean rows flagged (see BENCHMARKS.md, dedup)
 
 
 def test_gpqa_fingerprint_matches_its_questions(shared_data):

@@ -75,7 +75,7 @@ def test_keep_modes_partition_real_traces(math500) -> None:
     n_true, n_false = int((verdict == True).sum()), int((verdict == False).sum())  # noqa: E712
     assert n_true > 30 and n_false > 0  # real traces: mostly right, some wrong
     # agreement with the Qwen2.5-Math grader's label; most of the rest are responses with no
-    # stated answer, which that grader scores by their last number (see bench/RESULTS-verify.md)
+    # stated answer, which that grader scores by their last number (see BENCHMARKS.md (Verify))
     assert (verdict == batch["label"]).sum() >= 45
 
     correct = Verify(keep="correct", workers=0).apply(batch, 0)
