@@ -50,8 +50,9 @@ def main() -> None:
 @click.option("--engine", type=click.Choice(["local"]), default="local", show_default=True,
               help="Execution engine.")
 @click.option("--keep-work", is_flag=True, help="Keep the per-step intermediate Parquet parts (OUT/.curate).")
+@click.option("--no-card", is_flag=True, help="Skip the dataset card (README.md + plots); `curate card` writes it later.")
 def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progress: bool | None,
-        engine: str, keep_work: bool) -> None:
+        engine: str, keep_work: bool, no_card: bool) -> None:
     """Run a YAML RECIPE and write a dataset folder.
 
     \b
@@ -59,6 +60,7 @@ def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progre
       data/train-00000-of-0000N.parquet   kept rows (trace schema + annotation columns)
       rejects/NN-<step>.parquet           every dropped row with reject_step and reject_reason
       manifest.json                       recipe, library versions, seeds, input fingerprint, funnel
+      README.md, plots/                   the dataset card (YAML header with configs, the story)
     A recipe with `variants:` runs its shared steps once and writes each variant as a config,
     data/<variant>/train-*.parquet (and rejects/<variant>/...).
     Input paths in the recipe are relative to the recipe file; output paths to the current
@@ -69,7 +71,7 @@ def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progre
 
     command = "curate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result = run_recipe(recipe, out, overwrite=overwrite, resume=not no_resume, progress=progress,
-                        engine=engine, keep_work=keep_work, command=command)
+                        engine=engine, keep_work=keep_work, command=command, card=not no_card)
     click.echo(result.funnel)
     _echo_accuracy(result.manifest["funnel"])
     for name, config in result.manifest.get("configs", {}).items():
@@ -127,14 +129,29 @@ def formats() -> None:
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def inspect(folder: Path, as_json: bool) -> None:
-    """Summarise a dataset FOLDER: rows, funnel, lengths, domain/source mix, columns."""
-    from curate.inspect import render, summarize
+    """Summarise a dataset FOLDER: rows per config, funnel, sources, verification,
+    decontamination, lengths (the figures its card shows), and the columns."""
+    import pyarrow.parquet as pq
 
-    summary = summarize(folder)
+    from curate.card.card import Folder, key_figures, render_key_figures
+
+    f = Folder.open(folder)
+    figures = key_figures(f)
+    first = next(iter(f.files(f.base_config)), None)
+    figures["columns"] = [(c.name, str(c.type)) for c in pq.read_schema(first)] if first else []
     if as_json:
-        click.echo(json.dumps(summary, indent=2, default=str))
-    else:
-        render(summary)
+        click.echo(json.dumps(figures, indent=2, default=str))
+        return
+    render_key_figures(figures)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Columns")
+    table.add_column("name")
+    table.add_column("type")
+    for name, typ in figures["columns"]:
+        table.add_row(name, typ)
+    Console().print(table)
 
 
 @main.command()
@@ -191,6 +208,62 @@ def schema(output: Path, check: bool) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     click.echo(f"wrote {output}")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--license", "license_", default="unknown", show_default=True,
+              help="License id for the card's YAML header (e.g. apache-2.0, cc-by-4.0).")
+@click.option("--pretty-name", default=None, help="Title of the card (default: from the folder name).")
+@click.option("--no-plots", is_flag=True, help="Do not write plots/*.png.")
+@click.option("--show", is_flag=True, help="Print the card's key figures (rich tables) instead of writing it.")
+@click.option("--json", "as_json", is_flag=True, help="With --show: print the key figures as JSON.")
+def card(folder: Path, license_: str, pretty_name: str | None, no_plots: bool, show: bool, as_json: bool) -> None:
+    """(Re)generate the dataset card FOLDER/README.md and its plots from manifest.json and the data.
+
+    \b
+    The YAML header declares one config per variant (data_files, features), so
+    `datasets.load_dataset(FOLDER)` and the hub viewer read the kept rows only.
+    """
+    if show:
+        from curate.card.card import key_figures, render_key_figures
+
+        figures = key_figures(folder)
+        if as_json:
+            click.echo(json.dumps(figures, indent=2, default=str))
+        else:
+            render_key_figures(figures)
+        return
+    from curate.card import write_card
+
+    path = write_card(folder, license=license_, pretty_name=pretty_name, plots=not no_plots)
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repo-id", required=True, help="Hub dataset repo, <user-or-org>/<name>; created if missing.")
+@click.option("--private", is_flag=True, help="Create the repo as private.")
+@click.option("--dry-run", is_flag=True, help="List the files and the commit message; send nothing.")
+@click.option("--no-rejects", is_flag=True, help="Leave rejects/ out of the upload.")
+@click.option("--endpoint", envvar="HF_ENDPOINT", default=None, help="Hub URL (default: huggingface.co; env HF_ENDPOINT).")
+def publish(folder: Path, repo_id: str, private: bool, dry_run: bool, no_rejects: bool, endpoint: str | None) -> None:
+    """Upload a dataset FOLDER (card, plots, manifest, data, rejects) to the Hugging Face hub.
+
+    The token comes from HF_TOKEN or `hf auth login`. The card is generated first if the folder has
+    none (`curate card` regenerates it). Without network it fails with one line (exit 2).
+    """
+    from curate.card.publish import plan
+    from curate.card.publish import publish as do_publish
+
+    p = plan(folder, repo_id, private=private, include_rejects=not no_rejects)
+    if p.card_written:
+        click.echo(f"wrote {folder / 'README.md'}")
+    if dry_run:
+        click.echo("dry run, nothing sent; would upload:\n" + p.describe())
+        return
+    url = do_publish(p, endpoint=endpoint)
+    click.echo(f"uploaded {len(p.files)} files to datasets/{repo_id}: {url}")
 
 
 if __name__ == "__main__":

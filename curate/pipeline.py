@@ -16,6 +16,7 @@ import platform
 import re
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
@@ -166,13 +167,16 @@ class Pipeline:
         keep_work: bool = False,
         shard_bytes: int = 256 << 20,
         command: str | None = None,
+        card: bool = True,
     ) -> RunResult:
         """Run every step over ``data`` (a Source from ``read``, or anything ``read`` accepts)
-        and write the dataset folder ``out``. A rerun of a finished run returns it unchanged."""
+        and write the dataset folder ``out`` (with its card, README.md, unless ``card=False``).
+        A rerun of a finished run returns it unchanged."""
         if engine != "local":
             raise PipelineError(f"engine {engine!r} is not available in this version; use engine='local'")
         source = data if isinstance(data, Source) else read(data)
-        return _Run(self, source, Path(out), resume, overwrite, progress, keep_work, shard_bytes, command).go()
+        return _Run(self, source, Path(out), resume, overwrite, progress, keep_work, shard_bytes, command,
+                    card).go()
 
 
 _CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -211,12 +215,14 @@ def _plan_chain(steps: list[Step], current: pa.Schema, first: int, variant: str 
 
 class _Run:
     def __init__(self, pipeline: Pipeline, source: Source, out: Path, resume: bool, overwrite: bool,
-                 progress: bool | None, keep_work: bool, shard_bytes: int, command: str | None):
+                 progress: bool | None, keep_work: bool, shard_bytes: int, command: str | None,
+                 card: bool = True):
         self.p, self.source, self.out = pipeline, source, out
         self.resume, self.overwrite, self.keep_work = resume, overwrite, keep_work
         self.progress_disabled = None if progress is None else not progress
         self.shard_bytes, self.command = shard_bytes, command
         self.work = out / WORK_DIR
+        self.card = card
 
     # --- the whole run -------------------------------------------------------------------------
     def go(self) -> RunResult:
@@ -261,15 +267,18 @@ class _Run:
         if manifest_path.exists():
             manifest = json.loads(manifest_path.read_text())
             if manifest.get("fingerprint") == fingerprint and not self.overwrite:
+                if self.card and not (self.out / "README.md").exists():  # killed before the card
+                    _write_card(self.out)
                 return RunResult(self.out, manifest)
             if not self.overwrite:
                 raise PipelineError(
                     f"{self.out} holds a dataset made from another input or recipe; "
                     "pass overwrite=True (--overwrite) to replace it"
                 )
-            for name in ("data", "rejects"):
+            for name in ("data", "rejects", "plots"):
                 remove_tree(self.out / name)
             manifest_path.unlink()
+            (self.out / "README.md").unlink(missing_ok=True)
             remove_tree(self.work)
         elif (self.out.exists() and not self.work.exists() and not self.overwrite
               and any(p.name != WORK_DIR for p in self.out.iterdir())):
@@ -437,6 +446,8 @@ class _Run:
             manifest["configs"] = configs
         manifest["rejects"] = rejects
         write_json_atomic(manifest, self.out / MANIFEST)
+        if self.card:
+            _write_card(self.out)
         if not self.keep_work:
             remove_tree(self.work)
         return RunResult(self.out, manifest)
@@ -453,6 +464,22 @@ class _Run:
             rows = concat_parquet(rparts, self.out / dest, rschema)
             rejects.append({"step": stats["name"], "path": dest, "rows": rows})
         return rejects
+
+
+def _write_card(out: Path) -> None:
+    """The dataset card (README.md + plots/), written after the data; a card problem never fails a
+    finished run: it is reported, and `curate card DIR` can write it again."""
+    try:
+        from curate.card import write_card
+    except ImportError as e:  # the `card` extra (matplotlib, huggingface_hub) is not installed
+        warnings.warn(f"no dataset card written ({e}); install curate[card] and run `curate card {out}`",
+                      stacklevel=3)
+        return
+    try:
+        write_card(out)
+    except Exception as e:  # noqa: BLE001 - the data is written and valid; the card is extra
+        warnings.warn(f"dataset card failed ({type(e).__name__}: {e}); run `curate card {out}` to retry",
+                      stacklevel=3)
 
 
 def _add_stats(total: dict[str, Any], part: dict[str, Any]) -> None:

@@ -33,6 +33,8 @@ def test_run_writes_hub_layout_manifest_and_consistent_funnel(samples_dir, tmp_p
     out = tmp_path / "ds"
     assert sorted(p.name for p in (out / "data").iterdir()) == ["train-00000-of-00001.parquet"]
     assert not (out / ".curate").exists(), "work folder is removed after success"
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and "configs:" in card and (out / "plots" / "funnel.png").exists()
     funnel = result.funnel
     assert funnel["name"].to_list() == ["read", "exact_dedup", "extract_answer", "filter", "sample"]
     for row in funnel.iter_rows(named=True):

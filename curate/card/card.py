@@ -1,0 +1,612 @@
+"""Dataset cards: ``README.md`` for a curate dataset folder, generated from manifest.json and the data.
+
+The YAML header (``huggingface_hub.DatasetCardData``) declares one config per variant with its
+``data_files`` and features, so the hub viewer and ``datasets.load_dataset(folder)`` read exactly
+the kept rows (never ``rejects/``). The body tells a reviewer what the rows are, where they came
+from, what every step removed and why, and how to rebuild the folder; every number in it is
+computed from the folder, nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from curate.errors import InputError
+from curate.schema import FIELDS
+
+CARD = "README.md"
+PLOTS_DIR = "plots"
+DEFAULT_CONFIG = "default"
+_LONG_TEXT = ("problem", "thinking", "solution")
+_DESCRIPTIONS = {f.name: f.description for f in FIELDS}
+_SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                    (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"))
+
+
+@dataclass
+class Folder:
+    """A finished dataset folder: its manifest and, per config, the Parquet files of each split."""
+
+    root: Path
+    manifest: dict[str, Any]
+    configs: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # config -> split -> files
+
+    @classmethod
+    def open(cls, folder: str | Path) -> Folder:
+        root = Path(folder)
+        path = root / "manifest.json"
+        if not path.exists():
+            raise InputError(f"{root}: no manifest.json: not a finished curate dataset folder")
+        manifest = json.loads(path.read_text())
+        if manifest.get("configs"):
+            files = {name: c["files"] for name, c in manifest["configs"].items()}
+        else:
+            files = {DEFAULT_CONFIG: manifest["output"]["files"]}
+        configs = {name: _by_split(fs) for name, fs in files.items()}
+        return cls(root, manifest, configs)
+
+    @property
+    def has_variants(self) -> bool:
+        return bool(self.manifest.get("configs"))
+
+    @property
+    def base_config(self) -> str:
+        """The config whose rows describe the dataset: the variant with no extra steps, else the first."""
+        if not self.has_variants:
+            return DEFAULT_CONFIG
+        variants = self.manifest["recipe"].get("variants", {})
+        return next((n for n in self.configs if not variants.get(n)), next(iter(self.configs)))
+
+    def files(self, config: str | None = None) -> list[Path]:
+        splits = self.configs[config or self.base_config]
+        return [self.root / f for fs in splits.values() for f in fs]
+
+    def schema(self, config: str | None = None) -> pa.Schema:
+        return pq.read_schema(self.files(config)[0]).remove_metadata()
+
+    def scan(self, config: str | None = None) -> pl.LazyFrame:
+        return pl.scan_parquet(self.files(config))
+
+    def stats_frame(self, config: str | None = None) -> pl.DataFrame:
+        """The rows without the long text: problem/thinking/solution become ``*_chars`` lengths and
+        ``extra``/``test_cases`` are left out, so figures of large datasets fit in memory."""
+        names = self.schema(config).names
+        cols = [pl.col(c).fill_null("").str.len_chars().alias(f"{c}_chars") for c in _LONG_TEXT if c in names]
+        cols += [pl.col(c) for c in names if c not in (*_LONG_TEXT, "extra", "test_cases")]
+        return self.scan(config).select(cols).collect()
+
+    def steps(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(funnel entry, params) for each base step, read first (params {} for the read)."""
+        params = [{}] + [next(iter(s.values())) for s in self.manifest["recipe"]["steps"]]
+        return list(zip(self.manifest["funnel"], params))
+
+    def variant_steps(self, config: str) -> list[tuple[dict[str, Any], str, dict[str, Any]]]:
+        """(funnel entry, step name, params) for the steps that make one variant from the base."""
+        entries = self.manifest.get("configs", {}).get(config, {}).get("funnel", [])
+        recipe = self.manifest["recipe"].get("variants", {}).get(config, [])
+        return [(f, *next(iter(s.items()))) for f, s in zip(entries, recipe)]
+
+
+def _by_split(files: list[str]) -> dict[str, list[str]]:
+    splits: dict[str, list[str]] = {}
+    for f in files:
+        split = Path(f).name.split("-", 1)[0]
+        splits.setdefault(split, []).append(f)
+    return splits
+
+
+def _data_files_pattern(files: list[str]) -> str | list[str]:
+    """``data/[config/]train-*.parquet`` when it matches exactly these files, else the list."""
+    folders = {str(Path(f).parent) for f in files}
+    split = Path(files[0]).name.split("-", 1)[0]
+    if len(folders) == 1:
+        pattern = f"{folders.pop()}/{split}-*.parquet"
+        if all(fnmatch(f, pattern) for f in files):
+            return pattern
+    return list(files)
+
+
+def size_category(rows: int) -> str:
+    for limit, name in _SIZE_CATEGORIES:
+        if rows < limit:
+            return name
+    return "n>100M"
+
+
+# --- key figures ---------------------------------------------------------------------------------
+
+def _lengths(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    for col in _LONG_TEXT:
+        s = frame[f"{col}_chars"]
+        out.append({"column": col, "min": s.min(), "median": s.median(), "mean": s.mean(),
+                    "p90": s.quantile(0.9) if s.len() else None, "max": s.max()})
+    return out
+
+
+def _verification(folder: Folder) -> list[dict[str, Any]]:
+    """Accuracy per source from the verify steps' funnel stats (all rows they saw), else from the
+    ``verify_correct`` column of the kept rows."""
+    rows = []
+    entries = [(None, f) for f, _ in folder.steps()]
+    entries += [(c, f) for c in folder.configs for f, _, _ in folder.variant_steps(c)]
+    for config, entry in entries:
+        by_source = entry.get("stats", {}).get("by_source", {})
+        if entry["name"] != "verify" or not by_source:
+            continue
+        for source, counts in sorted(by_source.items()):
+            n = sum(counts.values())
+            rows.append({"where": f"step {entry['step']}" + (f" (config {config})" if config else ""),
+                         "source": source, "rows": n, "correct": counts.get("correct", 0),
+                         "incorrect": counts.get("incorrect", 0),
+                         "unverifiable": counts.get("unverifiable", 0),
+                         "accuracy": counts.get("correct", 0) / n if n else None})
+    if rows:
+        return rows
+    frame = folder.stats_frame()
+    if "verify_correct" not in frame.columns or not frame.height:
+        return []
+    stats = frame.group_by("source").agg(
+        pl.len().alias("rows"), (pl.col("verify_correct") == True).sum().alias("correct"),  # noqa: E712
+        (pl.col("verify_correct") == False).sum().alias("incorrect"),  # noqa: E712
+        pl.col("verify_correct").is_null().sum().alias("unverifiable")).sort("source")
+    return [{"where": "kept rows", **r, "accuracy": r["correct"] / r["rows"]} for r in stats.to_dicts()]
+
+
+def _decontamination(folder: Folder) -> dict[str, Any] | None:
+    """Benchmarks and methods checked, rows removed or flagged by benchmark and method, examples."""
+    steps = [(f, p) for f, p in folder.steps() if f["name"] == "decontaminate"]
+    reject_files = [folder.root / r["path"] for r in folder.manifest.get("rejects", [])
+                    if "decontaminate" in r["path"]]
+    flagged = (folder.scan().filter(pl.col("decontam_benchmark").is_not_null()).collect()
+               if "decontam_benchmark" in folder.schema().names else None)
+    if not steps and not reject_files and flagged is None:
+        return None
+    frames = [pl.read_parquet(p) for p in reject_files]
+    removed = pl.concat(frames, how="diagonal_relaxed") if frames else None
+    params = steps[0][1] if steps else {}
+    benchmarks = params.get("benchmarks", "unknown")
+    if benchmarks == "all":
+        from curate.decontam.benchmarks import available
+
+        benchmarks = available()
+    report: dict[str, Any] = {
+        "benchmarks": benchmarks if isinstance(benchmarks, list) else [benchmarks],
+        "method": params.get("method"), "fields": params.get("fields"), "action": params.get("action"),
+        "thresholds": {k: v for k, v in params.items() if k.startswith(("ngram_", "fuzzy_", "exact_", "embedding_"))},
+        "rows_in": steps[0][0]["rows_in"] if steps else None,
+        "removed": removed.height if removed is not None else 0,
+        "flagged": flagged.height if flagged is not None else 0,
+    }
+    hits = pl.concat([f for f in (removed, flagged) if f is not None and f.height], how="diagonal_relaxed") \
+        if (removed is not None and removed.height) or (flagged is not None and flagged.height) else None
+    if hits is not None and "decontam_benchmark" in hits.columns:
+        report["by_benchmark"] = hits.group_by("decontam_benchmark", "decontam_method").len().sort(
+            "len", "decontam_benchmark", descending=[True, False]).rows()
+        cols = [c for c in ("problem", "decontam_benchmark", "decontam_item", "decontam_method", "decontam_score")
+                if c in hits.columns]
+        report["examples"] = hits.sort("id").head(3).select(cols).to_dicts()
+    return report
+
+
+def key_figures(folder: str | Path | Folder) -> dict[str, Any]:
+    """The numbers a card shows, as plain data (also what `curate card --show` prints)."""
+    f = folder if isinstance(folder, Folder) else Folder.open(folder)
+    frame = f.stats_frame()
+    n = frame.height
+    by = ["source", "teacher", "domain"]
+    mix = frame.group_by(by).len().sort(["len", *by], descending=[True, False, False, False], nulls_last=True)
+    configs = {name: sum(pq.ParquetFile(p).metadata.num_rows for p in f.files(name)) for name in f.configs}
+    difficulty = {c: frame[c].drop_nulls().to_list() for c in frame.columns
+                  if c.startswith("difficulty_") and frame[c].dtype.is_numeric()}
+    return {
+        "rows": n, "base_config": f.base_config, "configs": configs, "funnel": f.manifest["funnel"],
+        "mix": mix.rows(named=True), "lengths": _lengths(frame),
+        "truncated": int((~frame["thinking_closed"].fill_null(True)).sum()) if n else 0,
+        "teacher_unknown": int(frame["teacher"].is_null().sum()) if n else 0,
+        "verification": _verification(f), "decontamination": _decontamination(f), "difficulty": difficulty,
+    }
+
+
+def render_key_figures(figures: dict[str, Any]) -> None:
+    """Print key figures as rich tables (``curate card --show``)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{figures['rows']:,}[/bold] rows in `{figures['base_config']}`; "
+                  f"{figures['truncated']:,} truncated; teacher unknown for {figures['teacher_unknown']:,}")
+
+    def table(title: str, headers: list[str], rows: list[list[Any]]) -> None:
+        t = Table(title=title)
+        for h in headers:
+            t.add_column(h)
+        for r in rows:
+            t.add_row(*(_fmt(c) for c in r))
+        console.print(t)
+
+    if len(figures["configs"]) > 1:
+        table("Configs", ["config", "rows"], [[k, v] for k, v in figures["configs"].items()])
+    table("Funnel", ["#", "step", "rows in", "kept", "rejected"],
+          [[f["step"], f["name"], f["rows_in"], f["kept"], f["rejected"]] for f in figures["funnel"]])
+    table("Sources", ["source", "teacher", "domain", "rows"],
+          [[r["source"], r["teacher"] or "unknown", r["domain"], r["len"]] for r in figures["mix"]])
+    if figures["verification"]:
+        table("Verification", ["where", "source", "rows", "correct", "accuracy"],
+              [[r["where"], r["source"], r["rows"], r["correct"],
+                f"{r['accuracy']:.1%}" if r["accuracy"] is not None else None] for r in figures["verification"]])
+    dc = figures["decontamination"]
+    if dc:
+        table(f"Decontamination: {dc['removed']:,} removed, {dc['flagged']:,} flagged", ["benchmark", "method", "rows"],
+              [list(r) for r in dc.get("by_benchmark", [])])
+    table("Lengths (characters)", ["field", "min", "median", "mean", "p90", "max"],
+          [[r["column"], r["min"], r["median"], r["mean"], r["p90"], r["max"]] for r in figures["lengths"]])
+
+
+# --- plots -----------------------------------------------------------------------------------------
+
+def write_plots(folder: Folder, figures: dict[str, Any]) -> dict[str, str]:
+    """Write the card's PNGs under ``plots/``; returns {kind: path relative to the folder}."""
+    from curate.card import plots
+
+    out: dict[str, str] = {}
+    frame = folder.stats_frame().select("source", pl.col("thinking_chars").alias("n"))
+    lengths = {s: g["n"].to_list() for (s,), g in frame.group_by("source", maintain_order=True)}
+    rel = f"{PLOTS_DIR}/thinking_length.png"
+    plots.length_histogram(lengths, folder.root / rel,
+                           title=f"Thinking length per source ({folder.base_config})")
+    out["lengths"] = rel
+    rel = f"{PLOTS_DIR}/funnel.png"
+    plots.funnel(figures["funnel"], folder.root / rel)
+    out["funnel"] = rel
+    for col, values in figures["difficulty"].items():
+        rel = f"{PLOTS_DIR}/{col}.png"
+        plots.value_histogram(values, folder.root / rel, title=f"{col} distribution", xlabel=col)
+        out[col] = rel
+    validation = _validation(folder)
+    metric = _validation_metric(validation)
+    if metric:
+        rel = f"{PLOTS_DIR}/variants.png"
+        values = {str(r["config"]): float(r[metric]) for r in validation if r.get(metric) is not None}
+        plots.variant_bars(values, folder.root / rel, title=f"{metric} per config", xlabel=metric)
+        out["variants"] = rel
+    return out
+
+
+def _validation(folder: Folder) -> list[dict[str, Any]]:
+    """Validation results (written by the trainer): manifest["validation"] or validation.json,
+    a list of {config, <metric>: value, ...} rows."""
+    data = folder.manifest.get("validation")
+    path = folder.root / "validation.json"
+    if data is None and path.exists():
+        data = json.loads(path.read_text())
+    if isinstance(data, dict):
+        data = data.get("results", [])
+    return [r for r in (data or []) if isinstance(r, dict)]
+
+
+def _validation_metric(rows: list[dict[str, Any]]) -> str | None:
+    for r in rows:
+        for k, v in r.items():
+            if k != "config" and isinstance(v, (int, float)) and not isinstance(v, bool) and "config" in r:
+                return k
+    return None
+
+
+# --- markdown ------------------------------------------------------------------------------------
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:,.1f}" if abs(v) >= 10 or v == int(v) else f"{v:.3g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    text = str(v).replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= 200 else text[:197] + "…"
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _non_default(step: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters that differ from the operator's defaults (what a recipe needs to say)."""
+    import dataclasses
+
+    import curate.ops  # noqa: F401
+    from curate.step import REGISTRY
+
+    cls = REGISTRY.get(step)
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return dict(params)
+    defaults = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+    return {k: v for k, v in params.items()
+            if k not in defaults or json.dumps(defaults[k], default=str) != json.dumps(v, default=str)}
+
+
+def _variant_params(step: str, params: dict[str, Any]) -> dict[str, Any]:
+    """What tells variants apart: the non-default parameters plus ratio and mode, always."""
+    changed = _non_default(step, params)
+    return {k: v for k, v in params.items() if k in changed or k in ("ratio", "mode")}
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in params.items()) or "—"
+
+
+def _operator_doc(name: str) -> str:
+    import curate.ops  # noqa: F401  (registers the operators)
+    from curate.step import REGISTRY
+
+    cls = REGISTRY.get(name)
+    doc = (cls.__doc__ or "").strip() if cls else ""
+    return re.sub(r"\s+", " ", doc.split("\n\n")[0]) if doc else ""
+
+
+def _column_origin(name: str, folder: Folder) -> str:
+    if name in _DESCRIPTIONS:
+        return _DESCRIPTIONS[name]
+    import curate.ops  # noqa: F401
+    from curate.step import REGISTRY
+
+    names = [next(iter(s)) for s in folder.manifest["recipe"]["steps"]]
+    names += [next(iter(s)) for vs in folder.manifest["recipe"].get("variants", {}).values() for s in vs]
+    for step in dict.fromkeys(names):
+        cls = REGISTRY.get(step)
+        if cls is not None and name in cls.writes:
+            return f"Annotation written by `{step}`."
+    return f"Annotation (`{name.split('_', 1)[0]}` family)."
+
+
+def _yaml_header(folder: Folder, figures: dict[str, Any], *, license: str, pretty_name: str,
+                 language: list[str]):
+    from datasets import Features
+    from huggingface_hub import DatasetCardData
+
+    configs, infos = [], []
+    for i, (name, splits) in enumerate(folder.configs.items()):
+        entry: dict[str, Any] = {"config_name": name,
+                                 "data_files": [{"split": s, "path": _data_files_pattern(fs)} for s, fs in splits.items()]}
+        if folder.has_variants and name == folder.base_config or (not folder.has_variants and i == 0):
+            entry["default"] = True
+        configs.append(entry)
+        features = Features.from_arrow_schema(folder.schema(name))
+        infos.append({"config_name": name, "features": features._to_yaml_list()})
+    domains = sorted({str(r["domain"]) for r in figures["mix"] if r["domain"]})
+    step_names = [next(iter(s)) for s in folder.manifest["recipe"]["steps"]]
+    tags = ["curate", "reasoning", "long-cot", "chain-of-thought", "synthetic", *domains]
+    tags += [t for t, step in (("verified", "verify"), ("decontaminated", "decontaminate"), ("deduplicated", "exact_dedup"))
+             if step in step_names]
+    if folder.has_variants:
+        tags.append("ablation")
+    sources = sorted({str(r["source"]) for r in figures["mix"] if r["source"]})
+    total = sum(figures["configs"].values())
+    return DatasetCardData(
+        license=license, language=language, pretty_name=pretty_name,
+        task_categories=["text-generation", "question-answering"],
+        size_categories=[size_category(max(figures["configs"].values(), default=total))],
+        source_datasets=sources or ["original"], tags=list(dict.fromkeys(tags)),
+        configs=configs, dataset_info=infos if len(infos) > 1 else infos[0],
+    )
+
+
+def _body(folder: Folder, figures: dict[str, Any], plot_paths: dict[str, str], pretty_name: str,
+          license: str) -> str:
+    m = folder.manifest
+    out: list[str] = [f"# {pretty_name}", ""]
+    sources = sorted({str(r["source"]) for r in figures["mix"]})
+    domains = sorted({str(r["domain"]) for r in figures["mix"]})
+    steps = [f["name"] for f, _ in folder.steps()[1:]]
+    read = m["funnel"][0] if m["funnel"] else {"rows_in": 0}
+    summary = (f"Long chain-of-thought reasoning traces (problem, thinking, solution) built with "
+               f"curate from {read['rows_in']:,} input rows "
+               f"({len(m['input'].get('paths', []))} file(s)) by the steps {', '.join(f'`{s}`' for s in steps) or '(none)'}. ")
+    if folder.has_variants:
+        summary += (f"It holds {len(folder.configs)} configs built from the same base rows (`{folder.base_config}` "
+                    f"is the unmodified one, {figures['rows']:,} rows); see *Variants*.")
+    else:
+        summary += f"It holds {figures['rows']:,} rows"
+        summary += f" in domain(s) {', '.join(domains)} from {len(sources)} source(s)." if sources else "."
+    out += ["## Summary", "", summary, "",
+            f"Created {m.get('created')} with curate {m.get('curate_version')} (trace schema {m.get('schema_version')}); "
+            f"recipe fingerprint `{m.get('fingerprint')}`.", ""]
+    out += ["```python", "from datasets import load_dataset", ""]
+    if folder.has_variants:
+        out += [f'ds = load_dataset("<repo-or-folder>", "{folder.base_config}", split="train")']
+    else:
+        out += ['ds = load_dataset("<repo-or-folder>", split="train")']
+    out += ["```", ""]
+
+    schema = folder.schema()
+    out += ["## Schema", "", f"Columns of `{folder.base_config}` (other configs may add annotation columns; "
+            "see *Variants*).", ""]
+    out += [_table(["column", "type", "description"],
+                   [[f"`{fl.name}`", str(fl.type), _column_origin(fl.name, folder)] for fl in schema]), ""]
+
+    out += ["## Sources and teachers", "", f"Rows of `{folder.base_config}` by source, teacher and domain.", ""]
+    out += [_table(["source", "teacher", "domain", "rows"],
+                   [[r["source"], r["teacher"] or "unknown", r["domain"], r["len"]] for r in figures["mix"]]), ""]
+
+    out += ["## Pipeline as run", "", "Every step with its parameters and what it kept and rejected. Rejected "
+            "rows are kept in `rejects/` with `reject_step` and `reject_reason`.", ""]
+    rows = [[f["step"], f"`{f['name']}`", _params(_non_default(f["name"], p)), f["rows_in"], f["kept"], f["rejected"], f["seconds"]]
+            for f, p in folder.steps()]
+    out += [_table(["#", "step", "parameters (non-default)", "rows in", "kept", "rejected", "seconds"], rows), ""]
+    out += [f"![Funnel]({plot_paths['funnel']})", ""] if "funnel" in plot_paths else []
+    reasons = _reject_reasons(folder)
+    if reasons:
+        out += ["Most frequent reject reasons:", "",
+                _table(["step", "reason", "rows"], reasons), ""]
+
+    if figures["verification"]:
+        out += ["## Verification", "", "Answers checked against the reference answers (`verify`); accuracy is "
+                "correct / all rows the step saw.", ""]
+        out += [_table(["where", "source", "rows", "correct", "incorrect", "unverifiable", "accuracy"],
+                       [[r["where"], r["source"], r["rows"], r["correct"], r["incorrect"], r["unverifiable"],
+                         f"{r['accuracy']:.1%}" if r["accuracy"] is not None else None]
+                        for r in figures["verification"]]), ""]
+
+    dc = figures["decontamination"]
+    if dc:
+        out += ["## Decontamination", "",
+                f"Benchmarks checked: {', '.join(map(str, dc['benchmarks']))}. Method(s): "
+                f"{', '.join(dc['method'] or []) or 'unknown'} on field(s) {', '.join(dc['fields'] or []) or 'unknown'}"
+                f" ({_params(dc['thresholds'])}); action `{dc['action']}`.", "",
+                f"Rows removed: **{dc['removed']:,}**" + (f" of {dc['rows_in']:,}" if dc["rows_in"] is not None else "")
+                + (f"; rows flagged and kept: **{dc['flagged']:,}**" if dc["flagged"] else "") + ".", ""]
+        if dc.get("by_benchmark"):
+            out += [_table(["benchmark", "method", "rows"], [list(r) for r in dc["by_benchmark"]]), ""]
+        if dc.get("examples"):
+            out += ["Examples of matched rows:", "",
+                    _table(list(dc["examples"][0]), [list(e.values()) for e in dc["examples"]]), ""]
+
+    if figures["difficulty"]:
+        out += ["## Difficulty", ""]
+        for col, values in figures["difficulty"].items():
+            s = pl.Series(values, dtype=pl.Float64)
+            out += [f"`{col}`: {s.len():,} rows, mean {_fmt(s.mean())}, median {_fmt(s.median())}.", ""]
+            out += [f"![{col}]({plot_paths[col]})", ""] if col in plot_paths else []
+
+    out += ["## Length statistics", "", f"Characters per field in `{folder.base_config}`; "
+            f"{figures['truncated']:,} rows have an unclosed (truncated) thinking block.", ""]
+    out += [_table(["field", "min", "median", "mean", "p90", "max"],
+                   [[r["column"], r["min"], r["median"], r["mean"], r["p90"], r["max"]] for r in figures["lengths"]]), ""]
+    out += [f"![Thinking length per source]({plot_paths['lengths']})", ""] if "lengths" in plot_paths else []
+
+    if folder.has_variants:
+        out += ["## Variants", "", "Each config is the base rows plus the steps listed (controlled ablations: "
+                "corrupted configs are wrong on purpose).", ""]
+        rows = []
+        for name in folder.configs:
+            vsteps = folder.variant_steps(name)
+            what = "; ".join(f"`{s}` ({_params(_variant_params(s, p))})" for _, s, p in vsteps)
+            doc = " ".join(_operator_doc(s).split(". ")[0].rstrip(".") + "." for _, s, _ in vsteps)
+            rejected = sum(f["rejected"] for f, _, _ in vsteps)
+            rows.append([f"`{name}`", figures["configs"][name], rejected, what or "none (the base rows)",
+                         doc or "unchanged"])
+        out += [_table(["config", "rows", "rejected", "steps", "what it changes"], rows), ""]
+
+    validation = _validation(folder)
+    out += ["## Validation results", ""]
+    if validation:
+        keys = list(dict.fromkeys(k for r in validation for k in r))
+        out += [_table(keys, [[r.get(k) for k in keys] for r in validation]), ""]
+        out += [f"![Variants]({plot_paths['variants']})", ""] if "variants" in plot_paths else []
+    else:
+        out += ["No validation results recorded yet (a training run writes them to `validation.json`).", ""]
+
+    out += ["## How to reproduce", ""]
+    command = m.get("command") or "curate run recipe.yaml  # recipe below"
+    out += ["```bash", f"pip install curate=={m.get('curate_version')}", command, "```", "",
+            "The recipe as run, parameters left at their defaults omitted (every parameter is in "
+            "`manifest.json`; input paths as recorded there):", "", "```yaml", _recipe_yaml(folder).rstrip(), "```", ""]
+    out += [f"Input fingerprint `{m['input'].get('fingerprint')}`; seeds {json.dumps(m.get('seeds', {}))}.", ""]
+    out += [_table(["library", "version"], [[k, v] for k, v in sorted(m.get("libraries", {}).items())]), ""]
+
+    out += ["## Limitations", ""] + [f"- {t}" for t in _limitations(folder, figures, license)] + [""]
+    return "\n".join(out)
+
+
+def _reject_reasons(folder: Folder, per_step: int = 3) -> list[list[Any]]:
+    rows = []
+    for r in folder.manifest.get("rejects", []):
+        path = folder.root / r["path"]
+        if not path.exists():
+            continue
+        top = (pl.read_parquet(path, columns=["reject_reason"])
+               .with_columns(pl.col("reject_reason").str.replace(r":.*", ""))
+               .group_by("reject_reason").len().sort(["len", "reject_reason"], descending=[True, False]).head(per_step))
+        where = f"{r['step']} ({r['config']})" if r.get("config") else r["step"]
+        rows += [[where, reason, n] for reason, n in top.rows()]
+    return rows
+
+
+def _recipe_yaml(folder: Folder) -> str:
+    m = folder.manifest
+    def short(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{name: _non_default(name, p) for name, p in s.items()} for s in steps]
+
+    doc: dict[str, Any] = {"input": {"path": m["input"].get("paths"), "format": m["input"].get("format")},
+                           "steps": short(m["recipe"]["steps"])}
+    if m["recipe"].get("variants"):
+        doc["variants"] = {n: short(vs) for n, vs in m["recipe"]["variants"].items()}
+    doc["batch_size"] = m["recipe"].get("batch_size")
+    return yaml.safe_dump(doc, sort_keys=False, width=100)
+
+
+def _limitations(folder: Folder, figures: dict[str, Any], license: str) -> list[str]:
+    steps = {f["name"] for f, _ in folder.steps()}
+    variant_steps = {s for c in folder.configs for _, s, _ in folder.variant_steps(c)}
+    out = []
+    if "verify" not in steps:
+        out.append("Final answers were not checked against reference answers in the base rows"
+                   + (" (only some variants ran `verify`)." if "verify" in variant_steps else "."))
+    else:
+        unverifiable = sum(r["unverifiable"] for r in figures["verification"])
+        out.append(f"Verification is automatic (math-verify / tests); {unverifiable:,} rows were unverifiable "
+                   "and a checker can be wrong on unusual answer formats.")
+    if figures["decontamination"] is None:
+        out.append("Not decontaminated against evaluation benchmarks: check overlap before evaluating a model "
+                   "trained on it.")
+    else:
+        out.append("Decontamination covers only the benchmarks and methods listed; paraphrased or translated "
+                   "benchmark items below the thresholds can remain.")
+    if figures["teacher_unknown"]:
+        out.append(f"The teacher model is unknown for {figures['teacher_unknown']:,} rows (the input did not say).")
+    if figures["truncated"]:
+        out.append(f"{figures['truncated']:,} rows have a truncated thinking block.")
+    if folder.has_variants:
+        out.append("Corrupted variants are wrong on purpose (ablations); never train a production model on them.")
+    if figures["rows"] == 0:
+        out.append(f"`{folder.base_config}` has no rows: every input row was rejected (see the funnel and "
+                   "`rejects/`); `datasets.load_dataset` refuses an empty split.")
+    elif figures["rows"] < 1000:
+        out.append(f"Small: {figures['rows']:,} rows in `{folder.base_config}`; figures per source are noisy.")
+    out.append(f"License `{license}` is what the card declares; the licenses of the source datasets and the "
+               "teacher models' terms of use apply to the traces.")
+    return out
+
+
+# --- entry points ---------------------------------------------------------------------------------
+
+def build_card(folder: str | Path, *, license: str = "unknown", pretty_name: str | None = None,
+               language: list[str] | None = None, plots: bool = True):
+    """The card of a dataset folder as a ``huggingface_hub.DatasetCard`` (plots are written to
+    ``plots/`` when ``plots``)."""
+    from huggingface_hub import DatasetCard
+
+    f = Folder.open(folder)
+    figures = key_figures(f)
+    name = pretty_name or f.root.resolve().name.replace("_", " ").replace("-", " ").strip().title()
+    plot_paths = write_plots(f, figures) if plots else {}
+    data = _yaml_header(f, figures, license=license, pretty_name=name, language=language or ["en"])
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{_body(f, figures, plot_paths, name, license)}")
+
+
+def write_card(folder: str | Path, **kwargs: Any) -> Path:
+    """Write ``README.md`` (and ``plots/*.png``) into a dataset folder; returns the card's path.
+    Regenerating gives the same bytes for the same folder."""
+    card = build_card(folder, **kwargs)
+    path = Path(folder) / CARD
+    card.save(path)
+    return path

@@ -1,0 +1,191 @@
+"""Dataset cards on real pipeline outputs (the shipped trace sample): YAML header, load_dataset
+round trip per config, body figures computed from the manifest and data, deterministic plots."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+pytest.importorskip("matplotlib")
+datasets = pytest.importorskip("datasets")
+hub = pytest.importorskip("huggingface_hub")
+
+from click.testing import CliRunner  # noqa: E402
+
+from curate import run_recipe  # noqa: E402
+from curate.card import key_figures, write_card  # noqa: E402
+from curate.cli import main  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("card") / "quickstart"
+    run_recipe(REPO / "pipelines" / "quickstart.yaml", out, progress=False)
+    write_card(out, license="apache-2.0")
+    return out
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("card") / "structure_vs_content"
+    run_recipe(REPO / "pipelines" / "structure_vs_content.yaml", out, progress=False)
+    write_card(out)
+    return out
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def _load(folder: Path, config: str | None = None):
+    return datasets.load_dataset(str(folder), config, split="train", cache_dir=str(folder.parent / "hf-cache"))
+
+
+def test_card_header_parses_and_load_dataset_reads_only_kept_rows(quickstart: Path) -> None:
+    card = hub.DatasetCard.load(quickstart / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "apache-2.0"
+    assert data["size_categories"] == ["n<1K"]
+    assert data["configs"] == [{"config_name": "default", "default": True,
+                                "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]
+    assert set(data["source_datasets"]) == {"skythought_correct5k27b_math500", "skythought_correct5k27b_minerva"}
+    ds = _load(quickstart)
+    kept = pl.read_parquet(quickstart / "data" / "*.parquet")
+    assert ds.num_rows == kept.height == _manifest(quickstart)["output"]["rows"] == 50  # rejects/ not read
+    assert sorted(ds["id"]) == sorted(kept["id"].to_list())
+    declared = [f["name"] for f in data["dataset_info"]["features"]]
+    assert declared == list(ds.features) == kept.columns
+
+
+def test_card_body_figures_come_from_manifest_and_data(quickstart: Path) -> None:
+    text = (quickstart / "README.md").read_text()
+    for section in ("## Summary", "## Schema", "## Sources and teachers", "## Pipeline as run",
+                    "## Length statistics", "## How to reproduce", "## Limitations"):
+        assert section in text
+    manifest = _manifest(quickstart)
+    for f in manifest["funnel"]:
+        assert f"| {f['step']} | `{f['name']}` |" in text
+        assert f"| {f['rows_in']:,} | {f['kept']:,} | {f['rejected']:,} |" in text
+    kept = pl.read_parquet(quickstart / "data" / "*.parquet")
+    for (source,), group in kept.group_by("source"):
+        assert f"| {source} | unknown | math | {group.height} |" in text
+    median = kept["thinking"].str.len_chars().median()
+    assert f"| thinking | {kept['thinking'].str.len_chars().min():,} | {median:,.1f} |" in text
+    assert "stratify_by=\"source\"" in text and "sample:" in text  # the recipe to reproduce
+    assert f"| polars | {manifest['libraries']['polars']} |" in text
+    assert "Not decontaminated" in text and "not checked against reference answers" in text
+    assert "![Funnel](plots/funnel.png)" in text
+    figures = key_figures(quickstart)
+    assert figures["rows"] == 50 and figures["decontamination"] is None and figures["verification"] == []
+
+
+def test_plots_are_pngs_and_regeneration_is_byte_identical(quickstart: Path) -> None:
+    def digest() -> dict[str, str]:
+        files = [quickstart / "README.md", *sorted((quickstart / "plots").glob("*.png"))]
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+    before = digest()
+    assert {"funnel.png", "thinking_length.png"} <= set(before)
+    for name in ("funnel.png", "thinking_length.png"):
+        assert (quickstart / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"(plots/{name})" in (quickstart / "README.md").read_text()
+    write_card(quickstart, license="apache-2.0")
+    assert digest() == before
+
+
+def test_variant_configs_each_load_with_their_rows_and_features(variants: Path) -> None:
+    manifest = _manifest(variants)
+    card = hub.DatasetCard.load(variants / "README.md")
+    configs = {c["config_name"]: c for c in card.data.configs}
+    assert list(configs) == list(manifest["configs"])
+    assert configs["clean"].get("default") is True
+    assert configs["shuffle_67"]["data_files"] == [{"split": "train", "path": "data/shuffle_67/train-*.parquet"}]
+    for name in ("clean", "wrong_answer_teacher", "digits_50", "shuffle_67"):
+        ds = _load(variants, name)
+        assert ds.num_rows == manifest["configs"][name]["rows"]
+        assert list(ds.features) == manifest["configs"][name]["columns"]
+    assert _load(variants).num_rows == manifest["configs"]["clean"]["rows"]  # the default config
+
+
+def test_variant_card_explains_variants_and_verification(variants: Path) -> None:
+    text = (variants / "README.md").read_text()
+    manifest = _manifest(variants)
+    assert "## Variants" in text
+    for name, config in manifest["configs"].items():
+        assert f"| `{name}` | {config['rows']:,} |" in text
+    assert "`shuffle_steps` (mode=\"transition\", ratio=0.67)" in text
+    assert "`corrupt_digits` (ratio=0.2," in text
+    stats = manifest["configs"]["wrong_answer_teacher"]["funnel"][0]["stats"]["by_source"]
+    counts = stats["skythought_correct5k27b_minerva"]
+    accuracy = counts["correct"] / sum(counts.values())
+    assert f"| skythought_correct5k27b_minerva | {sum(counts.values())} | {counts['correct']} |" in text
+    assert f"{accuracy:.1%}" in text
+    assert "wrong on purpose" in text
+
+
+def test_decontamination_report_from_rejects(tmp_path: Path) -> None:
+    out = tmp_path / "dd"
+    run_recipe(REPO / "pipelines" / "dedup_decontam.yaml", out, progress=False)
+    write_card(out)
+    text = (out / "README.md").read_text()
+    rejects = pl.read_parquet(out / "rejects" / "03-decontaminate.parquet")
+    assert "## Decontamination" in text and "math500, aime24" in text
+    assert f"Rows removed: **{rejects.height:,}**" in text
+    for (bench, method), group in rejects.group_by("decontam_benchmark", "decontam_method"):
+        assert f"| {bench} | {method} | {group.height} |" in text
+    example_id = rejects.sort("id")["decontam_item"][0]
+    assert example_id in text
+    assert "Decontamination covers only" in text
+
+
+def test_cli_card_writes_and_show_prints_key_figures(quickstart: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "copy"
+    shutil.copytree(quickstart, folder)
+    (folder / "README.md").unlink()
+    shutil.rmtree(folder / "plots")
+    res = CliRunner().invoke(main, ["card", str(folder), "--license", "cc-by-4.0", "--pretty-name", "QS"])
+    assert res.exit_code == 0, res.output
+    card = hub.DatasetCard.load(folder / "README.md")
+    assert card.data.license == "cc-by-4.0" and card.data.pretty_name == "QS"
+    assert (folder / "plots" / "funnel.png").exists()
+    res = CliRunner().invoke(main, ["card", str(folder), "--show", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["rows"] == 50
+    res = CliRunner().invoke(main, ["card", str(folder), "--show"])
+    assert res.exit_code == 0, res.output
+    assert "Funnel" in res.output and "skythought_correct5k27b_minerva" in res.output
+    res = CliRunner().invoke(main, ["card", str(tmp_path)])
+    assert res.exit_code == 2 and "no manifest.json" in res.output
+
+
+def test_validation_results_get_a_table_and_a_variant_plot(variants: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "svc"
+    shutil.copytree(variants, folder)
+    results = [{"config": "clean", "aime24_pass@1": 0.41}, {"config": "shuffle_67", "aime24_pass@1": 0.27}]
+    (folder / "validation.json").write_text(json.dumps(results))
+    write_card(folder)
+    text = (folder / "README.md").read_text()
+    assert "| clean | 0.41 |" in text and "| shuffle_67 | 0.27 |" in text
+    assert "![Variants](plots/variants.png)" in text
+    assert (folder / "plots" / "variants.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_difficulty_annotation_gets_a_section_and_histogram(quickstart: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "qs"
+    shutil.copytree(quickstart, folder)
+    shard = folder / "data" / "train-00000-of-00001.parquet"
+    frame = pl.read_parquet(shard)  # a pass rate as a difficulty step writes it (here: from thinking length)
+    frame = frame.with_columns((1 - pl.col("thinking").str.len_chars().rank() / frame.height).alias("difficulty_pass_rate"))
+    frame.write_parquet(shard)
+    write_card(folder)
+    text = (folder / "README.md").read_text()
+    mean = frame["difficulty_pass_rate"].mean()
+    assert "## Difficulty" in text and f"`difficulty_pass_rate`: 50 rows, mean {mean:.3g}" in text
+    assert (folder / "plots" / "difficulty_pass_rate.png").exists()
