@@ -18,6 +18,7 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
@@ -40,6 +41,7 @@ class Folder:
     root: Path
     manifest: dict[str, Any]
     configs: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # config -> split -> files
+    _stats: dict[str, pl.DataFrame] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, folder: str | Path) -> Folder:
@@ -79,11 +81,26 @@ class Folder:
 
     def stats_frame(self, config: str | None = None) -> pl.DataFrame:
         """The rows without the long text: problem/thinking/solution become ``*_chars`` lengths and
-        ``extra``/``test_cases`` are left out, so figures of large datasets fit in memory."""
-        names = self.schema(config).names
-        cols = [pl.col(c).fill_null("").str.len_chars().alias(f"{c}_chars") for c in _LONG_TEXT if c in names]
-        cols += [pl.col(c) for c in names if c not in (*_LONG_TEXT, "extra", "test_cases")]
-        return self.scan(config).select(cols).collect()
+        ``extra``/``test_cases`` are left out. Read batch by batch with pyarrow, so memory is one
+        batch of text however large the dataset; computed once per config."""
+        key = config or self.base_config
+        if key not in self._stats:
+            names = self.schema(config).names
+            text = [c for c in _LONG_TEXT if c in names]
+            small = [c for c in names if c not in (*_LONG_TEXT, "extra", "test_cases")]
+
+            def reduce(batch: pa.RecordBatch | pa.Table) -> pl.DataFrame:
+                lengths = {f"{c}_chars": pc.utf8_length(pc.fill_null(batch.column(c), "")) for c in text}
+                return pl.from_arrow(pa.table({**lengths, **{c: batch.column(c) for c in small}}))
+
+            frames = []
+            for path in self.files(config):
+                reader = pq.ParquetFile(path, pre_buffer=False)  # no read-ahead of 20 MB row groups
+                for batch in reader.iter_batches(batch_size=1024, columns=text + small, use_threads=False):
+                    frames.append(reduce(batch))
+            empty = reduce(self.schema(config).empty_table().select(text + small))
+            self._stats[key] = pl.concat(frames) if frames else empty
+        return self._stats[key]
 
     def steps(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """(funnel entry, params) for each base step, read first (params {} for the read)."""
