@@ -27,7 +27,11 @@ def operator_doc(cls: type[Step]) -> str:
         step = cls()  # type: ignore[call-arg]
     reads = step.columns_read() if step else cls.reads
     writes = step.columns_written() if step else cls.writes
-    kind = "global (fit over all rows, then apply per batch)" if cls.needs_global_pass else "streaming (per batch)"
+    needs_global: bool | None = cls.needs_global_pass
+    if isinstance(inspect.getattr_static(cls, "needs_global_pass"), property):
+        needs_global = None  # decided by the parameters
+    kind = {True: "global (fit over all rows, then apply per batch)", False: "streaming (per batch)",
+            None: "streaming or global, depending on the parameters"}[needs_global]
     lines.append(f"- pass: {kind}")
     lines.append(f"- reads: {', '.join(f'`{c}`' for c in reads) or '—'}")
     lines.append(f"- writes: {', '.join(f'`{c}` ({t})' for c, t in writes.items()) or '—'}")
@@ -37,7 +41,8 @@ def operator_doc(cls: type[Step]) -> str:
     if specs:
         lines += ["", "| parameter | type | default | meaning |", "|---|---|---|---|"]
         for s in specs:
-            lines.append(f"| `{s['name']}` | `{s['type']}` | {_default(s['default'])} | {s['help']} |")
+            cells = (f"`{s['name']}`", f"`{s['type']}`", _default(s["default"]), s["help"])
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 

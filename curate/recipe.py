@@ -23,7 +23,7 @@ from curate.io.read import Source, read
 from curate.pipeline import Pipeline, RunResult
 from curate.step import build_step
 
-TOP_KEYS = {"input", "steps", "variants", "output", "batch_size", "name", "description"}
+TOP_KEYS = {"input", "steps", "variants", "output", "model", "batch_size", "name", "description"}
 INPUT_KEYS = {"path", "format", "on_error", "domain", "source", "teacher", "max_chars"}
 OUTPUT_KEYS = {"path", "shard_mb"}
 
@@ -76,11 +76,12 @@ def parse_recipe(doc: Any, where: str = "recipe") -> Recipe:
         raise RecipeError(f"{where}: input.path is missing")
     if "steps" not in doc:
         raise RecipeError(f"{where}: missing key 'steps' (use `steps: []` to import, validate and write)")
-    steps = _steps(doc["steps"], f"{where}: steps")
+    model = _mapping(doc.get("model"), f"{where}: model") or None
+    steps = _steps(doc["steps"], f"{where}: steps", model)
     variants_doc = _mapping(doc.get("variants"), f"{where}: variants")
     variants = {}
     for name, vsteps in variants_doc.items():
-        variants[str(name)] = _steps(vsteps, f"{where}: variants.{name}")
+        variants[str(name)] = _steps(vsteps, f"{where}: variants.{name}", model)
     out = doc.get("output") or {}
     if isinstance(out, str):
         out = {"path": out}
@@ -98,8 +99,12 @@ def parse_recipe(doc: Any, where: str = "recipe") -> Recipe:
     return Recipe(None, inp, pipeline, out, doc.get("name"))
 
 
-def _steps(doc: Any, where: str) -> list:
-    """A list of ``{step_name: {params}}`` entries (a bare name means no parameters)."""
+def _steps(doc: Any, where: str, model: dict[str, Any] | None = None) -> list:
+    """A list of ``{step_name: {params}}`` entries (a bare name means no parameters).
+
+    The recipe's top-level ``model:`` block is every model-backed step's ``model`` parameter,
+    unless the step sets its own.
+    """
     doc = doc if doc is not None else []
     if not isinstance(doc, list):
         raise RecipeError(f"{where} must be a list of {{step_name: {{params}}}} entries")
@@ -111,7 +116,10 @@ def _steps(doc: Any, where: str) -> list:
         if not isinstance(entry, dict) or len(entry) != 1:
             raise RecipeError(f"{at}: each step is a mapping with one key, the step name (e.g. - filter: {{...}})")
         ((name, params),) = entry.items()
-        steps.append(build_step(name, _mapping(params, f"{at}.{name}"), at))
+        params = dict(_mapping(params, f"{at}.{name}"))
+        if model is not None and "model" not in params and _takes_model(name):
+            params["model"] = dict(model)
+        steps.append(build_step(name, params, at))
     return steps
 
 
@@ -138,3 +146,13 @@ def run_recipe(path: str | os.PathLike, out: str | os.PathLike | None = None, **
     if "shard_mb" in recipe.output:
         run_kwargs.setdefault("shard_bytes", int(recipe.output["shard_mb"] * (1 << 20)))
     return recipe.pipeline.run(recipe.source(), target, **run_kwargs)
+
+
+def _takes_model(step_name: str) -> bool:
+    import dataclasses
+
+    import curate.ops  # noqa: F401  (registers the operators)
+    from curate.step import REGISTRY
+
+    cls = REGISTRY.get(step_name)
+    return cls is not None and any(f.name == "model" for f in dataclasses.fields(cls))

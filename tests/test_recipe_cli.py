@@ -150,3 +150,25 @@ variants:
     bad = write_recipe(tmp_path, f"input: {{path: {math500_sample}}}\nsteps: []\nvariants:\n  v: [{{shufle: {{}}}}]\n")
     with pytest.raises(RecipeError, match=r"variants.v\[0\]: unknown step 'shufle'"):
         load_recipe(bad)
+
+
+def test_recipe_model_block_fills_model_backed_steps(tmp_path, math500_sample):
+    path = write_recipe(tmp_path, f"""
+input: {{path: {math500_sample}}}
+model: {{backend: openai, name_or_path: grader, base_url: "http://127.0.0.1:9/v1"}}
+steps:
+  - grade_difficulty: {{method: proxy}}
+  - shorten: {{method: truncate_after_first_answer}}
+  - filter: {{}}
+""")
+    steps = load_recipe(path).pipeline.steps
+    assert steps[0].model == steps[1].model == {"backend": "openai", "name_or_path": "grader",
+                                                 "base_url": "http://127.0.0.1:9/v1"}
+    assert not hasattr(steps[2], "model")
+    own = write_recipe(tmp_path, f"""
+input: {{path: {math500_sample}}}
+model: {{backend: openai, name_or_path: grader}}
+steps:
+  - grade_difficulty: {{method: proxy, model: {{backend: transformers, name_or_path: other}}}}
+""")
+    assert load_recipe(own).pipeline.steps[0].model["name_or_path"] == "other"

@@ -11,10 +11,12 @@ from curate.ops.corrupt import (
 )
 from curate.ops.decontam import Decontaminate
 from curate.ops.dedup import ExactDedup
+from curate.ops.difficulty import GradeDifficulty
 from curate.ops.filter import Filter
 from curate.ops.minhash import MinHashDedup
 from curate.ops.select import Sample
 from curate.ops.semantic import SemanticDedup
+from curate.ops.shorten import Shorten
 from curate.ops.structure import Profile, SegmentSteps
 from curate.ops.verify import PairPreferences, Verify
 
@@ -26,6 +28,7 @@ __all__ = [
     "ExactDedup",
     "ExtractAnswer",
     "Filter",
+    "GradeDifficulty",
     "InsertSteps",
     "MinHashDedup",
     "PairPreferences",
@@ -34,6 +37,7 @@ __all__ = [
     "Sample",
     "SegmentSteps",
     "SemanticDedup",
+    "Shorten",
     "ShuffleSteps",
     "Verify",
 ]

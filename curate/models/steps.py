@@ -1,0 +1,72 @@
+"""Shared plumbing of the model-backed steps (grade_difficulty, shorten): settings validation, prompt filling, sample verification."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from curate.models import Backend, check_settings, get_backend
+
+THINK_CLOSE = ("</think>", "<|end_of_thought|>")
+
+
+def checked_model(settings: dict[str, Any] | None, method: str, needs: bool) -> None:
+    if needs and settings is None:
+        raise ValueError(f"method {method!r} needs a model: model: {{backend: transformers | openai | vllm, "
+                         "name_or_path: ...}} (or a recipe-level model: block)")
+    if settings is not None:
+        check_settings(settings)
+
+
+def backend_for(settings: dict[str, Any]) -> Backend:
+    """The process-wide backend of these settings (a model loads once per process)."""
+    return get_backend(settings)
+
+
+def fill(template: str, **values: str | None) -> str:
+    """Substitute ``{name}`` placeholders literally (problems hold braces, so no str.format)."""
+    out = template
+    for k, v in values.items():
+        out = out.replace("{" + k + "}", v or "")
+    return out
+
+
+def split_completion(text: str) -> tuple[str | None, str]:
+    """(thinking, solution) of a completion: the text after a closing thinking marker is the solution."""
+    for marker in THINK_CLOSE:
+        head, sep, tail = text.rpartition(marker)
+        if sep:
+            return head.replace("<think>", "").replace("<|begin_of_thought|>", ""), tail
+    return None, text
+
+
+def verify_samples(verifier: Any, rows: pl.DataFrame, texts: list[list[str]]) -> list[list[bool | None]]:
+    """Verdicts of each row's sampled completions, by the ``verify`` step's own checker.
+
+    ``rows`` holds the columns ``verify`` reads; ``texts[i]`` the completions of row i. Each
+    completion replaces the row's thinking/solution/answer and goes through ``Verify.run_tasks``.
+    """
+    idx = [i for i, t in enumerate(texts) for _ in t]
+    if not idx:
+        return [[] for _ in texts]
+    thinking, solution = zip(*(split_completion(s) for t in texts for s in t), strict=True)
+    frame = rows[idx].with_columns(
+        pl.Series("thinking", list(thinking), dtype=pl.String),
+        pl.Series("solution", list(solution), dtype=pl.String),
+        pl.lit(None, dtype=pl.String).alias("answer"),
+    )
+    verdicts = verifier.run_tasks(verifier._tasks(frame))
+    out: list[list[bool | None]] = [[] for _ in texts]
+    for i, v in zip(idx, verdicts, strict=True):
+        out[i].append(v["correct"])
+    return out
+
+
+def backend_counts(backend: Backend, before: tuple[int, int, int]) -> dict[str, int]:
+    s = backend.stats
+    return {"cache_hits": s.cache_hits - before[0], "generated": s.generated - before[1], "errors": s.errors - before[2]}
+
+
+def snapshot(backend: Backend) -> tuple[int, int, int]:
+    return backend.stats.cache_hits, backend.stats.generated, backend.stats.errors
