@@ -266,5 +266,107 @@ def publish(folder: Path, repo_id: str, private: bool, dry_run: bool, no_rejects
     click.echo(f"uploaded {len(p.files)} files to datasets/{repo_id}: {url}")
 
 
+@main.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--config", default=None, help="Which config (variant) of the dataset to train on.")
+@click.option("--model", "model_path", required=True, help="Student model: a local folder or a hub id.")
+@click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run folder: checkpoints/, final/ (adapter or model), train_config.json, log.jsonl.")
+@click.option("--lr", type=float, default=None, help="Learning rate [default: full 1e-5, lora 1e-4].")
+@click.option("--epochs", type=float, default=3.0, show_default=True)
+@click.option("--warmup-ratio", type=float, default=0.1, show_default=True)
+@click.option("--cutoff", type=int, default=16384, show_default=True, help="Most tokens kept of one trace.")
+@click.option("--pack-len", type=int, default=None, help="Tokens per packed sequence [default: cutoff].")
+@click.option("--global-batch", type=int, default=96, show_default=True, help="Packs per optimizer step.")
+@click.option("--micro-batch", type=int, default=1, show_default=True, help="Packs per forward pass.")
+@click.option("--lora-rank", type=int, default=64, show_default=True)
+@click.option("--lora-alpha", type=int, default=128, show_default=True)
+@click.option("--lora-targets", default="all-linear", show_default=True,
+              help="Comma-separated module names, or all-linear.")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True)
+@click.option("--bf16/--fp32", default=True, show_default=True, help="bf16 autocast on GPU (CPU is fp32).")
+@click.option("--save-every", type=int, default=0, show_default=True,
+              help="Optimizer steps between checkpoints (0: each epoch end).")
+@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
+@click.option("--system-prompt", default=None, help="System prompt for every training conversation.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-resume", is_flag=True, help="Start over instead of resuming from out/checkpoints.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def train(dataset: Path, config: str | None, model_path: str, method: str, out: Path, lr: float | None,
+          epochs: float, warmup_ratio: float, cutoff: int, pack_len: int | None, global_batch: int,
+          micro_batch: int, lora_rank: int, lora_alpha: int, lora_targets: str, gradient_checkpointing: bool,
+          bf16: bool, save_every: int, max_steps: int | None, system_prompt: str | None, seed: int,
+          no_resume: bool, progress: bool) -> None:
+    """Fine-tune MODEL on DATASET's traces (SFT, loss on the assistant turn, packed sequences).
+
+    \b
+    Defaults follow the seed's setup: full lr 1e-5, 3 epochs, cosine, warmup 0.1, cutoff 16384,
+    global batch 96; LoRA on all linear layers, rank 64, alpha 128, dropout 0, lr 1e-4.
+    Multi-GPU on one node: torchrun --nproc-per-node N -m curate.cli train ...
+    Needs torch, transformers and peft (pip install curate[train]).
+    """
+    from curate.train.sft import TrainConfig
+    from curate.train.sft import train as run_train
+
+    targets: str | list[str] = lora_targets if lora_targets == "all-linear" else lora_targets.split(",")
+    try:
+        cfg = TrainConfig(method=method, lr=lr, epochs=epochs, warmup_ratio=warmup_ratio, cutoff=cutoff,
+                          pack_len=pack_len, global_batch=global_batch, micro_batch=micro_batch,
+                          lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=targets,
+                          gradient_checkpointing=gradient_checkpointing, bf16=bf16, save_every=save_every,
+                          max_steps=max_steps, system_prompt=system_prompt, seed=seed)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    res = run_train(dataset, model_path, out, cfg, config=config, resume=not no_resume, progress=progress)
+    last = f", last loss {res.losses[-1]:.4f}" if res.losses else ""
+    click.echo(f"trained {res.steps} steps on {res.data['packed']} traces ({res.data['packs']} packs){last}; "
+               f"wrote {out / 'final'}")
+
+
+@main.command("eval")
+@click.argument("model")
+@click.option("--benchmarks", default="math500,aime24,aime25,amc23,gpqa", show_default=True,
+              help="Comma-separated bundled benchmarks (curate.decontam.benchmarks).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for scores.json and generations.parquet.")
+@click.option("--backend", type=click.Choice(["transformers", "vllm"]), default="transformers", show_default=True)
+@click.option("--max-tokens", type=int, default=32768, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True)
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("-n", "--samples", type=int, default=1, show_default=True, help="Samples per problem (pass@1 averaged).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--system-prompt", default=None, help="System prompt [default: the Sky-T1 style one].")
+@click.option("--limit", type=int, default=None, help="Only the first N problems of each benchmark.")
+def eval_(model: str, benchmarks: str, out: Path, backend: str, max_tokens: int, temperature: float, top_p: float,
+          samples: int, seed: int, system_prompt: str | None, limit: int | None) -> None:
+    """Score MODEL (a model folder, a LoRA adapter, or a `curate train` run folder) on benchmarks.
+
+    \b
+    Generates with the backend, extracts and math-verifies each answer, and writes
+    OUT/scores.json (accuracy with a 95% Wilson interval per benchmark) and
+    OUT/generations.parquet (every generation, for audit). Seed setups:
+      greedy:  --temperature 0 --max-tokens 32768            (default)
+      sampled: --temperature 0.6 --top-p 0.95 -n 8
+    """
+    from curate.train.eval import DEFAULT_SKY_T1_SYSTEM, EvalConfig, evaluate
+
+    cfg = EvalConfig(benchmarks=tuple(b.strip() for b in benchmarks.split(",") if b.strip()), backend=backend,
+                     max_tokens=max_tokens, temperature=temperature, top_p=top_p, n=samples, seed=seed,
+                     system_prompt=system_prompt or DEFAULT_SKY_T1_SYSTEM, limit=limit)
+    try:
+        scores = evaluate(model, out, cfg)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    for name, s in scores.items():
+        if "skipped" in s:
+            click.echo(f"{name:14} skipped: {s['skipped']}")
+        else:
+            lo, hi = s["ci95"]
+            click.echo(f"{name:14} {100 * s['accuracy']:5.1f}%  [{100 * lo:.1f}, {100 * hi:.1f}]  "
+                       f"n={s['problems']}x{s['samples']}")
+    click.echo(f"wrote {out / 'scores.json'} and {out / 'generations.parquet'}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,179 @@
+"""The SFT trainer on CPU: a tiny Qwen2-style model trained on the quickstart sample of real traces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+pytest.importorskip("tokenizers")
+
+import curate  # noqa: E402
+from curate.train.data import (  # noqa: E402
+    IGNORE,
+    block_causal_mask,
+    build_packs,
+    collate,
+    load_chats,
+    pack,
+    tokenize_chat,
+)
+from curate.train.sft import TrainConfig, train  # noqa: E402
+from curate.train.tiny import build_chat_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+# Small and fast: 288 tokens of each trace (the longest prompt is 263), 2 traces to a 576-token pack.
+SMALL = {"cutoff": 288, "pack_len": 576, "global_batch": 4, "warmup_ratio": 0.0, "gradient_checkpointing": False,
+         "bf16": False}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: tiny matmuls gain nothing from more, and spin-waiting OpenMP threads
+    slow down 10-fold when other processes share this machine's two cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("quickstart")
+    curate.run_recipe(REPO / "pipelines" / "quickstart.yaml", out=out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return build_chat_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny)
+
+
+def test_chat_export_and_loss_mask(dataset, tokenizer):
+    chats = load_chats(dataset)
+    assert len(chats) == 50
+    row = chats[0]["messages"]
+    assert [m["role"] for m in row] == ["user", "assistant"]
+    assert row[1]["content"].startswith("<think>\n") and "</think>" in row[1]["content"]
+    ex = tokenize_chat(tokenizer, row, 10**6)
+    first = next(i for i, x in enumerate(ex.labels) if x != IGNORE)
+    # Everything up to and including the generation prompt is masked; the assistant turn is trained,
+    # down to the end-of-turn token.
+    assert tokenizer.decode(ex.input_ids[:first]).endswith("<|im_start|>assistant\n")
+    assert row[0]["content"][:40] in tokenizer.decode(ex.input_ids[:first])
+    assert ex.labels[first:] == ex.input_ids[first:]
+    assert tokenizer.decode(ex.labels[first:]).rstrip().endswith("<|im_end|>")
+    assert not ex.truncated
+    cut = tokenize_chat(tokenizer, row, 64)
+    assert cut.truncated and len(cut.input_ids) == 64 and cut.input_ids == ex.input_ids[:64]
+
+
+def test_packing_counts_and_positions(dataset, tokenizer):
+    packs, stats = build_packs(dataset, tokenizer, 320, pack_len=1280)
+    assert stats["traces"] == stats["packed"] == 50 and stats["packs"] == 13  # all cut to 320, 4 a pack
+    assert stats["tokens"] == 50 * 320 and stats["truncated"] == 50
+    for p in packs:
+        assert len(p) <= 1280 and sum(p.seq_lens) == len(p)
+        starts = [i for i, x in enumerate(p.position_ids) if x == 0]
+        assert len(starts) == len(p.seq_lens)
+        assert all(p.labels[s] == IGNORE for s in starts)  # never predict across a boundary
+    # Traces with no assistant token inside the cutoff are dropped, not trained on as all-prompt.
+    assert pack([tokenize_chat(tokenizer, load_chats(dataset)[0]["messages"], 8)], 64) == []
+
+
+def test_packed_attention_does_not_cross_traces(dataset, tokenizer, tiny):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny, attn_implementation="sdpa").eval()
+    packs, _ = build_packs(dataset, tokenizer, 320, pack_len=1280)
+    p = packs[0]
+    assert len(p.seq_lens) >= 3
+    batch = collate([p], tokenizer.pad_token_id)
+    with torch.no_grad():
+        # use_cache=False as in training: with a KV cache transformers ignores the position restarts.
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        start = 0
+        for n in p.seq_lens:
+            alone = model(input_ids=batch["input_ids"][:, start:start + n]).logits[0]
+            torch.testing.assert_close(packed[start:start + n], alone, atol=1e-4, rtol=1e-4)
+            start += n
+        # Without the position restarts the later traces do see the earlier ones: the test can fail.
+        leaky = model(input_ids=batch["input_ids"], use_cache=False).logits[0]
+        n0 = p.seq_lens[0]
+        assert not torch.allclose(leaky[n0:n0 + p.seq_lens[1]], packed[n0:n0 + p.seq_lens[1]], atol=1e-3)
+        # The explicit block-diagonal mask (fallback for attention that cannot read positions) agrees.
+        mask = block_causal_mask(p.seq_lens)[None, None]
+        explicit = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                         attention_mask=mask, use_cache=False).logits[0]
+        torch.testing.assert_close(explicit, packed, atol=1e-4, rtol=1e-4)
+    m = block_causal_mask([2, 3])
+    assert m.tolist()[3] == [False, False, True, True, False]
+
+
+def test_lora_trains_saves_and_reloads(dataset, tiny, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = TrainConfig(method="lora", lr=3e-2, epochs=2, lora_rank=8, lora_alpha=16, **SMALL)
+    res = train(dataset, str(tiny), tmp_path / "run", cfg, progress=False)
+    assert res.steps == 14  # 25 packs / 4 per step -> 7 steps an epoch, 2 epochs
+    first, last = sum(res.losses[:3]) / 3, sum(res.losses[-3:]) / 3
+    assert last < first - 0.3, res.losses
+    rec = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert rec["train"]["lora_rank"] == 8 and rec["data"]["traces"] == 50
+    assert 0 < rec["trainable_params"] < rec["params"]
+    assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 14
+    final = tmp_path / "run" / "final"
+    assert (final / "adapter_model.safetensors").exists() and (final / "adapter_config.json").exists()
+
+    base = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    ids = torch.tensor([list(range(5, 60))])
+    with torch.no_grad():
+        before = base(input_ids=ids).logits
+        reloaded = PeftModel.from_pretrained(base, final).eval()
+        after = reloaded(input_ids=ids).logits
+        merged = reloaded.merge_and_unload()(input_ids=ids).logits
+    assert not torch.allclose(before, after, atol=1e-3)  # the adapter changes the model
+    torch.testing.assert_close(after, merged, atol=1e-4, rtol=1e-4)
+
+
+def test_killed_run_resumes_to_the_same_weights(dataset, tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    # 25 packs, 8 a step: 4 steps an epoch; stop at step 6 of 8 (max_steps keeps it short).
+    cfg = TrainConfig(method="full", lr=1e-3, epochs=2, save_every=3, keep_checkpoints=2, max_steps=6,
+                      **{**SMALL, "global_batch": 8})
+    whole = train(dataset, str(tiny), tmp_path / "whole", cfg, progress=False)
+    part = train(dataset, str(tiny), tmp_path / "part", cfg, progress=False, stop_after=5)
+    assert part.steps == 5 and not (tmp_path / "part" / "final").exists()
+    # "Killed" after step 5: the newest checkpoint is step 4 (epoch end); step 5 is redone.
+    ckpts = sorted(p.name for p in (tmp_path / "part" / "checkpoints").glob("step-*"))
+    assert ckpts == ["step-0000003", "step-0000004"]
+    resumed = train(dataset, str(tiny), tmp_path / "part", cfg, progress=False)
+    assert resumed.steps == whole.steps == 6 and len(resumed.losses) == 2
+    assert resumed.losses == pytest.approx(whole.losses[4:], rel=1e-5)
+    a = load_file(tmp_path / "whole" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "part" / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_config_is_checked():
+    assert TrainConfig(method="full").lr == 1e-5 and TrainConfig().lr == 1e-4
+    d = TrainConfig()
+    assert (d.lora_rank, d.lora_alpha, d.lora_dropout, d.lora_targets) == (64, 128, 0.0, "all-linear")
+    assert (d.epochs, d.warmup_ratio, d.cutoff, d.global_batch) == (3.0, 0.1, 16384, 96)
+    with pytest.raises(ValueError, match="method"):
+        TrainConfig(method="qlora")
