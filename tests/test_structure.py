@@ -185,3 +185,51 @@ def test_profile_runs_in_a_pipeline(tmp_path: Path) -> None:
     assert df.height == 40
     assert df.schema["steps_start"] == pl.List(pl.Int32)
     assert (df["profile_steps"] == df["steps_count"]).all()
+
+
+def test_model_mode_segments_at_the_paragraphs_the_model_names(tmp_path):
+    """segment_steps mode model, through the openai backend on a loopback server that answers like a splitter."""
+    import re as _re
+
+    from curate import Pipeline, read
+    from curate.models import clear_backends
+    from curate.models.serve import make_server, start_in_thread
+    from curate.ops import SegmentSteps
+
+    prompts: list[str] = []
+
+    def hook(path, body):
+        prompts.append(body["prompt"])
+        n = len(_re.findall(r"^\[(\d+)\] ", body["prompt"], flags=_re.M))
+        text = "garbage" if n % 5 == 0 else ", ".join(str(k) for k in range(1, n + 1, 3))  # every third paragraph
+        return 200, {"choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
+                     "usage": {"prompt_tokens": 10, "completion_tokens": 5}}, {}
+
+    server = make_server(None, hook=hook)  # type: ignore[arg-type]
+    url = start_in_thread(server)
+    model = {"backend": "openai", "name_or_path": "splitter", "base_url": url, "cache": False}
+    try:
+        result = Pipeline([SegmentSteps(mode="model", model=model)]).run(
+            read(Path(__file__).resolve().parent.parent / "curate/data/samples/skythought_correct5k27b_math500.jsonl"),
+            out=tmp_path / "m", progress=False, card=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+        clear_backends()
+    df = result.to_polars()
+    asked = model_rows = fallback = 0
+    for text, starts, ends, method in df.select("thinking", "steps_start", "steps_end", "steps_method").iter_rows():
+        assert "".join(text[a:b] for a, b in zip(starts, ends)) == text  # steps still tile the thinking
+        paras = [0] + [m.end() for m in _re.finditer(r"\n\s*\n", text) if m.end() < len(text)] if text.strip() else []
+        if len(paras) > 1:
+            asked += 1
+        if method.endswith("->rule:transition+inline"):
+            fallback += 1
+            assert len(paras) % 5 == 0
+        elif len(paras) > 1:
+            model_rows += 1
+            assert starts == [paras[k] for k in range(0, len(paras), 3)]
+    assert asked == len(prompts) > 0 and model_rows > 0 and fallback > 0
+    assert result.stats("segment_steps") == {"model_segmented": model_rows, "rule_fallback": fallback}
+    with pytest.raises(ValueError, match="needs a model"):
+        SegmentSteps(mode="model")

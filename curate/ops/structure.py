@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 import pyarrow as pa
 
 from curate.step import Step, StepResult
 from curate.structure.keywords import BACKTRACK_KEYWORDS, REFLECTION_KEYWORDS, count_keywords_expr
-from curate.structure.segment import INLINE_TRANSITIONS, MODES, TRANSITIONS, spans, step_starts
+from curate.structure.segment import (
+    INLINE_TRANSITIONS,
+    MODES,
+    TRANSITIONS,
+    paragraph_starts,
+    spans,
+    step_starts,
+)
 from curate.structure.tokens import approx_expr, count_tokens, method_name
 
 STEPS_COLUMNS: dict[str, pa.DataType] = {
@@ -29,7 +37,8 @@ class Segmentation:
         default="transition",
         metadata={"help": "transition: blank-line paragraphs merged into steps that open with a transition "
                           "word (Wait, Alternatively, But, Hmm, Let me check, Therefore...); paragraph: every "
-                          "blank-line paragraph is a step; model: an LLM splitter (not available yet)"})
+                          "blank-line paragraph is a step; model (segment_steps only): a model marks the paragraphs "
+                          "that open a new step"})
     transitions: list[str] = field(
         default_factory=lambda: list(TRANSITIONS),
         metadata={"help": "phrases that open a new step at the start of a paragraph (transition mode)"})
@@ -44,8 +53,8 @@ class Segmentation:
 
     def _check_segmentation(self) -> None:
         if self.mode == "model":
-            raise ValueError("mode 'model' needs the generation backends of the model-ops issue, which have "
-                             "not landed; use mode: transition or paragraph")
+            raise ValueError("mode 'model' is segment_steps' own (it asks a model once per trace); run "
+                             "segment_steps with mode: model, or use mode: transition or paragraph here")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.min_step_chars < 0:
@@ -87,29 +96,59 @@ def resegment(batch: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+SPLIT_PROMPT = """The reasoning below is split into numbered paragraphs. A new reasoning step starts where the \
+writer begins a new thought: backtracking, checking or verifying earlier work, reflecting, trying an \
+alternative, or drawing a conclusion. Reply with the numbers of the paragraphs that start a new step, \
+comma-separated (for example: 1, 4, 7). Paragraph 1 always starts a step.
+
+{paragraphs}
+
+Paragraphs that start a new step:"""
+_PARAGRAPH_PREVIEW = 400  # characters of each paragraph shown to the model
+
+
 @dataclass
 class SegmentSteps(Segmentation, Step):
     """Split the thinking block into reasoning steps and store their character offsets.
 
     Rule-based: blank-line paragraphs, merged into steps that open with a transition word ("Wait",
     "Alternatively", "But", "Hmm", "Let me check", "Therefore"...), or every paragraph a step.
-    ``thinking[steps_start[i]:steps_end[i]]`` is step i; the steps tile the thinking exactly, so
-    joining them gives it back. Empty thinking gives zero steps.
+    ``mode: model`` asks a model (a recipe's ``model:`` block) which paragraphs open a new step,
+    as the seed paper split steps with an LLM; an answer that names no valid paragraph falls back
+    to the transition rules, recorded in ``steps_method``. ``thinking[steps_start[i]:steps_end[i]]``
+    is step i; the steps tile the thinking exactly, so joining them gives it back.
     """
 
     name = "segment_steps"
     writes = STEPS_COLUMNS
 
+    model: dict[str, Any] | None = field(
+        default=None, metadata={"help": "mode model: {backend: transformers | openai | vllm, name_or_path: ...} "
+                                        "(a recipe-level model: block fills it)"})
+    max_tokens: int = field(default=128, metadata={"help": "mode model: tokens the model may answer with"})
+
     def __post_init__(self) -> None:
-        self._check_segmentation()
+        if self.mode == "model":
+            from curate.models.steps import checked_model
+
+            checked_model(self.model, "model", True)
+            if self.min_step_chars < 0:
+                raise ValueError(f"min_step_chars must be >= 0, got {self.min_step_chars}")
+        else:
+            self._check_segmentation()
 
     def columns_read(self) -> tuple[str, ...]:
         return ("thinking",)
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
+        texts = batch["thinking"].fill_null("").to_list()
+        if self.mode == "model":
+            all_starts, methods, stats = self._model_starts(texts)
+        else:
+            all_starts, methods, stats = [self.starts(t) for t in texts], [self.method()] * len(texts), None
         starts_col, ends_col, counts = [], [], []
-        for text in batch["thinking"].fill_null("").to_list():
-            sp = spans(self.starts(text), len(text))
+        for text, starts in zip(texts, all_starts, strict=True):
+            sp = spans(starts, len(text))
             starts_col.append([a for a, _ in sp])
             ends_col.append([b for _, b in sp])
             counts.append(len(sp))
@@ -117,8 +156,48 @@ class SegmentSteps(Segmentation, Step):
             pl.Series("steps_start", starts_col, dtype=pl.List(pl.Int32)),
             pl.Series("steps_end", ends_col, dtype=pl.List(pl.Int32)),
             pl.Series("steps_count", counts, dtype=pl.Int32),
-            pl.lit(self.method(), dtype=pl.String).alias("steps_method"),
-        ))
+            pl.Series("steps_method", methods, dtype=pl.String),
+        ), None, stats)
+
+    def _model_starts(self, texts: list[str]) -> tuple[list[list[int]], list[str], dict[str, Any]]:
+        """Ask the model which paragraphs open a step; rules where its answer is unusable."""
+        from curate.models import SamplingParams, model_label
+        from curate.models.steps import backend_for
+
+        assert self.model is not None
+        paragraphs = [paragraph_starts(t) if t.strip() else [] for t in texts]
+        asks = [i for i, p in enumerate(paragraphs) if len(p) > 1]
+        prompts = [SPLIT_PROMPT.replace("{paragraphs}", _numbered(texts[i], paragraphs[i])) for i in asks]
+        replies = backend_for(self.model).generate(prompts, SamplingParams(max_tokens=self.max_tokens)) if asks else []
+        rules = Segmentation(min_step_chars=self.min_step_chars)
+        label = f"model:{model_label(self.model)}"
+        starts = [p[:1] for p in paragraphs]
+        methods = [label] * len(texts)
+        fallback = 0
+        for i, reply in zip(asks, replies, strict=True):
+            chosen = _chosen_paragraphs(reply[0].text if reply and reply[0].ok else "", len(paragraphs[i]))
+            if chosen is None:
+                starts[i], methods[i] = rules.starts(texts[i]), f"{label}->{rules.method()}"
+                fallback += 1
+            else:
+                starts[i] = [paragraphs[i][k] for k in chosen]
+        return starts, methods, {"model_segmented": len(asks) - fallback, "rule_fallback": fallback}
+
+
+def _numbered(text: str, starts: list[int]) -> str:
+    out = []
+    for k, (a, b) in enumerate(spans(starts, len(text)), 1):
+        body = " ".join(text[a:b].split())
+        out.append(f"[{k}] {body[:_PARAGRAPH_PREVIEW]}{' ...' if len(body) > _PARAGRAPH_PREVIEW else ''}")
+    return "\n\n".join(out)
+
+
+def _chosen_paragraphs(reply: str, n: int) -> list[int] | None:
+    """0-based paragraph indices that open a step (always the first), or None if the reply names none."""
+    picked = {int(m) - 1 for m in re.findall(r"\d+", reply) if 1 <= int(m) <= n}
+    if not picked:
+        return None
+    return sorted(picked | {0})
 
 
 @dataclass
