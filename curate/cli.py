@@ -368,5 +368,77 @@ def eval_(model: str, benchmarks: str, out: Path, backend: str, max_tokens: int,
     click.echo(f"wrote {out / 'scores.json'} and {out / 'generations.parquet'}")
 
 
+@main.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", "model_path", required=True, help="Student model: a local folder or a hub id.")
+@click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True)
+@click.option("--benchmarks", default="math500,aime24,aime25,amc23,gpqa", show_default=True,
+              help="Comma-separated bundled benchmarks (curate.decontam.benchmarks).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folders, one per config: OUT/<config>/ (training) and OUT/<config>/eval/ "
+                   "[default: DATASET-validation beside the dataset].")
+@click.option("--configs", default=None, help="Comma-separated configs to run [default: all].")
+@click.option("--lr", type=float, default=None, help="Learning rate [default: full 1e-5, lora 1e-4].")
+@click.option("--epochs", type=float, default=3.0, show_default=True)
+@click.option("--warmup-ratio", type=float, default=0.1, show_default=True)
+@click.option("--cutoff", type=int, default=16384, show_default=True, help="Most tokens kept of one trace.")
+@click.option("--pack-len", type=int, default=None, help="Tokens per packed sequence [default: cutoff].")
+@click.option("--global-batch", type=int, default=96, show_default=True, help="Packs per optimizer step.")
+@click.option("--micro-batch", type=int, default=1, show_default=True, help="Packs per forward pass.")
+@click.option("--lora-rank", type=int, default=64, show_default=True)
+@click.option("--lora-alpha", type=int, default=128, show_default=True)
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True)
+@click.option("--bf16/--fp32", default=True, show_default=True, help="bf16 autocast on GPU (CPU is fp32).")
+@click.option("--max-steps", type=int, default=None, help="Stop training after this many optimizer steps.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--backend", type=click.Choice(["transformers", "vllm"]), default="transformers", show_default=True)
+@click.option("--max-tokens", type=int, default=32768, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True)
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("-n", "--samples", type=int, default=1, show_default=True, help="Samples per problem (pass@1 averaged).")
+@click.option("--limit", type=int, default=None, help="Only the first N problems of each benchmark.")
+@click.option("--no-card", is_flag=True, help="Do not regenerate the dataset card.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def validate(dataset: Path, model_path: str, method: str, benchmarks: str, out: Path | None, configs: str | None,
+             lr: float | None, epochs: float, warmup_ratio: float, cutoff: int, pack_len: int | None,
+             global_batch: int, micro_batch: int, lora_rank: int, lora_alpha: int, gradient_checkpointing: bool,
+             bf16: bool, max_steps: int | None, seed: int, backend: str, max_tokens: int, temperature: float,
+             top_p: float, samples: int, limit: int | None, no_card: bool, progress: bool) -> None:
+    """Train MODEL on every config (variant) of DATASET, score each, record it in the card.
+
+    \b
+    Each config is fine-tuned (as `curate train`) into OUT/<config>/ and scored (as `curate eval`)
+    into OUT/<config>/eval/; pass@1 and its 95% Wilson interval per benchmark go to
+    DATASET/validation.json, and DATASET/README.md is regenerated with the validation table and
+    plots/variants.png. Rerunning skips configs already trained and scored with the same settings.
+    """
+    from curate.train.eval import DEFAULT_SKY_T1_SYSTEM, EvalConfig
+    from curate.train.sft import TrainConfig
+    from curate.train.validate import validate as run_validate
+
+    try:
+        train_cfg = TrainConfig(method=method, lr=lr, epochs=epochs, warmup_ratio=warmup_ratio, cutoff=cutoff,
+                                pack_len=pack_len, global_batch=global_batch, micro_batch=micro_batch,
+                                lora_rank=lora_rank, lora_alpha=lora_alpha,
+                                gradient_checkpointing=gradient_checkpointing, bf16=bf16, max_steps=max_steps,
+                                seed=seed)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    eval_cfg = EvalConfig(benchmarks=tuple(b.strip() for b in benchmarks.split(",") if b.strip()), backend=backend,
+                          max_tokens=max_tokens, temperature=temperature, top_p=top_p, n=samples, seed=seed,
+                          system_prompt=DEFAULT_SKY_T1_SYSTEM, limit=limit)
+    chosen = [c.strip() for c in configs.split(",") if c.strip()] if configs else None
+    try:
+        res = run_validate(dataset, model_path, out, train_cfg=train_cfg, eval_cfg=eval_cfg, configs=chosen,
+                           card=not no_card, progress=progress)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    for row in res.rows:
+        figures = "  ".join(f"{k}={v}" for k, v in row.items() if k != "config")
+        click.echo(f"{row['config']:16} {figures}")
+    click.echo(f"trained {len(res.trained)}, evaluated {len(res.evaluated)}, reused {len(res.reused)} configs; "
+               f"wrote {res.path}" + (f" and {res.card}" if res.card else ""))
+
+
 if __name__ == "__main__":
     main()

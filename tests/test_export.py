@@ -109,3 +109,19 @@ def test_export_errors(dataset, tmp_path):
     with pytest.raises(InputError, match="no dataset shards found"):
         export(tmp_path / "empty", tmp_path / "x.jsonl")
     assert not (tmp_path / "x.jsonl").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_export_of_a_variant_dataset_needs_a_config(tmp_path):
+    from curate import Pipeline, read
+    from curate.errors import InputError
+    from curate.io.export import export
+    from curate.ops import ShuffleSteps
+
+    root = Path(__file__).resolve().parent.parent / "curate" / "data" / "samples"
+    Pipeline([], variants={"clean": [], "shuffled": [ShuffleSteps(ratio=1.0)]}).run(
+        read(root / "skythought_correct5k27b_minerva.jsonl"), out=tmp_path / "ds", card=False)
+    with pytest.raises(InputError, match="has configs clean, shuffled; name one"):
+        export(tmp_path / "ds", tmp_path / "x.jsonl")
+    with pytest.raises(InputError, match="no config 'other'"):
+        export(tmp_path / "ds", tmp_path / "x.jsonl", config="other")
+    assert export(tmp_path / "ds", tmp_path / "x.jsonl", config="shuffled") == 60

@@ -40,10 +40,16 @@ def _dataset_files(dataset: str | os.PathLike, config: str | None) -> list[Path]
     manifest = root / "manifest.json"
     if manifest.exists():
         try:
-            files = [root / f for f in json.loads(manifest.read_text(encoding="utf-8"))["output"]["files"]]
+            doc = json.loads(manifest.read_text(encoding="utf-8"))
+            files = [root / f for f in doc["output"]["files"]]
         except (ValueError, KeyError, TypeError) as e:
             raise InputError(f"{manifest}: not a curate manifest ({e!r})") from None
+        configs = list(doc.get("configs") or {})
+        if configs and config is None:  # never mix variants silently
+            raise InputError(f"{root} has configs {', '.join(configs)}; name one (config= / --config)")
         if config:
+            if configs and config not in configs:
+                raise InputError(f"{root}: no config {config!r}; configs: {', '.join(configs)}")
             files = [f for f in files if f.parent.name == config]
     else:
         folder = root / "data" / config if config else root / "data"
