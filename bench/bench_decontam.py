@@ -31,7 +31,7 @@ import polars as pl
 from rapidfuzz import fuzz
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.real_traces import traces_with_items  # noqa: E402
+from bench.real_traces import rewrite, traces_with_items  # noqa: E402
 from curate.decontam import benchmarks as bench  # noqa: E402
 from curate.decontam.text import normalise  # noqa: E402
 from curate.ops import Decontaminate  # noqa: E402
@@ -82,19 +82,6 @@ def category(train: str, item: str | None) -> str:
     if fuzz.ratio(nodigits_a, nodigits_b) >= 85:
         return "D. same template once numbers are masked"
     return "E. shares a long setup/boilerplate with a different question (false positive)"
-
-
-def rewrite(text: str, how: str, rng: random.Random) -> str:
-    if how == "latex":
-        return re.sub(r"\s*([=+\-<>])\s*", r" \1 ", text).replace("\\frac", "\\dfrac").replace("$", "$ ")
-    if how == "number":
-        nums = list(re.finditer(r"\d+", text))
-        if not nums:
-            return text + " "
-        m = rng.choice(nums)
-        return text[: m.start()] + str(int(m.group()) + 7) + text[m.end():]
-    pattern = r"\b(Find|Compute|Calculate|What is)\b"
-    return re.sub(pattern, "Determine", text, count=1) if re.search(pattern, text) else "Determine: " + text
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""The real traces in ../shared/data/traces with the benchmark item each one answers.
+"""The real traces in ../shared/data/traces with the benchmark item each one answers, and the light
+rewrites a contaminated problem gets (reformatted LaTeX, a changed number, "Find" -> "Determine").
 
 Shared by tests/test_decontam.py and bench/bench_decontam.py: every trace file's `idx` is the row
 of the benchmark file it was sampled on, which gives the ground truth for decontamination.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import glob
 import json
+import random
+import re
 from pathlib import Path
 
 import polars as pl
@@ -41,3 +44,17 @@ def traces_with_items(shared: Path) -> pl.DataFrame:
                 pl.lit(name).alias("want_benchmark"),
                 idx.map_elements(lambda i, ids=ids: ids[i], return_dtype=pl.String).alias("want_item")))
     return pl.concat(frames)
+
+
+def rewrite(text: str, how: str, rng: random.Random) -> str:
+    """One light rewrite of a benchmark problem: how is latex, number or find."""
+    if how == "latex":
+        return re.sub(r"\s*([=+\-<>])\s*", r" \1 ", text).replace("\\frac", "\\dfrac").replace("$", "$ ")
+    if how == "number":
+        nums = list(re.finditer(r"\d+", text))
+        if not nums:
+            return text + " "
+        m = rng.choice(nums)
+        return text[: m.start()] + str(int(m.group()) + 7) + text[m.end():]
+    pattern = r"\b(Find|Compute|Calculate|What is)\b"
+    return re.sub(pattern, "Determine", text, count=1) if re.search(pattern, text) else "Determine: " + text

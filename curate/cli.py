@@ -266,6 +266,32 @@ def publish(folder: Path, repo_id: str, private: bool, dry_run: bool, no_rejects
     click.echo(f"uploaded {len(p.files)} files to datasets/{repo_id}: {url}")
 
 
+def _stack(*options):
+    """Apply click options in the order listed (shared by train and validate)."""
+    def wrap(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return wrap
+
+
+_training_options = _stack(
+    click.option("--lr", type=float, default=None, help="Learning rate [default: full 1e-5, lora 1e-4]."),
+    click.option("--epochs", type=float, default=3.0, show_default=True),
+    click.option("--warmup-ratio", type=float, default=0.1, show_default=True),
+    click.option("--cutoff", type=int, default=16384, show_default=True, help="Most tokens kept of one trace."),
+    click.option("--pack-len", type=int, default=None, help="Tokens per packed sequence [default: cutoff]."),
+    click.option("--global-batch", type=int, default=96, show_default=True, help="Packs per optimizer step."),
+    click.option("--micro-batch", type=int, default=1, show_default=True, help="Packs per forward pass."),
+    click.option("--lora-rank", type=int, default=64, show_default=True),
+    click.option("--lora-alpha", type=int, default=128, show_default=True),
+)
+_precision_options = _stack(
+    click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True),
+    click.option("--bf16/--fp32", default=True, show_default=True, help="bf16 autocast on GPU (CPU is fp32)."),
+)
+
+
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--config", default=None, help="Which config (variant) of the dataset to train on.")
@@ -273,19 +299,10 @@ def publish(folder: Path, repo_id: str, private: bool, dry_run: bool, no_rejects
 @click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder: checkpoints/, final/ (adapter or model), train_config.json, log.jsonl.")
-@click.option("--lr", type=float, default=None, help="Learning rate [default: full 1e-5, lora 1e-4].")
-@click.option("--epochs", type=float, default=3.0, show_default=True)
-@click.option("--warmup-ratio", type=float, default=0.1, show_default=True)
-@click.option("--cutoff", type=int, default=16384, show_default=True, help="Most tokens kept of one trace.")
-@click.option("--pack-len", type=int, default=None, help="Tokens per packed sequence [default: cutoff].")
-@click.option("--global-batch", type=int, default=96, show_default=True, help="Packs per optimizer step.")
-@click.option("--micro-batch", type=int, default=1, show_default=True, help="Packs per forward pass.")
-@click.option("--lora-rank", type=int, default=64, show_default=True)
-@click.option("--lora-alpha", type=int, default=128, show_default=True)
+@_training_options
 @click.option("--lora-targets", default="all-linear", show_default=True,
               help="Comma-separated module names, or all-linear.")
-@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True)
-@click.option("--bf16/--fp32", default=True, show_default=True, help="bf16 autocast on GPU (CPU is fp32).")
+@_precision_options
 @click.option("--save-every", type=int, default=0, show_default=True,
               help="Optimizer steps between checkpoints (0: each epoch end).")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
@@ -378,17 +395,8 @@ def eval_(model: str, benchmarks: str, out: Path, backend: str, max_tokens: int,
               help="Run folders, one per config: OUT/<config>/ (training) and OUT/<config>/eval/ "
                    "[default: DATASET-validation beside the dataset].")
 @click.option("--configs", default=None, help="Comma-separated configs to run [default: all].")
-@click.option("--lr", type=float, default=None, help="Learning rate [default: full 1e-5, lora 1e-4].")
-@click.option("--epochs", type=float, default=3.0, show_default=True)
-@click.option("--warmup-ratio", type=float, default=0.1, show_default=True)
-@click.option("--cutoff", type=int, default=16384, show_default=True, help="Most tokens kept of one trace.")
-@click.option("--pack-len", type=int, default=None, help="Tokens per packed sequence [default: cutoff].")
-@click.option("--global-batch", type=int, default=96, show_default=True, help="Packs per optimizer step.")
-@click.option("--micro-batch", type=int, default=1, show_default=True, help="Packs per forward pass.")
-@click.option("--lora-rank", type=int, default=64, show_default=True)
-@click.option("--lora-alpha", type=int, default=128, show_default=True)
-@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True)
-@click.option("--bf16/--fp32", default=True, show_default=True, help="bf16 autocast on GPU (CPU is fp32).")
+@_training_options
+@_precision_options
 @click.option("--max-steps", type=int, default=None, help="Stop training after this many optimizer steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--backend", type=click.Choice(["transformers", "vllm"]), default="transformers", show_default=True)

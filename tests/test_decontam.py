@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from curate.ops import Decontaminate
 from curate.step import build_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.real_traces import jsonl, traces_with_items  # noqa: E402
+from bench.real_traces import jsonl, rewrite, traces_with_items  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = {"math500": 500, "aime24": 30, "aime25": 30, "amc23": 40, "gsm8k": 1319, "minerva": 272,
@@ -83,26 +82,13 @@ def test_training_problems_mostly_pass_and_real_copies_are_caught(problems, step
     assert set(hit["decontam_method"]) <= {"ngram", "exact", "fuzzy"}
 
 
-def _rewrite(text: str, how: str, rng: random.Random) -> str:
-    if how == "latex":
-        return re.sub(r"\s*([=+\-<>])\s*", r" \1 ", text).replace("\\frac", "\\dfrac").replace("$", "$ ")
-    if how == "number":
-        nums = list(re.finditer(r"\d+", text))
-        if not nums:
-            return text + " "
-        m = rng.choice(nums)
-        return text[: m.start()] + str(int(m.group()) + 7) + text[m.end():]
-    return re.sub(r"\b(Find|Compute|Calculate|What is)\b", "Determine", text, count=1) if re.search(
-        r"\b(Find|Compute|Calculate|What is)\b", text) else "Determine: " + text
-
-
 def test_light_rewrites_are_caught_among_clean_training_problems(problems, step):
     rng = random.Random(5)
     items = []
     for name in ("math500", "aime24", "aime25", "amc23", "gsm8k", "minerva", "olympiadbench"):
         b = bench.load(name)
         for k in rng.sample(range(len(b)), min(40, len(b))):
-            items.append((name, b.ids[k], _rewrite(b.problems[k], ("latex", "number", "find")[len(items) % 3], rng)))
+            items.append((name, b.ids[k], rewrite(b.problems[k], ("latex", "number", "find")[len(items) % 3], rng)))
     clean = problems.sample(1500, seed=2)
     mixed = pl.DataFrame({"problem": [t for _, _, t in items] + clean["problem"].to_list()})
     found = step.matches(mixed)
