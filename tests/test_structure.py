@@ -118,8 +118,10 @@ def test_empty_thinking_has_no_steps() -> None:
 
 
 def test_parameters_are_validated() -> None:
-    with pytest.raises(RecipeError, match="model-ops"):
+    with pytest.raises(RecipeError, match="method 'model' needs a model"):
         build_step("segment_steps", {"mode": "model"})
+    with pytest.raises(RecipeError, match="segment_steps' own"):
+        build_step("profile", {"mode": "model"})
     with pytest.raises(RecipeError, match="min_step_chars"):
         build_step("segment_steps", {"min_step_chars": -1})
     with pytest.raises(RecipeError, match="unknown parameter"):

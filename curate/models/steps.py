@@ -14,7 +14,7 @@ THINK_CLOSE = ("</think>", "<|end_of_thought|>")
 def checked_model(settings: dict[str, Any] | None, method: str, needs: bool) -> None:
     if needs and settings is None:
         raise ValueError(f"method {method!r} needs a model: model: {{backend: transformers | openai | vllm, "
-                         "name_or_path: ...}} (or a recipe-level model: block)")
+                         "name_or_path: ...} (or a recipe-level model: block)")
     if settings is not None:
         check_settings(settings)
 
