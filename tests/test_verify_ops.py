@@ -33,7 +33,7 @@ def math500(math500_sample) -> pl.DataFrame:
 
 def test_pool_kills_a_hung_worker_and_goes_on() -> None:
     items = [("echo", 1), ("hang", 60), ("echo", 2), ("exit", 3), ("raise", "bad"), ("echo", 4)]
-    with WorkerPool(probe, 2, timeout_s=1.0) as pool:
+    with WorkerPool(probe, 2, timeout_s=3.0) as pool:  # roomy: a loaded machine must not kill an echo
         pool.map([("echo", 0)])  # workers started and ready
         t0 = time.monotonic()
         out = pool.map(items)
@@ -44,7 +44,7 @@ def test_pool_kills_a_hung_worker_and_goes_on() -> None:
     assert isinstance(out[1], Failed) and out[1].kind == "timeout" and "killed" in out[1].message
     assert isinstance(out[3], Failed) and out[3].kind == "crash" and "exit code 3" in out[3].message
     assert isinstance(out[4], Failed) and out[4].kind == "error" and "ValueError: bad" in out[4].message
-    assert wall < 1.0 + 1.0  # the hang costs its timeout plus a small constant, not 60 s
+    assert wall < 3.0 + 1.5  # the hang costs its timeout plus a small constant, not 60 s
 
 
 def test_pool_rejects_bad_arguments() -> None:
