@@ -148,8 +148,7 @@ class Pipeline:
     def plan(self, input_schema: pa.Schema = TRACE_SCHEMA) -> list[pa.Schema]:
         """The schema after each step; raises PipelineError when a step reads a missing column."""
         schemas = _plan_chain(self.steps, input_schema, first=1)
-        for name, steps in self.variants.items():
-            _plan_chain(steps, schemas[-1] if schemas else input_schema, first=len(self.steps) + 1, variant=name)
+        self.variant_plans(schemas[-1] if schemas else input_schema)  # variants are checked too
         return schemas
 
     def variant_plans(self, base_schema: pa.Schema) -> dict[str, list[pa.Schema]]:
@@ -239,27 +238,28 @@ class _Run:
         started = time.time()
         read_fp = _hash(self.source.fingerprint(), SCHEMA_VERSION, self.p.batch_size)
         funnel = [self._read_stage(read_fp, input_schema)]
-        base_fp, base_dir, funnel_steps = self._chain(self.p.steps, schemas, read_fp, self._stage_dir(0, "read"),
-                                                      input_schema, first=1, folder=self.work)
+        base_fp, base_dir, funnel_steps = self._chain(self.p.steps, schemas, read_fp, _stage_dir(self.work, 0, "read"),
+                                                      first=1, folder=self.work)
         funnel += funnel_steps
         outputs: dict[str | None, tuple[Path, pa.Schema, list[dict]]] = {}
         if not self.p.variants:
             outputs[None] = (base_dir, base_schema, [])
         for name, steps in self.p.variants.items():
-            _, last, vfunnel = self._chain(steps, variant_schemas[name], base_fp, base_dir, base_schema,
-                                           first=len(self.p.steps) + 1, folder=self.work / f"variant-{name}")
+            _, last, vfunnel = self._chain(steps, variant_schemas[name], base_fp, base_dir,
+                                           first=len(self.p.steps) + 1, folder=self.work / f"variant-{name}",
+                                           label=f"{name}: ")
             outputs[name] = (last, variant_schemas[name][-1] if steps else base_schema, vfunnel)
         return self._finish(fingerprint, funnel, outputs, time.time() - started)
 
-    def _chain(self, steps: list[Step], schemas: list[pa.Schema], fp: str, prev_dir: Path,
-               prev_schema: pa.Schema, first: int, folder: Path) -> tuple[str, Path, list[dict]]:
+    def _chain(self, steps: list[Step], schemas: list[pa.Schema], fp: str, prev_dir: Path, first: int,
+               folder: Path, label: str = "") -> tuple[str, Path, list[dict]]:
         """Run steps one stage each, chaining fingerprints; returns the last fingerprint, folder, funnel."""
         funnel = []
         for i, (step, schema) in enumerate(zip(steps, schemas), first):
             fp = _hash(fp, {step.name: step.params()})
-            stage = folder / f"stage-{i:02d}-{step.name}"
-            funnel.append(self._step_stage(i, step, fp, prev_dir, prev_schema, schema, stage))
-            prev_dir, prev_schema = stage, schema
+            stage = _stage_dir(folder, i, step.name)
+            funnel.append(self._step_stage(i, step, fp, prev_dir, schema, stage, label + step.name))
+            prev_dir = stage
         return fp, prev_dir, funnel
 
     def _existing(self, fingerprint: str) -> RunResult | None:
@@ -287,9 +287,6 @@ class _Run:
             )
         return None
 
-    def _stage_dir(self, i: int, name: str) -> Path:
-        return self.work / f"stage-{i:02d}-{name}"
-
     def _open_stage(self, folder: Path, fingerprint: str) -> bool:
         """Prepare a stage folder; returns True when the stage already completed."""
         meta_path = folder / "_meta.json"
@@ -310,7 +307,7 @@ class _Run:
 
     # --- stage 0: read -------------------------------------------------------------------------
     def _read_stage(self, fingerprint: str, schema: pa.Schema) -> dict[str, Any]:
-        folder = self._stage_dir(0, "read")
+        folder = _stage_dir(self.work, 0, "read")
         if not self._open_stage(folder, fingerprint):
             bar = self._bar(f"[0/{len(self.p.steps)}] read", None)
             t0 = time.perf_counter()
@@ -333,8 +330,8 @@ class _Run:
         return self._stage_stats(0, "read", folder)
 
     # --- stage i: one step ---------------------------------------------------------------------
-    def _step_stage(self, i: int, step: Step, fingerprint: str, in_dir: Path, in_schema: pa.Schema,
-                    out_schema: pa.Schema, folder: Path) -> dict[str, Any]:
+    def _step_stage(self, i: int, step: Step, fingerprint: str, in_dir: Path, out_schema: pa.Schema,
+                    folder: Path, step_label: str) -> dict[str, Any]:
         if self._open_stage(folder, fingerprint):
             return self._stage_stats(i, step.name, folder)
         parts = sorted(in_dir.glob("part-*.parquet"))
@@ -342,10 +339,6 @@ class _Run:
         total = sum(counts)
         fit_seconds = 0.0
         n = len(self.p.steps) + max((len(v) for v in self.p.variants.values()), default=0)
-        if folder.parent.name.startswith("variant-"):
-            step_label = f"{folder.parent.name.removeprefix('variant-')}: {step.name}"
-        else:
-            step_label = step.name
         if step.needs_global_pass:
             t0 = time.perf_counter()
             bar = self._bar(f"[{i}/{n}] {step_label} (fit)", total)
@@ -464,6 +457,10 @@ class _Run:
             rows = concat_parquet(rparts, self.out / dest, rschema)
             rejects.append({"step": stats["name"], "path": dest, "rows": rows})
         return rejects
+
+
+def _stage_dir(folder: Path, i: int, name: str) -> Path:
+    return folder / f"stage-{i:02d}-{name}"
 
 
 def _write_card(out: Path) -> None:
