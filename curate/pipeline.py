@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import math
 import platform
 import re
 import sys
@@ -28,19 +29,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from curate.engines.base import Engine
+from curate.engines.parts import PartTask, apply_part, read_split, reject_schema, write_shard
 from curate.errors import PipelineError
 from curate.io.read import Source, read
 from curate.io.write import (
-    WORK_COMPRESSION,
     concat_parquet,
     read_metadata,
     remove_tree,
+    shard_names,
     write_json_atomic,
     write_parquet_atomic,
-    write_shards,
 )
 from curate.schema import SCHEMA_VERSION, TRACE_SCHEMA
-from curate.step import REJECT_REASON, Step
+from curate.step import Step
 
 WORK_DIR = ".curate"
 MANIFEST = "manifest.json"
@@ -163,6 +165,7 @@ class Pipeline:
         overwrite: bool = False,
         progress: bool | None = None,
         engine: str = "local",
+        address: str | None = None,
         keep_work: bool = False,
         shard_bytes: int = 256 << 20,
         command: str | None = None,
@@ -170,12 +173,20 @@ class Pipeline:
     ) -> RunResult:
         """Run every step over ``data`` (a Source from ``read``, or anything ``read`` accepts)
         and write the dataset folder ``out`` (with its card, README.md, unless ``card=False``).
-        A rerun of a finished run returns it unchanged."""
-        if engine != "local":
-            raise PipelineError(f"engine {engine!r} is not available in this version; use engine='local'")
+        A rerun of a finished run returns it unchanged.
+
+        ``engine="ray"`` runs the same steps on a Ray cluster (``address``: an existing one, e.g.
+        ``"auto"`` or ``"ray://head:10001"``; default: start one on this machine) and writes the
+        same dataset; ``out`` must then be on storage every node sees."""
+        from curate.engines import get_engine
+
         source = data if isinstance(data, Source) else read(data)
-        return _Run(self, source, Path(out), resume, overwrite, progress, keep_work, shard_bytes, command,
-                    card).go()
+        runner = get_engine(engine, address)
+        try:
+            return _Run(self, source, Path(out), resume, overwrite, progress, keep_work, shard_bytes, command,
+                        card, runner).go()
+        finally:
+            runner.close()
 
 
 _CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -215,13 +226,14 @@ def _plan_chain(steps: list[Step], current: pa.Schema, first: int, variant: str 
 class _Run:
     def __init__(self, pipeline: Pipeline, source: Source, out: Path, resume: bool, overwrite: bool,
                  progress: bool | None, keep_work: bool, shard_bytes: int, command: str | None,
-                 card: bool = True):
+                 card: bool, engine: Engine):
         self.p, self.source, self.out = pipeline, source, out
         self.resume, self.overwrite, self.keep_work = resume, overwrite, keep_work
         self.progress_disabled = None if progress is None else not progress
         self.shard_bytes, self.command = shard_bytes, command
         self.work = out / WORK_DIR
         self.card = card
+        self.engine = engine
 
     # --- the whole run -------------------------------------------------------------------------
     def go(self) -> RunResult:
@@ -305,26 +317,21 @@ class _Run:
         return tqdm(total=total, desc=desc, unit=" rows", disable=self.progress_disabled, leave=False,
                     dynamic_ncols=True, file=sys.stderr)
 
-    # --- stage 0: read -------------------------------------------------------------------------
+    # --- stage 0: read ---------------------------------------------------------------------------
     def _read_stage(self, fingerprint: str, schema: pa.Schema) -> dict[str, Any]:
         folder = _stage_dir(self.work, 0, "read")
         if not self._open_stage(folder, fingerprint):
             bar = self._bar(f"[0/{len(self.p.steps)}] read", None)
-            t0 = time.perf_counter()
-            k = -1
-            for k, batch in enumerate(self.source.batches(self.p.batch_size)):
-                part = folder / f"part-{k:05d}.parquet"
-                if not part.exists():
-                    seconds = time.perf_counter() - t0
-                    if batch.rejects.num_rows:
-                        write_parquet_atomic(batch.rejects, folder / f"rejects-{k:05d}.parquet")
-                    stats = {"rows_in": batch.rows, "rejected": batch.rejects.num_rows, "seconds": seconds}
-                    write_parquet_atomic(batch.traces.cast(schema), part, {"part": stats}, WORK_COMPRESSION)
-                bar.update(batch.rows)
-                t0 = time.perf_counter()
+            splits = list(enumerate(self.source.splits()))
+            batch_size = self.p.batch_size
+
+            def work(_: Any, item: tuple[int, Source]) -> dict[str, int]:
+                return read_split(item[1], item[0], folder, schema, batch_size)
+
+            self.engine.map(work, splits, on_result=lambda r: bar.update(r["rows"]))
             bar.close()
-            if k < 0:  # empty input: one empty part keeps the stage well-formed
-                write_parquet_atomic(schema.empty_table(), folder / "part-00000.parquet",
+            if not any(folder.glob("part-*.parquet")):  # empty input: one empty part keeps the stage well-formed
+                write_parquet_atomic(schema.empty_table(), folder / "part-00000-00000.parquet",
                                      {"part": {"rows_in": 0, "rejected": 0, "seconds": 0.0}})
             self._close_stage(folder, fingerprint, {})
         return self._stage_stats(0, "read", folder)
@@ -339,41 +346,31 @@ class _Run:
         total = sum(counts)
         fit_seconds = 0.0
         n = len(self.p.steps) + max((len(v) for v in self.p.variants.values()), default=0)
+        planned = None
         if step.needs_global_pass:
             t0 = time.perf_counter()
             bar = self._bar(f"[{i}/{n}] {step_label} (fit)", total)
-            step.fit(_frames(parts, bar))
+            planned = self.engine.fit(step, parts, counts, folder / "_fit", lambda: _frames(parts, bar))
             bar.close()
             fit_seconds = time.perf_counter() - t0
-        reject_schema = _reject_schema(out_schema, step)
+        step.prepare()
+        rschema = reject_schema(out_schema, step)
         bar = self._bar(f"[{i}/{n}] {step_label}", total)
-        offset = 0
-        for k, (part, count) in enumerate(zip(parts, counts, strict=False)):
-            dest = folder / f"part-{k:05d}.parquet"
-            if dest.exists():
-                offset += count
-                bar.update(count)
-                continue
-            batch = pl.read_parquet(part)
-            t0 = time.perf_counter()
-            result = step.apply(batch, offset)
-            seconds = time.perf_counter() - t0
-            kept, rejected = result.kept, result.rejected
-            n_rej = 0 if rejected is None else rejected.height
-            if kept.height + n_rej != batch.height:
-                raise PipelineError(
-                    f"step {i} '{step.name}' returned {kept.height} kept + {n_rej} rejected rows "
-                    f"for a batch of {batch.height}: rows would be lost"
-                )
-            if n_rej:
-                write_parquet_atomic(_conform_rejects(rejected, reject_schema, step),
-                                     folder / f"rejects-{k:05d}.parquet")
-            stats = {"rows_in": batch.height, "rejected": n_rej, "seconds": seconds}
-            if result.stats:
-                stats["stats"] = result.stats
-            write_parquet_atomic(_conform(kept, out_schema, step), dest, {"part": stats}, WORK_COMPRESSION)
+        tasks, offset = [], 0
+        for k, (part, count) in enumerate(zip(parts, counts, strict=True)):
+            task = PartTask(k, str(part), str(folder / f"part-{k:05d}.parquet"), offset, count,
+                            str(folder / "_fit" / f"plan-{k:05d}.parquet") if planned else None)
             offset += count
-            bar.update(count)
+            if Path(task.dest).exists():
+                bar.update(count)
+            else:
+                tasks.append(task)
+
+        def work(s: Step, task: PartTask) -> dict[str, int]:
+            return apply_part(s, i, task, out_schema, rschema, planned)
+
+        self.engine.map(work, tasks, state=step, workers=step.worker_resources(),
+                        on_result=lambda r: bar.update(r["rows"]))
         bar.close()
         self._close_stage(folder, fingerprint, {"fit_seconds": fit_seconds})
         return self._stage_stats(i, step.name, folder)
@@ -424,8 +421,7 @@ class _Run:
             parts = sorted(last_dir.glob("part-*.parquet"))
             rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
             nbytes = sum(p.stat().st_size for p in parts)
-            written = write_shards((pq.read_table(p) for p in parts), self.out, schema, rows, nbytes,
-                                   config=config, shard_bytes=self.shard_bytes, metadata=shard_md)
+            written = self._write_shards(parts, schema, rows, nbytes, config, shard_md)
             files += written
             total_rows += rows
             if config is not None:
@@ -445,18 +441,42 @@ class _Run:
             remove_tree(self.work)
         return RunResult(self.out, manifest)
 
+    def _write_shards(self, parts: list[Path], schema: pa.Schema, rows: int, nbytes: int, config: str | None,
+                      metadata: dict[str, Any]) -> list[str]:
+        """Evenly sized shards named the way the HF hub expects, one unit of work each."""
+        n = max(1, math.ceil(nbytes / self.shard_bytes)) if rows else 1
+        n = min(n, max(rows, 1))
+        per = math.ceil(rows / n) if rows else 0
+        names = shard_names(n, config=config)
+        folder = self.out / Path(names[0]).parent
+        if folder.exists():
+            for old in folder.glob("train-*.parquet"):
+                old.unlink()
+        sized = [(str(p), pq.ParquetFile(p).metadata.num_rows) for p in parts]
+        items = [(self.out / name, min(k * per, rows), rows if k == n - 1 else min((k + 1) * per, rows))
+                 for k, name in enumerate(names)]
+
+        def work(_: Any, item: tuple[Path, int, int]) -> dict[str, int]:
+            return write_shard(sized, item[1], item[2], item[0], schema, metadata)
+
+        self.engine.map(work, items)
+        return names
+
     def _collect_rejects(self, funnel: list[dict], prefix: str) -> list[dict[str, Any]]:
         """One Parquet file per step that rejected rows, streamed from its parts."""
-        rejects = []
+        items = []
         for stats in funnel:
             rparts = sorted(Path(stats["_folder"]).glob("rejects-*.parquet"))
-            if not rparts:
-                continue
-            rschema = pq.read_schema(rparts[0]).remove_metadata()
-            dest = f"{prefix}/{stats['step']:02d}-{stats['name']}.parquet"
-            rows = concat_parquet(rparts, self.out / dest, rschema)
-            rejects.append({"step": stats["name"], "path": dest, "rows": rows})
-        return rejects
+            if rparts:
+                items.append((stats["name"], f"{prefix}/{stats['step']:02d}-{stats['name']}.parquet", rparts))
+        out = self.out
+
+        def work(_: Any, item: tuple[str, str, list[Path]]) -> dict[str, int]:
+            rschema = pq.read_schema(item[2][0]).remove_metadata()
+            return {"rows": concat_parquet(item[2], out / item[1], rschema)}
+
+        results = self.engine.map(work, items)
+        return [{"step": name, "path": dest, "rows": r["rows"]} for (name, dest, _), r in zip(items, results, strict=True)]
 
 
 def _stage_dir(folder: Path, i: int, name: str) -> Path:
@@ -501,44 +521,3 @@ def _frames(parts: list[Path], bar: tqdm) -> Iterator[pl.DataFrame]:
         frame = pl.read_parquet(p)
         yield frame
         bar.update(frame.height)
-
-
-def _reject_schema(out_schema: pa.Schema, step: Step) -> pa.Schema:
-    fields = [pa.field("reject_step", pa.string()), pa.field(REJECT_REASON, pa.string())]
-    fields += [pa.field(k, v) for k, v in step.reject_columns.items()]
-    fields += [f for f in out_schema if f.name not in step.reject_columns]
-    return pa.schema(fields)
-
-
-def _to_schema(frame: pl.DataFrame, schema: pa.Schema, step: Step, what: str, fill: set[str]) -> pa.Table:
-    table = frame.to_arrow()
-    cols = []
-    for f in schema:
-        if f.name in table.column_names:
-            col = table.column(f.name)
-            try:
-                cols.append(col.cast(f.type))
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                raise PipelineError(f"step '{step.name}': column {f.name} of its {what} is {col.type}, "
-                                    f"not {f.type}: {e}") from None
-        elif f.name in fill:
-            cols.append(pa.nulls(table.num_rows, f.type))
-        else:
-            raise PipelineError(f"step '{step.name}' did not produce column {f.name!r} in its {what}")
-    extra = set(table.column_names) - set(schema.names)
-    if extra:
-        raise PipelineError(f"step '{step.name}' added undeclared column(s) {', '.join(sorted(extra))} "
-                            f"to its {what}; declare them in `writes`")
-    return pa.Table.from_arrays(cols, schema=schema)
-
-
-def _conform(kept: pl.DataFrame, schema: pa.Schema, step: Step) -> pa.Table:
-    return _to_schema(kept, schema, step, "kept rows", set())
-
-
-def _conform_rejects(rejected: pl.DataFrame, schema: pa.Schema, step: Step) -> pa.Table:
-    if REJECT_REASON not in rejected.columns:
-        raise PipelineError(f"step '{step.name}' rejected rows without a {REJECT_REASON} column")
-    rejected = rejected.with_columns(pl.lit(step.name).alias("reject_step"))
-    fill = set(step.columns_written()) | set(step.reject_columns)
-    return _to_schema(rejected, schema, step, "rejected rows", fill)

@@ -64,6 +64,16 @@ class Step:
         """Process one batch; ``offset`` is the global position of its first row."""
         raise NotImplementedError
 
+    def prepare(self) -> None:
+        """Build, once and before any batch, what every batch shares (a benchmark index): a
+        distributed engine then ships it to its workers instead of each worker building it."""
+
+    def worker_resources(self) -> dict[str, float] | None:
+        """How a distributed engine runs this step: None, a stateless task per batch; a dict, a
+        pool of long-lived workers that each keep what the step loads once (a model, a verifier
+        pool), each reserving these resources (e.g. ``{"num_gpus": 1}``)."""
+        return None
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"

@@ -86,6 +86,11 @@ class Source:
     def batches(self, batch_size: int = 1024) -> Iterator[ReadBatch]:
         raise NotImplementedError
 
+    def splits(self) -> list[Source]:
+        """Independent pieces that read in parallel and, in order, yield exactly ``batches()``
+        (one per input file; an in-memory input is one piece)."""
+        return [self]
+
     def to_polars(self):
         """Read everything into one polars DataFrame (for exploration; pipelines stream)."""
         import polars as pl
@@ -419,10 +424,11 @@ def _detect(name: str, records: Iterable[tuple[int, Any, Any]]) -> Format | None
 class FileSource(Source):
     """One or more files (paths, globs or directories), each of a type known by its extension."""
 
-    def __init__(self, paths: list[Path], options: ReadOptions):
+    def __init__(self, paths: list[Path], options: ReadOptions, target: pa.Schema | None = None):
         self.paths = paths
         self.options = options
         self._fingerprint: str | None = None
+        self._target = target  # a split reads to the schema of the whole input's first file
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -443,7 +449,13 @@ class FileSource(Source):
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
+    def splits(self) -> list[Source]:
+        target = self.schema()
+        return [FileSource([p], self.options, target) for p in self.paths]
+
     def schema(self) -> pa.Schema:
+        if self._target is not None:
+            return self._target
         first = self.paths[0]
         if _kind(first) == "parquet":
             arrow = _open_parquet(first).schema_arrow

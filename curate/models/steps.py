@@ -19,6 +19,18 @@ def checked_model(settings: dict[str, Any] | None, method: str, needs: bool) -> 
         check_settings(settings)
 
 
+def model_resources(settings: dict[str, Any] | None) -> dict[str, float] | None:
+    """What one distributed worker holding this model reserves: its GPUs for vLLM and for
+    transformers on cuda, one CPU otherwise (None: no model, a stateless task is enough)."""
+    if settings is None:
+        return None
+    if settings["backend"] == "vllm":
+        return {"num_gpus": float(settings.get("tensor_parallel_size", 1))}
+    if settings["backend"] == "transformers" and str(settings.get("device", "cpu")).startswith("cuda"):
+        return {"num_gpus": 1.0}
+    return {}
+
+
 def backend_for(settings: dict[str, Any]) -> Backend:
     """The process-wide backend of these settings (a model loads once per process)."""
     return get_backend(settings)

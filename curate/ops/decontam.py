@@ -111,6 +111,12 @@ class Decontaminate(Step):
     def columns_written(self) -> dict[str, pa.DataType]:
         return dict(COLUMNS) if self.action == "flag" else {}
 
+    def prepare(self) -> None:
+        self.index  # noqa: B018 - built once here, shipped to every worker
+
+    def worker_resources(self) -> dict[str, float] | None:
+        return {} if "embedding" in self._methods else None  # the embedder loads once per worker
+
     @property
     def index(self) -> BenchmarkIndex:
         """The benchmarks' index, built on first use (shared by every batch)."""

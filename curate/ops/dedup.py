@@ -11,6 +11,7 @@ import polars as pl
 import pyarrow as pa
 import xxhash
 
+from curate.ops.minhash import duplicate_of
 from curate.step import Step, StepResult, reject_where
 
 _KEY_COLUMNS = {"problem_response": ("problem", "thinking", "solution"), "problem": ("problem",)}
@@ -79,11 +80,12 @@ class ExactDedup(Step):
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         assert self._rep is not None and self._ids is not None, "fit() must run before apply()"
-        positions = np.arange(offset, offset + batch.height)
-        rep = self._rep[offset: offset + batch.height]
-        drop = pl.Series(rep != positions)
-        dup_of = self._ids.gather(rep)
+        return self.reject_duplicates(batch, duplicate_of(self._ids, self._rep, offset, batch.height))
+
+    def reject_duplicates(self, batch: pl.DataFrame, duplicate_of: pl.Series, score: pl.Series | None = None) -> StepResult:
+        """Reject the rows whose ``duplicate_of`` (the kept row's id) is set; the rest are kept."""
         what = "problem" if self.mode == "problem" else "problem+response"
-        tagged = batch.with_columns(dup_of.alias("duplicate_of"))
-        result = reject_where(tagged, drop, pl.format("exact duplicate (normalised {}) of {}", pl.lit(what), pl.col("duplicate_of")))
+        tagged = batch.with_columns(duplicate_of.alias("duplicate_of"))
+        result = reject_where(tagged, duplicate_of.is_not_null(),
+                              pl.format("exact duplicate (normalised {}) of {}", pl.lit(what), pl.col("duplicate_of")))
         return StepResult(result.kept.drop("duplicate_of"), result.rejected)

@@ -31,6 +31,7 @@ from curate.models.steps import (
     backend_for,
     checked_model,
     fill,
+    model_resources,
     snapshot,
     verify_samples,
 )
@@ -150,6 +151,9 @@ class GradeDifficulty(Step):
         self._verifier: Verify | None = None
 
     # --- declarations ----------------------------------------------------------------------------
+    def worker_resources(self) -> dict[str, float] | None:
+        return model_resources(self.model) if self.method != "proxy" else None
+
     def columns_read(self) -> tuple[str, ...]:
         if self.method == "proxy":
             return ("thinking",)

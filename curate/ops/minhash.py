@@ -299,15 +299,23 @@ class MinHashDedup(Step):
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         assert self._rep is not None and self._jac is not None and self._ids is not None, "fit() must run first"
-        positions = np.arange(offset, offset + batch.height)
-        rep = self._rep[offset: offset + batch.height]
-        drop = pl.Series(rep != positions)
-        tagged = batch.with_columns(self._ids.gather(rep).alias("duplicate_of"),
-                                    pl.Series("minhash_jaccard", self._jac[offset: offset + batch.height]))
+        dup_of = duplicate_of(self._ids, self._rep, offset, batch.height)
+        return self.reject_duplicates(batch, dup_of, pl.Series(self._jac[offset: offset + batch.height]))
+
+    def reject_duplicates(self, batch: pl.DataFrame, duplicate_of: pl.Series, score: pl.Series) -> StepResult:
+        """Reject the rows whose ``duplicate_of`` (the kept row's id) is set, with their Jaccard ``score``."""
+        tagged = batch.with_columns(duplicate_of.alias("duplicate_of"), score.cast(pl.Float64).alias("minhash_jaccard"))
         reason = pl.format("near duplicate (MinHash, est. Jaccard {}) of {}", pl.col("minhash_jaccard").round(3),
                            pl.col("duplicate_of"))
-        result = reject_where(tagged, drop, reason)
+        result = reject_where(tagged, duplicate_of.is_not_null(), reason)
         return StepResult(result.kept.drop("duplicate_of", "minhash_jaccard"), result.rejected)
+
+
+def duplicate_of(ids: pl.Series, rep: np.ndarray, offset: int, height: int) -> pl.Series:
+    """The kept row's id for each row of a batch that is a duplicate, null for the rows kept."""
+    reps = rep[offset: offset + height]
+    dup = pl.Series(reps != np.arange(offset, offset + height))
+    return pl.select(pl.when(dup).then(ids.gather(reps)).otherwise(None)).to_series().alias("duplicate_of")
 
 
 def keep_rank(keep: str, n: int, lengths: list[pl.Series], best: list[pl.Series]) -> np.ndarray:

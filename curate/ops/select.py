@@ -37,31 +37,45 @@ class Sample(Step):
             raise ValueError(f"n must be >= 0, got {self.n}")
         if self.fraction is not None and not 0 < self.fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
-        self._keep: np.ndarray | None = None
+        self._cut: dict[str | None, tuple[int, int]] | None = None  # per stratum: the last (key, pos) kept
         self._total = 0
 
     def columns_read(self) -> tuple[str, ...]:
         return ("id",) + ((self.stratify_by,) if self.stratify_by else ())
 
+    def keys(self, batch: pl.DataFrame, offset: int) -> pl.DataFrame:
+        """(stratum, key, pos) of each row: rows are chosen by smallest seeded id hash, then position."""
+        stratum = (batch[self.stratify_by].cast(pl.String) if self.stratify_by
+                   else pl.Series([None] * batch.height, dtype=pl.String))
+        key = [xxhash.xxh3_64_intdigest(f"{self.seed}\x00{i}".encode()) for i in batch["id"].to_list()]
+        return pl.DataFrame({"stratum": stratum, "key": pl.Series(key, dtype=pl.UInt64),
+                             "pos": pl.Series(np.arange(offset, offset + batch.height), dtype=pl.Int64)})
+
     def fit(self, batches: Iterator[pl.DataFrame]) -> None:
-        parts = []
+        frames, offset = [], 0
         for b in batches:
-            cols = [b["id"]]
-            stratum = b[self.stratify_by].cast(pl.String) if self.stratify_by else pl.Series([None] * b.height, dtype=pl.String)
-            parts.append(pl.DataFrame({"id": cols[0], "stratum": stratum}))
-        rows = pl.concat(parts) if parts else pl.DataFrame({"id": [], "stratum": []}, schema={"id": pl.String, "stratum": pl.String})
-        rows = rows.with_row_index("pos").with_columns(
-            pl.Series("key", [xxhash.xxh3_64_intdigest(f"{self.seed}\x00{i}".encode()) for i in rows["id"].to_list()],
-                      dtype=pl.UInt64))
-        self._total = rows.height
-        sizes = rows.group_by("stratum").len().sort("stratum", nulls_last=True)
-        quotas = self._quotas(sizes["len"].to_list())
-        sizes = sizes.with_columns(pl.Series("quota", quotas, dtype=pl.Int64))
-        ranked = rows.sort(["key", "pos"]).with_columns(pl.int_range(pl.len()).over("stratum").alias("rank"))
-        chosen = ranked.join(sizes.select("stratum", "quota"), on="stratum", how="left", nulls_equal=True)
-        keep = np.zeros(rows.height, dtype=bool)
-        keep[chosen.filter(pl.col("rank") < pl.col("quota"))["pos"].to_numpy()] = True
-        self._keep = keep
+            frames.append(self.keys(b, offset))
+            offset += b.height
+        rows = pl.concat(frames) if frames else self.keys(pl.DataFrame({"id": []}, schema={"id": pl.String}), 0)
+        counts = rows.group_by("stratum").len()
+        self.set_cuts(dict(zip(counts["stratum"].to_list(), counts["len"].to_list(), strict=True)), rows)
+
+    def quotas(self, counts: dict[str | None, int]) -> dict[str | None, int]:
+        """Rows to keep per stratum, from the rows per stratum of the whole input."""
+        strata = sorted(counts, key=lambda s: (s is None, s or ""))
+        return dict(zip(strata, self._quotas([counts[s] for s in strata]), strict=True))
+
+    def set_cuts(self, counts: dict[str | None, int], candidates: pl.DataFrame) -> None:
+        """Fix the sample from the whole input's stratum sizes and the rows that may be chosen
+        (every row, or each part's smallest keys per stratum: the result is the same)."""
+        quotas = self.quotas(counts)
+        self._total = sum(counts.values())
+        quota = pl.DataFrame({"stratum": list(quotas), "quota": list(quotas.values())},
+                             schema={"stratum": pl.String, "quota": pl.Int64})
+        last = (candidates.sort(["key", "pos"]).with_columns(pl.int_range(pl.len()).over("stratum").alias("rank"))
+                .join(quota, on="stratum", how="left", nulls_equal=True)
+                .filter(pl.col("rank") == pl.col("quota") - 1))
+        self._cut = {s: (k, p) for s, k, p in last.select("stratum", "key", "pos").iter_rows()}
 
     def _quotas(self, sizes: list[int]) -> list[int]:
         total = sum(sizes)
@@ -79,9 +93,16 @@ class Sample(Step):
         return quotas
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
-        assert self._keep is not None, "fit() must run before apply()"
-        keep = self._keep[offset: offset + batch.height]
+        assert self._cut is not None, "fit() must run before apply()"
+        keys = self.keys(batch, offset)
+        cut = pl.DataFrame({"stratum": list(self._cut), "cut_key": [c[0] for c in self._cut.values()],
+                            "cut_pos": [c[1] for c in self._cut.values()]},
+                           schema={"stratum": pl.String, "cut_key": pl.UInt64, "cut_pos": pl.Int64})
+        keep = (keys.join(cut, on="stratum", how="left", nulls_equal=True, maintain_order="left")
+                .select((pl.col("key") < pl.col("cut_key"))
+                        | ((pl.col("key") == pl.col("cut_key")) & (pl.col("pos") <= pl.col("cut_pos"))))
+                .to_series().fill_null(False))
         size = f"n={self.n}" if self.n is not None else f"fraction={self.fraction}"
         strat = f", stratified by {self.stratify_by}" if self.stratify_by else ""
         reason = f"not sampled ({size} of {self._total}, seed={self.seed}{strat})"
-        return reject_where(batch, pl.Series(~keep), reason)
+        return reject_where(batch, ~keep, reason)

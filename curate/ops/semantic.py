@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from curate.ops.minhash import keep_rank, representatives, response_length
+from curate.ops.minhash import duplicate_of, keep_rank, representatives, response_length
 from curate.step import Step, StepResult, reject_where
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -171,10 +171,12 @@ class SemanticDedup(Step):
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         assert self._rep is not None and self._cos is not None and self._ids is not None, "fit() must run first"
-        positions = np.arange(offset, offset + batch.height)
-        rep = self._rep[offset: offset + batch.height]
-        tagged = batch.with_columns(self._ids.gather(rep).alias("duplicate_of"),
-                                    pl.Series("semantic_cosine", self._cos[offset: offset + batch.height]))
+        dup_of = duplicate_of(self._ids, self._rep, offset, batch.height)
+        return self.reject_duplicates(batch, dup_of, pl.Series(self._cos[offset: offset + batch.height]))
+
+    def reject_duplicates(self, batch: pl.DataFrame, duplicate_of: pl.Series, score: pl.Series) -> StepResult:
+        """Reject the rows whose ``duplicate_of`` (the kept row's id) is set, with their cosine ``score``."""
+        tagged = batch.with_columns(duplicate_of.alias("duplicate_of"), score.cast(pl.Float64).alias("semantic_cosine"))
         reason = pl.format("semantic duplicate (cosine {}) of {}", pl.col("semantic_cosine").round(3), pl.col("duplicate_of"))
-        result = reject_where(tagged, pl.Series(rep != positions), reason)
+        result = reject_where(tagged, duplicate_of.is_not_null(), reason)
         return StepResult(result.kept.drop("duplicate_of", "semantic_cosine"), result.rejected)

@@ -28,7 +28,14 @@ import polars as pl
 import pyarrow as pa
 
 from curate.models import SamplingParams
-from curate.models.steps import backend_counts, backend_for, checked_model, fill, snapshot
+from curate.models.steps import (
+    backend_counts,
+    backend_for,
+    checked_model,
+    fill,
+    model_resources,
+    snapshot,
+)
 from curate.step import REJECT_REASON, Step, StepResult
 from curate.structure.segment import paragraph_starts, spans
 from curate.structure.tokens import approx_expr, count_tokens
@@ -137,6 +144,9 @@ class Shorten(Step):
     @property
     def needs_global_pass(self) -> bool:  # type: ignore[override]
         return self.method == "shortest_correct"
+
+    def worker_resources(self) -> dict[str, float] | None:
+        return model_resources(self.model) if self.method == "rewrite" else None
 
     def columns_read(self) -> tuple[str, ...]:
         if self.method == "shortest_correct":

@@ -137,6 +137,11 @@ class SegmentSteps(Segmentation, Step):
         else:
             self._check_segmentation()
 
+    def worker_resources(self) -> dict[str, float] | None:
+        from curate.models.steps import model_resources
+
+        return model_resources(self.model) if self.mode == "model" else None
+
     def columns_read(self) -> tuple[str, ...]:
         return ("thinking",)
 

@@ -102,6 +102,9 @@ class Verify(Step):
             raise ValueError(f"code_memory_mb must be >= 64, got {self.code_memory_mb}")
         self._pool: WorkerPool | None = None
 
+    def worker_resources(self) -> dict[str, float] | None:
+        return {}  # long-lived workers keep their checker pool warm across batches
+
     def columns_read(self) -> tuple[str, ...]:
         return ("problem", "thinking", "solution", "answer", "reference_answer", "domain",
                 "test_cases", "test_fn_name")

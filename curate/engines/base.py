@@ -1,0 +1,53 @@
+"""What an engine is: a way to run one function over a list of work items, and a global pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curate.engines.parts import PlannedApply
+from curate.step import Step
+
+# fn(state, item) -> {"rows": n, ...}: the unit an engine distributes (state: e.g. the step it runs)
+WorkFn = Callable[[Any, Any], dict[str, Any]]
+
+
+class Engine:
+    """Runs the pipeline's units of work. Subclasses decide where; the files written are the same."""
+
+    name = ""
+
+    def map(self, fn: WorkFn, items: list[Any], *, state: Any = None, workers: dict[str, float] | None = None,
+            on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        """Call ``fn(state, item)`` for every item (in any order); ``workers`` asks for long-lived
+        workers holding ``state`` (a model, a verifier pool) with these resources each."""
+        raise NotImplementedError
+
+    def fit(self, step: Step, parts: list[Path], counts: list[int], folder: Path,
+            frames: Callable[[], Iterator[pl.DataFrame]]) -> PlannedApply | None:
+        """A global step's pass over the whole stage input. Returns None when the step's own
+        ``apply`` is then used, or a planned apply that reads the per-part plans written to ``folder``."""
+        step.fit(frames())
+        return None
+
+    def close(self) -> None:
+        """Release what the engine started."""
+
+
+class LocalEngine(Engine):
+    """Everything in this process, in order (steps parallelise inside, e.g. verify's worker pool)."""
+
+    name = "local"
+
+    def map(self, fn: WorkFn, items: list[Any], *, state: Any = None, workers: dict[str, float] | None = None,
+            on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        results = []
+        for item in items:
+            result = fn(state, item)
+            if on_result is not None:
+                on_result(result)
+            results.append(result)
+        return results
