@@ -164,7 +164,7 @@ class Pipeline:
         resume: bool = True,
         overwrite: bool = False,
         progress: bool | None = None,
-        engine: str = "local",
+        engine: str | Engine = "local",
         address: str | None = None,
         keep_work: bool = False,
         shard_bytes: int = 256 << 20,
@@ -186,7 +186,8 @@ class Pipeline:
             return _Run(self, source, Path(out), resume, overwrite, progress, keep_work, shard_bytes, command,
                         card, runner).go()
         finally:
-            runner.close()
+            if runner is not engine:  # an engine passed in is the caller's to close
+                runner.close()
 
 
 _CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")

@@ -12,8 +12,11 @@ from curate.errors import PipelineError
 ENGINES = ("local", "ray")
 
 
-def get_engine(name: str, address: str | None = None) -> Engine:
-    """The engine called ``name``; ``address`` points the ray engine at an existing cluster."""
+def get_engine(name: str | Engine, address: str | None = None) -> Engine:
+    """The engine called ``name`` (or ``name`` itself when it is an Engine); ``address`` points
+    the ray engine at an existing cluster."""
+    if isinstance(name, Engine):
+        return name
     if name == "local":
         if address is not None:
             raise PipelineError("address is for engine='ray'; the local engine runs in this process")

@@ -19,6 +19,8 @@ class Engine:
     """Runs the pipeline's units of work. Subclasses decide where; the files written are the same."""
 
     name = ""
+    distributed_fits = False  # run global passes as units of work (curate.engines.distributed)
+    buckets: int | None = None  # hash buckets of a shuffle (None: sized from the data)
 
     def map(self, fn: WorkFn, items: list[Any], *, state: Any = None, workers: dict[str, float] | None = None,
             on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
@@ -30,8 +32,13 @@ class Engine:
             frames: Callable[[], Iterator[pl.DataFrame]]) -> PlannedApply | None:
         """A global step's pass over the whole stage input. Returns None when the step's own
         ``apply`` is then used, or a planned apply that reads the per-part plans written to ``folder``."""
-        step.fit(frames())
-        return None
+        from curate.engines.distributed import distributed_fit
+
+        fitter = distributed_fit(step) if self.distributed_fits else None
+        if fitter is None:  # the step's own pass, streaming every part through this process
+            step.fit(frames())
+            return None
+        return fitter(self, step, parts, counts, folder)
 
     def close(self) -> None:
         """Release what the engine started."""
@@ -41,6 +48,12 @@ class LocalEngine(Engine):
     """Everything in this process, in order (steps parallelise inside, e.g. verify's worker pool)."""
 
     name = "local"
+
+    def __init__(self, *, distributed_fits: bool = False, buckets: int | None = None):
+        """``distributed_fits`` runs global passes the way the ray engine splits them (bounded
+        memory per unit, files under the stage's ``_fit/``), here one unit after another."""
+        self.distributed_fits = distributed_fits
+        self.buckets = buckets
 
     def map(self, fn: WorkFn, items: list[Any], *, state: Any = None, workers: dict[str, float] | None = None,
             on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:

@@ -146,33 +146,44 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 def candidate_pairs(keys: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Unique (i, j), i < j, pairs of rows that share a band bucket: array (m, 2) int64."""
-    found = []
     idx = np.flatnonzero(valid)
+    found = []
     for band in keys:
         k = band[idx]
         order = np.argsort(k, kind="stable")
-        sk, members = k[order], idx[order]
-        same = np.r_[False, sk[1:] == sk[:-1]]
-        if not same.any():
-            continue
-        group = np.cumsum(~same) - 1  # bucket number of each sorted position
-        first = np.flatnonzero(~same)
-        size = np.diff(np.r_[first, len(sk)])
-        in_multi = size[group] > 1
-        pos = np.flatnonzero(in_multi)
-        local = pos - first[group[pos]]
-        ahead = np.minimum(size[group[pos]] - 1 - local, _PAIR_WINDOW)
-        left = np.repeat(pos, ahead)
-        right = left + 1 + (np.arange(len(left)) - np.repeat(np.cumsum(ahead) - ahead, ahead))
-        pairs = [np.stack([members[left], members[right]], axis=1)]
-        big = np.flatnonzero(size > _PAIR_WINDOW + 1)  # star edges keep large buckets connected
-        for g in big:
-            rest = members[first[g] + _PAIR_WINDOW + 1: first[g] + size[g]]
-            pairs.append(np.stack([np.full(len(rest), members[first[g]]), rest], axis=1))
-        found.append(np.concatenate(pairs))
-    if not found:
+        found.append(bucket_pairs(k[order], idx[order]))
+    return unique_pairs(np.concatenate(found)) if found else np.empty((0, 2), dtype=np.int64)
+
+
+def bucket_pairs(sk: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """Pairs of rows within one band's buckets; ``sk`` is the band keys sorted, ``members`` the
+    rows in that order (by row within a bucket). Each member is paired with its next
+    ``_PAIR_WINDOW`` members, and the first member with every member of a larger bucket."""
+    same = np.r_[False, sk[1:] == sk[:-1]]
+    if not same.any():
         return np.empty((0, 2), dtype=np.int64)
-    pairs = np.sort(np.concatenate(found), axis=1)
+    group = np.cumsum(~same) - 1  # bucket number of each sorted position
+    first = np.flatnonzero(~same)
+    size = np.diff(np.r_[first, len(sk)])
+    in_multi = size[group] > 1
+    pos = np.flatnonzero(in_multi)
+    local = pos - first[group[pos]]
+    ahead = np.minimum(size[group[pos]] - 1 - local, _PAIR_WINDOW)
+    left = np.repeat(pos, ahead)
+    right = left + 1 + (np.arange(len(left)) - np.repeat(np.cumsum(ahead) - ahead, ahead))
+    pairs = [np.stack([members[left], members[right]], axis=1)]
+    big = np.flatnonzero(size > _PAIR_WINDOW + 1)  # star edges keep large buckets connected
+    for g in big:
+        rest = members[first[g] + _PAIR_WINDOW + 1: first[g] + size[g]]
+        pairs.append(np.stack([np.full(len(rest), members[first[g]]), rest], axis=1))
+    return np.concatenate(pairs).astype(np.int64)
+
+
+def unique_pairs(pairs: np.ndarray) -> np.ndarray:
+    """Pairs as (low, high), sorted, without repeats."""
+    if len(pairs) == 0:
+        return np.empty((0, 2), dtype=np.int64)
+    pairs = np.sort(pairs, axis=1)
     key = np.sort((pairs[:, 0].astype(np.uint64) << np.uint64(32)) | pairs[:, 1].astype(np.uint64))
     key = key[np.r_[True, key[1:] != key[:-1]]]  # sort + diff: numpy's hash-based unique is slower here
     return np.stack([(key >> np.uint64(32)).astype(np.int64), (key & np.uint64(0xFFFFFFFF)).astype(np.int64)], axis=1)

@@ -103,7 +103,8 @@ class Verify(Step):
         self._pool: WorkerPool | None = None
 
     def worker_resources(self) -> dict[str, float] | None:
-        return {}  # long-lived workers keep their checker pool warm across batches
+        # long-lived workers keep their checker pool warm across batches, one CPU per pool process
+        return {"num_cpus": float(max(1, min(default_workers(), 8) if self.workers is None else self.workers))}
 
     def columns_read(self) -> tuple[str, ...]:
         return ("problem", "thinking", "solution", "answer", "reference_answer", "domain",

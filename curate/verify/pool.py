@@ -264,7 +264,9 @@ class WorkerPool:
 
 
 def default_workers() -> int:
-    """The CPUs this process may run on."""
+    """The CPUs this process may run on (``CURATE_WORKERS`` when a distributed engine reserved fewer)."""
+    if os.environ.get("CURATE_WORKERS", "").isdigit():
+        return max(1, int(os.environ["CURATE_WORKERS"]))
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux

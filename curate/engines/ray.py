@@ -1,0 +1,163 @@
+"""The ray engine: the same units of work as the local engine, spread over a Ray cluster with Ray Data.
+
+Every unit (read one input file, apply a step to one part, one band of MinHash, write one shard)
+becomes one row of a small Ray Data dataset, and ``map_batches`` runs it where the cluster has
+room: stateless steps as tasks, steps that hold a model or a verifier pool on a pool of actors
+that keep it loaded (with the step's ``worker_resources``, e.g. a GPU each). Workers read and
+write the stage's Parquet parts themselves, so the traces never pass through the driver, and the
+parts are the local engine's (same names, same row order, same offsets): resume, rejects, the
+manifest and the card work unchanged, and the dataset is the same. Parts are the unit, not Ray
+Data blocks, because a block's boundaries depend on the cluster, and a part is written once,
+atomically, and skipped on resume.
+
+Global steps use the distributed passes of ``curate.engines.distributed`` (exact dedup, MinHash,
+sampling); the others (pairing, donor pools, semantic dedup, shortest-correct) run their own
+``fit`` on the driver, reading the parts one at a time, then apply on the cluster.
+
+The output folder must be on storage every node sees (a shared or network file system): the
+stage parts are how the workers hand data to each other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+from curate.engines.base import Engine, WorkFn
+from curate.errors import CurateError, PipelineError
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise PipelineError("engine='ray' needs Ray Data: pip install 'curate[ray]'") from None
+    return ray
+
+
+class RayEngine(Engine):
+    """Run a pipeline on a Ray cluster: ``Pipeline(...).run(src, out, engine="ray")``.
+
+    ``address``: an existing cluster (``"auto"``, ``"ray://head:10001"``, or the ``RAY_ADDRESS``
+    environment variable when None); with neither, Ray starts a local one on this machine.
+    ``num_cpus`` caps that local cluster. ``buckets`` fixes the exact-dedup shuffle width.
+    """
+
+    name = "ray"
+    distributed_fits = True
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None, buckets: int | None = None):
+        self.ray = _import_ray()
+        self.buckets = buckets
+        self._started = False
+        if not self.ray.is_initialized():
+            kwargs: dict[str, Any] = {"address": address, "include_dashboard": False,
+                                      "logging_level": logging.WARNING, "log_to_driver": False}
+            if num_cpus is not None:
+                kwargs["num_cpus"] = num_cpus
+            self.ray.init(**kwargs)
+            self._started = True
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per unit batch is noise here
+        context = self.ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # curate's own bars count rows
+        context.print_on_execution_start = False
+
+    def close(self) -> None:
+        if self._started and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._started = False
+
+    def _pool_size(self, workers: dict[str, float], units: int) -> int:
+        """Actors that fit the cluster at once for these per-worker resources (at least one)."""
+        have = self.ray.cluster_resources()
+        fits = [have.get("CPU", 1) // max(workers.get("num_cpus", 1), 1e-9)]
+        if workers.get("num_gpus"):
+            fits.append(have.get("GPU", 0) // workers["num_gpus"])
+        return int(max(1, min(units, *fits)))
+
+    def map(self, fn: WorkFn, items: list[Any], *, state: Any = None, workers: dict[str, float] | None = None,
+            on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        if not items:
+            return []
+        import cloudpickle
+
+        ray = self.ray
+        rows = [{"i": i, "item": cloudpickle.dumps(item)} for i, item in enumerate(items)]
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        if workers is None:
+            job = ray.put(cloudpickle.dumps((fn, state)))  # once in the object store, read by every task
+            mapped = ds.map_batches(_run_units, batch_size=1, batch_format="pyarrow", fn_kwargs={"job": job})
+        else:
+            resources = {k: v for k, v in workers.items() if k in ("num_cpus", "num_gpus", "memory")}
+            mapped = ds.map_batches(_Worker, batch_size=1, batch_format="pyarrow",
+                                    fn_constructor_kwargs={"job": cloudpickle.dumps((fn, state)),
+                                                           "cpus": workers.get("num_cpus", 1)},
+                                    concurrency=self._pool_size(workers, len(items)), **resources)
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        try:
+            for row in mapped.iter_rows():
+                result = json.loads(row["result"])
+                results[row["i"]] = result
+                if on_result is not None:
+                    on_result(result)
+        except Exception as e:  # noqa: BLE001 - re-raised as the worker's own error when it is ours
+            raise _worker_error(e) from None
+        return [r if r is not None else {} for r in results]
+
+
+class _Worker:
+    """A long-lived worker: unpickles the job (and so the step and its model) once, then runs units."""
+
+    def __init__(self, job: bytes, cpus: float):
+        import cloudpickle
+
+        os.environ["CURATE_WORKERS"] = str(max(1, int(cpus)))  # pools inside size to what was reserved
+        self.fn, self.state = cloudpickle.loads(job)
+
+    def __call__(self, batch: Any) -> dict[str, list[Any]]:
+        return _units(self.fn, self.state, batch)
+
+
+def _run_units(batch: Any, job: Any) -> dict[str, list[Any]]:
+    import cloudpickle
+    import ray
+
+    fn, state = cloudpickle.loads(ray.get(job))
+    return _units(fn, state, batch)
+
+
+def _units(fn: WorkFn, state: Any, batch: Any) -> dict[str, list[Any]]:
+    import cloudpickle
+
+    out_i, out_r = [], []
+    for i, item in zip(batch["i"].to_pylist(), batch["item"].to_pylist(), strict=True):
+        result = fn(state, cloudpickle.loads(item))
+        out_i.append(i)
+        out_r.append(json.dumps(result, default=_plain))
+    return {"i": out_i, "result": out_r}
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    raise TypeError(f"cannot send {type(value).__name__} back from a worker")
+
+
+def _worker_error(error: BaseException) -> BaseException:
+    """The error a worker raised (curate's own, a ValueError...), out of Ray's wrappers."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (CurateError, ValueError, TypeError, KeyError, OSError, AssertionError)) \
+                and type(e).__module__.split(".")[0] != "ray":
+            return e
+        e = getattr(e, "cause", None) or e.__cause__
+    return PipelineError(f"a ray worker failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
