@@ -47,12 +47,16 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace a dataset already in the folder.")
 @click.option("--no-resume", is_flag=True, help="Start over instead of resuming a killed run.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when on a terminal).")
-@click.option("--engine", type=click.Choice(["local"]), default="local", show_default=True,
-              help="Execution engine.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process. ray: a Ray cluster through Ray Data (needs curate[ray]); the same "
+                   "dataset comes out.")
+@click.option("--address", metavar="ADDR",
+              help="--engine ray: the cluster to join (auto, ray://head:10001; default: $RAY_ADDRESS, "
+                   "else a local Ray on this machine). OUT must be on storage every node sees.")
 @click.option("--keep-work", is_flag=True, help="Keep the per-step intermediate Parquet parts (OUT/.curate).")
 @click.option("--no-card", is_flag=True, help="Skip the dataset card (README.md + plots); `curate card` writes it later.")
 def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progress: bool | None,
-        engine: str, keep_work: bool, no_card: bool) -> None:
+        engine: str, address: str | None, keep_work: bool, no_card: bool) -> None:
     """Run a YAML RECIPE and write a dataset folder.
 
     \b
@@ -66,12 +70,17 @@ def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progre
     Input paths in the recipe are relative to the recipe file; output paths to the current
     directory. A killed run resumes where it stopped when you run the same command again; a
     finished run is not redone.
+
+    \b
+    On a cluster:
+      ray start --head                      # or an existing cluster
+      curate run RECIPE --engine ray --address auto --out /shared/fs/dataset
     """
     from curate.recipe import run_recipe
 
     command = "curate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result = run_recipe(recipe, out, overwrite=overwrite, resume=not no_resume, progress=progress,
-                        engine=engine, keep_work=keep_work, command=command, card=not no_card)
+                        engine=engine, address=address, keep_work=keep_work, command=command, card=not no_card)
     click.echo(result.funnel)
     _echo_accuracy(result.manifest["funnel"])
     for name, config in result.manifest.get("configs", {}).items():

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+
+from curate.models.serve import make_server, start_in_thread
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "curate" / "data" / "samples"
@@ -29,3 +32,29 @@ def shared_data() -> Path:
     if not SHARED.exists():
         pytest.skip(f"{SHARED} not present (real public data beside the repo)")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def responses(shared_data: Path) -> list[dict]:
+    """Real MATH problems with 8 real model samples each and the graders' per-sample labels."""
+    return [json.loads(line) for line in (shared_data / "responses" / "simplerl_math_cot_100.jsonl").open()]
+
+
+@pytest.fixture(scope="session")
+def replay(responses: list[dict]):
+    """An OpenAI-compatible loopback server that answers a solve prompt with that problem's real samples."""
+    by_problem = {r["question"]: r["code"] for r in responses}
+    calls: list[dict] = []
+
+    def hook(path: str, body: dict):
+        calls.append(body)
+        problem = next(p for p in by_problem if body["prompt"].startswith(p))
+        samples = by_problem[problem][: body["n"]]
+        return (200, {"choices": [{"index": i, "text": s, "finish_reason": "stop"} for i, s in enumerate(samples)],
+                      "usage": {"prompt_tokens": 50, "completion_tokens": 300 * len(samples)}}, {})
+
+    server = make_server(None, hook=hook)  # type: ignore[arg-type]  (the hook answers every request)
+    url = start_in_thread(server)
+    yield url, calls
+    server.shutdown()
+    server.server_close()

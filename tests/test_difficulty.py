@@ -20,32 +20,6 @@ from curate.step import build_step
 N_PROBLEMS = 24
 
 
-@pytest.fixture(scope="module")
-def responses(shared_data: Path) -> list[dict]:
-    """Real MATH problems with 8 real model samples each and the graders' per-sample labels."""
-    return [json.loads(line) for line in (shared_data / "responses" / "simplerl_math_cot_100.jsonl").open()]
-
-
-@pytest.fixture(scope="module")
-def replay(responses: list[dict]):
-    """An OpenAI-compatible loopback server that answers a solve prompt with that problem's real samples."""
-    by_problem = {r["question"]: r["code"] for r in responses}
-    calls: list[dict] = []
-
-    def hook(path: str, body: dict):
-        calls.append(body)
-        problem = next(p for p in by_problem if body["prompt"].startswith(p))
-        samples = by_problem[problem][: body["n"]]
-        return (200, {"choices": [{"index": i, "text": s, "finish_reason": "stop"} for i, s in enumerate(samples)],
-                      "usage": {"prompt_tokens": 50, "completion_tokens": 300 * len(samples)}}, {})
-
-    server = make_server(None, hook=hook)  # type: ignore[arg-type]  (the hook answers every request)
-    url = start_in_thread(server)
-    yield url, calls
-    server.shutdown()
-    server.server_close()
-
-
 def _problems(responses: list[dict], k: int = N_PROBLEMS) -> list[dict]:
     return [{"question": r["question"], "solution": r["gt_cot"], "answer": r["gt"]} for r in responses[:k]]
 

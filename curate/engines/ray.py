@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from curate.engines.base import Engine, WorkFn
-from curate.errors import CurateError, PipelineError
+from curate.errors import PipelineError
 
 
 def _import_ray() -> Any:
@@ -97,16 +97,16 @@ class RayEngine(Engine):
             mapped = ds.map_batches(_Worker, batch_size=1, batch_format="pyarrow",
                                     fn_constructor_kwargs={"job": cloudpickle.dumps((fn, state)),
                                                            "cpus": workers.get("num_cpus", 1)},
-                                    concurrency=self._pool_size(workers, len(items)), **resources)
+                                    compute=ray.data.ActorPoolStrategy(size=self._pool_size(workers, len(items))),
+                                    max_restarts=0, **resources)  # a lost unit is redone by the resume, not Ray
         results: list[dict[str, Any] | None] = [None] * len(items)
-        try:
-            for row in mapped.iter_rows():
-                result = json.loads(row["result"])
-                results[row["i"]] = result
-                if on_result is not None:
-                    on_result(result)
-        except Exception as e:  # noqa: BLE001 - re-raised as the worker's own error when it is ours
-            raise _worker_error(e) from None
+        for row in mapped.iter_rows():
+            if row["error"] is not None:  # the unit's own exception, raised here as it would be locally
+                raise cloudpickle.loads(row["error"])
+            result = json.loads(row["result"])
+            results[row["i"]] = result
+            if on_result is not None:
+                on_result(result)
         return [r if r is not None else {} for r in results]
 
 
@@ -132,14 +132,30 @@ def _run_units(batch: Any, job: Any) -> dict[str, list[Any]]:
 
 
 def _units(fn: WorkFn, state: Any, batch: Any) -> dict[str, list[Any]]:
+    """Run the batch's units; an exception comes back as data (Ray's wrappers would lose its type)."""
     import cloudpickle
 
-    out_i, out_r = [], []
+    out: dict[str, list[Any]] = {"i": [], "result": [], "error": []}
     for i, item in zip(batch["i"].to_pylist(), batch["item"].to_pylist(), strict=True):
-        result = fn(state, cloudpickle.loads(item))
-        out_i.append(i)
-        out_r.append(json.dumps(result, default=_plain))
-    return {"i": out_i, "result": out_r}
+        try:
+            result, error = json.dumps(fn(state, cloudpickle.loads(item)), default=_plain), None
+        except Exception as e:  # noqa: BLE001 - sent back to the driver, which raises it
+            result, error = None, _pickled(e)
+        out["i"].append(i)
+        out["result"].append(result)
+        out["error"].append(error)
+    return out
+
+
+def _pickled(error: Exception) -> bytes:
+    import cloudpickle
+
+    try:
+        data = cloudpickle.dumps(error)
+        cloudpickle.loads(data)
+        return data
+    except Exception:  # noqa: BLE001 - an exception that does not travel: keep its type name and message
+        return cloudpickle.dumps(PipelineError(f"{type(error).__name__} in a ray worker: {error}"))
 
 
 def _plain(value: Any) -> Any:
@@ -148,16 +164,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     raise TypeError(f"cannot send {type(value).__name__} back from a worker")
-
-
-def _worker_error(error: BaseException) -> BaseException:
-    """The error a worker raised (curate's own, a ValueError...), out of Ray's wrappers."""
-    seen: set[int] = set()
-    e: BaseException | None = error
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, (CurateError, ValueError, TypeError, KeyError, OSError, AssertionError)) \
-                and type(e).__module__.split(".")[0] != "ray":
-            return e
-        e = getattr(e, "cause", None) or e.__cause__
-    return PipelineError(f"a ray worker failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
