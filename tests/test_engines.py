@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import cloudpickle
@@ -15,7 +16,7 @@ from curate.engines import LocalEngine, get_engine
 from curate.errors import PipelineError
 from curate.models import clear_backends
 from curate.ops import GradeDifficulty
-from curate.step import Step, StepResult, build_step
+from curate.step import REGISTRY, Step, StepResult, build_step
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import the test module
 
@@ -131,13 +132,12 @@ def test_distributed_passes_on_empty_input(traces: Path, tmp_path: Path) -> None
     assert result.rows == 0 and result.funnel["rows_in"].to_list()[2:] == [0, 0, 0]
 
 
+@dataclass
 class FailsOnce(Step):
     """Raises on the part at ``offset >= 80`` while the flag file exists (a worker dying mid-stage)."""
 
     name = "_test_fails_once"
-
-    def __init__(self, flag: str):
-        self.flag = flag
+    flag: str = ""
 
     def params(self) -> dict:
         return {}  # the same step (fingerprint) with or without the flag
@@ -146,6 +146,9 @@ class FailsOnce(Step):
         if offset >= 80 and Path(self.flag).exists():
             raise ValueError(f"boom at row {offset}")
         return StepResult(batch)
+
+
+REGISTRY.pop(FailsOnce.name)  # a test's step, not an operator `curate ops` should list
 
 
 def test_a_worker_error_surfaces_and_the_run_resumes(cluster, traces: Path, tmp_path: Path) -> None:

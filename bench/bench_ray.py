@@ -1,0 +1,154 @@
+"""The ray engine against the local engine on the same recipe and 100k real-length traces.
+
+    python bench/bench_ray.py                 # 100k rows, ~10 minutes on 2 cores
+    python bench/bench_ray.py --rows 20000    # smaller
+
+The corpus: problems from ../shared/data/problems made distinct by swapping a quarter of their
+words (bench/bench_minhash.py's corpus, 5% planted near-duplicates), each given the thinking and
+solution of a real trace from ../shared/data/traces (cycled, so texts are real-length). The recipe:
+exact_dedup -> extract_answer -> minhash_dedup -> sample: row-local steps and every
+distributed global pass. Each engine runs in its own process; memory is the peak of the summed RSS
+of that process and all its descendants (the Ray head, raylet and workers), sampled every 0.2 s.
+Both engines must write the same rows (checked). Then, from the ray run, the measured bytes per
+row of the MinHash pass's intermediate files, the basis of the 10M-row estimate in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import polars as pl
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.bench_minhash import corpus  # noqa: E402
+
+SHARED = Path(os.environ.get("CURATE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+RECIPE = [
+    {"exact_dedup": {"mode": "problem_response"}},
+    {"extract_answer": {}},
+    {"minhash_dedup": {"mode": "problem"}},
+    {"sample": {"fraction": 0.5, "seed": 0, "stratify_by": "source"}},
+]
+
+
+def make_input(rows: int, folder: Path) -> Path:
+    """``rows`` traces in 8 Parquet files of the trace schema (8 files: the read is split by file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(list(folder.glob("*.parquet"))) == 8:
+        return folder
+    from curate import read
+
+    real = read(SHARED / "traces").to_polars()
+    problems = corpus(rows)
+    idx = [k % real.height for k in range(rows)]
+    frame = real[idx].with_columns(pl.Series("problem", problems), pl.Series("id", [f"r{k}" for k in range(rows)]))
+    for f in range(8):
+        frame[f * rows // 8: (f + 1) * rows // 8].write_parquet(folder / f"part-{f}.parquet")
+    return folder
+
+
+class PeakTreeRSS:
+    """Peak of the summed RSS of this process and its descendants, sampled in a thread."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.me, self.peak, self._stop = psutil.Process(), 0, False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop:
+            total = 0
+            for p in [self.me, *self.me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.2)
+
+    def stop(self) -> int:
+        self._stop = True
+        self.thread.join()
+        return self.peak
+
+
+def child(engine: str, src: Path, out: Path) -> None:
+    """One engine's run (in its own process): wall time, start-up, peak tree RSS, MinHash scratch sizes."""
+    import curate.engines.distributed as dist
+    from curate import Pipeline
+    from curate.engines import get_engine
+    from curate.step import build_step
+
+    scratch: dict[str, int] = {}
+    finish = dist._finish
+
+    def measured(folder: Path, state: dict, names: list[str]) -> None:  # sizes before the cleanup
+        for name in names:
+            files = list((folder / name).rglob("*.parquet")) if (folder / name).exists() else []
+            scratch[f"{folder.parent.name}/{name}"] = sum(f.stat().st_size for f in files)
+        finish(folder, state, names)
+
+    dist._finish = measured
+    rss = PeakTreeRSS()
+    t0 = time.perf_counter()
+    runner = get_engine(engine, None) if engine == "local" else get_engine("ray")
+    startup = time.perf_counter() - t0
+    steps = [build_step(name, params) for entry in RECIPE for name, params in entry.items()]
+    result = Pipeline(steps, batch_size=4096).run(src, out, engine=runner, progress=False, card=False, overwrite=True)
+    wall = time.perf_counter() - t0
+    runner.close()
+    print(json.dumps({"wall_s": wall, "startup_s": startup, "peak_tree_rss_mib": rss.stop() / 2**20,
+                      "rows": result.rows, "funnel": result.funnel.drop("seconds").rows(), "scratch": scratch}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/curate-bench-ray"))
+    ap.add_argument("--child", nargs=3, metavar=("ENGINE", "SRC", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child[0], Path(args.child[1]), Path(args.child[2]))
+        return
+    src = make_input(args.rows, args.work / f"input-{args.rows}")
+    size = sum(f.stat().st_size for f in src.glob("*.parquet")) / 2**20
+    print(f"# {platform.node()}: {os.cpu_count()} CPUs, {args.rows:,} rows, input {size:,.0f} MiB Parquet")
+    runs = {}
+    for engine in ("local", "ray"):
+        done = subprocess.run([sys.executable, __file__, "--child", engine, str(src), str(args.work / f"out-{engine}")],
+                              capture_output=True, text=True, check=True)
+        runs[engine] = json.loads(done.stdout.strip().splitlines()[-1])
+    local, ray = runs["local"], runs["ray"]
+    same = pl.read_parquet(args.work / "out-local" / "data").equals(pl.read_parquet(args.work / "out-ray" / "data"))
+    assert same and local["funnel"] == ray["funnel"], "the engines disagree"
+    print("\n| engine | wall s | start-up s | rows/s | rows/s after start-up | peak RSS (process tree) MiB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in runs.items():
+        print(f"| {name} | {r['wall_s']:.1f} | {r['startup_s']:.1f} | {args.rows / r['wall_s']:,.0f} | "
+              f"{args.rows / (r['wall_s'] - r['startup_s']):,.0f} | {r['peak_tree_rss_mib']:,.0f} |")
+    print(f"\nray/local: wall {ray['wall_s'] / local['wall_s']:.2f}x, after start-up "
+          f"{(ray['wall_s'] - ray['startup_s']) / (local['wall_s'] - local['startup_s']):.2f}x, "
+          f"peak memory {ray['peak_tree_rss_mib'] / local['peak_tree_rss_mib']:.2f}x; same rows: {same}")
+    print("funnel (step, rows in, kept, rejected):", ray["funnel"])
+    rows_in = {f[1]: f[2] for f in ray["funnel"]}
+    print("\nintermediates of the distributed global passes (Parquet on disk, bytes per input row of the step):")
+    for name, nbytes in sorted(ray["scratch"].items()):
+        n = rows_in[name.split("/")[0].split("-", 2)[2]]
+        print(f"  {name}: {nbytes / n:,.1f} B/row ({nbytes / 2**20:,.1f} MiB over {n:,} rows)")
+
+
+if __name__ == "__main__":
+    main()
