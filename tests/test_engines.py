@@ -109,6 +109,7 @@ def test_ray_engine_writes_the_local_dataset(cluster, traces: Path, tmp_path: Pa
     {"minhash_dedup": {"mode": "problem", "shingle": "char", "verify": "none", "keep": "shortest", "bands": 9, "rows": 11}},
     {"sample": {"n": 70, "seed": 5}},
     {"sample": {"fraction": 0.3, "seed": 1, "stratify_by": "source"}},
+    {"semantic_dedup": {"threshold": 0.9, "keep": "longest"}},
 ])
 def test_distributed_global_passes_equal_the_in_memory_fit(step: dict, traces: Path, tmp_path: Path) -> None:
     """The passes the ray engine distributes, run unit by unit here: same kept rows, rejects and counts."""
@@ -122,6 +123,17 @@ def test_distributed_global_passes_equal_the_in_memory_fit(step: dict, traces: P
     split = run(LocalEngine(distributed_fits=True, buckets=3), "split")
     assert_same(local, split)
     assert local.funnel["rejected"][1] > 0
+
+
+def test_semantic_dedup_embeds_on_ray_workers(cluster, traces: Path, tmp_path: Path) -> None:
+    """Embeddings computed by Ray workers (per part, one model load each), pairs on the driver: the local answer."""
+    def run(engine: str, out: str) -> RunResult:
+        return Pipeline([build_step("semantic_dedup", {"threshold": 0.9})], batch_size=60).run(
+            traces, tmp_path / out, engine=engine, progress=False, card=False)
+
+    local, distributed = run("local", "local"), run("ray", "ray")
+    assert_same(local, distributed)
+    assert distributed.funnel["rejected"][1] >= 20
 
 
 def test_distributed_passes_on_empty_input(traces: Path, tmp_path: Path) -> None:

@@ -40,6 +40,10 @@ class Engine:
             return None
         return fitter(self, step, parts, counts, folder)
 
+    def gpus(self) -> float:
+        """GPUs the engine can give to workers (a step on ``device: auto`` asks for one when any)."""
+        return 0.0
+
     def close(self) -> None:
         """Release what the engine started."""
 

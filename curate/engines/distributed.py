@@ -16,6 +16,7 @@ cluster) and ends with small per-part plans that the apply tasks read; a finishe
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Callable
@@ -55,6 +56,8 @@ Fit = Callable[[Engine, Step, list[Path], list[int], Path], "PlannedApply | None
 
 def distributed_fit(step: Step) -> Fit | None:
     """The distributed global pass of this step, or None (the engine then runs ``step.fit``)."""
+    if type(step).__name__ == "SemanticDedup":  # an optional extra: not imported unless used
+        return fit_semantic_dedup
     return {ExactDedup: fit_exact_dedup, MinHashDedup: fit_minhash_dedup, Sample: fit_sample}.get(type(step))
 
 
@@ -209,48 +212,72 @@ def fit_minhash_dedup(engine: Engine, step: Step, parts: list[Path], counts: lis
         dups = _clusters(engine, step, pairs, starts, folder)
         _write_plans(dups, counts, folder)
         done = {"stats": {"rows": int(starts[-1]), "verified_pairs": len(pairs), "dropped": dups.height}}
-        _finish(folder, done, ["bands", "pairs", "rows", "shingles", "scores"])
+        _finish(folder, done, ["bands", "pairs", "rows", "shingles", "requests", "gathered", "scores"])
     step.stats = done["stats"]
     return apply_duplicates
 
 
 def _load_rows(folder: Path, starts: np.ndarray, positions: np.ndarray, columns: list[str]) -> pl.DataFrame:
     """The per-row files' ``columns`` for these global positions (only the parts they fall in)."""
-    parts = np.unique(np.searchsorted(starts, positions, side="right") - 1)
-    frames = [pl.read_parquet(folder / "rows" / f"part-{k:05d}.parquet", columns=["pos", *columns]) for k in parts]
     wanted = pl.DataFrame({"pos": positions.astype(np.int64)})
+    parts = np.unique(np.searchsorted(starts, positions, side="right") - 1)
+    frames = [pl.read_parquet(folder / "rows" / f"part-{k:05d}.parquet", columns=["pos", *columns])
+              .join(wanted, on="pos", how="semi") for k in parts]  # keep only the wanted rows of each part
     return wanted.join(pl.concat(frames), on="pos", how="left", maintain_order="left")
 
 
 def _score_pairs(engine: Engine, step: MinHashDedup, pairs: np.ndarray, starts: np.ndarray, folder: Path,
                  how: str) -> np.ndarray:
-    """Jaccard of each pair: exact on shingle sets (``jaccard``) or estimated from signatures."""
+    """Jaccard of each pair: exact on shingle sets (``jaccard``) or estimated from signatures.
+
+    Pairs are cut into chunks; each part sends the rows a chunk needs to that chunk's folder (a
+    shuffle of only the rows in pairs), so a scoring task reads its own rows and nothing else."""
     chunks = [pairs[s: s + PAIRS_PER_TASK] for s in range(0, len(pairs), PAIRS_PER_TASK)]
-    out = folder / "scores"
-    remove_tree(out)
+    if not chunks:
+        return np.empty(0)
+    for name in ("requests", "gathered", "scores"):
+        remove_tree(folder / name)
+    need = pl.DataFrame({"pos": np.concatenate([c.ravel() for c in chunks]),
+                         "chunk": np.repeat(np.arange(len(chunks)), [c.size for c in chunks])}).unique()
+    need = need.with_columns(pl.Series("part", np.searchsorted(starts, need["pos"].to_numpy(), side="right") - 1))
+    for (k,), frame in need.group_by("part"):
+        write_parquet_atomic(frame.drop("part").to_arrow(), folder / "requests" / f"part-{int(k):05d}.parquet")
+    source = "shingles" if how == "jaccard" else "rows"
+
+    def send(_: Any, request: Path) -> dict[str, int]:
+        wanted = pl.read_parquet(request)
+        data = pl.read_parquet(folder / source / request.name)
+        if how == "jaccard":  # shingle keys are pos << 32 | hash
+            data = data.with_columns((pl.col("key") // (1 << 32)).cast(pl.Int64).alias("pos"))
+        else:
+            data = data.select("pos", "sig")
+        sent = data.join(wanted, on="pos")
+        for (c,), frame in sent.group_by("chunk"):
+            write_parquet_atomic(frame.drop("chunk").to_arrow(),
+                                 folder / "gathered" / f"chunk-{int(c):05d}" / request.name)
+        return {"rows": sent.height}
+
+    engine.map(send, sorted((folder / "requests").glob("part-*.parquet")))
 
     def score(s: MinHashDedup, item: tuple[int, np.ndarray]) -> dict[str, int]:
         c, chunk = item
+        got = pl.read_parquet(str(folder / "gathered" / f"chunk-{c:05d}" / "*.parquet"))
         nodes, local = np.unique(chunk, return_inverse=True)
         local = local.reshape(chunk.shape)
-        if how == "jaccard":
-            keys = []
-            for k in np.unique(np.searchsorted(starts, nodes, side="right") - 1):
-                key = pq.read_table(folder / "shingles" / f"part-{k:05d}.parquet")["key"].to_numpy()
-                row = (key >> np.uint64(32)).astype(np.int64)
-                at = np.searchsorted(nodes, row)
-                hit = (at < len(nodes)) & (nodes[np.minimum(at, len(nodes) - 1)] == row)
-                keys.append((at[hit].astype(np.uint64) << np.uint64(32)) | (key[hit] & np.uint64(0xFFFFFFFF)))
-            values = _set_jaccard(np.concatenate(keys), len(nodes), local)  # parts ascend: keys stay sorted
+        if how == "jaccard":  # the rows' shingle keys with the row renumbered into this chunk, still sorted
+            key = np.sort(got["key"].to_numpy())
+            at = np.searchsorted(nodes, (key >> np.uint64(32)).astype(np.int64))
+            values = _set_jaccard((at.astype(np.uint64) << np.uint64(32)) | (key & np.uint64(0xFFFFFFFF)),
+                                  len(nodes), local)
         else:
-            sig = _sig_matrix(_load_rows(folder, starts, nodes, ["sig"]).to_arrow()["sig"], s.num_perm)
-            values = sig_jaccard(sig, local)
-        write_parquet_atomic(pa.table({"score": values}), out / f"chunk-{c:05d}.parquet")
+            got = got.sort("pos")
+            values = sig_jaccard(_sig_matrix(got.to_arrow()["sig"], s.num_perm), local)
+        write_parquet_atomic(pa.table({"score": values}), folder / "scores" / f"chunk-{c:05d}.parquet")
         return {"rows": len(chunk)}
 
     engine.map(score, list(enumerate(chunks)), state=step)
-    return np.concatenate([pq.read_table(out / f"chunk-{c:05d}.parquet")["score"].to_numpy()
-                           for c in range(len(chunks))]) if chunks else np.empty(0)
+    return np.concatenate([pq.read_table(folder / "scores" / f"chunk-{c:05d}.parquet")["score"].to_numpy()
+                           for c in range(len(chunks))])
 
 
 def _clusters(engine: Engine, step: MinHashDedup, pairs: np.ndarray, starts: np.ndarray, folder: Path) -> pl.DataFrame:
@@ -267,6 +294,54 @@ def _clusters(engine: Engine, step: MinHashDedup, pairs: np.ndarray, starts: np.
     dup_pairs = np.stack([nodes[dup], nodes[rep[dup]]], axis=1)
     score = _score_pairs(engine, step, dup_pairs, starts, folder, "signature")
     return pl.DataFrame({"pos": nodes[dup], "duplicate_of": rows["id"].gather(rep[dup]), "score": score})
+
+
+# --- semantic dedup: embeddings on workers, the pair scan where the matrix fits ---------------------
+
+
+def fit_semantic_dedup(engine: Engine, step: Step, parts: list[Path], counts: list[int], folder: Path) -> PlannedApply:
+    from curate.ops.semantic import Embedder, SemanticDedup, similar_pairs
+
+    assert isinstance(step, SemanticDedup)
+    if _done(folder) is None:
+        remove_tree(folder)
+        cols = list(dict.fromkeys(step.columns_read()))
+        shipped = copy.copy(step)
+        shipped._embedder = None  # each worker loads the model once, on its own device
+
+        def embed_part(s: SemanticDedup, item: tuple[int, str, int]) -> dict[str, int]:
+            k, path, offset = item
+            batch = pl.read_parquet(path, columns=cols)
+            if batch.height:
+                if s._embedder is None:
+                    s._embedder = Embedder(s.model, s.device, s.batch_size)
+                emb = s._embedder.encode(s._text(batch))
+                table = {"pos": np.arange(offset, offset + batch.height), "id": batch["id"].to_arrow(),
+                         "len": response_length(batch).to_arrow(),
+                         "emb": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1])}
+                if s.keep == "best":
+                    table["best"] = batch[s.best_by].to_arrow()
+                write_parquet_atomic(pa.table(table), folder / "rows" / f"part-{k:05d}.parquet")
+            return {"rows": batch.height}
+
+        gpu = step.device.startswith("cuda") or (step.device == "auto" and engine.gpus() > 0)
+        engine.map(embed_part, _parts(parts, counts), state=shipped, workers={"num_gpus": 1.0} if gpu else {})
+        files = sorted((folder / "rows").glob("*.parquet"))
+        dups = pl.DataFrame(schema={"pos": pl.Int64, "duplicate_of": pl.String, "score": pl.Float64})
+        if files:
+            rows = pl.concat([pl.read_parquet(f) for f in files])
+            emb = np.ascontiguousarray(rows["emb"].to_numpy(), dtype=np.float32)
+            n = rows.height
+            device = Embedder.pick_device(step.device)
+            pairs, _ = similar_pairs(emb, step.threshold, device)
+            best = [rows["best"]] if step.keep == "best" else []
+            rep = representatives(n, pairs, keep_rank(step.keep, n, [rows["len"]], best))
+            dup = np.flatnonzero(rep != np.arange(n))
+            dups = pl.DataFrame({"pos": rows["pos"].gather(dup), "duplicate_of": rows["id"].gather(rep[dup]),
+                                 "score": np.einsum("ij,ij->i", emb[dup], emb[rep[dup]]).astype(np.float64)})
+        _write_plans(dups, counts, folder)
+        _finish(folder, {"dropped": dups.height}, ["rows"])
+    return apply_duplicates
 
 
 # --- sample: counts, then each part's smallest keys ------------------------------------------------

@@ -72,6 +72,9 @@ class RayEngine(Engine):
             self.ray.shutdown()
         self._started = False
 
+    def gpus(self) -> float:
+        return float(self.ray.cluster_resources().get("GPU", 0))
+
     def _pool_size(self, workers: dict[str, float], units: int) -> int:
         """Actors that fit the cluster at once for these per-worker resources (at least one)."""
         have = self.ray.cluster_resources()

@@ -49,15 +49,23 @@ class Embedder:
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", batch_size: int = 128):
         require_sentence_transformers()
-        import torch
         from sentence_transformers import SentenceTransformer
 
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.device = self.pick_device(device)
         key = (resolve_model(model), self.device)
         if key not in _MODELS:  # one load per process: steps and tests share it
             _MODELS[key] = SentenceTransformer(key[0], device=self.device)
         self.model = _MODELS[key]
         self.batch_size = batch_size
+
+    @staticmethod
+    def pick_device(device: str) -> str:
+        """``auto``: cuda when this process sees a GPU, else cpu."""
+        if device != "auto":
+            return device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         out = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
