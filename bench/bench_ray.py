@@ -16,6 +16,7 @@ row of the MinHash pass's intermediate files, the basis of the 10M-row estimate 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -72,10 +73,8 @@ class PeakTreeRSS:
         while not self._stop:
             total = 0
             for p in [self.me, *self.me.children(recursive=True)]:
-                try:
+                with contextlib.suppress(psutil.Error):
                     total += p.memory_info().rss
-                except psutil.Error:
-                    pass
             self.peak = max(self.peak, total)
             time.sleep(0.2)
 
@@ -87,18 +86,21 @@ class PeakTreeRSS:
 
 def child(engine: str, src: Path, out: Path) -> None:
     """One engine's run (in its own process): wall time, start-up, peak tree RSS, MinHash scratch sizes."""
+    import pyarrow.parquet as pq
+
     import curate.engines.distributed as dist
     from curate import Pipeline
     from curate.engines import get_engine
     from curate.step import build_step
 
-    scratch: dict[str, int] = {}
+    scratch: dict[str, list[int]] = {}
     finish = dist._finish
 
     def measured(folder: Path, state: dict, names: list[str]) -> None:  # sizes before the cleanup
         for name in names:
             files = list((folder / name).rglob("*.parquet")) if (folder / name).exists() else []
-            scratch[f"{folder.parent.name}/{name}"] = sum(f.stat().st_size for f in files)
+            scratch[f"{folder.parent.name}/{name}"] = [sum(f.stat().st_size for f in files),
+                                                       sum(pq.ParquetFile(f).metadata.num_rows for f in files)]
         finish(folder, state, names)
 
     dist._finish = measured
@@ -145,9 +147,9 @@ def main() -> None:
     print("funnel (step, rows in, kept, rejected):", ray["funnel"])
     rows_in = {f[1]: f[2] for f in ray["funnel"]}
     print("\nintermediates of the distributed global passes (Parquet on disk, bytes per input row of the step):")
-    for name, nbytes in sorted(ray["scratch"].items()):
+    for name, (nbytes, records) in sorted(ray["scratch"].items()):
         n = rows_in[name.split("/")[0].split("-", 2)[2]]
-        print(f"  {name}: {nbytes / n:,.1f} B/row ({nbytes / 2**20:,.1f} MiB over {n:,} rows)")
+        print(f"  {name}: {nbytes / n:,.1f} B/row ({nbytes / 2**20:,.1f} MiB, {records:,} records, over {n:,} rows)")
 
 
 if __name__ == "__main__":
