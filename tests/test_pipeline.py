@@ -154,24 +154,29 @@ _KILLABLE = textwrap.dedent(
     @dataclass
     class Slow(Step):
         name = "test_slow"
+        delay: float = 0.0
+        def params(self):
+            return {}  # the same step however slow: the rerun resumes its stage
         def apply(self, batch, offset):
-            time.sleep(float(sys.argv[3]))
+            time.sleep(self.delay)
             return StepResult(batch)
 
-    Pipeline([ExactDedup(), Slow(), Sample(n=50, seed=3)], batch_size=10).run(
-        read(sys.argv[1]), out=sys.argv[2], progress=False)
+    Pipeline([ExactDedup(), Slow(float(sys.argv[3])), Sample(n=50, seed=3)], batch_size=10).run(
+        read(sys.argv[1]), out=sys.argv[2], progress=False, engine=sys.argv[4])
     """
 )
 
 
-def test_killed_run_resumes_without_losing_or_duplicating_rows(samples_dir, tmp_path):
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_killed_run_resumes_without_losing_or_duplicating_rows(engine, samples_dir, tmp_path):
+    """SIGKILL the whole run mid-stage (for ray: the driver, and with it the Ray it started)."""
     script = tmp_path / "job.py"
     script.write_text(_KILLABLE)
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, str(script), str(samples_dir), str(out), "0.1"], env=env)
+    proc = subprocess.Popen([sys.executable, str(script), str(samples_dir), str(out), "0.3", engine], env=env)
     slow_stage = out / ".curate" / "stage-02-test_slow"
-    deadline = time.time() + 60
+    deadline = time.time() + 120
     while time.time() < deadline and len(list(slow_stage.glob("part-*.parquet"))) < 4:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -180,10 +185,10 @@ def test_killed_run_resumes_without_losing_or_duplicating_rows(samples_dir, tmp_
     assert 4 <= done_before < 18, "the kill must land mid-stage"
     assert not (out / "manifest.json").exists()
 
-    resumed = subprocess.run([sys.executable, str(script), str(samples_dir), str(out), "0"], env=env, check=True)
+    resumed = subprocess.run([sys.executable, str(script), str(samples_dir), str(out), "0", engine], env=env, check=True)
     assert resumed.returncode == 0
     reference = tmp_path / "reference"
-    subprocess.run([sys.executable, str(script), str(samples_dir), str(reference), "0"], env=env, check=True)
+    subprocess.run([sys.executable, str(script), str(samples_dir), str(reference), "0", "local"], env=env, check=True)
     got = pl.read_parquet(out / "data" / "train-00000-of-00001.parquet")
     want = pl.read_parquet(reference / "data" / "train-00000-of-00001.parquet")
     assert got.equals(want)

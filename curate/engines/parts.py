@@ -21,7 +21,13 @@ import pyarrow.parquet as pq
 
 from curate.errors import PipelineError
 from curate.io.read import Source
-from curate.io.write import COMPRESSION, METADATA_KEY, WORK_COMPRESSION, write_parquet_atomic
+from curate.io.write import (
+    COMPRESSION,
+    METADATA_KEY,
+    WORK_COMPRESSION,
+    temp_path,
+    write_parquet_atomic,
+)
 from curate.schema import SCHEMA_VERSION
 from curate.step import REJECT_REASON, Step, StepResult
 
@@ -95,7 +101,7 @@ def write_shard(parts: list[tuple[str, int]], start: int, stop: int, dest: Path,
     md[METADATA_KEY] = json.dumps({"schema_version": SCHEMA_VERSION, **metadata}, default=str).encode()
     schema = schema.with_metadata(md)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp = temp_path(dest)
     at = 0
     with pq.ParquetWriter(tmp, schema, compression=COMPRESSION) as writer:
         for path, rows in parts:
