@@ -228,11 +228,11 @@ class _Run:
     def __init__(self, pipeline: Pipeline, source: Source, out: Path, resume: bool, overwrite: bool,
                  progress: bool | None, keep_work: bool, shard_bytes: int, command: str | None,
                  card: bool, engine: Engine):
-        self.p, self.source, self.out = pipeline, source, out
+        self.p, self.source, self.out = pipeline, source, out.resolve()  # workers may run elsewhere
         self.resume, self.overwrite, self.keep_work = resume, overwrite, keep_work
         self.progress_disabled = None if progress is None else not progress
         self.shard_bytes, self.command = shard_bytes, command
-        self.work = out / WORK_DIR
+        self.work = self.out / WORK_DIR
         self.card = card
         self.engine = engine
 
@@ -351,7 +351,8 @@ class _Run:
         if step.needs_global_pass:
             t0 = time.perf_counter()
             bar = self._bar(f"[{i}/{n}] {step_label} (fit)", total)
-            planned = self.engine.fit(step, parts, counts, folder / "_fit", lambda: _frames(parts, bar))
+            planned = self.engine.fit(step, parts, counts, folder / "_fit", lambda: _frames(parts, bar),
+                                      progress=bar.update)
             bar.close()
             fit_seconds = time.perf_counter() - t0
         step.prepare()
@@ -411,6 +412,7 @@ class _Run:
             "libraries": library_versions(),
             "funnel": [_public(f) for f in funnel],
             "wall_seconds": round(wall, 3),
+            "engine": self.engine.name,
         }
         shard_md = {"manifest": {k: manifest[k] for k in ("fingerprint", "recipe", "input")}}
         remove_tree(self.out / "rejects")

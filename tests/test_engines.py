@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,17 +215,47 @@ def test_engine_choice_errors_are_clear(tmp_path: Path, traces: Path) -> None:
     assert get_engine(engine) is engine
 
 
-def test_cli_runs_a_recipe_on_ray(tmp_path: Path) -> None:
-    """`curate run --engine ray` starts a local Ray, runs the quickstart recipe and writes the local result."""
-    import subprocess
+@pytest.fixture()
+def head_node():
+    """A separate Ray cluster started the way one is on real machines, `ray start --head`, on loopback."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # loopback only; a real cluster may use token auth
+    head = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline and head.poll() is None, "ray start --head did not come up"
+                time.sleep(0.3)
+        yield f"127.0.0.1:{port}", env
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)  # the head, its raylet and workers share the process group
+        head.wait()
+        # `ray start` left its address for later ray.init() calls to join: forget the dead cluster
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if current.exists() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
 
+
+def test_cli_runs_a_recipe_on_an_existing_cluster(head_node, tmp_path: Path) -> None:
+    """`curate run --engine ray --address` joins a running cluster, from another working directory,
+    and writes the dataset `--engine local` writes."""
+    address, env = head_node
     recipe = Path(__file__).resolve().parent.parent / "pipelines" / "quickstart.yaml"
     outs = {}
     for engine in ("local", "ray"):
-        out = tmp_path / engine
-        done = subprocess.run([sys.executable, "-m", "curate.cli", "run", str(recipe), "--out", str(out), "--engine",
-                               engine, "--no-progress", "--no-card"], capture_output=True, text=True, timeout=300)
+        extra = ["--address", address] if engine == "ray" else []
+        done = subprocess.run([sys.executable, "-m", "curate.cli", "run", str(recipe), "--out", engine, "--engine",
+                               engine, *extra, "--no-progress", "--no-card"], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path, env=env)
         assert done.returncode == 0, done.stderr[-2000:]
         assert "wrote 50 rows" in done.stdout
-        outs[engine] = pl.read_parquet(out / "data")
+        outs[engine] = pl.read_parquet(tmp_path / engine / "data")
     assert outs["local"].equals(outs["ray"])

@@ -29,16 +29,18 @@ class Engine:
         raise NotImplementedError
 
     def fit(self, step: Step, parts: list[Path], counts: list[int], folder: Path,
-            frames: Callable[[], Iterator[pl.DataFrame]]) -> PlannedApply | None:
+            frames: Callable[[], Iterator[pl.DataFrame]],
+            progress: Callable[[int], Any] | None = None) -> PlannedApply | None:
         """A global step's pass over the whole stage input. Returns None when the step's own
-        ``apply`` is then used, or a planned apply that reads the per-part plans written to ``folder``."""
+        ``apply`` is then used, or a planned apply that reads the per-part plans written to ``folder``
+        (``progress`` is told the rows each unit of its first pass over the parts covered)."""
         from curate.engines.distributed import distributed_fit
 
         fitter = distributed_fit(step) if self.distributed_fits else None
         if fitter is None:  # the step's own pass, streaming every part through this process
             step.fit(frames())
             return None
-        return fitter(self, step, parts, counts, folder)
+        return fitter(self, step, parts, counts, folder, progress)
 
     def gpus(self) -> float:
         """GPUs the engine can give to workers (a step on ``device: auto`` asks for one when any)."""

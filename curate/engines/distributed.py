@@ -51,7 +51,8 @@ from curate.step import Step, StepResult
 PAIRS_PER_TASK = 200_000  # candidate pairs one verification task checks
 _PLAN = pl.Schema({"row": pl.Int64, "duplicate_of": pl.String, "score": pl.Float64})
 
-Fit = Callable[[Engine, Step, list[Path], list[int], Path], "PlannedApply | None"]
+Progress = Callable[[int], Any] | None
+Fit = Callable[[Engine, Step, list[Path], list[int], Path, Progress], "PlannedApply | None"]
 
 
 def distributed_fit(step: Step) -> Fit | None:
@@ -91,6 +92,11 @@ def _write_plans(dups: pl.DataFrame, counts: list[int], folder: Path) -> None:
                              folder / f"plan-{int(k):05d}.parquet")
 
 
+def _told(progress: Progress) -> Callable[[dict[str, Any]], None] | None:
+    """An engine ``on_result`` that tells ``progress`` the rows each unit covered."""
+    return None if progress is None else lambda result: progress(result["rows"])
+
+
 def _done(folder: Path) -> dict[str, Any] | None:
     path = folder / "done.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -110,7 +116,8 @@ def _parts(parts: list[Path], counts: list[int]) -> list[tuple[int, str, int]]:
 # --- exact dedup: hash shuffle ---------------------------------------------------------------------
 
 
-def fit_exact_dedup(engine: Engine, step: Step, parts: list[Path], counts: list[int], folder: Path) -> PlannedApply:
+def fit_exact_dedup(engine: Engine, step: Step, parts: list[Path], counts: list[int], folder: Path,
+                    progress: Progress = None) -> PlannedApply:
     assert isinstance(step, ExactDedup)
     if _done(folder) is None:
         remove_tree(folder)
@@ -127,7 +134,7 @@ def fit_exact_dedup(engine: Engine, step: Step, parts: list[Path], counts: list[
                 write_parquet_atomic(frame.drop("bucket").to_arrow(), folder / "keys" / f"b-{int(b):04d}" / f"part-{k:05d}.parquet")
             return {"rows": batch.height}
 
-        engine.map(hash_part, _parts(parts, counts), state=step)
+        engine.map(hash_part, _parts(parts, counts), state=step, on_result=_told(progress))
         order = {"first": [pl.col("pos")], "longest": [-pl.col("len"), pl.col("pos")],
                  "shortest": [pl.col("len"), pl.col("pos")]}[step.keep]
 
@@ -161,7 +168,8 @@ def _sig_matrix(col: pa.ChunkedArray, num_perm: int) -> np.ndarray:
     return np.asarray(flat, dtype=np.uint32).reshape(-1, num_perm)
 
 
-def fit_minhash_dedup(engine: Engine, step: Step, parts: list[Path], counts: list[int], folder: Path) -> PlannedApply:
+def fit_minhash_dedup(engine: Engine, step: Step, parts: list[Path], counts: list[int], folder: Path,
+                      progress: Progress = None) -> PlannedApply:
     assert isinstance(step, MinHashDedup)
     done = _done(folder)
     if done is None:
@@ -194,7 +202,7 @@ def fit_minhash_dedup(engine: Engine, step: Step, parts: list[Path], counts: lis
                 write_parquet_atomic(pa.table({"key": key}), folder / "shingles" / f"part-{k:05d}.parquet")
             return {"rows": batch.height}
 
-        engine.map(sign_part, _parts(parts, counts), state=step)
+        engine.map(sign_part, _parts(parts, counts), state=step, on_result=_told(progress))
 
         def band_task(_: Any, band: Path) -> dict[str, int]:
             t = pl.read_parquet(str(band / "*.parquet")).sort(["key", "pos"])
@@ -299,7 +307,8 @@ def _clusters(engine: Engine, step: MinHashDedup, pairs: np.ndarray, starts: np.
 # --- semantic dedup: embeddings on workers, the pair scan where the matrix fits ---------------------
 
 
-def fit_semantic_dedup(engine: Engine, step: Step, parts: list[Path], counts: list[int], folder: Path) -> PlannedApply:
+def fit_semantic_dedup(engine: Engine, step: Step, parts: list[Path], counts: list[int], folder: Path,
+                       progress: Progress = None) -> PlannedApply:
     from curate.ops.semantic import Embedder, SemanticDedup, similar_pairs
 
     assert isinstance(step, SemanticDedup)
@@ -325,7 +334,8 @@ def fit_semantic_dedup(engine: Engine, step: Step, parts: list[Path], counts: li
             return {"rows": batch.height}
 
         gpu = step.device.startswith("cuda") or (step.device == "auto" and engine.gpus() > 0)
-        engine.map(embed_part, _parts(parts, counts), state=shipped, workers={"num_gpus": 1.0} if gpu else {})
+        engine.map(embed_part, _parts(parts, counts), state=shipped, workers={"num_gpus": 1.0} if gpu else {},
+                   on_result=_told(progress))
         files = sorted((folder / "rows").glob("*.parquet"))
         dups = pl.DataFrame(schema={"pos": pl.Int64, "duplicate_of": pl.String, "score": pl.Float64})
         if files:
@@ -347,7 +357,8 @@ def fit_semantic_dedup(engine: Engine, step: Step, parts: list[Path], counts: li
 # --- sample: counts, then each part's smallest keys ------------------------------------------------
 
 
-def fit_sample(engine: Engine, step: Step, parts: list[Path], counts: list[int], folder: Path) -> None:
+def fit_sample(engine: Engine, step: Step, parts: list[Path], counts: list[int], folder: Path,
+               progress: Progress = None) -> None:
     assert isinstance(step, Sample)
     done = _done(folder)
     if done is None:
@@ -360,7 +371,7 @@ def fit_sample(engine: Engine, step: Step, parts: list[Path], counts: list[int],
             return {"rows": keys.height, "strata": keys.group_by("stratum").len().rows()}
 
         totals: dict[str | None, int] = {}
-        for result in engine.map(count, items, state=step):
+        for result in engine.map(count, items, state=step, on_result=_told(progress)):
             for stratum, n in result["strata"]:
                 totals[stratum] = totals.get(stratum, 0) + n
         quotas = step.quotas(totals)

@@ -450,8 +450,8 @@ class FileSource(Source):
         return self._fingerprint
 
     def splits(self) -> list[Source]:
-        target = self.schema()
-        return [FileSource([p], self.options, target) for p in self.paths]
+        target = self.schema()  # absolute paths: a worker's working directory is not the caller's
+        return [FileSource([p.resolve()], self.options, target) for p in self.paths]
 
     def schema(self) -> pa.Schema:
         if self._target is not None:
