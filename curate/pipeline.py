@@ -228,7 +228,8 @@ class _Run:
     def __init__(self, pipeline: Pipeline, source: Source, out: Path, resume: bool, overwrite: bool,
                  progress: bool | None, keep_work: bool, shard_bytes: int, command: str | None,
                  card: bool, engine: Engine):
-        self.p, self.source, self.out = pipeline, source, out.resolve()  # workers may run elsewhere
+        self.p, self.source, self.shown = pipeline, source, out  # the folder as the caller named it
+        self.out = out.resolve()  # what workers get: their working directory is not ours
         self.resume, self.overwrite, self.keep_work = resume, overwrite, keep_work
         self.progress_disabled = None if progress is None else not progress
         self.shard_bytes, self.command = shard_bytes, command
@@ -282,7 +283,7 @@ class _Run:
             if manifest.get("fingerprint") == fingerprint and not self.overwrite:
                 if self.card and not (self.out / "README.md").exists():  # killed before the card
                     _write_card(self.out)
-                return RunResult(self.out, manifest)
+                return RunResult(self.shown, manifest)
             if not self.overwrite:
                 raise PipelineError(
                     f"{self.out} holds a dataset made from another input or recipe; "
@@ -442,7 +443,7 @@ class _Run:
             _write_card(self.out)
         if not self.keep_work:
             remove_tree(self.work)
-        return RunResult(self.out, manifest)
+        return RunResult(self.shown, manifest)
 
     def _write_shards(self, parts: list[Path], schema: pa.Schema, rows: int, nbytes: int, config: str | None,
                       metadata: dict[str, Any]) -> list[str]:

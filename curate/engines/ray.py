@@ -92,16 +92,16 @@ class RayEngine(Engine):
         ray = self.ray
         rows = [{"i": i, "item": cloudpickle.dumps(item)} for i, item in enumerate(items)]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        job = ray.put(cloudpickle.dumps((fn, state)))  # once in the object store, read by every worker
         if workers is None:
-            job = ray.put(cloudpickle.dumps((fn, state)))  # once in the object store, read by every task
             mapped = ds.map_batches(_run_units, batch_size=1, batch_format="pyarrow", fn_kwargs={"job": job})
         else:
             resources = {k: v for k, v in workers.items() if k in ("num_cpus", "num_gpus", "memory")}
+            # the reference travels inside a list: the actor's own arguments stay small and inline
             mapped = ds.map_batches(_Worker, batch_size=1, batch_format="pyarrow",
-                                    fn_constructor_kwargs={"job": cloudpickle.dumps((fn, state)),
-                                                           "cpus": workers.get("num_cpus", 1)},
+                                    fn_constructor_kwargs={"job": [job], "cpus": workers.get("num_cpus", 1)},
                                     compute=ray.data.ActorPoolStrategy(size=self._pool_size(workers, len(items))),
-                                    max_restarts=0, **resources)  # a lost unit is redone by the resume, not Ray
+                                    **resources)
         results: list[dict[str, Any] | None] = [None] * len(items)
         for row in mapped.iter_rows():
             if row["error"] is not None:  # the unit's own exception, raised here as it would be locally
@@ -116,11 +116,12 @@ class RayEngine(Engine):
 class _Worker:
     """A long-lived worker: unpickles the job (and so the step and its model) once, then runs units."""
 
-    def __init__(self, job: bytes, cpus: float):
+    def __init__(self, job: list[Any], cpus: float):
         import cloudpickle
+        import ray
 
         os.environ["CURATE_WORKERS"] = str(max(1, int(cpus)))  # pools inside size to what was reserved
-        self.fn, self.state = cloudpickle.loads(job)
+        self.fn, self.state = cloudpickle.loads(ray.get(job[0]))
 
     def __call__(self, batch: Any) -> dict[str, list[Any]]:
         return _units(self.fn, self.state, batch)
