@@ -102,6 +102,8 @@ def test_ray_engine_writes_the_local_dataset(cluster, traces: Path, tmp_path: Pa
     flagged = distributed.to_polars("clean")["decontam_benchmark"].drop_nulls()
     assert flagged.len() > 0 and set(flagged) <= {"math500", "minerva"}
     assert distributed.manifest["configs"]["wrong_answer"]["rows"] > 0
+    assert (local.manifest["engine"], distributed.manifest["engine"]) == ("local", "ray")
+    assert "ray engine" in (tmp_path / "ray" / "README.md").read_text()
     # the same published shards, byte for byte
     for name in distributed.manifest["output"]["files"]:
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name

@@ -445,7 +445,8 @@ def _body(folder: Folder, figures: dict[str, Any], plot_paths: dict[str, str], p
         summary += f"It holds {figures['rows']:,} rows"
         summary += f" in domain(s) {', '.join(domains)} from {len(sources)} source(s)." if sources else "."
     out += ["## Summary", "", summary, "",
-            f"Created {m.get('created')} with curate {m.get('curate_version')} (trace schema {m.get('schema_version')}); "
+            f"Created {m.get('created')} with curate {m.get('curate_version')} (trace schema {m.get('schema_version')}, "
+            f"{m.get('engine', 'local')} engine); "
             f"recipe fingerprint `{m.get('fingerprint')}`.", ""]
     out += ["```python", "from datasets import load_dataset", ""]
     if folder.has_variants:
