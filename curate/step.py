@@ -38,6 +38,9 @@ class Step:
     writes: ClassVar[dict[str, pa.DataType]] = {}
     reject_columns: ClassVar[dict[str, pa.DataType]] = {}  # detail columns on this step's rejects
     needs_global_pass: ClassVar[bool] = False
+    # what belongs to one process (a worker pool, a loaded model): not copied when the step is
+    # shipped to another process, which builds its own on first use
+    process_local: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -73,6 +76,13 @@ class Step:
         pool of long-lived workers that each keep what the step loads once (a model, a verifier
         pool), each reserving these resources (e.g. ``{"num_gpus": 1}``)."""
         return None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for name in self.process_local:
+            if name in state:
+                state[name] = None
+        return state
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())

@@ -144,6 +144,18 @@ def test_semantic_dedup_embeds_on_ray_workers(cluster, traces: Path, tmp_path: P
     assert distributed.funnel["rejected"][1] >= 20
 
 
+def test_a_used_step_ships_without_its_process_resources(traces: Path) -> None:
+    """A verify step that already ran here holds a live worker pool; a copy for another process
+    leaves it behind (and builds its own), so the same step objects can run on a second engine."""
+    step = build_step("verify", {"keep": "all", "workers": 1})
+    batch = read(traces).to_polars().head(5)
+    first = step.apply(batch, 0)
+    assert step._pool is not None
+    clone = cloudpickle.loads(cloudpickle.dumps(step))
+    assert clone._pool is None and step._pool is not None
+    assert clone.apply(batch, 0).kept.equals(first.kept)
+
+
 def test_distributed_passes_on_empty_input(traces: Path, tmp_path: Path) -> None:
     steps = [build_step("filter", {"min_thinking_chars": 10**9}), build_step("exact_dedup", {}),
              build_step("minhash_dedup", {}), build_step("sample", {"n": 5})]

@@ -16,7 +16,6 @@ cluster) and ends with small per-part plans that the apply tasks read; a finishe
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections.abc import Callable
@@ -315,8 +314,6 @@ def fit_semantic_dedup(engine: Engine, step: Step, parts: list[Path], counts: li
     if _done(folder) is None:
         remove_tree(folder)
         cols = list(dict.fromkeys(step.columns_read()))
-        shipped = copy.copy(step)
-        shipped._embedder = None  # each worker loads the model once, on its own device
 
         def embed_part(s: SemanticDedup, item: tuple[int, str, int]) -> dict[str, int]:
             k, path, offset = item
@@ -334,7 +331,7 @@ def fit_semantic_dedup(engine: Engine, step: Step, parts: list[Path], counts: li
             return {"rows": batch.height}
 
         gpu = step.device.startswith("cuda") or (step.device == "auto" and engine.gpus() > 0)
-        engine.map(embed_part, _parts(parts, counts), state=shipped, workers={"num_gpus": 1.0} if gpu else {},
+        engine.map(embed_part, _parts(parts, counts), state=step, workers={"num_gpus": 1.0} if gpu else {},
                    on_result=_told(progress))
         files = sorted((folder / "rows").glob("*.parquet"))
         dups = pl.DataFrame(schema={"pos": pl.Int64, "duplicate_of": pl.String, "score": pl.Float64})

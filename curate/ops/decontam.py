@@ -68,6 +68,8 @@ class Decontaminate(Step):
     action: Literal["drop", "flag"] = field(
         default="drop", metadata={"help": "drop: contaminated rows go to rejects; flag: keep all rows, annotate them"})
 
+    process_local = ("_embedder",)
+
     def __post_init__(self) -> None:
         names = bench.available() if self.benchmarks == "all" else self.benchmarks
         if isinstance(names, str):

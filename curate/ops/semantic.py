@@ -121,6 +121,7 @@ class SemanticDedup(Step):
     name = "semantic_dedup"
     needs_global_pass = True
     reject_columns = {"duplicate_of": pa.string(), "semantic_cosine": pa.float64()}
+    process_local = ("_embedder",)
 
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "sentence-transformers model name or local path"})
     threshold: float = field(default=0.95, metadata={"help": "cosine similarity at which two rows are duplicates"})

@@ -84,6 +84,8 @@ class Verify(Step):
     code_max_tests: int = field(default=50, metadata={"help": "run at most this many tests per code row"})
     code_memory_mb: int = field(default=1024, metadata={"help": "address-space limit of a code run (MB)"})
 
+    process_local = ("_pool",)
+
     def __post_init__(self) -> None:
         if self.domain not in DOMAINS:
             raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, got {self.domain!r}")
