@@ -60,10 +60,10 @@ def make_input(rows: int, folder: Path) -> Path:
 class PeakTreeRSS:
     """Peak of the summed RSS of this process and its descendants, sampled in a thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, every: float = 0.2) -> None:
         import psutil
 
-        self.me, self.peak, self._stop = psutil.Process(), 0, False
+        self.me, self.peak, self._stop, self.every = psutil.Process(), 0, False, every
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -76,7 +76,7 @@ class PeakTreeRSS:
                 with contextlib.suppress(psutil.Error):
                     total += p.memory_info().rss
             self.peak = max(self.peak, total)
-            time.sleep(0.2)
+            time.sleep(self.every)
 
     def stop(self) -> int:
         self._stop = True
@@ -116,12 +116,59 @@ def child(engine: str, src: Path, out: Path) -> None:
                       "rows": result.rows, "funnel": result.funnel.drop("seconds").rows(), "scratch": scratch}))
 
 
+def band_task_memory(bands: Path) -> None:
+    """Peak memory of one MinHash band task on all the band files of a run taken as ONE band
+    (20 x the rows: a band of a 20x larger corpus), above the process's RSS before it reads."""
+    import psutil
+
+    from curate.ops.minhash import bucket_pairs, unique_pairs
+
+    files = sorted(str(f) for f in bands.rglob("*.parquet"))
+    base = psutil.Process().memory_info().rss
+    rss = PeakTreeRSS(every=0.005)
+    t = pl.read_parquet(files).sort(["key", "pos"])  # what band_task does, on 20 bands' records at once
+    pairs = unique_pairs(bucket_pairs(t["key"].to_numpy(), t["pos"].to_numpy()))
+    peak = rss.stop()
+    print(json.dumps({"records": t.height, "pairs": int(len(pairs)), "peak_above_base_kib": (peak - base) // 1024,
+                      "base_kib": base // 1024}))
+
+
+def measure_band_task(src: Path, work: Path) -> dict:
+    """Run the MinHash pass unit by unit, keep its band files, measure a band task in a fresh process."""
+    import shutil
+
+    import curate.engines.distributed as dist
+    from curate import Pipeline
+    from curate.engines import LocalEngine
+    from curate.step import build_step
+
+    kept = work / "bands"
+    finish = dist._finish
+
+    def keep_bands(folder: Path, state: dict, names: list[str]) -> None:
+        if (folder / "bands").exists():
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(folder / "bands", kept)
+        finish(folder, state, names)
+
+    dist._finish = keep_bands
+    Pipeline([build_step("minhash_dedup", {})], batch_size=4096).run(
+        src, work / "out-bands", engine=LocalEngine(distributed_fits=True), progress=False, card=False, overwrite=True)
+    dist._finish = finish
+    done = subprocess.run([sys.executable, __file__, "--band-task", str(kept)], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--work", type=Path, default=Path("/tmp/curate-bench-ray"))
     ap.add_argument("--child", nargs=3, metavar=("ENGINE", "SRC", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--band-task", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.band_task:
+        band_task_memory(args.band_task)
+        return
     if args.child:
         child(args.child[0], Path(args.child[1]), Path(args.child[2]))
         return
@@ -150,6 +197,11 @@ def main() -> None:
     for name, (nbytes, records) in sorted(ray["scratch"].items()):
         n = rows_in[name.split("/")[0].split("-", 2)[2]]
         print(f"  {name}: {nbytes / n:,.1f} B/row ({nbytes / 2**20:,.1f} MiB, {records:,} records, over {n:,} rows)")
+    band = measure_band_task(src, args.work)
+    per = band["peak_above_base_kib"] * 1024 / band["records"]
+    print(f"\none MinHash band task on {band['records']:,} records (all 20 bands' files as one band): peak "
+          f"{band['peak_above_base_kib'] / 1024:,.0f} MiB above its start, {per:,.0f} B per record; "
+          f"a band of 10M rows: ~{per * 10e6 / 2**30:,.1f} GiB")
 
 
 if __name__ == "__main__":
