@@ -1,6 +1,6 @@
 """The ray engine against the local engine on the same recipe and 100k real-length traces.
 
-    python bench/bench_ray.py                 # 100k rows, ~10 minutes on 2 cores
+    python bench/bench_ray.py                 # 100k rows, ~3 minutes on 2 cores
     python bench/bench_ray.py --rows 20000    # smaller
 
 The corpus: problems from ../shared/data/problems made distinct by swapping a quarter of their
