@@ -229,6 +229,12 @@ def test_engine_choice_errors_are_clear(tmp_path: Path, traces: Path) -> None:
     assert get_engine(engine) is engine
 
 
+def test_ray_engine_without_ray_installed_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    with pytest.raises(PipelineError, match=r"pip install 'curate\[ray\]'"):
+        get_engine("ray")
+
+
 @pytest.fixture()
 def head_node():
     """A separate Ray cluster started the way one is on real machines, `ray start --head`, on loopback."""
