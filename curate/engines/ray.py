@@ -97,7 +97,7 @@ class RayEngine(Engine):
             mapped = ds.map_batches(_run_units, batch_size=1, batch_format="pyarrow", fn_kwargs={"job": job})
         else:
             resources = {k: v for k, v in workers.items() if k in ("num_cpus", "num_gpus", "memory")}
-            # the reference travels inside a list: the actor's own arguments stay small and inline
+            # by reference (in a list, so Ray passes it unresolved): stored once, however many actors start
             mapped = ds.map_batches(_Worker, batch_size=1, batch_format="pyarrow",
                                     fn_constructor_kwargs={"job": [job], "cpus": workers.get("num_cpus", 1)},
                                     compute=ray.data.ActorPoolStrategy(size=self._pool_size(workers, len(items))),
