@@ -361,7 +361,7 @@ class _Run:
         bar = self._bar(f"[{i}/{n}] {step_label}", total)
         tasks, offset = [], 0
         for k, (part, count) in enumerate(zip(parts, counts, strict=True)):
-            task = PartTask(k, str(part), str(folder / f"part-{k:05d}.parquet"), offset, count,
+            task = PartTask(k, str(part), str(folder / f"part-{k:05d}.parquet"), offset,
                             str(folder / "_fit" / f"plan-{k:05d}.parquet") if planned else None)
             offset += count
             if Path(task.dest).exists():

@@ -120,7 +120,7 @@ def fit_exact_dedup(engine: Engine, step: Step, parts: list[Path], counts: list[
     assert isinstance(step, ExactDedup)
     if _done(folder) is None:
         remove_tree(folder)
-        buckets = getattr(engine, "buckets", None) or shuffle_buckets(sum(counts), len(parts))
+        buckets = engine.buckets or shuffle_buckets(sum(counts), len(parts))
         cols = list(dict.fromkeys(["id", *step.columns_read()[1:], "thinking", "solution"]))
 
         def hash_part(s: ExactDedup, item: tuple[int, str, int]) -> dict[str, int]:
@@ -134,8 +134,7 @@ def fit_exact_dedup(engine: Engine, step: Step, parts: list[Path], counts: list[
             return {"rows": batch.height}
 
         engine.map(hash_part, _parts(parts, counts), state=step, on_result=_told(progress))
-        order = {"first": [pl.col("pos")], "longest": [-pl.col("len"), pl.col("pos")],
-                 "shortest": [pl.col("len"), pl.col("pos")]}[step.keep]
+        order = step.keep_order()
 
         def reduce_bucket(_: Any, bucket: Path) -> dict[str, int]:
             table = pl.read_parquet(str(bucket / "*.parquet"))
@@ -308,7 +307,7 @@ def _clusters(engine: Engine, step: MinHashDedup, pairs: np.ndarray, starts: np.
 
 def fit_semantic_dedup(engine: Engine, step: Step, parts: list[Path], counts: list[int], folder: Path,
                        progress: Progress = None) -> PlannedApply:
-    from curate.ops.semantic import Embedder, SemanticDedup, similar_pairs
+    from curate.ops.semantic import Embedder, SemanticDedup
 
     assert isinstance(step, SemanticDedup)
     if _done(folder) is None:
@@ -338,14 +337,11 @@ def fit_semantic_dedup(engine: Engine, step: Step, parts: list[Path], counts: li
         if files:
             rows = pl.concat([pl.read_parquet(f) for f in files])
             emb = np.ascontiguousarray(rows["emb"].to_numpy(), dtype=np.float32)
-            n = rows.height
-            device = Embedder.pick_device(step.device)
-            pairs, _ = similar_pairs(emb, step.threshold, device)
             best = [rows["best"]] if step.keep == "best" else []
-            rep = representatives(n, pairs, keep_rank(step.keep, n, [rows["len"]], best))
-            dup = np.flatnonzero(rep != np.arange(n))
+            rep, cos = step.clusters(emb, [rows["len"]], best, Embedder.pick_device(step.device))
+            dup = np.flatnonzero(rep != np.arange(rows.height))
             dups = pl.DataFrame({"pos": rows["pos"].gather(dup), "duplicate_of": rows["id"].gather(rep[dup]),
-                                 "score": np.einsum("ij,ij->i", emb[dup], emb[rep[dup]]).astype(np.float64)})
+                                 "score": cos[dup]})
         _write_plans(dups, counts, folder)
         _finish(folder, {"dropped": dups.height}, ["rows"])
     return apply_duplicates
@@ -372,14 +368,10 @@ def fit_sample(engine: Engine, step: Step, parts: list[Path], counts: list[int],
             for stratum, n in result["strata"]:
                 totals[stratum] = totals.get(stratum, 0) + n
         quotas = step.quotas(totals)
-        quota = pl.DataFrame({"stratum": list(quotas), "quota": list(quotas.values())},
-                             schema={"stratum": pl.String, "quota": pl.Int64})
 
         def smallest(s: Sample, item: tuple[int, str, int]) -> dict[str, int]:
             keys = s.keys(pl.read_parquet(item[1], columns=cols), item[2])
-            best = (keys.sort(["key", "pos"]).with_columns(pl.int_range(pl.len()).over("stratum").alias("rank"))
-                    .join(quota, on="stratum", how="left", nulls_equal=True)
-                    .filter(pl.col("rank") < pl.col("quota")).drop("rank", "quota"))
+            best = s.ranked(keys, quotas).filter(pl.col("rank") < pl.col("quota")).drop("rank", "quota")
             write_parquet_atomic(best.to_arrow(), folder / "smallest" / f"part-{item[0]:05d}.parquet")
             return {"rows": keys.height}
 

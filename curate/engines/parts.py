@@ -43,7 +43,6 @@ class PartTask:
     src: str
     dest: str
     offset: int
-    rows: int
     plan: str | None = None  # a distributed fit's per-part result, read by the step's planned apply
 
     @property

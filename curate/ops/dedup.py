@@ -11,8 +11,8 @@ import polars as pl
 import pyarrow as pa
 import xxhash
 
-from curate.ops.minhash import duplicate_of
-from curate.step import Step, StepResult, reject_where
+from curate.ops.minhash import duplicate_of, split_duplicates
+from curate.step import Step, StepResult
 
 _KEY_COLUMNS = {"problem_response": ("problem", "thinking", "solution"), "problem": ("problem",)}
 
@@ -50,6 +50,11 @@ class ExactDedup(Step):
     def columns_read(self) -> tuple[str, ...]:
         return ("id", *_KEY_COLUMNS[self.mode])
 
+    def keep_order(self) -> list[pl.Expr]:
+        """Sort keys over (pos, len) that put each duplicate group's survivor first."""
+        return {"first": [pl.col("pos")], "longest": [-pl.col("len"), pl.col("pos")],
+                "shortest": [pl.col("len"), pl.col("pos")]}[self.keep]
+
     def _keys(self, batch: pl.DataFrame) -> pl.DataFrame:
         cols = _KEY_COLUMNS[self.mode]
         text = batch.select(pl.concat_str([normalised(c) for c in cols], separator="\x00").alias("k"))["k"]
@@ -71,9 +76,7 @@ class ExactDedup(Step):
         table = pl.concat(keys).with_row_index("pos") if keys else pl.DataFrame(
             {"pos": [], "hi": [], "lo": [], "len": []},
             schema={"pos": pl.UInt32, "hi": pl.UInt64, "lo": pl.UInt64, "len": pl.Int64})
-        order = {"first": [pl.col("pos")], "longest": [-pl.col("len"), pl.col("pos")],
-                 "shortest": [pl.col("len"), pl.col("pos")]}[self.keep]
-        reps = table.sort(order).group_by(["hi", "lo"], maintain_order=True).agg(pl.col("pos").first().alias("rep"))
+        reps = table.sort(self.keep_order()).group_by(["hi", "lo"], maintain_order=True).agg(pl.col("pos").first().alias("rep"))
         rep = table.join(reps, on=["hi", "lo"], how="left").sort("pos")["rep"]
         self._rep = rep.to_numpy().astype(np.int64)
         self._ids = pl.concat(ids) if ids else pl.Series("id", [], dtype=pl.String)
@@ -85,7 +88,5 @@ class ExactDedup(Step):
     def reject_duplicates(self, batch: pl.DataFrame, duplicate_of: pl.Series, score: pl.Series | None = None) -> StepResult:
         """Reject the rows whose ``duplicate_of`` (the kept row's id) is set; the rest are kept."""
         what = "problem" if self.mode == "problem" else "problem+response"
-        tagged = batch.with_columns(duplicate_of.alias("duplicate_of"))
-        result = reject_where(tagged, duplicate_of.is_not_null(),
-                              pl.format("exact duplicate (normalised {}) of {}", pl.lit(what), pl.col("duplicate_of")))
-        return StepResult(result.kept.drop("duplicate_of"), result.rejected)
+        return split_duplicates(batch, duplicate_of,
+                                pl.format("exact duplicate (normalised {}) of {}", pl.lit(what), pl.col("duplicate_of")))

@@ -315,11 +315,20 @@ class MinHashDedup(Step):
 
     def reject_duplicates(self, batch: pl.DataFrame, duplicate_of: pl.Series, score: pl.Series) -> StepResult:
         """Reject the rows whose ``duplicate_of`` (the kept row's id) is set, with their Jaccard ``score``."""
-        tagged = batch.with_columns(duplicate_of.alias("duplicate_of"), score.cast(pl.Float64).alias("minhash_jaccard"))
         reason = pl.format("near duplicate (MinHash, est. Jaccard {}) of {}", pl.col("minhash_jaccard").round(3),
                            pl.col("duplicate_of"))
-        result = reject_where(tagged, duplicate_of.is_not_null(), reason)
-        return StepResult(result.kept.drop("duplicate_of", "minhash_jaccard"), result.rejected)
+        return split_duplicates(batch, duplicate_of, reason, "minhash_jaccard", score)
+
+
+def split_duplicates(batch: pl.DataFrame, duplicate_of: pl.Series, reason: pl.Expr,
+                     score_name: str | None = None, score: pl.Series | None = None) -> StepResult:
+    """Reject the rows whose ``duplicate_of`` (the kept row's id) is set; their rejects carry it
+    (and ``score_name``) beside ``reason``, which may read both columns."""
+    detail = [duplicate_of.alias("duplicate_of")]
+    if score_name is not None and score is not None:
+        detail.append(score.cast(pl.Float64).alias(score_name))
+    result = reject_where(batch.with_columns(detail), duplicate_of.is_not_null(), reason)
+    return StepResult(result.kept.drop([c.name for c in detail]), result.rejected)
 
 
 def duplicate_of(ids: pl.Series, rep: np.ndarray, offset: int, height: int) -> pl.Series:

@@ -68,14 +68,18 @@ class Sample(Step):
     def set_cuts(self, counts: dict[str | None, int], candidates: pl.DataFrame) -> None:
         """Fix the sample from the whole input's stratum sizes and the rows that may be chosen
         (every row, or each part's smallest keys per stratum: the result is the same)."""
-        quotas = self.quotas(counts)
         self._total = sum(counts.values())
+        last = self.ranked(candidates, self.quotas(counts)).filter(pl.col("rank") == pl.col("quota") - 1)
+        self._cut = {s: (k, p) for s, k, p in last.select("stratum", "key", "pos").iter_rows()}
+
+    @staticmethod
+    def ranked(keys: pl.DataFrame, quotas: dict[str | None, int]) -> pl.DataFrame:
+        """``keys`` with each row's ``rank`` in its stratum (by key, then position) and the
+        stratum's ``quota``: the rows with rank < quota are the sample."""
         quota = pl.DataFrame({"stratum": list(quotas), "quota": list(quotas.values())},
                              schema={"stratum": pl.String, "quota": pl.Int64})
-        last = (candidates.sort(["key", "pos"]).with_columns(pl.int_range(pl.len()).over("stratum").alias("rank"))
-                .join(quota, on="stratum", how="left", nulls_equal=True)
-                .filter(pl.col("rank") == pl.col("quota") - 1))
-        self._cut = {s: (k, p) for s, k, p in last.select("stratum", "key", "pos").iter_rows()}
+        return (keys.sort(["key", "pos"]).with_columns(pl.int_range(pl.len()).over("stratum").alias("rank"))
+                .join(quota, on="stratum", how="left", nulls_equal=True))
 
     def _quotas(self, sizes: list[int]) -> list[int]:
         total = sum(sizes)

@@ -20,8 +20,14 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from curate.ops.minhash import duplicate_of, keep_rank, representatives, response_length
-from curate.step import Step, StepResult, reject_where
+from curate.ops.minhash import (
+    duplicate_of,
+    keep_rank,
+    representatives,
+    response_length,
+    split_duplicates,
+)
+from curate.step import Step, StepResult
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _MODELS: dict[tuple[str, str], Any] = {}
@@ -169,14 +175,20 @@ class SemanticDedup(Step):
             if self.keep == "best":
                 best.append(batch[self.best_by])
         emb = np.concatenate(embs) if embs else np.zeros((0, 1), dtype=np.float32)
-        n = len(emb)
-        pairs, _ = similar_pairs(emb, self.threshold, self._embedder.device)
-        self._rep = representatives(n, pairs, keep_rank(self.keep, n, lengths, best))
-        self._cos = np.ones(n, dtype=np.float64)
-        dup = np.flatnonzero(self._rep != np.arange(n))
-        if len(dup):
-            self._cos[dup] = np.einsum("ij,ij->i", emb[dup], emb[self._rep[dup]])
+        self._rep, self._cos = self.clusters(emb, lengths, best, self._embedder.device)
         self._ids = pl.concat(ids) if ids else pl.Series("id", [], dtype=pl.String)
+
+    def clusters(self, emb: np.ndarray, lengths: list[pl.Series], best: list[pl.Series],
+                 device: str) -> tuple[np.ndarray, np.ndarray]:
+        """For each row (embeddings in input order), the row its cluster keeps and the cosine to it."""
+        n = len(emb)
+        pairs, _ = similar_pairs(emb, self.threshold, device)
+        rep = representatives(n, pairs, keep_rank(self.keep, n, lengths, best))
+        cos = np.ones(n, dtype=np.float64)
+        dup = np.flatnonzero(rep != np.arange(n))
+        if len(dup):
+            cos[dup] = np.einsum("ij,ij->i", emb[dup], emb[rep[dup]])
+        return rep, cos
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         assert self._rep is not None and self._cos is not None and self._ids is not None, "fit() must run first"
@@ -185,7 +197,5 @@ class SemanticDedup(Step):
 
     def reject_duplicates(self, batch: pl.DataFrame, duplicate_of: pl.Series, score: pl.Series) -> StepResult:
         """Reject the rows whose ``duplicate_of`` (the kept row's id) is set, with their cosine ``score``."""
-        tagged = batch.with_columns(duplicate_of.alias("duplicate_of"), score.cast(pl.Float64).alias("semantic_cosine"))
         reason = pl.format("semantic duplicate (cosine {}) of {}", pl.col("semantic_cosine").round(3), pl.col("duplicate_of"))
-        result = reject_where(tagged, duplicate_of.is_not_null(), reason)
-        return StepResult(result.kept.drop("duplicate_of", "semantic_cosine"), result.rejected)
+        return split_duplicates(batch, duplicate_of, reason, "semantic_cosine", score)
