@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from curate.engines.base import Engine
+from curate.engines.llm import given
 from curate.engines.parts import PartTask, apply_part, read_split, reject_schema, write_shard
 from curate.errors import PipelineError
 from curate.io.read import Source, read
@@ -369,11 +370,18 @@ class _Run:
             else:
                 tasks.append(task)
 
-        def work(s: Step, task: PartTask) -> dict[str, int]:
-            return apply_part(s, i, task, out_schema, rschema, planned)
+        gen = folder / "_gen"
+        ahead = self.engine.generate_ahead(step, tasks, gen, lambda what, total: self._bar(
+            f"[{i}/{n}] {step_label} ({what})", total))
+        workers = step.worker_resources()
+        if ahead and workers:  # the model ran in the generation pass: the apply only reads its output
+            workers = {k: v for k, v in workers.items() if k != "num_gpus"}
 
-        self.engine.map(work, tasks, state=step, workers=step.worker_resources(),
-                        on_result=lambda r: bar.update(r["rows"]))
+        def work(s: Step, task: PartTask) -> dict[str, int]:
+            with given(s, gen, task.k) if ahead else contextlib.nullcontext():
+                return apply_part(s, i, task, out_schema, rschema, planned)
+
+        self.engine.map(work, tasks, state=step, workers=workers, on_result=lambda r: bar.update(r["rows"]))
         bar.close()
         self._close_stage(folder, fingerprint, {"fit_seconds": fit_seconds})
         return self._stage_stats(i, step.name, folder)

@@ -77,6 +77,12 @@ class Step:
         pool), each reserving these resources (e.g. ``{"num_gpus": 1}``)."""
         return None
 
+    def generation_requests(self, batch: pl.DataFrame) -> list[tuple[str, Any]]:
+        """The (prompt, ``SamplingParams``) pairs ``apply`` sends the step's ``model`` for this batch,
+        so a distributed engine can generate every part's in one batch job ahead of the apply and
+        hand them in (``curate.engines.llm``); [] for a step that asks no model."""
+        return []
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         for name in self.process_local:

@@ -58,3 +58,10 @@ def replay(responses: list[dict]):
     yield url, calls
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from curate.models.tiny import build
+
+    return build(tmp_path_factory.mktemp("tiny") / "model")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -279,3 +280,150 @@ def test_cli_runs_a_recipe_on_an_existing_cluster(head_node, tmp_path: Path) -> 
         assert "wrote 50 rows" in done.stdout
         outs[engine] = pl.read_parquet(tmp_path / engine / "data")
     assert outs["local"].equals(outs["ray"])
+
+
+def test_generation_through_ray_data_llm_equals_local(cluster, responses, replay, tmp_path: Path) -> None:
+    """An openai model with ``ray_data_llm: true``: Ray Data's HTTP processor makes every generation
+    in one batch job, the apply workers only read them, and the dataset equals the local one."""
+    url, calls = replay
+    rows = [{"question": r["question"], "solution": r["gt_cot"], "answer": r["gt"]} for r in responses[:12]]
+
+    def grade(cache: str) -> list[Step]:
+        model = {"backend": "openai", "name_or_path": "replay", "base_url": url, "cache": str(tmp_path / cache),
+                 "ray_data_llm": True}
+        return [GradeDifficulty(method="pass_rate", model=model, n=4, verify_workers=0)]
+
+    try:
+        local = Pipeline(grade("local.sqlite"), batch_size=5).run(read(rows, source="m"), tmp_path / "a", progress=False)
+        before = len(calls)
+        distributed = Pipeline(grade("ray.sqlite"), batch_size=5).run(read(rows, source="m"), tmp_path / "b",
+                                                                     engine="ray", progress=False, keep_work=True)
+        made = len(calls) - before
+        again = Pipeline(grade("ray.sqlite"), batch_size=5).run(read(rows, source="m"), tmp_path / "c",
+                                                               engine="ray", progress=False)
+    finally:
+        clear_backends()
+    assert made == 12  # one request per prompt (4 samples each), none from the apply workers
+    gen = tmp_path / "b" / ".curate" / "stage-01-grade_difficulty" / "_gen"
+    assert sorted(p.name for p in (gen / "out").iterdir()) == ["round-00000-00002"]  # 3 parts, one round
+    assert local.to_polars().equals(distributed.to_polars())
+    assert local.rejects().equals(distributed.rejects())
+    stats = distributed.manifest["funnel"][1]["stats"]["generation"]
+    assert stats == local.manifest["funnel"][1]["stats"]["generation"] == {"cache_hits": 0, "generated": 12, "errors": 0}
+    # the apply put the batch job's completions in the cache: a new run asks the server for nothing
+    assert len(calls) - before == 12
+    assert again.manifest["funnel"][1]["stats"]["generation"] == {"cache_hits": 12, "generated": 0, "errors": 0}
+    assert again.to_polars().equals(local.to_polars())
+
+
+def test_vllm_requests_are_the_vllm_backends_own(cluster, tiny_model: Path, responses, tmp_path: Path) -> None:
+    """What the vLLM processor is given (no GPU here, so everything short of running it): one row per
+    sample with seed + j and the tokens the vllm backend would send; a prompt over the context is
+    refused before the job; the engine's output rows come back as the step's completions in order."""
+    from ray.data.llm import vLLMEngineProcessorConfig
+    from transformers import AutoTokenizer
+
+    from curate.engines import llm
+    from curate.models import get_backend
+    from curate.models.base import prompt_ids
+    from curate.models.vllm_backend import VLLMBackend
+
+    model = {"backend": "vllm", "name_or_path": str(tiny_model), "cache": False, "max_model_len": 512,
+             "tensor_parallel_size": 1}
+    assert isinstance(get_backend(model), VLLMBackend)  # built lazily: vLLM is not even installed here
+    step = GradeDifficulty(method="pass_rate", model=model, n=3, max_tokens=64)
+    long = {"question": "Compute " + " + ".join(str(k) for k in range(400)), "solution": "x", "answer": "1"}
+    rows = [{"question": r["question"], "solution": r["gt_cot"], "answer": r["gt"]} for r in responses[:4]] + [long]
+    src = tmp_path / "part.parquet"
+    read(rows, source="m").to_polars().write_parquet(src)
+    gen = tmp_path / "_gen"
+    try:
+        assert llm.collect(step, 7, str(src), gen) == {"rows": 5, "requests": 12}
+        requests = pl.read_parquet(llm.part_file(gen, "requests", 7))
+        prompts = [p for p, _ in step.generation_requests(pl.read_parquet(src))]
+        tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+        assert requests["tokens"].to_list() == [prompt_ids(tokenizer, p, False) for p in prompts[:4] for _ in range(3)]
+        sampling = [json.loads(b) for b in requests["body"]]
+        assert [s["seed"] for s in sampling] == [0, 1, 2] * 4 and {s["n"] for s in sampling} == {1}
+        assert requests["j"].to_list() == [0, 1, 2] * 4
+        refused = llm.completions_of(gen, 7)
+        assert len(refused) == 1 and all("prompt too long" in c.error for c in next(iter(refused.values())))
+
+        # the engine's output, as Ray's vLLM stage hands it to the postprocess, in shuffled order
+        out = []
+        for r in reversed(requests.with_columns(pl.lit("00007").alias("part")).to_dicts()):
+            made = 64 if r["j"] == 1 else 5  # sample 1 stops at max_tokens
+            out.append(llm._uniform({**llm._vllm_out({**r, "generated_text": f"sample {r['j']}",
+                                                        "num_input_tokens": len(r["tokens"]),
+                                                        "num_generated_tokens": made}), "__inference_error__": ""}))
+        failed = llm._uniform({"part": "00007", "key": "k", "j": 0, "n": 1, "__inference_error__": "CUDA OOM"})
+        folder = gen / "out" / "round-00007-00007" / "part=00007"
+        folder.mkdir(parents=True)
+        pl.DataFrame(out + [failed]).drop("part").write_parquet(folder / "x.parquet")
+        got = llm.completions_of(gen, 7)
+        first = got[requests["key"][0]]
+        assert [c.text for c in first] == ["sample 0", "sample 1", "sample 2"]
+        assert [c.finish_reason for c in first] == ["stop", "length", "stop"]
+        assert got["k"][0].error == "ray.data.llm: CUDA OOM"
+        assert len(got) == 4 + 1 + 1
+
+        processor = llm.build_processor(model, gpus=2)
+        config = processor.config
+        assert isinstance(config, vLLMEngineProcessorConfig)
+        assert config.concurrency == 2 and config.should_continue_on_error
+        assert config.engine_kwargs["max_model_len"] == 512 and "cache" not in config.engine_kwargs
+    finally:
+        clear_backends()
+
+
+@pytest.fixture()
+def flaky(responses):
+    """A loopback server that answers solve prompts with real samples, refuses one problem with a
+    400, and answers 503 to everything while ``state["down"]``."""
+    from curate.models.serve import make_server, start_in_thread
+
+    by_problem = {r["question"]: r["code"] for r in responses}
+    state = {"down": False, "refuse": responses[1]["question"], "calls": 0}
+
+    def hook(path: str, body: dict):
+        state["calls"] += 1
+        if state["down"]:
+            return 503, {"error": {"message": "overloaded"}}, {}
+        problem = next(p for p in by_problem if body["prompt"].startswith(p))
+        if problem == state["refuse"]:
+            return 400, {"object": "error", "message": "This model's maximum context length is 4096 tokens"}, {}
+        samples = by_problem[problem][: body["n"]]
+        return 200, {"choices": [{"index": i, "text": s} for i, s in enumerate(samples)], "usage": {}}, {}
+
+    server = make_server(None, hook=hook)  # type: ignore[arg-type]
+    yield start_in_thread(server), state
+    server.shutdown()
+    server.server_close()
+
+
+def test_ray_data_llm_failures_reject_or_stop_and_resume(cluster, responses, flaky, tmp_path: Path) -> None:
+    """A request the server refuses is rejected with the server's reason; a server that stays down
+    stops the stage with a clear error, and the re-run resumes it without redoing the request pass."""
+    url, state = flaky
+    rows = [{"question": r["question"], "solution": r["gt_cot"], "answer": r["gt"]} for r in responses[:6]]
+    model = {"backend": "openai", "name_or_path": "m", "base_url": url, "cache": False, "ray_data_llm": True,
+             "max_retries": 0, "backoff_s": 0.01}
+    steps = [GradeDifficulty(method="pass_rate", model=model, n=2, verify_workers=0)]
+    out = tmp_path / "o"
+    try:
+        state["down"] = True
+        with pytest.raises(PipelineError, match=r"ray.data.llm generation pass failed; .*re-run resumes.*maximum retries"):
+            Pipeline(steps, batch_size=3).run(read(rows, source="m"), out, engine="ray", progress=False)
+        gen = out / ".curate" / "stage-01-grade_difficulty" / "_gen"
+        collected = {p.name: p.stat().st_mtime_ns for p in (gen / "requests").iterdir()}
+        assert len(collected) == 2 and not list((gen / "out").iterdir())
+        state["down"] = False
+        result = Pipeline(steps, batch_size=3).run(read(rows, source="m"), out, engine="ray", progress=False,
+                                                   keep_work=True)
+    finally:
+        clear_backends()
+    assert {p.name: p.stat().st_mtime_ns for p in (gen / "requests").iterdir()} == collected
+    rejects = result.rejects()
+    assert rejects.height == 1 and rejects["problem"][0] == responses[1]["question"]
+    assert rejects["reject_reason"][0] == "generation failed: server error: This model's maximum context length is 4096 tokens"
+    assert result.to_polars().height == 5

@@ -17,13 +17,6 @@ from curate.models.serve import make_server, start_in_thread
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from curate.models.tiny import build
-
-    return build(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="session")
 def problems(shared_data: Path) -> list[str]:
     rows = [json.loads(line) for line in (shared_data / "benchmarks" / "simplerl_math500_test.jsonl").open()]
     return [r["problem"] for r in rows[:6] if len(r["problem"]) < 600]

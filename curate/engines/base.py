@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 
-from curate.engines.parts import PlannedApply
+from curate.engines.parts import PartTask, PlannedApply
 from curate.step import Step
 
 # fn(state, item) -> {"rows": n, ...}: the unit an engine distributes (state: e.g. the step it runs)
@@ -41,6 +41,13 @@ class Engine:
             step.fit(frames())
             return None
         return fitter(self, step, parts, counts, folder, progress)
+
+    def generate_ahead(self, step: Step, tasks: list[PartTask], gen: Path,
+                       bar: Callable[[str, int | None], Any]) -> bool:
+        """Make the generations ``step`` will ask for on these parts in one batch job, under ``gen``
+        (``curate.engines.llm``); True when the apply must then run under ``llm.given``. Here: no,
+        a step generates as it applies."""
+        return False
 
     def gpus(self) -> float:
         """GPUs the engine can give to workers (a step on ``device: auto`` asks for one when any)."""

@@ -10,6 +10,10 @@ manifest and the card work unchanged, and the dataset is the same. Parts are the
 Data blocks, because a block's boundaries depend on the cluster, and a part is written once,
 atomically, and skipped on resume.
 
+A step whose model is vLLM (or an openai one with ``ray_data_llm: true``) first has its
+generations made by a ``ray.data.llm`` processor in one Ray Data job (``curate.engines.llm``);
+its apply then reads them back and needs no GPU.
+
 Global steps use the distributed passes of ``curate.engines.distributed`` (exact dedup, MinHash,
 sampling); the others (pairing, donor pools, semantic dedup, shortest-correct) run their own
 ``fit`` on the driver, reading the parts one at a time, then apply on the cluster.
@@ -25,10 +29,13 @@ import logging
 import math
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from curate.engines.base import Engine, WorkFn
+from curate.engines.parts import PartTask
 from curate.errors import PipelineError
+from curate.step import Step
 
 
 def _import_ray() -> Any:
@@ -74,6 +81,23 @@ class RayEngine(Engine):
 
     def gpus(self) -> float:
         return float(self.ray.cluster_resources().get("GPU", 0))
+
+    def generate_ahead(self, step: Step, tasks: list[PartTask], gen: Path,
+                       bar: Callable[[str, int | None], Any]) -> bool:
+        """A vLLM step's generations (an openai one's with ``ray_data_llm: true``) made by a
+        ``ray.data.llm`` processor before the apply: ``curate.engines.llm``."""
+        from curate.engines import llm
+
+        if not llm.uses_processor(getattr(step, "model", None)):
+            return False
+        todo = [t for t in tasks if not llm.part_file(gen, "given", t.k).exists()]
+        counting = bar("requests", None)
+        self.map(_collect, todo, state=(step, gen), on_result=lambda r: counting.update(r["rows"]))
+        counting.close()
+        generating = bar("generate", None)
+        llm.run_rounds(self, step, [t.k for t in tasks], gen, generating.update)
+        generating.close()
+        return True
 
     def _pool_size(self, workers: dict[str, float], units: int) -> int:
         """Actors that fit the cluster at once for these per-worker resources (at least one)."""
@@ -125,6 +149,13 @@ class _Worker:
 
     def __call__(self, batch: Any) -> dict[str, list[Any]]:
         return _units(self.fn, self.state, batch)
+
+
+def _collect(state: tuple[Step, Path], task: PartTask) -> dict[str, int]:
+    from curate.engines.llm import collect
+
+    step, gen = state
+    return collect(step, task.k, task.src, gen)
 
 
 def _run_units(batch: Any, job: Any) -> dict[str, list[Any]]:

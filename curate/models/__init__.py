@@ -5,6 +5,9 @@ block and a step's ``model`` parameter share::
 
     {backend: transformers | openai | vllm, name_or_path: MODEL, cache: PATH | false, ...settings}
 
+(``ray_data_llm: true`` sends an openai model's requests through Ray Data's HTTP processor on
+the ray engine, as a vllm model's always go through its vLLM processor: ``curate.engines.llm``.)
+
 Remaining keys go to the backend (``TransformersBackend``, ``OpenAIBackend``, ``VLLMBackend``).
 One instance is kept per settings per process, so a model loads once for every step using it.
 ``backend.generate(prompts, SamplingParams(n=8, temperature=0.7, seed=0))`` returns, for each
@@ -52,6 +55,7 @@ def get_backend(settings: dict[str, Any]) -> Backend:
         kind = opts.pop("backend")
         model = opts.pop("name_or_path")
         where = opts.pop("cache", None)
+        opts.pop("ray_data_llm", None)  # read by the ray engine (curate.engines.llm), not the backend
         cache = None if where is False else GenerationCache(where or default_cache_path())
         if kind == "transformers":
             from curate.models.hf import TransformersBackend as cls

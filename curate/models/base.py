@@ -4,12 +4,15 @@ A backend is built from a plain settings dict (what a recipe's ``model:`` block 
 ``curate.models.get_backend``, which keeps one instance per settings per process, so a model is
 loaded once however many steps use it. ``Backend.generate`` looks every prompt up in the on-disk
 cache first and sends only the misses to the backend's ``_generate``; errors are never cached, so
-a re-run retries them and a killed run resumes with the finished prompts free.
+a re-run retries them and a killed run resumes with the finished prompts free. Completions made
+elsewhere (a distributed engine's batch job, ``curate.engines.llm``) are handed in with ``given``
+and then stand in for ``_generate``, so the step that asked reads them exactly as its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -100,11 +103,26 @@ class Backend:
         self.model = model
         self.cache = cache
         self.stats = GenerationStats()
+        self._given: Mapping[str, list[Completion]] = {}
 
     @property
     def model_id(self) -> str:
         """What the cache keys on: backend kind and model name."""
         return f"{self.kind}:{self.model}"
+
+    def key(self, prompt: str, params: SamplingParams) -> str:
+        """The cache key of one request to this backend."""
+        return cache_key(self.model_id, prompt, params_text(params.as_dict()))
+
+    @contextmanager
+    def given(self, completions: Mapping[str, list[Completion]]) -> Iterator[None]:
+        """Within the block, requests whose key is in ``completions`` take those instead of
+        generating (and are cached and counted as generated, as if this backend had made them)."""
+        self._given = completions
+        try:
+            yield
+        finally:
+            self._given = {}
 
     def generate(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
         """``params.n`` completions for each prompt, in prompt order (cached ones cost nothing)."""
@@ -119,7 +137,7 @@ class Backend:
                 todo.setdefault(k, p)
         if todo:
             todo_keys = list(todo)
-            made = self._generate([todo[k] for k in todo_keys], params)
+            made = self._made(todo_keys, [todo[k] for k in todo_keys], params)
             if len(made) != len(todo_keys):
                 raise RuntimeError(f"{self.kind} backend returned {len(made)} results for {len(todo_keys)} prompts")
             self.stats.generated += len(todo_keys)
@@ -133,6 +151,12 @@ class Backend:
             if self.cache is not None and fresh:
                 self.cache.put_many(self.model_id, fresh)
         return [found[k] for k in keys]
+
+    def _made(self, keys: list[str], prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        """The given completions of these keys, the rest from ``_generate``."""
+        rest = [i for i, k in enumerate(keys) if k not in self._given]
+        fresh = iter(self._generate([prompts[i] for i in rest], params) if rest else [])
+        return [self._given[k] if k in self._given else next(fresh) for k in keys]
 
     def _generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
         raise NotImplementedError

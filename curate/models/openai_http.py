@@ -72,7 +72,16 @@ class OpenAIBackend(Backend):
             self.stats.requests += 1
             return True
 
-    def _body(self, prompt: str, params: SamplingParams) -> dict[str, Any]:
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/{'chat/completions' if self.chat else 'completions'}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"}
+
+    def body(self, prompt: str, params: SamplingParams) -> dict[str, Any]:
+        """The JSON request of one prompt (``n`` samples)."""
         body: dict[str, Any] = {"model": self.model, "max_tokens": params.max_tokens,
                                 "temperature": params.temperature, "top_p": params.top_p,
                                 "n": params.n, "seed": params.seed, **self.extra_body}
@@ -85,9 +94,7 @@ class OpenAIBackend(Backend):
         return body
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        url = f"{self.base_url}/{'chat/completions' if self.chat else 'completions'}"
-        req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
-            "Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"})
+        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="POST", headers=self.headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 raw = resp.read()
@@ -109,33 +116,18 @@ class OpenAIBackend(Backend):
         except ValueError:
             raise _Retryable(f"malformed response body: {raw[:80]!r}") from None
 
-    def _parse(self, data: dict[str, Any], params: SamplingParams) -> list[Completion]:
-        try:
-            choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-            usage = data.get("usage") or {}
-            texts = [c["message"]["content"] if self.chat else c["text"] for c in choices]
-            finishes = [c.get("finish_reason") or "stop" for c in choices]
-        except (KeyError, TypeError, AttributeError) as e:
-            raise _Retryable(f"malformed completion: missing {e}") from None
-        if len(texts) != params.n or any(not isinstance(t, str) for t in texts):
-            raise _Retryable(f"malformed completion: {len(texts)} choices for n={params.n}")
-        prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        total = int(usage.get("completion_tokens") or 0)
-        # usage counts all n samples together; per-sample counts come from the server when it sends them
-        per = [int((c.get("usage") or {}).get("completion_tokens") or 0) for c in choices]
-        if not any(per) and total:
-            per = [total // params.n] * params.n
-        return [Completion(t, prompt_tokens, k, "length" if f == "length" else "stop")
-                for t, k, f in zip(texts, per, finishes, strict=True)]
+    def parse(self, data: dict[str, Any], params: SamplingParams) -> list[Completion]:
+        """The completions of a response body; a malformed one raises (retryable)."""
+        return parse_response(data, params.n, self.chat)
 
     def _one(self, prompt: str, params: SamplingParams) -> list[Completion]:
-        body = self._body(prompt, params)
+        body = self.body(prompt, params)
         last = "no request sent"
         for attempt in range(self.max_retries + 1):
             if not self._take_budget():
                 return failed(f"request budget exhausted ({self.max_requests} requests); last error: {last}", params.n)
             try:
-                return self._parse(self._post(body), params)
+                return self.parse(self._post(body), params)
             except _Fatal as e:
                 return failed(str(e), params.n)
             except _Retryable as e:
@@ -160,3 +152,24 @@ def _seconds(value: str | None) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
+
+
+def parse_response(data: dict[str, Any], n: int, chat: bool) -> list[Completion]:
+    """The ``n`` completions of a (chat) completions response body; a malformed one raises."""
+    try:
+        choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+        usage = data.get("usage") or {}
+        texts = [c["message"]["content"] if chat else c["text"] for c in choices]
+        finishes = [c.get("finish_reason") or "stop" for c in choices]
+    except (KeyError, TypeError, AttributeError) as e:
+        raise _Retryable(f"malformed completion: missing {e}") from None
+    if len(texts) != n or any(not isinstance(t, str) for t in texts):
+        raise _Retryable(f"malformed completion: {len(texts)} choices for n={n}")
+    prompt_tokens = int(usage.get("prompt_tokens") or 0)
+    total = int(usage.get("completion_tokens") or 0)
+    # usage counts all n samples together; per-sample counts come from the server when it sends them
+    per = [int((c.get("usage") or {}).get("completion_tokens") or 0) for c in choices]
+    if not any(per) and total:
+        per = [total // n] * n
+    return [Completion(t, prompt_tokens, k, "length" if f == "length" else "stop")
+            for t, k, f in zip(texts, per, finishes, strict=True)]

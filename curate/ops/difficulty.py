@@ -214,12 +214,28 @@ class GradeDifficulty(Step):
         done = backend.generate(prompts, self.sampling())
         return done, backend_counts(backend, before)
 
+    def _prompts(self, batch: pl.DataFrame) -> tuple[list[int], list[str]]:
+        """The rows that ask the model and their prompts: pass_rate, the rows with something to
+        verify against; judge, every row."""
+        if self.method == "pass_rate":
+            refs = batch["reference_answer"].to_list()
+            tests = batch["test_cases"].to_list()
+            todo = [i for i, (r, t) in enumerate(zip(refs, tests, strict=True)) if (r and str(r).strip()) or t]
+            template = self.prompt or SOLVE_PROMPT
+            return todo, [fill(template, problem=p) for p in batch["problem"][todo].to_list()]
+        template = self.prompt or JUDGE_PROMPTS[self.rubric]
+        thinking = batch["thinking"].to_list() if "thinking" in batch.columns else [None] * batch.height
+        return list(range(batch.height)), [fill(template, problem=p, thinking=_clip(t))
+                                           for p, t in zip(batch["problem"].to_list(), thinking, strict=True)]
+
+    def generation_requests(self, batch: pl.DataFrame) -> list[tuple[str, SamplingParams]]:
+        if self.method == "proxy" or batch.height == 0:
+            return []
+        return [(p, self.sampling()) for p in self._prompts(batch)[1]]
+
     def _pass_rate(self, batch: pl.DataFrame) -> StepResult:
-        template = self.prompt or SOLVE_PROMPT
         refs = batch["reference_answer"].to_list()
-        tests = batch["test_cases"].to_list()
-        todo = [i for i, (r, t) in enumerate(zip(refs, tests, strict=True)) if (r and str(r).strip()) or t]
-        prompts = [fill(template, problem=p) for p in batch["problem"][todo].to_list()]
+        todo, prompts = self._prompts(batch)
         done, gen_stats = self._generate(prompts) if todo else ([], {})
         reasons: list[str | None] = [None] * batch.height
         texts: list[list[str]] = [[] for _ in range(batch.height)]
@@ -277,11 +293,7 @@ class GradeDifficulty(Step):
         return _split(annotated, reasons, {"samples": counts, "generation": gen_stats})
 
     def _judge(self, batch: pl.DataFrame) -> StepResult:
-        template = self.prompt or JUDGE_PROMPTS[self.rubric]
-        problems = batch["problem"].to_list()
-        thinking = batch["thinking"].to_list() if "thinking" in batch.columns else [None] * batch.height
-        prompts = [fill(template, problem=p, thinking=_clip(t)) for p, t in zip(problems, thinking, strict=True)]
-        done, gen_stats = self._generate(prompts)
+        done, gen_stats = self._generate(self._prompts(batch)[1])
         reasons: list[str | None] = [None] * batch.height
         raw, score, verb, cog = [], [], [], []
         for i, comps in enumerate(done):

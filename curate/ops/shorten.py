@@ -292,17 +292,27 @@ class Shorten(Step):
         return StepResult(annotated, None, {"shorten": counts, **(stats or {})})
 
     # --- rewrite ---------------------------------------------------------------------------------
-    def _rewrite(self, batch: pl.DataFrame) -> StepResult:
-        assert self.model is not None
+    def generation_requests(self, batch: pl.DataFrame) -> list[tuple[str, SamplingParams]]:
+        if self.method != "rewrite":
+            return []
+        params = self._sampling()
+        return [(p, params) for p in self._rewrite_prompts(batch)]
+
+    def _sampling(self) -> SamplingParams:
+        return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, seed=self.seed)
+
+    def _rewrite_prompts(self, batch: pl.DataFrame) -> list[str]:
         thinking = batch["thinking"].fill_null("").to_list()
         targets = [max(1, int(n * self.target_ratio)) for n in self._tokens(thinking)]
         template = self.prompt or REWRITE_PROMPT
-        prompts = [fill(template, problem=p, thinking=t, target_tokens=str(n))
-                   for p, t, n in zip(batch["problem"].to_list(), thinking, targets, strict=True)]
+        return [fill(template, problem=p, thinking=t, target_tokens=str(n))
+                for p, t, n in zip(batch["problem"].to_list(), thinking, targets, strict=True)]
+
+    def _rewrite(self, batch: pl.DataFrame) -> StepResult:
+        assert self.model is not None
         backend = backend_for(self.model)
         before = snapshot(backend)
-        done = backend.generate(prompts, SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature,
-                                                        seed=self.seed))
+        done = backend.generate(self._rewrite_prompts(batch), self._sampling())
         new: list[str | None] = []
         notes: list[str | None] = []
         for comps, ref in zip(done, batch["reference_answer"].to_list(), strict=True):

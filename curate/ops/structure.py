@@ -164,16 +164,31 @@ class SegmentSteps(Segmentation, Step):
             pl.Series("steps_method", methods, dtype=pl.String),
         ), None, stats)
 
+    def generation_requests(self, batch: pl.DataFrame) -> list[tuple[str, Any]]:
+        if self.mode != "model":
+            return []
+        _, _, prompts = self._model_prompts(batch["thinking"].fill_null("").to_list())
+        return [(p, self._sampling()) for p in prompts]
+
+    def _sampling(self) -> Any:
+        from curate.models import SamplingParams
+
+        return SamplingParams(max_tokens=self.max_tokens)
+
+    def _model_prompts(self, texts: list[str]) -> tuple[list[list[int]], list[int], list[str]]:
+        """Each text's paragraph starts, the texts with more than one (the ones asked), their prompts."""
+        paragraphs = [paragraph_starts(t) if t.strip() else [] for t in texts]
+        asks = [i for i, p in enumerate(paragraphs) if len(p) > 1]
+        return paragraphs, asks, [SPLIT_PROMPT.replace("{paragraphs}", _numbered(texts[i], paragraphs[i])) for i in asks]
+
     def _model_starts(self, texts: list[str]) -> tuple[list[list[int]], list[str], dict[str, Any]]:
         """Ask the model which paragraphs open a step; rules where its answer is unusable."""
-        from curate.models import SamplingParams, model_label
+        from curate.models import model_label
         from curate.models.steps import backend_for
 
         assert self.model is not None
-        paragraphs = [paragraph_starts(t) if t.strip() else [] for t in texts]
-        asks = [i for i, p in enumerate(paragraphs) if len(p) > 1]
-        prompts = [SPLIT_PROMPT.replace("{paragraphs}", _numbered(texts[i], paragraphs[i])) for i in asks]
-        replies = backend_for(self.model).generate(prompts, SamplingParams(max_tokens=self.max_tokens)) if asks else []
+        paragraphs, asks, prompts = self._model_prompts(texts)
+        replies = backend_for(self.model).generate(prompts, self._sampling()) if asks else []
         rules = Segmentation(min_step_chars=self.min_step_chars)
         label = f"model:{model_label(self.model)}"
         starts = [p[:1] for p in paragraphs]
