@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -168,6 +171,33 @@ def test_killed_run_resumes_to_the_same_weights(dataset, tiny, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_two_ranks_under_torchrun_train_the_single_process_weights(dataset, tiny, tmp_path):
+    """Multi-GPU on one node, run on CPU: ``torchrun --nproc-per-node 2`` (gloo) gives each rank half
+    of a step's micro-batches and averages the gradients, so it ends at the weights one process
+    reaches with the same global batch, and only rank 0 writes."""
+    from safetensors.torch import load_file
+
+    cfg = TrainConfig(method="full", lr=1e-3, epochs=1, max_steps=3, **SMALL)  # 25 packs; 24 split over 2 ranks
+    train(dataset, str(tiny), tmp_path / "one", cfg, progress=False)
+    args = ["train", str(dataset), "--model", str(tiny), "--method", "full", "--lr", "1e-3", "--epochs", "1",
+            "--warmup-ratio", "0", "--cutoff", "288", "--pack-len", "576", "--global-batch", "4", "--max-steps", "3",
+            "--no-gradient-checkpointing", "--fp32", "--no-progress", "--out", str(tmp_path / "two")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "curate.cli", *args], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "two" / "train_config.json").read_text())
+    assert record["world_size"] == 2 and record["grad_accum"] == 2 and record["total_steps"] == 3
+    assert len((tmp_path / "two" / "log.jsonl").read_text().splitlines()) == 3  # rank 0 logs, once a step
+    a = load_file(tmp_path / "one" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "final" / "model.safetensors")
+    base = load_file(tiny / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert any(not torch.allclose(a[k], base[k], atol=1e-4) for k in a.keys() & base.keys())  # it trained
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4)
 
 
 def test_config_is_checked():
