@@ -403,7 +403,8 @@ def flaky(responses):
 
 def test_ray_data_llm_failures_reject_or_stop_and_resume(cluster, responses, flaky, tmp_path: Path) -> None:
     """A request the server refuses is rejected with the server's reason; a server that stays down
-    stops the stage with a clear error, and the re-run resumes it without redoing the request pass."""
+    stops the stage with a clear error, and the re-run resumes it without redoing the request pass
+    (and throws away a round a killed run left half-written)."""
     url, state = flaky
     rows = [{"question": r["question"], "solution": r["gt_cot"], "answer": r["gt"]} for r in responses[:6]]
     model = {"backend": "openai", "name_or_path": "m", "base_url": url, "cache": False, "ray_data_llm": True,
@@ -417,12 +418,16 @@ def test_ray_data_llm_failures_reject_or_stop_and_resume(cluster, responses, fla
         gen = out / ".curate" / "stage-01-grade_difficulty" / "_gen"
         collected = {p.name: p.stat().st_mtime_ns for p in (gen / "requests").iterdir()}
         assert len(collected) == 2 and not list((gen / "out").iterdir())
+        killed = gen / "out" / "round-00000-00001.tmp" / "part=00000"  # what a SIGKILL mid-write leaves
+        killed.mkdir(parents=True)
+        (killed / "half.parquet").write_bytes(b"PAR1 cut short")
         state["down"] = False
         result = Pipeline(steps, batch_size=3).run(read(rows, source="m"), out, engine="ray", progress=False,
                                                    keep_work=True)
     finally:
         clear_backends()
     assert {p.name: p.stat().st_mtime_ns for p in (gen / "requests").iterdir()} == collected
+    assert sorted(p.name for p in (gen / "out").iterdir()) == ["round-00000-00001"]
     rejects = result.rejects()
     assert rejects.height == 1 and rejects["problem"][0] == responses[1]["question"]
     assert rejects["reject_reason"][0] == "generation failed: server error: This model's maximum context length is 4096 tokens"
