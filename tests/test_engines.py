@@ -367,6 +367,8 @@ def test_vllm_requests_are_the_vllm_backends_own(cluster, tiny_model: Path, resp
         assert got["k"][0].error == "ray.data.llm: CUDA OOM"
         assert len(got) == 4 + 1 + 1
 
+        with pytest.raises(PipelineError, match=r"vLLM replica of .* needs 1 GPU\(s\) .* the Ray cluster has 0"):
+            Pipeline([step]).run(src, tmp_path / "o", engine="ray", progress=False)  # rather than wait forever
         processor = llm.build_processor(model, gpus=2)
         config = processor.config
         assert isinstance(config, vLLMEngineProcessorConfig)

@@ -56,6 +56,22 @@ def uses_processor(settings: Any) -> bool:
     return settings["backend"] == "vllm" or (settings["backend"] == "openai" and bool(settings.get("ray_data_llm")))
 
 
+def check_cluster(step: Step, gpus: float) -> None:
+    """A vLLM replica needs its GPUs: on a cluster without them, and that adds none, Ray would wait forever."""
+    settings = step.model  # type: ignore[attr-defined]
+    if settings["backend"] != "vllm":
+        return
+    need = _gpus_per_replica(settings)
+    if gpus < need and not os.environ.get("CURATE_RAY_AUTOSCALING"):
+        raise PipelineError(f"step '{step.name}': a vLLM replica of {settings['name_or_path']} needs {need} GPU(s) "
+                            f"(tensor_parallel_size x pipeline_parallel_size) and the Ray cluster has {gpus:g} "
+                            "(a cluster that adds GPU nodes on demand: set CURATE_RAY_AUTOSCALING=1)")
+
+
+def _gpus_per_replica(settings: dict[str, Any]) -> int:
+    return int(settings.get("tensor_parallel_size", 1)) * int(settings.get("pipeline_parallel_size", 1))
+
+
 def part_file(gen: Path, what: str, k: int) -> Path:
     """``_gen/requests/part-K.parquet`` or ``_gen/given/part-K.parquet``."""
     return gen / what / f"part-{k:05d}.parquet"
@@ -140,10 +156,9 @@ def build_processor(settings: dict[str, Any], gpus: float) -> Any:
 
     if settings["backend"] == "vllm":
         engine_kwargs = {k: v for k, v in settings.items() if k not in _OWN_KEYS}
-        tp = int(engine_kwargs.get("tensor_parallel_size", 1)) * int(engine_kwargs.get("pipeline_parallel_size", 1))
         config = llm.vLLMEngineProcessorConfig(
             model_source=settings["name_or_path"], engine_kwargs=engine_kwargs,
-            concurrency=max(1, int(gpus // tp)), batch_size=64, should_continue_on_error=True,
+            concurrency=max(1, int(gpus // _gpus_per_replica(settings))), batch_size=64, should_continue_on_error=True,
             chat_template_stage=False, tokenize_stage=False, detokenize_stage=False)  # curate tokenises
         return llm.build_processor(config, preprocess=_vllm_in, postprocess=_vllm_out)
     client = _openai(settings)
