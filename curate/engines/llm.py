@@ -122,12 +122,14 @@ def _vllm_prompting_cached(key: str) -> tuple[Any, bool, int]:
     settings = json.loads(key)
     from transformers import AutoConfig, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(settings["name_or_path"])
+    remote = bool(settings.get("trust_remote_code", False))  # vllm.LLM's own tokenizer settings
+    tokenizer = AutoTokenizer.from_pretrained(settings.get("tokenizer") or settings["name_or_path"],
+                                              trust_remote_code=remote)
     chat = settings.get("chat", "auto")
     chat = bool(getattr(tokenizer, "chat_template", None)) if chat == "auto" else bool(chat)
     context = settings.get("max_model_len")
     if not context:
-        config = AutoConfig.from_pretrained(settings["name_or_path"])
+        config = AutoConfig.from_pretrained(settings["name_or_path"], trust_remote_code=remote)
         context = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
     return tokenizer, chat, int(context)
 
