@@ -229,11 +229,14 @@ def run_rounds(engine: Any, step: Step, parts: list[int], gen: Path, progress: C
             done.update(json.loads((finished / "_parts.json").read_text()))
     pending = [(k, pq.ParquetFile(part_file(gen, "requests", k)).metadata.num_rows) for k in parts if k not in done]
     rounds: list[list[tuple[int, int]]] = [[]]
+    filled = 0
     for k, rows in pending:
         if rows:
-            if sum(r for _, r in rounds[-1]) >= ROUND_REQUESTS:
+            if filled >= ROUND_REQUESTS:
                 rounds.append([])
+                filled = 0
             rounds[-1].append((k, rows))
+            filled += rows
     processor = None
     for chunk in filter(None, rounds):
         if processor is None:
