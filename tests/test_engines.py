@@ -403,10 +403,14 @@ def flaky(responses):
     server.server_close()
 
 
-def test_ray_data_llm_failures_reject_or_stop_and_resume(cluster, responses, flaky, tmp_path: Path) -> None:
+def test_ray_data_llm_failures_reject_or_stop_and_resume(cluster, responses, flaky, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A request the server refuses is rejected with the server's reason; a server that stays down
     stops the stage with a clear error, and the re-run resumes it without redoing the request pass
     (and throws away a round a killed run left half-written)."""
+    from curate.engines import llm
+
+    monkeypatch.setattr(llm, "ROUND_REQUESTS", 3)  # a round per part: 2 parts of 3 prompts
     url, state = flaky
     rows = [{"question": r["question"], "solution": r["gt_cot"], "answer": r["gt"]} for r in responses[:6]]
     model = {"backend": "openai", "name_or_path": "m", "base_url": url, "cache": False, "ray_data_llm": True,
@@ -429,7 +433,7 @@ def test_ray_data_llm_failures_reject_or_stop_and_resume(cluster, responses, fla
     finally:
         clear_backends()
     assert {p.name: p.stat().st_mtime_ns for p in (gen / "requests").iterdir()} == collected
-    assert sorted(p.name for p in (gen / "out").iterdir()) == ["round-00000-00001"]
+    assert sorted(p.name for p in (gen / "out").iterdir()) == ["round-00000-00000", "round-00001-00001"]
     rejects = result.rejects()
     assert rejects.height == 1 and rejects["problem"][0] == responses[1]["question"]
     assert rejects["reject_reason"][0] == "generation failed: server error: This model's maximum context length is 4096 tokens"
