@@ -424,6 +424,9 @@ def test_ray_data_llm_failures_reject_or_stop_and_resume(cluster, responses, fla
         gen = out / ".curate" / "stage-01-grade_difficulty" / "_gen"
         collected = {p.name: p.stat().st_mtime_ns for p in (gen / "requests").iterdir()}
         assert len(collected) == 2 and not list((gen / "out").iterdir())
+        budget = [GradeDifficulty(method="pass_rate", model={**model, "max_requests": 100}, n=2, verify_workers=0)]
+        with pytest.raises(PipelineError, match="max_requests is not honoured by Ray's HTTP processor"):
+            Pipeline(budget).run(read(rows, source="m"), tmp_path / "budget", engine="ray", progress=False)
         killed = gen / "out" / "round-00000-00001.tmp" / "part=00000"  # what a SIGKILL mid-write leaves
         killed.mkdir(parents=True)
         (killed / "half.parquet").write_bytes(b"PAR1 cut short")

@@ -56,10 +56,14 @@ def uses_processor(settings: Any) -> bool:
     return settings["backend"] == "vllm" or (settings["backend"] == "openai" and bool(settings.get("ray_data_llm")))
 
 
-def check_cluster(step: Step, gpus: float) -> None:
-    """A vLLM replica needs its GPUs: on a cluster without them, and that adds none, Ray would wait forever."""
+def check(step: Step, gpus: float) -> None:
+    """Settings the pass cannot honour stop it before it starts: a request budget (Ray's HTTP stage
+    has none), or a vLLM replica without its GPUs (on a cluster that adds none, Ray would wait forever)."""
     settings = step.model  # type: ignore[attr-defined]
     if settings["backend"] != "vllm":
+        if settings.get("max_requests") is not None:
+            raise PipelineError(f"step '{step.name}': max_requests is not honoured by Ray's HTTP processor "
+                                "(ray_data_llm: true); drop one of the two")
         return
     need = _gpus_per_replica(settings)
     if gpus < need and not os.environ.get("CURATE_RAY_AUTOSCALING"):

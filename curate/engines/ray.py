@@ -90,7 +90,7 @@ class RayEngine(Engine):
 
         if not llm.uses_processor(getattr(step, "model", None)):
             return False
-        llm.check_cluster(step, self.gpus())
+        llm.check(step, self.gpus())
         todo = [t for t in tasks if not llm.part_file(gen, "given", t.k).exists()]
         counting = bar("requests", None)
         self.map(_collect, todo, state=(step, gen), on_result=lambda r: counting.update(r["rows"]))
