@@ -149,10 +149,13 @@ def run_recipe(path: str | os.PathLike, out: str | os.PathLike | None = None, **
 
 
 def _takes_model(step_name: str) -> bool:
+    """Whether the step's ``model`` is a generation model's settings (semantic_dedup's is an
+    embedding model's name, which the recipe's ``model:`` block must not fill)."""
     import dataclasses
 
     import curate.ops  # noqa: F401  (registers the operators)
     from curate.step import REGISTRY
 
     cls = REGISTRY.get(step_name)
-    return cls is not None and any(f.name == "model" for f in dataclasses.fields(cls))
+    return cls is not None and any(f.name == "model" and str(f.type).startswith("dict")
+                                   for f in dataclasses.fields(cls))

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from curate import Pipeline, RecipeError, load_recipe, read, run_recipe
 from curate.catalog import render_catalog
 from curate.cli import main
-from curate.ops import ExactDedup, ExtractAnswer, Filter, Sample
+from curate.ops import ExactDedup, ExtractAnswer, Filter, Sample, SemanticDedup
 from curate.schema import json_schema_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -160,11 +160,13 @@ steps:
   - grade_difficulty: {{method: proxy}}
   - shorten: {{method: truncate_after_first_answer}}
   - filter: {{}}
+  - semantic_dedup: {{}}
 """)
     steps = load_recipe(path).pipeline.steps
     assert steps[0].model == steps[1].model == {"backend": "openai", "name_or_path": "grader",
                                                  "base_url": "http://127.0.0.1:9/v1"}
     assert not hasattr(steps[2], "model")
+    assert steps[3].model == SemanticDedup().model  # an embedding model's name: the block is not for it
     own = write_recipe(tmp_path, f"""
 input: {{path: {math500_sample}}}
 model: {{backend: openai, name_or_path: grader}}
