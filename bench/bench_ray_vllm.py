@@ -7,7 +7,8 @@ Grades real MATH problems by pass rate (grade_difficulty, backend vllm) on the l
 on the ray engine (a local Ray over this machine's GPUs), each with an empty cache, at temperature
 0 so both must give the same samples. Reports each engine's wall time and samples/s, and how many
 kept rows and rejects differ (greedy decoding in different batches can still differ in the last
-bits of bf16, so this is reported, not asserted).
+bits of bf16, so this is reported, not asserted). ``--base-url URL`` runs the same comparison
+against an OpenAI-compatible server through Ray's HTTP processor: a CPU dry run of the script.
 """
 
 from __future__ import annotations
@@ -23,16 +24,20 @@ import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.bench_vllm import real_problems  # noqa: E402
+from bench.bench_vllm import DATA  # noqa: E402
 
 
-def run(engine: str, model: str, rows: list[dict], n: int, max_tokens: int, work: Path) -> tuple[float, pl.DataFrame, pl.DataFrame]:
+def run(engine: str, model: str, rows: list[dict], n: int, max_tokens: int, work: Path,
+        base_url: str | None) -> tuple[float, pl.DataFrame, pl.DataFrame]:
     from curate import Pipeline, read
     from curate.models import clear_backends
     from curate.ops import GradeDifficulty
 
-    settings = {"backend": "vllm", "name_or_path": model, "cache": str(work / f"{engine}.sqlite"),
-                "gpu_memory_utilization": 0.8}
+    settings: dict = {"backend": "vllm", "name_or_path": model, "cache": str(work / f"{engine}.sqlite"),
+                      "gpu_memory_utilization": 0.8}
+    if base_url:  # the same comparison through Ray's HTTP processor (CPU dry run of this script)
+        settings = {"backend": "openai", "name_or_path": model, "base_url": base_url, "ray_data_llm": True,
+                    "cache": str(work / f"{engine}.sqlite")}
     steps = [GradeDifficulty(method="pass_rate", model=settings, n=n, temperature=0.0, max_tokens=max_tokens,
                              verify_workers=4)]
     t0 = time.perf_counter()
@@ -49,12 +54,17 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--base-url", default=None,
+                    help="an OpenAI-compatible server instead of vLLM (e.g. python -m curate.models.serve MODEL)")
     args = ap.parse_args()
-    rows = [{"question": p, "solution": "", "answer": "0"} for p in real_problems()[: args.rows]]
+    source = json.loads((DATA / "problems" / "deepscaler_train_math.json").read_text())[: args.rows]
+    # the grader's samples are what is compared; the trace fields only need to pass the reader
+    rows = [{"question": r["problem"], "solution": f"The answer is \\boxed{{{r['answer']}}}.", "answer": r["answer"]}
+            for r in source]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        local_s, local, local_rej = run("local", args.model, rows, args.n, args.max_tokens, work)
-        ray_s, distributed, ray_rej = run("ray", args.model, rows, args.n, args.max_tokens, work)
+        local_s, local, local_rej = run("local", args.model, rows, args.n, args.max_tokens, work, args.base_url)
+        ray_s, distributed, ray_rej = run("ray", args.model, rows, args.n, args.max_tokens, work, args.base_url)
     samples = len(rows) * args.n
     key = ["id"]
     differ = local.join(distributed, on=key, how="anti").height + distributed.join(local, on=key, how="anti").height
