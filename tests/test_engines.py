@@ -441,3 +441,32 @@ def test_ray_data_llm_failures_reject_or_stop_and_resume(cluster, responses, fla
     assert rejects.height == 1 and rejects["problem"][0] == responses[1]["question"]
     assert rejects["reject_reason"][0] == "generation failed: server error: This model's maximum context length is 4096 tokens"
     assert result.to_polars().height == 5
+
+
+@pytest.mark.parametrize("name, params", [
+    ("grade_difficulty", {"method": "pass_rate", "n": 3}),
+    ("grade_difficulty", {"method": "judge"}),
+    ("shorten", {"method": "rewrite"}),
+    ("segment_steps", {"mode": "model"}),
+])
+def test_generation_requests_are_what_apply_asks(name: str, params: dict, samples_dir: Path) -> None:
+    """Every model step's ``generation_requests`` lists exactly the requests its apply sends: given
+    those (and nothing else), the apply never reaches the (dead) server."""
+    from curate.models import Completion
+    from curate.models.steps import backend_for
+
+    model = {"backend": "openai", "name_or_path": "m", "base_url": "http://127.0.0.1:9/v1", "cache": False,
+             "max_retries": 0}
+    step = build_step(name, {**params, "model": model})
+    batch = read(samples_dir).to_polars()[:12]
+    requests = step.generation_requests(batch)
+    backend = backend_for(model)
+    answer = "[1] [2]\nDifficulty: 5\n\\boxed{1}"
+    made = {backend.key(p, s): [Completion(answer, 10, 5)] * s.n for p, s in requests}
+    assert len(made) == len(requests) > 0
+    try:
+        with backend.given(made):
+            step.apply(batch, 0)
+        assert backend.stats.generated == len(made) and backend.stats.errors == 0 and backend.stats.requests == 0
+    finally:
+        clear_backends()
