@@ -176,7 +176,9 @@ def build_processor(settings: dict[str, Any], gpus: float) -> Any:
 
 
 def _vllm_in(row: dict[str, Any]) -> dict[str, Any]:
-    return {"tokenized_prompt": list(row["tokens"]), "sampling_params": json.loads(row["body"])}
+    tokens = row["tokens"]  # a numpy array from Ray Data: vLLM gets plain ints
+    return {"tokenized_prompt": tokens.tolist() if hasattr(tokens, "tolist") else [int(t) for t in tokens],
+            "sampling_params": json.loads(row["body"])}
 
 
 def _vllm_out(row: dict[str, Any]) -> dict[str, Any]:
