@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cloudpickle
+import numpy as np
 import polars as pl
 import pytest
 import ray
@@ -346,6 +347,10 @@ def test_vllm_requests_are_the_vllm_backends_own(cluster, tiny_model: Path, resp
         sampling = [json.loads(b) for b in requests["body"]]
         assert [s["seed"] for s in sampling] == [0, 1, 2] * 4 and {s["n"] for s in sampling} == {1}
         assert requests["j"].to_list() == [0, 1, 2] * 4
+        first = requests.to_dicts()[0]  # as the processor's preprocess gets it from Ray Data: numpy tokens
+        sent = llm._vllm_in({**first, "tokens": np.asarray(first["tokens"], dtype=np.int32)})
+        assert sent == {"tokenized_prompt": first["tokens"], "sampling_params": sampling[0]}
+        assert all(type(t) is int for t in sent["tokenized_prompt"])
         refused = llm.completions_of(gen, 7)
         assert len(refused) == 1 and all("prompt too long" in c.error for c in next(iter(refused.values())))
 
