@@ -475,28 +475,3 @@ def test_generation_requests_are_what_apply_asks(name: str, params: dict, sample
         assert backend.stats.generated == len(made) and backend.stats.errors == 0 and backend.stats.requests == 0
     finally:
         clear_backends()
-
-
-def test_generation_progress_counts_the_files_ray_has_written(tmp_path: Path) -> None:
-    """A long generation round shows progress: the rows of each file Ray finishes writing are
-    counted once, and a file still being written is counted when it is whole."""
-    from curate.engines.llm import _Watch
-
-    counted: list[int] = []
-    watch = _Watch(tmp_path, counted.append, every_s=0.02)
-    (tmp_path / "part=00000").mkdir()
-    pl.DataFrame({"key": ["a", "b", "c"]}).write_parquet(tmp_path / "part=00000" / "x.parquet")
-    (tmp_path / "part=00001").mkdir()
-    (tmp_path / "part=00001" / "y.parquet").write_bytes(b"PAR1 not yet")  # mid-write
-
-    def soon(total: int) -> None:  # a few polls of the watcher, however slow this machine is
-        deadline = time.monotonic() + 10
-        while sum(counted) < total and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.1)
-
-    soon(3)
-    assert counted == [3]
-    pl.DataFrame({"key": ["d", "e"]}).write_parquet(tmp_path / "part=00001" / "y.parquet")
-    soon(5)
-    assert watch.stop() == 5 and sorted(counted) == [2, 3]

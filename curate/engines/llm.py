@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -253,49 +252,16 @@ def run_rounds(engine: Any, step: Step, parts: list[int], gen: Path, progress: C
         ds = engine.ray.data.read_parquet([str(part_file(gen, "requests", k)) for k, _ in chunk],
                                           include_paths=True)
         ds = ds.map(_with_part)
-        watch = _Watch(tmp, progress)
         try:
             processor(ds).map(_uniform).write_parquet(str(tmp), partition_cols=["part"])
         except Exception as e:
-            watch.stop()
             shutil.rmtree(tmp, ignore_errors=True)
             raise PipelineError(f"step '{step.name}': the ray.data.llm generation pass failed; completed rounds "
                                 f"are kept and a re-run resumes: {_root(e)}") from None
-        reported = watch.stop()
         (tmp / "_parts.json").write_text(json.dumps([k for k, _ in chunk]))
         os.replace(tmp, out / name)
         if progress is not None:
-            progress(sum(r for _, r in chunk) - reported)
-
-
-class _Watch:
-    """Counts the rows of the files a round has written so far, for the progress bar: Ray writes
-    one file per finished block, so a long job shows progress without its data passing here."""
-
-    def __init__(self, folder: Path, progress: Callable[[int], Any] | None, every_s: float = 2.0) -> None:
-        self.folder, self.progress, self.every_s = folder, progress, every_s
-        self.seen: dict[Path, int] = {}
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        if progress is not None:
-            self._thread.start()
-
-    def _run(self) -> None:
-        while not self._done.wait(self.every_s):
-            for f in self.folder.glob("part=*/*.parquet"):
-                if f not in self.seen:
-                    try:
-                        self.seen[f] = pq.ParquetFile(f).metadata.num_rows
-                    except Exception:  # noqa: BLE001 - still being written: counted next time
-                        continue
-                    self.progress(self.seen[f])  # type: ignore[misc]
-
-    def stop(self) -> int:
-        """Stop watching; the rows reported so far."""
-        self._done.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        return sum(self.seen.values())
+            progress(sum(r for _, r in chunk))
 
 
 def _with_part(row: dict[str, Any]) -> dict[str, Any]:
