@@ -75,6 +75,9 @@ def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progre
     On a cluster:
       ray start --head                      # or an existing cluster
       curate run RECIPE --engine ray --address auto --out /shared/fs/dataset
+    There a vllm model's generations (an openai one's with `ray_data_llm: true` in its
+    settings) are made first, by Ray Data's LLM processor in one batch job; install
+    curate[ray-vllm] on the GPU nodes.
     """
     from curate.recipe import run_recipe
 
