@@ -475,3 +475,25 @@ def test_generation_requests_are_what_apply_asks(name: str, params: dict, sample
         assert backend.stats.generated == len(made) and backend.stats.errors == 0 and backend.stats.requests == 0
     finally:
         clear_backends()
+
+
+def test_ray_data_llm_keeps_the_openai_settings(cluster) -> None:
+    """Ray's HTTP processor gets the openai backend's own endpoint, key, retries and request shape,
+    chat included."""
+    from curate.engines import llm
+    from curate.models.steps import backend_for
+
+    model = {"backend": "openai", "name_or_path": "m", "base_url": "http://127.0.0.1:9/v1", "chat": True,
+             "api_key": "k", "concurrency": 3, "max_retries": 2, "cache": False, "ray_data_llm": True}
+    try:
+        config = llm.build_processor(model, gpus=0).config
+        body = backend_for(model).body("2+2?", GradeDifficulty(method="judge", model=model).sampling())
+    finally:
+        clear_backends()
+    assert config.url == "http://127.0.0.1:9/v1/chat/completions" and config.headers == {"Authorization": "Bearer k"}
+    assert (config.concurrency, config.max_retries) == (3, 2)
+    assert body["messages"] == [{"role": "user", "content": "2+2?"}] and "prompt" not in body
+    row = {"part": "00000", "key": "k", "j": 0, "n": 1,
+           "http_response": {"choices": [{"index": 0, "message": {"content": "4"}, "finish_reason": "length"}]}}
+    served = json.loads(llm._http_out(True)(row)["completions"])
+    assert served == [["4", 0, 0, "length", None]]

@@ -40,10 +40,11 @@ import pyarrow.parquet as pq
 from curate.errors import PipelineError
 from curate.io.write import write_parquet_atomic
 from curate.models.base import Completion, SamplingParams, failed, prompt_ids
+from curate.models.steps import backend_for
 from curate.step import Step
 
 ROUND_REQUESTS = 65536  # request rows per Ray Data job: a killed run loses at most one round's work
-_OWN_KEYS = ("backend", "name_or_path", "cache", "chat", "ray_data_llm")
+_NOT_FOR_VLLM = ("backend", "name_or_path", "cache", "chat", "ray_data_llm")  # the rest is vllm.LLM's
 _REQUESTS = pa.schema([("key", pa.string()), ("j", pa.int32()), ("n", pa.int32()),
                        ("tokens", pa.list_(pa.int32())), ("body", pa.string())])
 _COMPLETIONS = pa.schema([("key", pa.string()), ("j", pa.int32()), ("completions", pa.string())])
@@ -84,8 +85,6 @@ def part_file(gen: Path, what: str, k: int) -> Path:
 # --- 1. requests, one unit per part --------------------------------------------------------------
 def collect(step: Step, k: int, src: str, gen: Path) -> dict[str, int]:
     """Write part ``k``'s requests that need a model and the completions already known."""
-    from curate.models.steps import backend_for
-
     settings = step.model  # type: ignore[attr-defined]
     batch = pl.read_parquet(src)
     backend = backend_for(settings)
@@ -99,14 +98,12 @@ def collect(step: Step, k: int, src: str, gen: Path) -> dict[str, int]:
         from curate.models.vllm_backend import sample_params, too_long
 
         tokenizer, chat, context = _vllm_prompting(settings)
-    else:
-        client = _openai(settings)
     for key, (prompt, params) in todo.items():
         if key in known:
             continue
         if not vllm:
             requests.append({"key": key, "j": 0, "n": params.n, "tokens": None,
-                             "body": json.dumps(client.body(prompt, params))})
+                             "body": json.dumps(backend.body(prompt, params))})
             continue
         ids = prompt_ids(tokenizer, prompt, chat)
         why = too_long(len(ids), params, context)
@@ -144,12 +141,6 @@ def _vllm_prompting(settings: dict[str, Any]) -> tuple[Any, bool, int]:
     return _vllm_prompting_cached(json.dumps(settings, sort_keys=True, default=str))
 
 
-def _openai(settings: dict[str, Any]) -> Any:
-    from curate.models.openai_http import OpenAIBackend
-
-    return OpenAIBackend(settings["name_or_path"], None, **{k: v for k, v in settings.items() if k not in _OWN_KEYS})
-
-
 def _dump(completions: list[Completion]) -> str:
     return json.dumps([[c.text, c.prompt_tokens, c.completion_tokens, c.finish_reason, c.error] for c in completions])
 
@@ -161,13 +152,13 @@ def build_processor(settings: dict[str, Any], gpus: float) -> Any:
     from ray.data import llm
 
     if settings["backend"] == "vllm":
-        engine_kwargs = {k: v for k, v in settings.items() if k not in _OWN_KEYS}
+        engine_kwargs = {k: v for k, v in settings.items() if k not in _NOT_FOR_VLLM}
         config = llm.vLLMEngineProcessorConfig(
             model_source=settings["name_or_path"], engine_kwargs=engine_kwargs,
             concurrency=max(1, int(gpus // _gpus_per_replica(settings))), batch_size=64, should_continue_on_error=True,
             chat_template_stage=False, tokenize_stage=False, detokenize_stage=False)  # curate tokenises
         return llm.build_processor(config, preprocess=_vllm_in, postprocess=_vllm_out)
-    client = _openai(settings)
+    client = backend_for(settings)  # the openai backend's own request shape, URL and retries
     config = llm.HttpRequestProcessorConfig(
         url=client.url, headers={"Authorization": client.headers["Authorization"]},
         concurrency=client.concurrency, batch_size=16, max_retries=client.max_retries,
@@ -300,7 +291,5 @@ def completions_of(gen: Path, k: int) -> dict[str, list[Completion]]:
 @contextmanager
 def given(step: Step, gen: Path, k: int) -> Iterator[None]:
     """Run part ``k``'s apply with its completions handed to the step's backend."""
-    from curate.models.steps import backend_for
-
     with backend_for(step.model).given(completions_of(gen, k)):  # type: ignore[attr-defined]
         yield
