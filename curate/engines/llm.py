@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from curate.errors import PipelineError
 from curate.io.write import write_parquet_atomic
 from curate.models.base import Completion, SamplingParams, failed, prompt_ids
+from curate.models.cache import dump_completions, load_completions
 from curate.models.steps import backend_for
 from curate.step import Step
 
@@ -113,7 +114,7 @@ def collect(step: Step, k: int, src: str, gen: Path) -> dict[str, int]:
         requests.extend({"key": key, "j": j, "n": 1, "tokens": ids, "body": json.dumps(sample_params(params, j))}
                         for j in range(params.n))
     write_parquet_atomic(pa.Table.from_pylist(requests, _REQUESTS), part_file(gen, "requests", k))
-    write_parquet_atomic(pa.Table.from_pylist([{"key": key, "j": 0, "completions": _dump(c)} for key, c in known.items()],
+    write_parquet_atomic(pa.Table.from_pylist([{"key": key, "j": 0, "completions": dump_completions(c)} for key, c in known.items()],
                                               _COMPLETIONS), part_file(gen, "given", k))
     return {"rows": batch.height, "requests": len(requests)}
 
@@ -139,10 +140,6 @@ def _vllm_prompting(settings: dict[str, Any]) -> tuple[Any, bool, int]:
     """The model's tokenizer, whether prompts go under its chat template, and its context length:
     what the vllm backend renders a prompt with, so both paths send the same tokens."""
     return _vllm_prompting_cached(json.dumps(settings, sort_keys=True, default=str))
-
-
-def _dump(completions: list[Completion]) -> str:
-    return json.dumps([[c.text, c.prompt_tokens, c.completion_tokens, c.finish_reason, c.error] for c in completions])
 
 
 # --- 2. the processor, in rounds -----------------------------------------------------------------
@@ -179,7 +176,7 @@ def _vllm_out(row: dict[str, Any]) -> dict[str, Any]:
     made = int(row["num_generated_tokens"])
     params = SamplingParams(max_tokens=int(sampling["max_tokens"]))
     done = Completion(row["generated_text"], int(row["num_input_tokens"]), made, finish(made, params))
-    return {"part": row["part"], "key": row["key"], "j": row["j"], "n": row["n"], "completions": _dump([done])}
+    return {"part": row["part"], "key": row["key"], "j": row["j"], "n": row["n"], "completions": dump_completions([done])}
 
 
 def _http_in(row: dict[str, Any]) -> dict[str, Any]:
@@ -202,7 +199,7 @@ def _http_out(chat: bool) -> Callable[[dict[str, Any]], dict[str, Any]]:
                 done = parse_response(data, n, chat)
             except Exception as e:  # noqa: BLE001 - a malformed body is this request's failure
                 done = failed(str(e), n)
-        return {"part": row["part"], "key": row["key"], "j": row["j"], "n": row["n"], "completions": _dump(done)}
+        return {"part": row["part"], "key": row["key"], "j": row["j"], "n": row["n"], "completions": dump_completions(done)}
 
     return parse
 
@@ -210,7 +207,7 @@ def _http_out(chat: bool) -> Callable[[dict[str, Any]], dict[str, Any]]:
 def _uniform(row: dict[str, Any]) -> dict[str, Any]:
     """One schema for served and failed rows (Ray passes a failed row through untouched)."""
     error = row.get("__inference_error__") or ""
-    completions = _dump(failed(f"ray.data.llm: {error[:300]}", int(row["n"]))) if error else row["completions"]
+    completions = dump_completions(failed(f"ray.data.llm: {error[:300]}", int(row["n"]))) if error else row["completions"]
     return {"part": row["part"], "key": row["key"], "j": row["j"], "completions": completions}
 
 
@@ -285,7 +282,7 @@ def completions_of(gen: Path, k: int) -> dict[str, list[Completion]]:
         table = pq.read_table(f, columns=["key", "j", "completions"])
         for key, j, comps in zip(*(table[c].to_pylist() for c in ("key", "j", "completions")), strict=True):
             samples.setdefault(key, []).append((j, comps))
-    return {key: [Completion(*c) for _, comps in sorted(got) for c in json.loads(comps)] for key, got in samples.items()}
+    return {key: [c for _, comps in sorted(got) for c in load_completions(comps)] for key, got in samples.items()}
 
 
 @contextmanager

@@ -43,6 +43,18 @@ def params_text(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True)
 
 
+def dump_completions(completions: Sequence[Completion]) -> str:
+    """The JSON text a prompt's completions are kept as (the cache's values, the ray engine's
+    generation files)."""
+    return json.dumps([[c.text, c.prompt_tokens, c.completion_tokens, c.finish_reason, c.error] for c in completions])
+
+
+def load_completions(text: str) -> list[Completion]:
+    from curate.models.base import Completion
+
+    return [Completion(*c) for c in json.loads(text)]
+
+
 class GenerationCache:
     """A SQLite file of completions keyed by ``cache_key``; safe across threads and processes."""
 
@@ -65,8 +77,6 @@ class GenerationCache:
 
     def get_many(self, keys: Sequence[str]) -> dict[str, list[Completion]]:
         """The cached completions of every key present."""
-        from curate.models.base import Completion
-
         conn = self._conn()
         out: dict[str, list[Completion]] = {}
         unique = list(dict.fromkeys(keys))
@@ -74,14 +84,12 @@ class GenerationCache:
             chunk = unique[i:i + _CHUNK]
             marks = ",".join("?" * len(chunk))
             for key, value in conn.execute(f"SELECT key, value FROM completions WHERE key IN ({marks})", chunk):
-                out[key] = [Completion(*c) for c in json.loads(value)]
+                out[key] = load_completions(value)
         return out
 
     def put_many(self, model_id: str, items: dict[str, list[Completion]]) -> None:
         """Store completions (one transaction; an existing key is replaced)."""
-        rows = [(k, model_id, json.dumps([[c.text, c.prompt_tokens, c.completion_tokens, c.finish_reason, c.error]
-                                          for c in comps]))
-                for k, comps in items.items()]
+        rows = [(k, model_id, dump_completions(comps)) for k, comps in items.items()]
         conn = self._conn()
         with conn:
             conn.executemany("INSERT OR REPLACE INTO completions (key, model, value) VALUES (?, ?, ?)", rows)
