@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import socket
 import threading
 import time
@@ -198,3 +200,30 @@ def test_chat_template_is_applied(tiny_model: Path, tmp_path: Path) -> None:
     c, p = chat.generate([question], SamplingParams(max_tokens=3))[0][0], plain.generate([question], SamplingParams(max_tokens=3))[0][0]
     templated = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
     assert c.prompt_tokens == len(tok(templated, add_special_tokens=False)["input_ids"]) > p.prompt_tokens + 5
+
+
+def _open_and_write(path: str, start: object, errors: object) -> None:
+    from curate.models import Completion
+
+    try:
+        start.wait()  # type: ignore[attr-defined]
+        cache = GenerationCache(path)
+        cache.put_many("m", {f"{os.getpid()}": [Completion("x", 1, 1)]})
+    except Exception as e:  # noqa: BLE001 - reported to the parent
+        errors.put(repr(e))  # type: ignore[attr-defined]
+
+
+def test_many_processes_open_a_new_cache_at_once(tmp_path: Path) -> None:
+    """The ray engine's workers open one new cache file at the same moment: none of them fails with
+    "database is locked" (switching a new file to WAL mode is not covered by SQLite's busy wait)."""
+    ctx = multiprocessing.get_context("fork")
+    for trial in range(20):
+        path = str(tmp_path / f"c{trial}.sqlite")
+        start, errors = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_open_and_write, args=(path, start, errors)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert errors.empty(), errors.get()
+        assert len(GenerationCache(path)) == 6

@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import sqlite3
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +57,18 @@ def load_completions(text: str) -> list[Completion]:
     return [Completion(*c) for c in json.loads(text)]
 
 
+def _while_locked(statement: Callable[[], Any], seconds: float = 60.0) -> Any:
+    """Run ``statement``, again after a short random wait while the file is locked (up to ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return statement()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01 + random.random() * 0.05)
+
+
 class GenerationCache:
     """A SQLite file of completions keyed by ``cache_key``; safe across threads and processes."""
 
@@ -62,15 +76,18 @@ class GenerationCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._conn() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS completions ("
-                         "key TEXT PRIMARY KEY, model TEXT NOT NULL, value TEXT NOT NULL)")
+        conn = self._conn()
+        with conn:
+            _while_locked(lambda: conn.execute("CREATE TABLE IF NOT EXISTS completions ("
+                                               "key TEXT PRIMARY KEY, model TEXT NOT NULL, value TEXT NOT NULL)"))
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=60)
-            conn.execute("PRAGMA journal_mode=WAL")
+            # switching a new file to WAL takes a lock SQLite's busy timeout does not wait for: several
+            # workers opening the same new cache at once (the ray engine's actors) must take turns
+            _while_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
         return conn
