@@ -477,6 +477,15 @@ def test_generation_requests_are_what_apply_asks(name: str, params: dict, sample
         clear_backends()
 
 
+def test_ray_data_llm_missing_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from curate.engines import llm
+
+    monkeypatch.setitem(sys.modules, "ray.data.llm", None)  # as if aiohttp (or the extra) were missing
+    monkeypatch.delattr(ray.data, "llm", raising=False)  # an earlier import left it on the package
+    with pytest.raises(PipelineError, match=r"pip install 'curate\[ray\]'"):
+        llm.build_processor({"backend": "openai", "name_or_path": "m"}, gpus=0)
+
+
 def test_ray_data_llm_keeps_the_openai_settings(cluster) -> None:
     """Ray's HTTP processor gets the openai backend's own endpoint, key, retries and request shape,
     chat included."""

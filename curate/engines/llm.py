@@ -146,7 +146,11 @@ def _vllm_prompting(settings: dict[str, Any]) -> tuple[Any, bool, int]:
 def build_processor(settings: dict[str, Any], gpus: float) -> Any:
     """The ``ray.data.llm`` processor for these model settings, with curate's pre/postprocess:
     rows (key, j, n, tokens, body) in, rows (key, j, n, completions) out."""
-    from ray.data import llm
+    try:
+        from ray.data import llm
+    except ImportError as e:
+        raise PipelineError(f"the generation pass needs Ray's LLM processors ({e}): pip install 'curate[ray]', "
+                            "and 'curate[ray-vllm]' on GPU nodes for vLLM") from None
 
     if settings["backend"] == "vllm":
         engine_kwargs = {k: v for k, v in settings.items() if k not in _NOT_FOR_VLLM}
