@@ -247,14 +247,10 @@ class Shorten(Step):
                 continue
             cut = self._cut(text, end)
             # the shortened trace as a whole (cut thinking + kept solution) must still verify
-            check = verify_math({"reference": ref, "thinking": cut, "solution": solution,
-                                 "timeout_s": self.timeout_s})
-            if check["correct"] is not True:
-                new.append(None)
-                notes.append(f"shortened trace does not verify: {check['error'] or 'answer ' + str(check['pred'])}")
-            else:
-                new.append(cut)
-                notes.append(None)
+            kept, note = _verified(cut, {"reference": ref, "thinking": cut, "solution": solution,
+                                         "timeout_s": self.timeout_s}, "shortened trace")
+            new.append(kept)
+            notes.append(note)
         return self._finish(batch, new, notes, "truncate_after_first_answer")
 
     def _finish(self, batch: pl.DataFrame, new: list[str | None], notes: list[str | None], method: str,
@@ -330,15 +326,19 @@ class Shorten(Step):
                 new.append(None)
                 notes.append("no reference answer to re-verify the rewrite")
                 continue
-            check = verify_math({"reference": ref, "thinking": text, "solution": None, "lenient": True,
-                                 "timeout_s": self.timeout_s})
-            if check["correct"] is not True:
-                new.append(None)
-                notes.append(f"rewrite does not verify: {check['error'] or 'answer ' + str(check['pred'])}")
-            else:
-                new.append(text)
-                notes.append(None)
+            kept, note = _verified(text, {"reference": ref, "thinking": text, "solution": None, "lenient": True,
+                                          "timeout_s": self.timeout_s}, "rewrite")
+            new.append(kept)
+            notes.append(note)
         return self._finish(batch, new, notes, "rewrite", {"generation": backend_counts(backend, before)})
+
+
+def _verified(text: str, task: dict[str, Any], what: str) -> tuple[str | None, str | None]:
+    """(``text``, None) when the trace ``task`` describes verifies, else (None, why ``what`` is not kept)."""
+    check = verify_math(task)
+    if check["correct"] is True:
+        return text, None
+    return None, f"{what} does not verify: {check['error'] or 'answer ' + str(check['pred'])}"
 
 
 def verify_math(task: dict[str, Any]) -> dict[str, Any]:
