@@ -65,3 +65,16 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from curate.models.tiny import build
 
     return build(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread: tiny matmuls gain nothing from more, and spin-waiting OpenMP
+    threads slow down 10-fold when other processes share this machine's two cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+

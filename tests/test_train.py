@@ -34,14 +34,7 @@ SMALL = {"cutoff": 288, "pack_len": 576, "global_batch": 4, "warmup_ratio": 0.0,
          "bf16": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: tiny matmuls gain nothing from more, and spin-waiting OpenMP threads
-    slow down 10-fold when other processes share this machine's two cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,7 @@ TRAIN_ARGS = ["--method", "lora", "--cutoff", "288", "--pack-len", "576", "--glo
 EVAL_ARGS = ["--benchmarks", "aime24,amc23", "--limit", "2", "--max-tokens", "8"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: tiny matmuls gain nothing from more on this shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
