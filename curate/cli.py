@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -292,9 +293,17 @@ _training_options = _stack(
     click.option("--epochs", type=float, default=3.0, show_default=True),
     click.option("--warmup-ratio", type=float, default=0.1, show_default=True),
     click.option("--cutoff", type=int, default=16384, show_default=True, help="Most tokens kept of one trace."),
+    click.option("--packing/--no-packing", default=False, show_default=True,
+                 help="Pack traces end to end into --pack-len sequences; the batch then counts packs "
+                      "(fewer steps). Default: one trace per sequence, as the paper."),
     click.option("--pack-len", type=int, default=None, help="Tokens per packed sequence [default: cutoff]."),
-    click.option("--global-batch", type=int, default=96, show_default=True, help="Packs per optimizer step."),
-    click.option("--micro-batch", type=int, default=1, show_default=True, help="Packs per forward pass."),
+    click.option("--global-batch", type=int, default=96, show_default=True,
+                 help="Sequences (traces; packs with --packing) per optimizer step."),
+    click.option("--micro-batch", type=int, default=1, show_default=True, help="Sequences per forward pass."),
+    click.option("--adam-beta2", type=float, default=0.999, show_default=True,
+                 help="AdamW beta2 (0.999: transformers' default, the paper's stack)."),
+    click.option("--sharding", type=click.Choice(["auto", "ddp", "fsdp"]), default="auto", show_default=True,
+                 help="Under torchrun: DDP replicas or FSDP2 shards; auto: FSDP when the model does not fit."),
     click.option("--lora-rank", type=int, default=64, show_default=True),
     click.option("--lora-alpha", type=int, default=128, show_default=True),
 )
@@ -318,20 +327,24 @@ _precision_options = _stack(
 @click.option("--save-every", type=int, default=0, show_default=True,
               help="Optimizer steps between checkpoints (0: each epoch end).")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
-@click.option("--system-prompt", default=None, help="System prompt for every training conversation.")
+@click.option("--system-prompt", default=None,
+              help="System prompt for every training conversation [default: the dataset's].")
+@click.option("--style", type=click.Choice(["sky-t1", "think", "none"]), default=None,
+              help="Thinking markers [default: the dataset's].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-resume", is_flag=True, help="Start over instead of resuming from out/checkpoints.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(dataset: Path, config: str | None, model_path: str, method: str, out: Path, lr: float | None,
-          epochs: float, warmup_ratio: float, cutoff: int, pack_len: int | None, global_batch: int,
-          micro_batch: int, lora_rank: int, lora_alpha: int, lora_targets: str, gradient_checkpointing: bool,
-          bf16: bool, save_every: int, max_steps: int | None, system_prompt: str | None, seed: int,
-          no_resume: bool, progress: bool) -> None:
+          epochs: float, warmup_ratio: float, cutoff: int, packing: bool, pack_len: int | None, global_batch: int,
+          micro_batch: int, adam_beta2: float, sharding: str, lora_rank: int, lora_alpha: int, lora_targets: str,
+          gradient_checkpointing: bool, bf16: bool, save_every: int, max_steps: int | None,
+          system_prompt: str | None, style: str | None, seed: int, no_resume: bool, progress: bool) -> None:
     """Fine-tune MODEL on DATASET's traces (SFT, loss on the assistant turn, packed sequences).
 
     \b
-    Defaults follow the seed's setup: full lr 1e-5, 3 epochs, cosine, warmup 0.1, cutoff 16384,
-    global batch 96; LoRA on all linear layers, rank 64, alpha 128, dropout 0, lr 1e-4.
+    Defaults follow the paper's setup: full lr 1e-5, 3 epochs, cosine, warmup 0.1, cutoff 16384,
+    global batch 96 sequences (no packing), AdamW betas (0.9, 0.999); LoRA on all linear layers,
+    rank 64, alpha 128, dropout 0, lr 1e-4. Prompt template: the dataset's markers and system prompt.
     Multi-GPU on one node: torchrun --nproc-per-node N -m curate.cli train ...
     Needs torch, transformers and peft (pip install curate[train]).
     """
@@ -341,16 +354,21 @@ def train(dataset: Path, config: str | None, model_path: str, method: str, out: 
     targets: str | list[str] = lora_targets if lora_targets == "all-linear" else lora_targets.split(",")
     try:
         cfg = TrainConfig(method=method, lr=lr, epochs=epochs, warmup_ratio=warmup_ratio, cutoff=cutoff,
-                          pack_len=pack_len, global_batch=global_batch, micro_batch=micro_batch,
-                          lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=targets,
-                          gradient_checkpointing=gradient_checkpointing, bf16=bf16, save_every=save_every,
-                          max_steps=max_steps, system_prompt=system_prompt, seed=seed)
+                          packing=packing, pack_len=pack_len, global_batch=global_batch, micro_batch=micro_batch,
+                          adam_beta2=adam_beta2, sharding=sharding, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                          lora_targets=targets, gradient_checkpointing=gradient_checkpointing, bf16=bf16,
+                          save_every=save_every, max_steps=max_steps, system_prompt=system_prompt, style=style,
+                          seed=seed)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     res = run_train(dataset, model_path, out, cfg, config=config, resume=not no_resume, progress=progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     last = f", last loss {res.losses[-1]:.4f}" if res.losses else ""
-    click.echo(f"trained {res.steps} steps on {res.data['packed']} traces ({res.data['packs']} packs){last}; "
-               f"wrote {out / 'final'}")
+    click.echo(f"plan: {res.plan}; sharding: {res.sharding}; template: {res.template['style']} markers, "
+               f"system prompt: {res.template['source'] or 'given'}")
+    click.echo(f"trained {res.steps} steps on {res.data['packed']} traces ({res.data['packs']} "
+               f"{'packs' if packing else 'sequences'}){last}; wrote {out / 'final'}")
 
 
 @main.command("eval")

@@ -125,6 +125,20 @@ def pack(examples: Sequence[Example], max_len: int) -> list[Pack]:
     return packs
 
 
+def singles(examples: Sequence[Example]) -> list[Pack]:
+    """One sequence per trace, in order (no packing: the paper's batch unit, LLaMA-Factory's default).
+
+    Examples without any target token are dropped, as in :func:`pack`.
+    """
+    out = []
+    for ex in examples:
+        if any(x != IGNORE for x in ex.labels[1:]):
+            p = Pack()
+            p.add(ex)
+            out.append(p)
+    return out
+
+
 def collate(packs: Sequence[Pack], pad_id: int = 0) -> dict[str, Any]:
     """Tensors for one micro-batch of packs, right-padded to the longest (padding is a trace of its own).
 
@@ -161,18 +175,18 @@ def block_causal_mask(seq_lens: Sequence[int], dtype: Any = None) -> Any:
 
 def build_packs(dataset: str | os.PathLike, tokenizer: Any, cutoff: int, *, pack_len: int | None = None,
                 config: str | None = None, system_prompt: str | None = None,
-                style: str = "think") -> tuple[list[Pack], dict[str, int]]:
+                style: str = "think", packing: bool = True) -> tuple[list[Pack], dict[str, int]]:
     """Dataset folder -> packs, and counts (traces, packed, dropped, truncated, tokens, targets, packs).
 
     ``cutoff``: the most tokens kept of one trace; ``pack_len`` (default ``cutoff``): the length
-    of a packed sequence.
+    of a packed sequence. ``packing=False``: one trace per sequence (``packs`` counts sequences).
     """
     pack_len = pack_len or cutoff
     if pack_len < cutoff:
         raise ValueError(f"pack_len ({pack_len}) must be >= cutoff ({cutoff})")
     chats = load_chats(dataset, config, style=style, system_prompt=system_prompt)
     examples = [tokenize_chat(tokenizer, c["messages"], cutoff, c["id"]) for c in chats]
-    packs = pack(examples, pack_len)
+    packs = pack(examples, pack_len) if packing else singles(examples)
     packed = sum(len(p.seq_lens) for p in packs)
     stats = {"traces": len(examples), "packed": packed, "dropped": len(examples) - packed,
              "truncated": sum(e.truncated for e in examples),

@@ -8,9 +8,22 @@ Precision: on GPU with ``bf16`` the forward/backward run under ``torch.autocast(
 fine-tuning keeps fp32 master weights (AdamW on bf16 weights loses small updates at lr 1e-5), LoRA
 loads the frozen base in bf16 and keeps the adapter in fp32. On CPU everything is fp32.
 
+Batch unit: the global batch counts *sequences*, one trace each (no packing), as the paper's
+LLaMA-Factory runs did (``per_device_train_batch_size 1`` x ``gradient_accumulation_steps 12`` x 8
+GPUs = 96; NovaSky-AI/SkyThought@corrupt ``skythought/train/LLaMA-Factory/examples/train_full/
+qwen2_full_sft_32B.yaml``). ``packing=True`` lays traces end to end in sequences of ``pack_len``
+tokens and then counts packs: fewer optimizer steps for the same data; the run's plan (sequences,
+steps) is printed and recorded either way. accumulation = global_batch / (micro_batch * world).
+
+Optimiser: AdamW with betas (0.9, 0.999), eps 1e-8 (the transformers ``TrainingArguments`` default
+the paper's stack used); ``adam_beta2`` etc. are parameters, recorded in ``train_config.json``.
+
 Multi-GPU on one node: launch with ``torchrun --nproc-per-node N -m curate.cli train ...``; each
-rank takes every N-th micro-batch and DDP averages gradients. The global batch is counted in packs
-(sequences of up to ``cutoff`` tokens), so accumulation = global_batch / (micro_batch * world).
+rank takes every N-th micro-batch. ``sharding="ddp"`` replicates the model and averages gradients;
+``"fsdp"`` shards parameters, gradients and optimizer state over the ranks with PyTorch FSDP2
+(``fully_shard`` per decoder layer, activation checkpointing on), for students whose full
+fine-tune does not fit one GPU (the paper used DeepSpeed ZeRO-3, ``ds_z3_offload_config.json``).
+``"auto"`` picks FSDP when the estimated training state does not fit one GPU (:func:`choose_sharding`).
 """
 
 from __future__ import annotations
@@ -24,7 +37,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curate.train import shard
 from curate.train.data import Pack, build_packs, collate
+from curate.train.template import Template, dataset_template
 
 LORA_TARGETS = "all-linear"
 
@@ -38,10 +53,14 @@ class TrainConfig:
     epochs: float = 3.0
     warmup_ratio: float = 0.1
     cutoff: int = 16384  # most tokens kept of one trace
-    pack_len: int | None = None  # tokens per packed sequence; None: cutoff
+    pack_len: int | None = None  # tokens per packed sequence (with packing); None: cutoff
+    packing: bool = False  # False: the global batch counts traces (the paper); True: packs of pack_len
     global_batch: int = 96
     micro_batch: int = 1
     weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999  # transformers' default, as in the paper's stack
+    adam_eps: float = 1e-8
     max_grad_norm: float = 1.0
     lora_rank: int = 64
     lora_alpha: int = 128
@@ -54,8 +73,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     max_steps: int | None = None  # stop early (smoke tests, benchmarks)
-    system_prompt: str | None = None
-    style: str = "think"
+    system_prompt: str | None = None  # None: the dataset's (curate.train.template)
+    style: str | None = None  # thinking markers; None: the dataset's
+    sharding: str = "auto"  # multi-process: "ddp", "fsdp", or "auto" (fsdp when the model does not fit)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -68,12 +88,16 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.sharding not in ("auto", "ddp", "fsdp"):
+            raise ValueError(f"sharding must be 'auto', 'ddp' or 'fsdp', not {self.sharding!r}")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
+            raise ValueError(f"adam betas must be in [0, 1), got {self.adam_beta1}, {self.adam_beta2}")
         if self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
 
 
 def load_model(model_path: str, cfg: TrainConfig, device: Any) -> tuple[Any, Any]:
-    """Model and tokenizer ready to train: dtype, attention kernel, LoRA or full, checkpointing."""
+    """Model (still on CPU) and tokenizer ready to train: dtype, attention kernel, LoRA or full, checkpointing."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -92,7 +116,6 @@ def load_model(model_path: str, cfg: TrainConfig, device: Any) -> tuple[Any, Any
     dtype = torch.bfloat16 if (on_gpu and cfg.bf16 and cfg.method == "lora") else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation=attn)
     model.config.use_cache = False
-    model.to(device)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.method == "lora":
@@ -141,18 +164,26 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(out: Path, step: int, model: Any, optimizer: Any, scheduler: Any, keep: int) -> Path:
-    """``out/checkpoints/step-N``: trainable weights, optimizer, scheduler, step and RNG; atomic."""
+def save_checkpoint(out: Path, step: int, model: Any, optimizer: Any, scheduler: Any, keep: int,
+                    mode: str = "none", rank: int = 0) -> Path | None:
+    """``out/checkpoints/step-N``: trainable weights, optimizer, scheduler, step and RNG; atomic.
+
+    Every rank calls it (FSDP gathers the shards collectively); rank 0 writes.
+    """
     import torch
 
+    weights = shard.full_state(model, mode)
+    opt_state = shard.optimizer_state(model, optimizer, mode)
+    if rank != 0:
+        return None
     root = out / "checkpoints"
     final = root / f"step-{step:07d}"
     tmp = root / f".step-{step:07d}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    torch.save(trainable_state(_unwrap(model)), tmp / "trainable.pt")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": _rng_state()}, tmp / "state.pt")
-    (tmp / "step.json").write_text(json.dumps({"step": step}))
+    torch.save(weights, tmp / "trainable.pt")
+    torch.save({"optimizer": opt_state, "scheduler": scheduler.state_dict(), "rng": _rng_state()},
+               tmp / "state.pt")
+    (tmp / "step.json").write_text(json.dumps({"step": step, "sharding": mode}))
     if final.exists():
         import shutil
         shutil.rmtree(final)
@@ -179,16 +210,29 @@ class TrainResult:
     losses: list[float]
     tokens_per_s: float
     data: dict[str, int]
+    plan: str = ""
+    template: dict[str, Any] = field(default_factory=dict)
+    sharding: str = "none"
+
+
+def plan_text(counts: dict[str, int], cfg: TrainConfig, world: int, accum: int, total: int) -> str:
+    """One line saying what an optimizer step is and how many there will be."""
+    unit = f"packs of <= {cfg.pack_len or cfg.cutoff} tokens" if cfg.packing else "sequences (one trace each)"
+    batch = cfg.micro_batch * accum * world
+    return (f"{counts['packs']} {unit} x {cfg.epochs:g} epochs / global batch {batch} "
+            f"(micro {cfg.micro_batch} x accum {accum} x {world} ranks) = {total} optimizer steps")
 
 
 def train(dataset: str | os.PathLike, model_path: str, out: str | os.PathLike, cfg: TrainConfig | None = None,
           *, config: str | None = None, resume: bool = True, progress: bool = True,
-          stop_after: int | None = None) -> TrainResult:
+          stop_after: int | None = None, template: Template | None = None) -> TrainResult:
     """Fine-tune ``model_path`` on a dataset folder's traces; the result lands in ``out/final``.
 
     ``resume``: continue from the newest checkpoint in ``out``. ``stop_after``: return after that
-    many optimizer steps (as if killed there; tests use it). ``out/train_config.json`` records the
-    settings and data counts; ``out/log.jsonl`` one line per optimizer step.
+    many optimizer steps (as if killed there; tests use it). ``template``: the prompt template
+    (default: the dataset's, :func:`curate.train.template.dataset_template`, with ``cfg``'s
+    overrides). ``out/train_config.json`` records the settings, template, batch unit, optimizer,
+    sharding and data counts; ``out/log.jsonl`` one line per optimizer step.
     """
     import torch
     import torch.distributed as dist
@@ -204,53 +248,60 @@ def train(dataset: str | os.PathLike, model_path: str, out: str | os.PathLike, c
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        device = torch.device("cuda")
+        device = torch.device("cuda", torch.cuda.current_device())
     else:
         device = torch.device("cpu")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
+    template = template or dataset_template(dataset, config, style=cfg.style, system_prompt=cfg.system_prompt)
     model, tokenizer = load_model(model_path, cfg, device)
     packs, counts = build_packs(dataset, tokenizer, cfg.cutoff, pack_len=cfg.pack_len, config=config,
-                                system_prompt=cfg.system_prompt, style=cfg.style)
+                                system_prompt=template.system_prompt, style=template.style, packing=cfg.packing)
     if not packs:
         raise ValueError(f"{dataset}: no trainable traces")
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is not None else None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_train, n_all = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
+    frozen_bytes = next((p.element_size() for p in model.parameters() if not p.requires_grad), 4)
+    mode = shard.choose_sharding(cfg.sharding, world, n_all, n_train, frozen_bytes, device)
+    model = shard.wrap(model, mode, device)
     micro_per_epoch = math.ceil(len(packs) / cfg.micro_batch)
-    if world > 1:  # every rank must get a micro-batch in every step (else DDP waits forever): drop the tail
+    if world > 1:  # every rank must get a micro-batch in every step (else ranks wait forever): drop the tail
         micro_per_epoch -= micro_per_epoch % world
         if micro_per_epoch == 0:
-            raise ValueError(f"{len(packs)} packs cannot feed {world} ranks")
+            raise ValueError(f"{len(packs)} sequences cannot feed {world} ranks")
     accum = max(1, min(cfg.global_batch // (cfg.micro_batch * world), math.ceil(micro_per_epoch / world)))
     steps_per_epoch = math.ceil(micro_per_epoch / (accum * world))
     total = max(1, math.ceil(steps_per_epoch * cfg.epochs))
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
+    plan = plan_text(counts, cfg, world, accum, total)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaced them with shards
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     step = 0
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is not None:
-        weights = torch.load(ckpt / "trainable.pt", map_location=device)
-        # strict=False because only the trained parameters are saved; any name that does not match is an error
-        unexpected = _unwrap(model).load_state_dict(weights, strict=False).unexpected_keys
-        if unexpected or set(weights) != set(trainable_state(_unwrap(model))):
-            raise ValueError(f"{ckpt}: checkpoint does not match this model/method (e.g. {unexpected[:3]})")
+        weights = torch.load(ckpt / "trainable.pt", map_location="cpu")
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
+        shard.load_state(model, optimizer, mode, weights, state["optimizer"], str(ckpt))
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         step = json.loads((ckpt / "step.json").read_text())["step"]
     if rank == 0:
-        n_train = sum(p.numel() for p in params)
-        n_all = sum(p.numel() for p in model.parameters())
         record = {"model": model_path, "dataset": str(dataset), "config": config, "train": asdict(cfg),
-                  "data": counts, "world_size": world, "grad_accum": accum, "total_steps": total,
+                  "template": template.to_json(), "batch_unit": "packs" if cfg.packing else "sequences",
+                  "optimizer": {"name": "AdamW", "lr": cfg.lr, "betas": [cfg.adam_beta1, cfg.adam_beta2],
+                                "eps": cfg.adam_eps, "weight_decay": cfg.weight_decay,
+                                "schedule": "cosine", "warmup_ratio": cfg.warmup_ratio},
+                  "data": counts, "world_size": world, "sharding": mode, "grad_accum": accum,
+                  "global_batch": cfg.micro_batch * accum * world, "total_steps": total, "plan": plan,
                   "trainable_params": n_train, "params": n_all}
         (out / "train_config.json").write_text(json.dumps(record, indent=2, default=str))
+        if progress:
+            tqdm.write(f"plan: {plan}; sharding: {mode}")
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16)
     model.train()
@@ -258,6 +309,14 @@ def train(dataset: str | os.PathLike, model_path: str, out: str | os.PathLike, c
     bar = tqdm(total=total, initial=step, disable=not progress or rank != 0, desc="train", unit="step")
     t0, tokens_seen = time.perf_counter(), 0
     log = (out / "log.jsonl").open("a") if rank == 0 else None
+
+    def result() -> TrainResult:
+        bar.close()
+        if log:
+            log.close()
+        return TrainResult(out, step, losses, tokens_seen / max(time.perf_counter() - t0, 1e-9), counts,
+                           plan, template.to_json(), mode)
+
     while step < total:
         epoch, within = divmod(step, steps_per_epoch)
         order = _epoch_order(len(packs), epoch, cfg.seed)
@@ -267,7 +326,8 @@ def train(dataset: str | os.PathLike, model_path: str, out: str | os.PathLike, c
         for s in range(within, steps_per_epoch):
             group = batches[start + rank: start + accum * world: world]
             start += accum * world
-            loss_sum, n_tok = _optimizer_step(model, group, optimizer, scheduler, autocast, cfg, tokenizer, device)
+            loss_sum, n_tok = _optimizer_step(model, group, optimizer, scheduler, autocast, cfg, tokenizer,
+                                              device, mode)
             step += 1
             tokens_seen += n_tok
             losses.append(loss_sum)
@@ -280,47 +340,38 @@ def train(dataset: str | os.PathLike, model_path: str, out: str | os.PathLike, c
                                       "tokens_per_s": rate}) + "\n")
                 log.flush()
             end_of_epoch = s == steps_per_epoch - 1
-            if rank == 0 and ((cfg.save_every and step % cfg.save_every == 0) or end_of_epoch or step == total):
-                save_checkpoint(out, step, model, optimizer, scheduler, cfg.keep_checkpoints)
+            if (cfg.save_every and step % cfg.save_every == 0) or end_of_epoch or step == total:
+                save_checkpoint(out, step, model, optimizer, scheduler, cfg.keep_checkpoints, mode, rank)
             if world > 1:
                 dist.barrier()
             if step >= total or (stop_after is not None and step >= stop_after):
                 break
         if stop_after is not None and step >= stop_after and step < total:
-            bar.close()
-            if log:
-                log.close()
-            return TrainResult(out, step, losses, tokens_seen / max(time.perf_counter() - t0, 1e-9), counts)
-    bar.close()
-    if log:
-        log.close()
+            return result()
+    final_state = shard.full_state(model, mode, trainable_only=False) if mode == "fsdp" else None
     if rank == 0:
         final = out / "final"
-        _unwrap(model).save_pretrained(final)
+        _unwrap(model).save_pretrained(final, **({"state_dict": final_state} if final_state else {}))
         tokenizer.save_pretrained(final)
-    return TrainResult(out, step, losses, tokens_seen / max(time.perf_counter() - t0, 1e-9), counts)
+    return result()
 
 
 def _optimizer_step(model: Any, group: list[list[Pack]], optimizer: Any, scheduler: Any, autocast: Any,
-                    cfg: TrainConfig, tokenizer: Any, device: Any) -> tuple[float, int]:
+                    cfg: TrainConfig, tokenizer: Any, device: Any, mode: str = "none") -> tuple[float, int]:
     """Accumulate gradients over ``group`` (micro-batches), normalised by its target-token count."""
-    import contextlib
-
     import torch
     import torch.distributed as dist
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n_items = torch.tensor(sum(p.n_targets for mb in group for p in mb), device=device)
     world = dist.get_world_size() if dist.is_initialized() else 1
-    if world > 1:  # normalise by the global target count; DDP then averages over ranks, so scale back
+    if world > 1:  # normalise by the global target count; DDP / FSDP then average over ranks, so scale back
         dist.all_reduce(n_items)
     n_items = n_items.clamp(min=1)
     total_loss, tokens = 0.0, 0
     for k, mb in enumerate(group):
         batch = {key: v.to(device) for key, v in collate(mb, pad).items()}
-        # DDP: all-reduce gradients once, on the last micro-batch of the step
-        sync = model.no_sync() if world > 1 and k < len(group) - 1 else contextlib.nullcontext()
-        with sync:
+        with shard.sync(model, mode, last=k == len(group) - 1):
             with autocast:
                 loss = model(**batch, num_items_in_batch=n_items, use_cache=False).loss
             (loss * world).backward()
