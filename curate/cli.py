@@ -371,10 +371,33 @@ def train(dataset: Path, config: str | None, model_path: str, method: str, out: 
                f"{'packs' if packing else 'sequences'}){last}; wrote {out / 'final'}")
 
 
+def _echo_scores(scores: dict) -> None:
+    from curate.train.eval import mean_accuracy
+
+    for name, s in scores.items():
+        if "skipped" in s:
+            click.echo(f"{name:14} skipped: {s['skipped']}")
+            continue
+        lo, hi = s["ci95"]
+        extra = f"  of {s['of']}" if "of" in s else ""
+        if "agreement" in s:
+            extra += f"  harness {100 * s['harness_accuracy']:.1f}%  agreement {100 * s['agreement']:.1f}%"
+        click.echo(f"{name:14} {100 * s['accuracy']:5.1f}%  [{100 * lo:.1f}, {100 * hi:.1f}]  "
+                   f"n={s['problems']}x{s['samples']}{extra}")
+    mean = mean_accuracy(scores)
+    if mean is not None and sum("accuracy" in s for s in scores.values()) > 1:
+        click.echo(f"{'mean':14} {100 * mean:5.1f}%  (unweighted over benchmarks)")
+
+
 @main.command("eval")
-@click.argument("model")
-@click.option("--benchmarks", default="math500,aime24,aime25,amc23,gpqa", show_default=True,
-              help="Comma-separated bundled benchmarks (curate.decontam.benchmarks).")
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--generations", is_flag=True,
+              help="TARGETS are files of existing generations to score (no model is run).")
+@click.option("--preset", type=click.Choice(["table2"]), default=None,
+              help="The paper's evaluation protocol (benchmarks, greedy, 32768 tokens).")
+@click.option("--benchmarks", default=None,
+              help="Comma-separated bundled benchmarks [default: math500,aime24,aime25,amc23,gpqa; with "
+                   "--generations: every bundled benchmark with text].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for scores.json and generations.parquet.")
 @click.option("--backend", type=click.Choice(["transformers", "vllm"]), default="transformers", show_default=True)
@@ -383,35 +406,58 @@ def train(dataset: Path, config: str | None, model_path: str, method: str, out: 
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("-n", "--samples", type=int, default=1, show_default=True, help="Samples per problem (pass@1 averaged).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--system-prompt", default=None, help="System prompt [default: the Sky-T1 style one].")
+@click.option("--system-prompt", default=None,
+              help="System prompt [default: the one the run was trained with, else Sky-T1's].")
 @click.option("--limit", type=int, default=None, help="Only the first N problems of each benchmark.")
-def eval_(model: str, benchmarks: str, out: Path, backend: str, max_tokens: int, temperature: float, top_p: float,
-          samples: int, seed: int, system_prompt: str | None, limit: int | None) -> None:
-    """Score MODEL (a model folder, a LoRA adapter, or a `curate train` run folder) on benchmarks.
+@click.pass_context
+def eval_(ctx: click.Context, targets: tuple[str, ...], generations: bool, preset: str | None, benchmarks: str | None, out: Path,
+          backend: str, max_tokens: int, temperature: float, top_p: float, samples: int, seed: int,
+          system_prompt: str | None, limit: int | None) -> None:
+    """Score a model (a model folder, a LoRA adapter, or a `curate train` run folder) on benchmarks,
+    or, with --generations, score existing generations (FILE...) from another harness.
 
     \b
     Generates with the backend, extracts and math-verifies each answer, and writes
     OUT/scores.json (accuracy with a 95% Wilson interval per benchmark) and
-    OUT/generations.parquet (every generation, for audit). Seed setups:
+    OUT/generations.parquet (every generation, for audit). The prompt is the run's training
+    template (dataset markers and system prompt), else Sky-T1's. Seed setups:
       greedy:  --temperature 0 --max-tokens 32768            (default)
       sampled: --temperature 0.6 --top-p 0.95 -n 8
+    --generations FILE...: Qwen2.5-Math / SkyThought eval outputs, lighteval details, vLLM dumps
+    or any JSONL with a problem and a response field; each record is matched to a bundled
+    benchmark item by problem text or id, graded with the same grader, and compared with the
+    file's own verdicts (`score`) when it has them.
     """
-    from curate.train.eval import DEFAULT_SKY_T1_SYSTEM, EvalConfig, evaluate
+    from curate.train.eval import EvalConfig, evaluate
 
-    cfg = EvalConfig(benchmarks=tuple(b.strip() for b in benchmarks.split(",") if b.strip()), backend=backend,
-                     max_tokens=max_tokens, temperature=temperature, top_p=top_p, n=samples, seed=seed,
-                     system_prompt=system_prompt or DEFAULT_SKY_T1_SYSTEM, limit=limit)
+    names = tuple(b.strip() for b in benchmarks.split(",") if b.strip()) if benchmarks else None
+    if generations:
+        from curate.train.generations import score_generations
+
+        try:
+            scores = score_generations(list(targets), out, list(names) if names else None)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+        _echo_scores(scores)
+        click.echo(f"wrote {out / 'scores.json'} and {out / 'generations.parquet'}")
+        return
+    if len(targets) != 1:
+        raise click.UsageError("give one MODEL (or --generations FILE...)")
+    settings = dict(benchmarks=names or ("math500", "aime24", "aime25", "amc23", "gpqa"), backend=backend,
+                    max_tokens=max_tokens, temperature=temperature, top_p=top_p, n=samples, seed=seed,
+                    system_prompt=system_prompt, limit=limit)
+    if preset:
+        from curate.train.presets import get_preset
+
+        given = {k for k in ctx.params if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+        renamed = {"n": "samples"}
+        settings.update({k: v for k, v in get_preset(preset).eval.items() if renamed.get(k, k) not in given})
+    cfg = EvalConfig(**settings)
     try:
-        scores = evaluate(model, out, cfg)
+        scores = evaluate(targets[0], out, cfg)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    for name, s in scores.items():
-        if "skipped" in s:
-            click.echo(f"{name:14} skipped: {s['skipped']}")
-        else:
-            lo, hi = s["ci95"]
-            click.echo(f"{name:14} {100 * s['accuracy']:5.1f}%  [{100 * lo:.1f}, {100 * hi:.1f}]  "
-                       f"n={s['problems']}x{s['samples']}")
+    _echo_scores(scores)
     click.echo(f"wrote {out / 'scores.json'} and {out / 'generations.parquet'}")
 
 
@@ -435,40 +481,56 @@ def eval_(model: str, benchmarks: str, out: Path, backend: str, max_tokens: int,
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("-n", "--samples", type=int, default=1, show_default=True, help="Samples per problem (pass@1 averaged).")
 @click.option("--limit", type=int, default=None, help="Only the first N problems of each benchmark.")
+@click.option("--system-prompt", default=None, help="System prompt for training and evaluation [default: the dataset's].")
+@click.option("--style", type=click.Choice(["sky-t1", "think", "none"]), default=None,
+              help="Thinking markers for training and evaluation [default: the dataset's].")
+@click.option("--preset", type=click.Choice(["table2"]), default=None,
+              help="table2: the paper's Table 2 protocol (full FT, lr 1e-5, 3 epochs, cosine, warmup 0.1, cutoff "
+                   "16384, 96 sequences a step; greedy, 32768 tokens, MATH500/AIME24/AMC23/OlympiadBench) with "
+                   "the reference numbers beside the run's; options given explicitly still win.")
 @click.option("--no-card", is_flag=True, help="Do not regenerate the dataset card.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def validate(dataset: Path, model_path: str, method: str, benchmarks: str, out: Path | None, configs: str | None,
-             lr: float | None, epochs: float, warmup_ratio: float, cutoff: int, pack_len: int | None,
-             global_batch: int, micro_batch: int, lora_rank: int, lora_alpha: int, gradient_checkpointing: bool,
-             bf16: bool, max_steps: int | None, seed: int, backend: str, max_tokens: int, temperature: float,
-             top_p: float, samples: int, limit: int | None, no_card: bool, progress: bool) -> None:
+@click.pass_context
+def validate(ctx: click.Context, dataset: Path, model_path: str, out: Path | None, configs: str | None,
+             preset: str | None, no_card: bool, progress: bool, **opts) -> None:
     """Train MODEL on every config (variant) of DATASET, score each, record it in the card.
 
     \b
     Each config is fine-tuned (as `curate train`) into OUT/<config>/ and scored (as `curate eval`)
-    into OUT/<config>/eval/; pass@1 and its 95% Wilson interval per benchmark go to
-    DATASET/validation.json, and DATASET/README.md is regenerated with the validation table and
-    plots/variants.png. Rerunning skips configs already trained and scored with the same settings.
+    into OUT/<config>/eval/ with the same prompt template (the dataset's markers and system
+    prompt); pass@1 and its 95% Wilson interval per benchmark go to DATASET/validation.json (with
+    the template, batch unit and optimizer), and DATASET/README.md is regenerated with the
+    validation table and plots/variants.png. Rerunning skips configs already trained and scored
+    with the same settings.
     """
-    from curate.train.eval import DEFAULT_SKY_T1_SYSTEM, EvalConfig
+    from curate.train.eval import EvalConfig
     from curate.train.sft import TrainConfig
     from curate.train.validate import validate as run_validate
 
+    train_keys = ("method", "lr", "epochs", "warmup_ratio", "cutoff", "packing", "pack_len", "global_batch",
+                  "micro_batch", "adam_beta2", "sharding", "lora_rank", "lora_alpha", "gradient_checkpointing",
+                  "bf16", "max_steps", "seed", "system_prompt", "style")
+    train_opts = {k: opts[k] for k in train_keys}
+    eval_opts = {"benchmarks": tuple(b.strip() for b in opts["benchmarks"].split(",") if b.strip()),
+                 "backend": opts["backend"], "max_tokens": opts["max_tokens"], "temperature": opts["temperature"],
+                 "top_p": opts["top_p"], "n": opts["samples"], "seed": opts["seed"], "limit": opts["limit"]}
+    if preset:
+        from curate.train.presets import get_preset
+
+        chosen_p = get_preset(preset)
+        given = {k for k in ctx.params if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+        train_opts.update({k: v for k, v in chosen_p.train.items() if k not in given})
+        renamed = {"n": "samples"}
+        eval_opts.update({k: v for k, v in chosen_p.eval.items() if renamed.get(k, k) not in given})
     try:
-        train_cfg = TrainConfig(method=method, lr=lr, epochs=epochs, warmup_ratio=warmup_ratio, cutoff=cutoff,
-                                pack_len=pack_len, global_batch=global_batch, micro_batch=micro_batch,
-                                lora_rank=lora_rank, lora_alpha=lora_alpha,
-                                gradient_checkpointing=gradient_checkpointing, bf16=bf16, max_steps=max_steps,
-                                seed=seed)
+        train_cfg = TrainConfig(**train_opts)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
-    eval_cfg = EvalConfig(benchmarks=tuple(b.strip() for b in benchmarks.split(",") if b.strip()), backend=backend,
-                          max_tokens=max_tokens, temperature=temperature, top_p=top_p, n=samples, seed=seed,
-                          system_prompt=DEFAULT_SKY_T1_SYSTEM, limit=limit)
+    eval_cfg = EvalConfig(**eval_opts)
     chosen = [c.strip() for c in configs.split(",") if c.strip()] if configs else None
     try:
         res = run_validate(dataset, model_path, out, train_cfg=train_cfg, eval_cfg=eval_cfg, configs=chosen,
-                           card=not no_card, progress=progress)
+                           card=not no_card, progress=progress, preset=preset)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     for row in res.rows:

@@ -1,8 +1,10 @@
 """Score a model on the bundled math benchmarks: generate, extract the answer, math-verify it.
 
-Prompts are the benchmark problem as a user turn after a system prompt (the Sky-T1 style one by
-default), rendered with the model's own chat template here and sent as plain text, so every
-backend (``transformers`` on CPU, ``vllm`` on GPU) sees the same tokens. A LoRA run folder is
+Prompts are the benchmark problem as a user turn after the system prompt of the run's prompt
+template (:mod:`curate.train.template`: the one a ``curate train`` run folder was trained with,
+else Sky-T1's), rendered with the model's own chat template here exactly as training renders a
+trace's prompt, and sent as plain text, so every backend (``transformers`` on CPU, ``vllm`` on
+GPU) sees the same tokens. ``scores.json`` records the template. A LoRA run folder is
 merged into its base first (``merge_adapter``) so both backends serve it as a plain model.
 
 Scoring: each completion is split into thinking and solution (``curate.io.markers``), and
@@ -23,8 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from curate.io.export import DEFAULT_SKY_T1_SYSTEM
+from curate.io.export import DEFAULT_SKY_T1_SYSTEM  # noqa: F401  (re-exported for older callers)
 from curate.io.markers import split_response
+from curate.train.template import SKY_T1, Template, run_template
 
 DEFAULT_BENCHMARKS = ("math500", "aime24", "aime25", "amc23", "gpqa")
 
@@ -74,7 +77,8 @@ class EvalConfig:
     top_p: float = 1.0
     n: int = 1
     seed: int = 0
-    system_prompt: str | None = DEFAULT_SKY_T1_SYSTEM
+    system_prompt: str | None = None  # overrides the template's system prompt
+    template: dict[str, Any] | None = None  # {"style", "system_prompt"}; None: the run's, else Sky-T1's
     limit: int | None = None  # first N problems of each benchmark (smoke tests)
     backend_options: dict[str, Any] | None = None
 
@@ -90,6 +94,35 @@ def _model_folder(model: str, out: Path) -> str:
     return model
 
 
+def resolve_template(model: str | None, cfg: EvalConfig) -> Template:
+    """The template to prompt with: ``cfg.template``, else the run folder's, else Sky-T1's;
+    ``cfg.system_prompt`` replaces its system prompt."""
+    if cfg.template:
+        t = Template.from_json(cfg.template)
+    else:
+        t = (run_template(model) if model and Path(model).is_dir() else None) or SKY_T1
+    if cfg.system_prompt is not None:
+        t = Template(t.style, cfg.system_prompt, "given (system prompt)")
+    return t
+
+
+def summarise(per_problem: list[float], samples: int, out_tokens: int, seconds: float | None) -> dict[str, Any]:
+    """One benchmark's figures: pass@1 over problems, its Wilson interval, counts and throughput."""
+    acc = sum(per_problem) / max(len(per_problem), 1)
+    lo, hi = wilson(acc, len(per_problem))
+    record: dict[str, Any] = {"accuracy": acc, "ci95": [lo, hi], "problems": len(per_problem), "samples": samples,
+                              "output_tokens": out_tokens}
+    if seconds is not None:
+        record["output_tokens_per_s"] = out_tokens / max(seconds, 1e-9)
+    return record
+
+
+def mean_accuracy(scores: dict[str, Any]) -> float | None:
+    """The unweighted mean of the benchmarks' pass@1 (each benchmark counts once, as the paper's average)."""
+    accs = [s["accuracy"] for s in scores.values() if isinstance(s, dict) and "accuracy" in s]
+    return sum(accs) / len(accs) if accs else None
+
+
 def evaluate(model: str, out: str | os.PathLike, cfg: EvalConfig | None = None) -> dict[str, Any]:
     """Generate on each benchmark, score, write generations.parquet and scores.json; return the scores."""
     import polars as pl
@@ -101,6 +134,7 @@ def evaluate(model: str, out: str | os.PathLike, cfg: EvalConfig | None = None) 
     cfg = cfg or EvalConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    template = resolve_template(model, cfg)
     path = _model_folder(model, out)
     tokenizer = AutoTokenizer.from_pretrained(path)
     settings = {"backend": cfg.backend, "name_or_path": path, "cache": False, "chat": False,
@@ -110,11 +144,7 @@ def evaluate(model: str, out: str | os.PathLike, cfg: EvalConfig | None = None) 
                             n=cfg.n, seed=cfg.seed)
 
     def render(problem: str) -> str:
-        turns = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
-        turns.append({"role": "user", "content": problem})
-        if getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-        return "\n\n".join(t["content"] for t in turns) + "\n\n"
+        return template.prompt(tokenizer, problem)
 
     rows: list[dict[str, Any]] = []
     scores: dict[str, Any] = {}
@@ -140,13 +170,10 @@ def evaluate(model: str, out: str | os.PathLike, cfg: EvalConfig | None = None) 
                              "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
                              "completion_tokens": c.completion_tokens})
             per_problem.append(hits / max(len(comps), 1))
-        acc = sum(per_problem) / max(len(per_problem), 1)
-        lo, hi = wilson(acc, len(per_problem))
-        scores[name] = {"accuracy": acc, "ci95": [lo, hi], "problems": len(per_problem), "samples": cfg.n,
-                        "output_tokens": out_tokens, "output_tokens_per_s": out_tokens / max(seconds, 1e-9)}
+        scores[name] = summarise(per_problem, cfg.n, out_tokens, seconds)
     if rows:
         pl.DataFrame(rows, infer_schema_length=None).write_parquet(out / "generations.parquet")
     record = {"model": model, "served": path, "config": {**asdict(cfg), "benchmarks": list(cfg.benchmarks)},
-              "scores": scores}
+              "template": template.to_json(), "mean_accuracy": mean_accuracy(scores), "scores": scores}
     (out / "scores.json").write_text(json.dumps(record, indent=2, default=str))
     return scores

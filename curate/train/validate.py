@@ -7,6 +7,12 @@ with its 95% Wilson interval is collected into ``DATASET/validation.json`` in th
 dataset card reads (``{"results": [{"config": ..., <metric>: value, ...}], ...}``; the card plots
 the first numeric metric per config), and the card is regenerated.
 
+One prompt template (:mod:`curate.train.template`, the dataset's markers and system prompt) is
+resolved once and used by both training and evaluation; a run whose evaluation was prompted
+differently from its training is refused. ``validation.json`` records the template, the batch
+unit and the optimizer. ``preset`` (e.g. ``"table2"``, :mod:`curate.train.presets`) adds the
+reference numbers beside the run's (``<benchmark>_paper`` columns) with their sources.
+
 Resumable: a config whose ``final/`` model and ``eval/scores.json`` (for the same evaluation
 settings) exist is not redone; an interrupted training resumes from its newest checkpoint. A run
 folder trained with other settings is an error rather than silently reused.
@@ -16,12 +22,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from curate.train.eval import EvalConfig, evaluate
+from curate.train.presets import get_preset
 from curate.train.sft import TrainConfig, train
+from curate.train.template import Template, dataset_template
 
 VALIDATION_FILE = "validation.json"
 
@@ -66,16 +74,22 @@ def _evaluated(ev: Path, cfg: EvalConfig) -> dict[str, Any] | None:
     return record["scores"] if record.get("config") == _eval_settings(cfg) else None
 
 
-def result_row(config: str, scores: dict[str, Any], train_record: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One card row: ``config``, ``mean_pass@1`` (when several benchmarks are scored), then per
-    benchmark ``<b>_pass@1`` and ``<b>_ci95`` ("lo–hi"), then training steps and traces."""
+def result_row(config: str, scores: dict[str, Any], train_record: dict[str, Any] | None = None,
+               reference: dict[str, float] | None = None) -> dict[str, Any]:
+    """One card row: ``config``, ``mean_pass@1`` (when several benchmarks are scored: the unweighted
+    mean, as the paper averages), then per benchmark ``<b>_pass@1``, the reference ``<b>_paper``
+    when one is known and ``<b>_ci95`` ("lo–hi"), then training steps and traces."""
     scored = {b: s for b, s in scores.items() if "accuracy" in s}
     row: dict[str, Any] = {"config": config}
     if len(scored) > 1:
         row["mean_pass@1"] = round(sum(s["accuracy"] for s in scored.values()) / len(scored), 4)
+        if reference and all(b in reference for b in scored):
+            row["mean_paper"] = round(sum(reference[b] for b in scored) / len(scored), 4)
     for b, s in scored.items():
         lo, hi = s["ci95"]
         row[f"{b}_pass@1"] = round(s["accuracy"], 4)
+        if reference is not None:
+            row[f"{b}_paper"] = reference.get(b)
         row[f"{b}_ci95"] = f"{lo:.3f}–{hi:.3f}"
     if train_record:
         row["train_steps"] = train_record.get("total_steps")
@@ -111,7 +125,8 @@ def _card_options(folder: Path) -> dict[str, Any]:
 
 def validate(dataset: str | os.PathLike, model: str, out: str | os.PathLike | None = None, *,
              train_cfg: TrainConfig | None = None, eval_cfg: EvalConfig | None = None,
-             configs: list[str] | None = None, card: bool = True, progress: bool = True) -> ValidateResult:
+             configs: list[str] | None = None, card: bool = True, progress: bool = True,
+             preset: str | None = None) -> ValidateResult:
     """Train ``model`` on each config of ``dataset``, evaluate it, write ``validation.json`` and the card.
 
     ``out`` (default: ``<dataset>-validation`` beside the dataset folder, so run folders never end
@@ -132,16 +147,23 @@ def validate(dataset: str | os.PathLike, model: str, out: str | os.PathLike | No
         model = str(Path(model).resolve())
     train_cfg = train_cfg or TrainConfig()
     eval_cfg = eval_cfg or EvalConfig()
+    first = names[0] if names else DEFAULT_CONFIG
+    template = dataset_template(root, None if first == DEFAULT_CONFIG and not folder.has_variants else first,
+                                style=train_cfg.style, system_prompt=train_cfg.system_prompt)
+    eval_cfg = _same_template(template, eval_cfg)
+    reference = get_preset(preset) if preset else None
     out = Path(out) if out is not None else root.resolve().parent / f"{root.resolve().name}-validation"
     result = ValidateResult(rows=[], path=root / VALIDATION_FILE, card=None)
 
     skipped: dict[str, str] = {}
+    last_record: dict[str, Any] = {}
     for name in names:
         run = out / name
         ev = run / "eval"
         data_config = None if name == DEFAULT_CONFIG and not folder.has_variants else name
         if not _trained(run, model, train_cfg):
-            train(root, model, run, train_cfg, config=data_config, resume=True, progress=progress)
+            train(root, model, run, train_cfg, config=data_config, resume=True, progress=progress,
+                  template=template)
             result.trained.append(name)
         scores = None if name in result.trained else _evaluated(ev, eval_cfg)
         if scores is None:
@@ -151,7 +173,10 @@ def validate(dataset: str | os.PathLike, model: str, out: str | os.PathLike | No
             result.reused.append(name)
         skipped.update({b: s["skipped"] for b, s in scores.items() if "skipped" in s})
         record = json.loads((run / "train_config.json").read_text())
-        result.rows.append(result_row(name, scores, record))
+        check_templates(record, json.loads((ev / "scores.json").read_text()), run)
+        refs = reference.reference.get(name, {}) if reference else None
+        result.rows.append(result_row(name, scores, record, refs))
+        last_record = record
 
     settings = {"model": model, "train": _jsonable(asdict(train_cfg)), "eval": _eval_settings(eval_cfg)}
     previous = _previous_rows(result.path, settings)
@@ -166,6 +191,11 @@ def validate(dataset: str | os.PathLike, model: str, out: str | os.PathLike | No
         "benchmarks": list(eval_cfg.benchmarks),
         "metric": "pass@1 averaged over samples; ci95: Wilson interval over problems",
         "skipped": skipped,
+        "template": template.to_json(),
+        **{k: last_record.get(k) for k in ("batch_unit", "optimizer", "sharding", "global_batch")},
+        "preset": preset,
+        **({"reference_sources": {c: reference.reference_sources[c] for c in reference.reference}}
+           if reference else {}),
         **settings,
         "runs": {r["config"]: str(out / r["config"]) for r in rows},
         "results": rows,
@@ -176,6 +206,25 @@ def validate(dataset: str | os.PathLike, model: str, out: str | os.PathLike | No
 
         result.card = write_card(root, **_card_options(root))
     return result
+
+
+def _same_template(template: Template, cfg: EvalConfig) -> EvalConfig:
+    """``cfg`` prompting with the training template; an evaluation template that differs is an error."""
+    if cfg.template is not None and cfg.template != template.key():
+        raise ValueError(f"the evaluation template {cfg.template} differs from the training one {template.key()}")
+    if cfg.system_prompt is not None and cfg.system_prompt != template.system_prompt:
+        raise ValueError("the evaluation system prompt differs from the training one; set it for both "
+                         "(TrainConfig.system_prompt) or for neither")
+    return replace(cfg, template=template.key(), system_prompt=None)
+
+
+def check_templates(train_record: dict[str, Any], scores_record: dict[str, Any], where: Path) -> None:
+    """Refuse a run whose evaluation prompt template is not its training template."""
+    t, e = train_record.get("template") or {}, scores_record.get("template") or {}
+    key = ("style", "system_prompt")
+    if [t.get(k) for k in key] != [e.get(k) for k in key]:
+        raise ValueError(f"{where}: trained with template {({k: t.get(k) for k in key})} but evaluated with "
+                         f"{({k: e.get(k) for k in key})}")
 
 
 def _previous_rows(path: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
