@@ -312,6 +312,26 @@ def _validation(folder: Folder) -> list[dict[str, Any]]:
     return [r for r in (data or []) if isinstance(r, dict)]
 
 
+def _validation_notes(folder: Folder) -> list[str]:
+    """Where the ``*_paper`` reference columns come from, and the prompt template the runs used."""
+    path = folder.root / "validation.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    if not isinstance(data, dict):
+        return []
+    lines = []
+    sources = data.get("reference_sources") or {}
+    if sources:
+        lines.append(f"Columns `*_paper`: reference numbers for preset `{data.get('preset')}`, only where a "
+                     "source exists (empty otherwise):")
+        lines += [f"- `{c}`: {src}" for c, src in sources.items()] + [""]
+    template = data.get("template") or {}
+    if template:
+        lines.append(f"Prompt template (training and evaluation): `{template.get('style')}` markers; system "
+                     f"prompt: {template.get('source') or 'given'}. Batch unit: {data.get('batch_unit')}; "
+                     f"optimizer: {json.dumps(data.get('optimizer'))}.")
+    return lines + [""] if template else lines
+
+
 def _validation_metric(rows: list[dict[str, Any]]) -> str | None:
     for r in rows:
         for k, v in r.items():
@@ -529,6 +549,7 @@ def _body(folder: Folder, figures: dict[str, Any], plot_paths: dict[str, str], p
     if validation:
         keys = list(dict.fromkeys(k for r in validation for k in r))
         out += [_table(keys, [[r.get(k) for k in keys] for r in validation]), ""]
+        out += _validation_notes(folder)
         out += [f"![Variants]({plot_paths['variants']})", ""] if "variants" in plot_paths else []
     else:
         out += ["No validation results recorded yet (a training run writes them to `validation.json`).", ""]

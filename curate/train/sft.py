@@ -215,12 +215,15 @@ class TrainResult:
     sharding: str = "none"
 
 
-def plan_text(counts: dict[str, int], cfg: TrainConfig, world: int, accum: int, total: int) -> str:
+def plan_text(counts: dict[str, int], cfg: TrainConfig, world: int, accum: int, planned: int) -> str:
     """One line saying what an optimizer step is and how many there will be."""
     unit = f"packs of <= {cfg.pack_len or cfg.cutoff} tokens" if cfg.packing else "sequences (one trace each)"
     batch = cfg.micro_batch * accum * world
-    return (f"{counts['packs']} {unit} x {cfg.epochs:g} epochs / global batch {batch} "
-            f"(micro {cfg.micro_batch} x accum {accum} x {world} ranks) = {total} optimizer steps")
+    text = (f"{counts['packs']} {unit} x {cfg.epochs:g} epochs / global batch {batch} "
+            f"(micro {cfg.micro_batch} x accum {accum} x {world} ranks) = {planned} optimizer steps")
+    if cfg.max_steps and cfg.max_steps < planned:
+        text += f", stopping after {cfg.max_steps} (max_steps)"
+    return text
 
 
 def train(dataset: str | os.PathLike, model_path: str, out: str | os.PathLike, cfg: TrainConfig | None = None,
@@ -272,10 +275,10 @@ def train(dataset: str | os.PathLike, model_path: str, out: str | os.PathLike, c
             raise ValueError(f"{len(packs)} sequences cannot feed {world} ranks")
     accum = max(1, min(cfg.global_batch // (cfg.micro_batch * world), math.ceil(micro_per_epoch / world)))
     steps_per_epoch = math.ceil(micro_per_epoch / (accum * world))
-    total = max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    planned = total = max(1, math.ceil(steps_per_epoch * cfg.epochs))
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
-    plan = plan_text(counts, cfg, world, accum, total)
+    plan = plan_text(counts, cfg, world, accum, planned)
 
     params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaced them with shards
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -297,7 +300,8 @@ def train(dataset: str | os.PathLike, model_path: str, out: str | os.PathLike, c
                                 "eps": cfg.adam_eps, "weight_decay": cfg.weight_decay,
                                 "schedule": "cosine", "warmup_ratio": cfg.warmup_ratio},
                   "data": counts, "world_size": world, "sharding": mode, "grad_accum": accum,
-                  "global_batch": cfg.micro_batch * accum * world, "total_steps": total, "plan": plan,
+                  "global_batch": cfg.micro_batch * accum * world, "planned_steps": planned, "total_steps": total,
+                  "plan": plan,
                   "trainable_params": n_train, "params": n_all}
         (out / "train_config.json").write_text(json.dumps(record, indent=2, default=str))
         if progress:
