@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def estimate_table(**kw: float) -> str:
     lines = ["| student | train (h) | eval (h) | total per config (h) | full FT state fits one 80 GB GPU |",
              "|---|---|---|---|---|"]
     for r in estimate(**kw):
-        lines.append(f"| {r['student']} | {r['train_h']:.1f} | {r['eval_h']:.1f} | {r['total_h']:.1f} | "
+        lines.append(f"| {r['student']} | {r['train_h']:.2f} | {r['eval_h']:.2f} | {r['total_h']:.2f} | "
                      f"{'yes' if r['full_ft_fits_one_gpu'] else 'no: FSDP over >= 2 GPUs or CPU offload'} |")
     return "\n".join(lines)
 
