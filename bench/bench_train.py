@@ -109,8 +109,10 @@ def run_curate(model: Path, data: Path, seq: int, method: str, steps: int, warmu
 
     from curate.train.sft import TrainConfig, train
 
+    # packed, <think> markers and no system prompt: the same data and batch unit as TRL's run below
     cfg = TrainConfig(method=method, cutoff=seq, global_batch=8, epochs=100, warmup_ratio=0.0,
-                      max_steps=steps, save_every=10**9, keep_checkpoints=1)
+                      max_steps=steps, save_every=10**9, keep_checkpoints=1, packing=True, style="think",
+                      system_prompt="")
     _reset_peak(torch)
     res = train(data, str(model), out, cfg, progress=False, resume=False)
     # TRL's tokens seen are what its data collator feeds (padding-free: real tokens); ours the same.

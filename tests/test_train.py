@@ -29,9 +29,10 @@ from curate.train.sft import TrainConfig, train  # noqa: E402
 from curate.train.tiny import build_chat_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-# Small and fast: 288 tokens of each trace (the longest prompt is 263), 2 traces to a 576-token pack.
-SMALL = {"cutoff": 288, "pack_len": 576, "global_batch": 4, "warmup_ratio": 0.0, "gradient_checkpointing": False,
-         "bf16": False}
+# Small and fast: 288 tokens of each trace (the longest prompt is 263), 2 traces to a 576-token pack,
+# <think> markers and no system prompt (the sample's own, Sky-T1's, is ~560 tokens of the tiny tokenizer).
+SMALL = {"cutoff": 288, "pack_len": 576, "packing": True, "global_batch": 4, "warmup_ratio": 0.0,
+         "gradient_checkpointing": False, "bf16": False, "style": "think", "system_prompt": ""}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -176,13 +177,15 @@ def test_two_ranks_under_torchrun_train_the_single_process_weights(dataset, tiny
     train(dataset, str(tiny), tmp_path / "one", cfg, progress=False)
     args = ["train", str(dataset), "--model", str(tiny), "--method", "full", "--lr", "1e-3", "--epochs", "1",
             "--warmup-ratio", "0", "--cutoff", "288", "--pack-len", "576", "--global-batch", "4", "--max-steps", "3",
-            "--no-gradient-checkpointing", "--fp32", "--no-progress", "--out", str(tmp_path / "two")]
+            "--no-gradient-checkpointing", "--fp32", "--no-progress", "--packing", "--style", "think",
+            "--system-prompt", "", "--sharding", "ddp", "--out", str(tmp_path / "two")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "curate.cli", *args], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "two" / "train_config.json").read_text())
     assert record["world_size"] == 2 and record["grad_accum"] == 2 and record["total_steps"] == 3
+    assert record["sharding"] == "ddp"
     assert len((tmp_path / "two" / "log.jsonl").read_text().splitlines()) == 3  # rank 0 logs, once a step
     a = load_file(tmp_path / "one" / "final" / "model.safetensors")
     b = load_file(tmp_path / "two" / "final" / "model.safetensors")
@@ -198,5 +201,84 @@ def test_config_is_checked():
     d = TrainConfig()
     assert (d.lora_rank, d.lora_alpha, d.lora_dropout, d.lora_targets) == (64, 128, 0.0, "all-linear")
     assert (d.epochs, d.warmup_ratio, d.cutoff, d.global_batch) == (3.0, 0.1, 16384, 96)
+    # The paper's batch unit and optimizer by default: sequences (no packing), AdamW betas (0.9, 0.999).
+    assert (d.packing, d.adam_beta1, d.adam_beta2, d.adam_eps) == (False, 0.9, 0.999, 1e-8)
     with pytest.raises(ValueError, match="method"):
         TrainConfig(method="qlora")
+    with pytest.raises(ValueError, match="sharding"):
+        TrainConfig(sharding="zero3")
+
+
+def test_global_batch_counts_sequences_unless_packing(dataset, tiny, tmp_path):
+    """The paper's batch unit: 96 *traces* a step (no packing), so 50 traces / 8 a step = 7 steps an
+    epoch; packing counts packs (25 of them), so the same data gets fewer steps, and says so."""
+    base = {**SMALL, "global_batch": 8, "max_steps": 1}
+    seq = train(dataset, str(tiny), tmp_path / "seq", TrainConfig(method="full", epochs=3,
+                                                                  **{**base, "packing": False}), progress=False)
+    packed = train(dataset, str(tiny), tmp_path / "pack", TrainConfig(method="full", epochs=3, **base),
+                   progress=False)
+    rec = json.loads((tmp_path / "seq" / "train_config.json").read_text())
+    assert rec["batch_unit"] == "sequences" and rec["planned_steps"] == 21 and rec["global_batch"] == 8
+    assert seq.plan.startswith("50 sequences (one trace each) x 3 epochs / global batch 8")
+    assert "= 21 optimizer steps, stopping after 1 (max_steps)" in seq.plan
+    prec = json.loads((tmp_path / "pack" / "train_config.json").read_text())
+    assert prec["batch_unit"] == "packs" and prec["planned_steps"] == 12  # 25 packs: 4 steps an epoch
+    assert packed.plan.startswith("25 packs of <= 576 tokens")
+    # The optimizer really ran with the paper's betas (the HF default), and the record says so.
+    state = torch.load(tmp_path / "seq" / "checkpoints" / "step-0000001" / "state.pt", weights_only=False)
+    assert tuple(state["optimizer"]["param_groups"][0]["betas"]) == (0.9, 0.999)
+    assert rec["optimizer"]["betas"] == [0.9, 0.999]
+
+
+FSDP_DRIVER = """
+import sys
+from curate.train.sft import TrainConfig, train
+cfg = TrainConfig(**{**%r, "sharding": "fsdp", "gradient_checkpointing": True})
+stop = int(sys.argv[3]) if len(sys.argv) > 3 else None
+train(sys.argv[1], sys.argv[2], sys.argv[4] if len(sys.argv) > 4 else sys.argv[1] + "-out", cfg,
+      progress=False, stop_after=stop)
+"""
+
+
+def test_fsdp_two_ranks_train_the_single_process_weights_and_resume(dataset, tiny, tmp_path):
+    """Sharded training (FSDP2, activation checkpointing on) on CPU with gloo and 2 ranks: killed after
+    step 2 and resumed from its checkpoint, it ends at the weights one process reaches with the same
+    global batch."""
+    from safetensors.torch import load_file
+
+    settings = {"method": "full", "lr": 1e-3, "epochs": 1, "max_steps": 3, "save_every": 1, **SMALL}
+    train(dataset, str(tiny), tmp_path / "one", TrainConfig(**settings), progress=False)
+    driver = tmp_path / "driver.py"
+    driver.write_text(FSDP_DRIVER % (settings,))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO)}
+    out = tmp_path / "fsdp"
+    for stop in ("2", "0"):  # 0: no stop, run to the end from the newest checkpoint
+        args = [str(dataset), str(tiny), stop if stop != "0" else "1000", str(out)]
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                               "2", str(driver), *args], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        if stop == "2":
+            assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-0000001", "step-0000002"]
+            assert not (out / "final").exists()
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["sharding"] == "fsdp" and record["world_size"] == 2 and record["grad_accum"] == 2
+    assert len((out / "log.jsonl").read_text().splitlines()) == 3  # 2 steps, then the third after resuming
+    a = load_file(tmp_path / "one" / "final" / "model.safetensors")
+    b = load_file(out / "final" / "model.safetensors")
+    base = load_file(tiny / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert any(not torch.allclose(a[k], base[k], atol=1e-4) for k in a.keys() & base.keys())  # it trained
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4)
+
+
+def test_sharding_is_chosen_by_whether_the_model_fits():
+    from curate.train.shard import choose_sharding
+
+    h100 = 80 * 2**30
+    assert choose_sharding("auto", 1, 7 * 10**9, 7 * 10**9, 4, h100) == "none"  # one process: nothing to shard
+    assert choose_sharding("auto", 8, 7 * 10**9, 7 * 10**9, 4, h100) == "fsdp"  # 7B full FT: ~112 GB of state
+    assert choose_sharding("auto", 8, 5 * 10**8, 5 * 10**8, 4, h100) == "ddp"  # 0.5B: 8 GB, replicas fit
+    assert choose_sharding("auto", 8, 7 * 10**9, 4 * 10**7, 2, h100) == "ddp"  # 7B LoRA: bf16 base + adapter
+    assert choose_sharding("auto", 2, 10**9, 10**9, 4, None) == "ddp"  # CPU: replicas
+    assert choose_sharding("fsdp", 2, 10, 10, 4, None) == "fsdp"

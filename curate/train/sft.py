@@ -266,7 +266,8 @@ def train(dataset: str | os.PathLike, model_path: str, out: str | os.PathLike, c
     params = [p for p in model.parameters() if p.requires_grad]
     n_train, n_all = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
     frozen_bytes = next((p.element_size() for p in model.parameters() if not p.requires_grad), 4)
-    mode = shard.choose_sharding(cfg.sharding, world, n_all, n_train, frozen_bytes, device)
+    gpu_bytes = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    mode = shard.choose_sharding(cfg.sharding, world, n_all, n_train, frozen_bytes, gpu_bytes)
     model = shard.wrap(model, mode, device)
     micro_per_epoch = math.ceil(len(packs) / cfg.micro_batch)
     if world > 1:  # every rank must get a micro-batch in every step (else ranks wait forever): drop the tail

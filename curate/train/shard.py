@@ -24,20 +24,18 @@ FIT_FRACTION = 0.6  # the rest of the GPU is left for activations, the allocator
 
 
 def choose_sharding(wanted: str, world: int, n_params: int, n_trainable: int, frozen_bytes: int,
-                    device: Any) -> str:
+                    gpu_bytes: int | None) -> str:
     """``"none"`` for one process; else ``wanted``, or for ``"auto"`` FSDP when the estimated
-    training state (16 bytes a trained parameter plus the frozen weights) exceeds 60% of one GPU."""
+    training state (16 bytes a trained parameter plus the frozen weights) exceeds 60% of one GPU's
+    ``gpu_bytes`` (None, on CPU: DDP)."""
     if world == 1:
         return "none"
     if wanted != "auto":
         return wanted
-    if device.type != "cuda":
+    if gpu_bytes is None:
         return "ddp"
-    import torch
-
-    total = torch.cuda.get_device_properties(device).total_memory
     need = TRAIN_BYTES_PER_PARAM * n_trainable + frozen_bytes * (n_params - n_trainable)
-    return "fsdp" if need > FIT_FRACTION * total else "ddp"
+    return "fsdp" if need > FIT_FRACTION * gpu_bytes else "ddp"
 
 
 def _base(model: Any) -> Any:
