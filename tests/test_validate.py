@@ -16,8 +16,9 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("huggingface_hub")
 
 REPO = Path(__file__).resolve().parent.parent
-# 2 optimizer steps on 288-token traces; 2 problems per benchmark, 8 generated tokens each.
-TRAIN_ARGS = ["--method", "lora", "--cutoff", "288", "--pack-len", "576", "--global-batch", "4",
+# 2 optimizer steps of 4 traces cut at 800 tokens (the Sky-T1 system prompt alone is ~560 tokens of the
+# tiny tokenizer); 2 problems per benchmark, 8 generated tokens each.
+TRAIN_ARGS = ["--method", "lora", "--cutoff", "800", "--global-batch", "4",
               "--max-steps", "2", "--lora-rank", "4", "--no-gradient-checkpointing", "--fp32"]
 EVAL_ARGS = ["--benchmarks", "aime24,amc23", "--limit", "2", "--max-tokens", "8"]
 
@@ -73,6 +74,17 @@ def test_validate_trains_and_scores_every_config_then_resumes(variants: Path, ti
         assert train_record["config"] == r["config"]  # each config trained on its own rows
         assert (runs / r["config"] / "final" / "adapter_config.json").exists()
     assert record["model"] == str(tiny.resolve()) and record["train"]["lora_rank"] == 4
+    # One template from training to evaluation, the dataset's own (Sky-T1 markers and system prompt),
+    # recorded with the batch unit and the optimizer.
+    from curate.train.template import SKY_T1_SYSTEM
+
+    assert record["template"]["style"] == "sky-t1" and record["template"]["system_prompt"] == SKY_T1_SYSTEM
+    for c in ("clean", "shuffle_100"):
+        trained = json.loads((runs / c / "train_config.json").read_text())["template"]
+        asked = json.loads((runs / c / "eval" / "scores.json").read_text())["template"]
+        assert trained == asked == record["template"]
+    assert record["batch_unit"] == "sequences" and record["optimizer"]["betas"] == [0.9, 0.999]
+    assert record["preset"] is None and not any(k.endswith("_paper") for r in rows for k in r)
     assert record["eval"]["limit"] == 2 and record["benchmarks"] == ["aime24", "amc23"]
     # The two configs really differ: the shuffled traces are not the clean ones.
     clean, shuffled = (json.loads((runs / c / "train_config.json").read_text())["data"] for c in ("clean", "shuffle_100"))
@@ -129,7 +141,7 @@ def test_validate_a_dataset_without_variants_uses_the_default_config(tiny: Path,
 def _train_cfg(**changes):
     from curate.train.sft import TrainConfig
 
-    base = {"method": "lora", "cutoff": 288, "pack_len": 576, "global_batch": 4, "max_steps": 2, "lora_rank": 4,
+    base = {"method": "lora", "cutoff": 800, "global_batch": 4, "max_steps": 2, "lora_rank": 4,
             "gradient_checkpointing": False, "bf16": False}
     return TrainConfig(**{**base, **changes})
 
@@ -138,3 +150,115 @@ def _eval_cfg():
     from curate.train.eval import EvalConfig
 
     return EvalConfig(benchmarks=("aime24", "amc23"), limit=2, max_tokens=8)
+
+
+def test_the_eval_prompt_is_the_training_prompt(variants: Path, tiny: Path, tmp_path: Path) -> None:
+    """Through both code paths: the prompt tokens the trainer masks for a trace are exactly the tokens
+    evaluation sends for that problem; with another system prompt or markers they are not."""
+    from transformers import AutoTokenizer
+
+    from curate.train.data import IGNORE, load_chats, tokenize_chat
+    from curate.train.eval import EvalConfig, resolve_template
+    from curate.train.template import Template, dataset_template
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    template = dataset_template(variants, "clean")
+    chat = load_chats(variants, "clean", style=template.style, system_prompt=template.system_prompt)[0]
+    assert chat["messages"][-1]["content"].startswith("<|begin_of_thought|>")  # the dataset's markers
+    ex = tokenize_chat(tok, chat["messages"], 10**6)
+    trained_prompt = ex.input_ids[:next(i for i, x in enumerate(ex.labels) if x != IGNORE)]
+    problem = chat["messages"][-2]["content"]
+
+    run = tmp_path / "run"  # what `curate train` records, read back by evaluation
+    run.mkdir()
+    (run / "train_config.json").write_text(json.dumps({"template": template.to_json()}))
+    asked = resolve_template(str(run), EvalConfig())
+    assert tok(asked.prompt(tok, problem), add_special_tokens=False)["input_ids"] == trained_prompt
+    other = resolve_template(str(run), EvalConfig(system_prompt="Think step by step."))
+    assert tok(other.prompt(tok, problem), add_special_tokens=False)["input_ids"] != trained_prompt
+    # A model that is not a run folder gets Sky-T1's template, the paper's evaluation prompt.
+    assert resolve_template(str(tiny), EvalConfig()).key() == template.key()
+    assert Template("think", None).key() != template.key()
+
+
+def test_train_and_eval_templates_that_differ_are_refused(variants: Path, tiny: Path, tmp_path: Path) -> None:
+    from curate.train.eval import EvalConfig
+    from curate.train.validate import check_templates, validate
+
+    with pytest.raises(ValueError, match="evaluation system prompt differs from the training one"):
+        validate(variants, str(tiny), tmp_path / "runs", train_cfg=_train_cfg(),
+                 eval_cfg=EvalConfig(benchmarks=("amc23",), system_prompt="Be brief."), progress=False)
+    with pytest.raises(ValueError, match="evaluation template .* differs"):
+        validate(variants, str(tiny), tmp_path / "runs", train_cfg=_train_cfg(),
+                 eval_cfg=EvalConfig(benchmarks=("amc23",), template={"style": "think", "system_prompt": None}),
+                 progress=False)
+    t = {"style": "sky-t1", "system_prompt": "A"}
+    check_templates({"template": t}, {"template": {**t, "source": "other"}}, tmp_path)  # same key: fine
+    with pytest.raises(ValueError, match="trained with template"):
+        check_templates({"template": t}, {"template": {"style": "think", "system_prompt": "A"}}, tmp_path)
+
+
+def test_table2_preset_is_the_papers_configuration_field_by_field() -> None:
+    """The preset against the paper's own files (tests/data/skythought_corrupt, copied from
+    NovaSky-AI/SkyThought@corrupt) and transformers' TrainingArguments defaults for what they leave out."""
+    import dataclasses
+    import re
+
+    import yaml
+    from transformers import TrainingArguments
+
+    from curate.train.eval import EvalConfig
+    from curate.train.presets import TABLE2
+    from curate.train.sft import TrainConfig
+
+    data = REPO / "tests" / "data" / "skythought_corrupt"
+    paper = yaml.safe_load((data / "qwen2_full_sft_32B.yaml").read_text())
+    gpus = 8  # skythought/train/README.md: "on 8 H100 GPUs"; bash_launch_*.sh: --gres gpu:8
+    hf = {f.name: f.default for f in dataclasses.fields(TrainingArguments)}
+    train = TrainConfig(**TABLE2.train)
+    expected = {
+        "method": paper["finetuning_type"], "lr": paper["learning_rate"], "epochs": paper["num_train_epochs"],
+        "warmup_ratio": paper["warmup_ratio"], "cutoff": paper["cutoff_len"],
+        "global_batch": paper["per_device_train_batch_size"] * paper["gradient_accumulation_steps"] * gpus,
+        "micro_batch": paper["per_device_train_batch_size"], "packing": bool(paper.get("packing", False)),
+        "bf16": paper["bf16"], "adam_beta1": hf["adam_beta1"], "adam_beta2": hf["adam_beta2"],
+        "adam_eps": hf["adam_epsilon"], "weight_decay": hf["weight_decay"], "max_grad_norm": hf["max_grad_norm"],
+    }
+    assert paper["lr_scheduler_type"] == "cosine"  # the only schedule the trainer has
+    for name, value in expected.items():
+        assert getattr(train, name) == value, name
+    assert set(TABLE2.train) == set(expected)
+    assert (train.global_batch, train.adam_beta2, train.packing, train.method) == (96, 0.999, False, "full")
+
+    script = (data / "eval.sh").read_text()
+    flags = dict(re.findall(r"--(\w+) (\S+)", script))
+    names = re.search(r'^DATA_NAME="([^"]+)"', script, re.M).group(1).split()
+    ev = EvalConfig(**TABLE2.eval)
+    assert set(ev.benchmarks) == set(names) == {"math500", "aime24", "amc23", "olympiadbench"}
+    assert ev.temperature == float(flags["temperature"]) and ev.top_p == float(flags["top_p"])
+    assert ev.n == int(flags["n_sampling"]) and ev.seed == int(flags["seed"])
+    assert ev.max_tokens == int(flags["max_tokens_per_call"]) == 32768
+    assert set(TABLE2.eval) == {"benchmarks", "temperature", "top_p", "n", "seed", "max_tokens"}
+
+
+def test_table2_script_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
+    """bench/validate_table2.py --dry-run: the family from the recipe, the preset on two configs with a
+    tiny model, and the table with the sourced reference numbers beside the run's."""
+    from bench.validate_table2 import main
+
+    table = main(["--dry-run", "--configs", "clean,digits_70", "--out", str(tmp_path / "t2")])
+    text = table.read_text()
+    assert "| config | mean | mean (paper) | math500 | math500 (paper) |" in text
+    digits = next(line for line in text.splitlines() if line.startswith("| digits_70 |"))
+    assert "85.6" in digits and "77.5" in digits and "54.8" in digits  # the harness's own metrics files
+    family = tmp_path / "t2" / "family"
+    record = json.loads((family / "validation.json").read_text())
+    assert record["preset"] == "table2" and [r["config"] for r in record["results"]] == ["clean", "digits_70"]
+    assert record["benchmarks"] == ["math500", "aime24", "amc23", "olympiadbench"]
+    assert record["train"]["method"] == "full" and record["train"]["lr"] == 1e-5
+    assert record["train"]["packing"] is False and record["train"]["adam_beta2"] == 0.999
+    assert "Sky-T1-math-corrupt-0.7-32B" in record["reference_sources"]["digits_70"]
+    row = record["results"][1]
+    assert row["math500_paper"] == 0.856 and row["aime24_paper"] is None
+    card = (family / "README.md").read_text()
+    assert "math500_paper" in card and "Sky-T1-math-corrupt-0.7-32B" in card

@@ -210,12 +210,13 @@ def validate(dataset: str | os.PathLike, model: str, out: str | os.PathLike | No
 
 def _same_template(template: Template, cfg: EvalConfig) -> EvalConfig:
     """``cfg`` prompting with the training template; an evaluation template that differs is an error."""
-    if cfg.template is not None and cfg.template != template.key():
-        raise ValueError(f"the evaluation template {cfg.template} differs from the training one {template.key()}")
+    given = {k: (cfg.template or {}).get(k) for k in ("style", "system_prompt")}
+    if cfg.template is not None and given != template.key():
+        raise ValueError(f"the evaluation template {given} differs from the training one {template.key()}")
     if cfg.system_prompt is not None and cfg.system_prompt != template.system_prompt:
         raise ValueError("the evaluation system prompt differs from the training one; set it for both "
                          "(TrainConfig.system_prompt) or for neither")
-    return replace(cfg, template=template.key(), system_prompt=None)
+    return replace(cfg, template=template.to_json(), system_prompt=None)
 
 
 def check_templates(train_record: dict[str, Any], scores_record: dict[str, Any], where: Path) -> None:
