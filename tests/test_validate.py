@@ -262,3 +262,27 @@ def test_table2_script_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     assert row["math500_paper"] == 0.856 and row["aime24_paper"] is None
     card = (family / "README.md").read_text()
     assert "math500_paper" in card and "Sky-T1-math-corrupt-0.7-32B" in card
+
+
+def test_validate_preset_on_the_command_line_lets_explicit_options_win(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import curate.train.validate as v
+    from curate.cli import main
+
+    got: dict = {}
+
+    def capture(dataset, model, out, **kw):
+        got.update(kw)
+        raise ValueError("captured")
+
+    monkeypatch.setattr(v, "validate", capture)
+    res = CliRunner().invoke(main, ["validate", str(tmp_path), "--model", "m", "--preset", "table2",
+                                    "--max-tokens", "8", "--cutoff", "1024"])
+    assert "captured" in res.output
+    t, e = got["train_cfg"], got["eval_cfg"]
+    assert (t.method, t.lr, t.epochs, t.global_batch, t.packing, t.adam_beta2) == ("full", 1e-5, 3.0, 96, False, 0.999)
+    assert t.cutoff == 1024 and e.max_tokens == 8  # given explicitly: they win over the preset
+    assert e.benchmarks == ("math500", "aime24", "amc23", "olympiadbench") and e.temperature == 0.0
+    assert got["preset"] == "table2"
