@@ -286,3 +286,30 @@ def test_validate_preset_on_the_command_line_lets_explicit_options_win(tmp_path:
     assert t.cutoff == 1024 and e.max_tokens == 8  # given explicitly: they win over the preset
     assert e.benchmarks == ("math500", "aime24", "amc23", "olympiadbench") and e.temperature == 0.0
     assert got["preset"] == "table2"
+
+
+def test_the_template_follows_the_dataset(tmp_path: Path) -> None:
+    """Sky-T1 rows with their own system prompt keep it; R1-style <think> rows get <think> and no system
+    prompt; the shipped Sky-T1 harness sample gets Sky-T1's own prompt; overrides are recorded as given."""
+    from curate import Pipeline, read
+    from curate.train.template import SKY_T1_SYSTEM, dataset_template
+
+    own = "Answer inside <|begin_of_thought|> <|end_of_thought|>, then the solution."
+    sky = [{"system": own, "conversations": [
+        {"from": "user", "value": f"What is {i}+{i}?"},
+        {"from": "assistant", "value": f"<|begin_of_thought|>\n\nadd {i} and {i}\n\n<|end_of_thought|>\n\n"
+                                       f"<|begin_of_solution|>\n\n\\boxed{{{2 * i}}}\n\n<|end_of_solution|>"}]}
+           for i in range(3)]
+    r1 = [{"prompt": f"What is {i}?", "response": f"<think>\nhmm {i}\n</think>\n\\boxed{{{i}}}"} for i in range(3)]
+    for name, rows in (("sky", sky), ("r1", r1)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        Pipeline([]).run(read(tmp_path / f"{name}.jsonl"), out=tmp_path / name)
+    t = dataset_template(tmp_path / "sky")
+    assert (t.style, t.system_prompt) == ("sky-t1", own)
+    t = dataset_template(tmp_path / "r1")
+    assert (t.style, t.system_prompt) == ("think", None)
+    samples = tmp_path / "samples"
+    Pipeline([]).run(read(REPO / "curate" / "data" / "samples"), out=samples)
+    assert dataset_template(samples).key() == {"style": "sky-t1", "system_prompt": SKY_T1_SYSTEM}
+    t = dataset_template(samples, style="think", system_prompt="")
+    assert (t.style, t.system_prompt) == ("think", "") and t.source.startswith("given")

@@ -144,6 +144,8 @@ def dataset_template(dataset: str | os.PathLike, config: str | None = None, *, s
         base = Template(markers or "think", own, "the dataset rows' own system prompt")
     elif markers == "sky-t1":
         base = SKY_T1
+    elif markers == "think":
+        base = Template("think", None, "the input's <think> markers, no system prompt")
     else:
         base = Template("think", None, "default: <think> markers, no system prompt")
     if style is None and system_prompt is None:
