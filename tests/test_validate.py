@@ -176,6 +176,22 @@ def test_the_eval_prompt_is_the_training_prompt(variants: Path, tiny: Path, tmp_
     assert tok(asked.prompt(tok, problem), add_special_tokens=False)["input_ids"] == trained_prompt
     other = resolve_template(str(run), EvalConfig(system_prompt="Think step by step."))
     assert tok(other.prompt(tok, problem), add_special_tokens=False)["input_ids"] != trained_prompt
+    # With a ChatML (Qwen2.5) chat template this is, character for character, the paper's harness
+    # prompt: prompt type "Sky-T1" in SkyThought@corrupt skythought/Qwen2.5-Math/evaluation/utils.py.
+    import ast
+    import warnings
+
+    from curate.train.template import SKY_T1_SYSTEM
+
+    source = (REPO / "tests" / "data" / "skythought_corrupt" / "utils.py.txt").read_text()
+    with warnings.catch_warnings():  # the harness file has regexes in plain strings ("\\p")
+        warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
+        tree = ast.parse(source)
+    templates = next(n.value for n in tree.body
+                     if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "PROMPT_TEMPLATES")
+    harness = ast.literal_eval(templates.values[[k.value for k in templates.keys].index("Sky-T1")])[0]
+    assert SKY_T1_SYSTEM in harness
+    assert asked.prompt(tok, problem) == harness.format(input=problem)
     # A model that is not a run folder gets Sky-T1's template, the paper's evaluation prompt.
     assert resolve_template(str(tiny), EvalConfig()).key() == template.key()
     assert Template("think", None).key() != template.key()
