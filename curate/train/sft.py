@@ -288,6 +288,10 @@ def train(dataset: str | os.PathLike, model_path: str, out: str | os.PathLike, c
     step = 0
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is not None:
+        saved = json.loads((ckpt / "step.json").read_text()).get("sharding", "none")
+        if (saved == "fsdp") != (mode == "fsdp"):  # the optimizer state is keyed differently
+            raise ValueError(f"{ckpt} was written with sharding {saved!r}; resume it with that sharding, "
+                             f"not {mode!r} (or start over with --no-resume)")
         weights = torch.load(ckpt / "trainable.pt", map_location="cpu")
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
         shard.load_state(model, optimizer, mode, weights, state["optimizer"], str(ckpt))
