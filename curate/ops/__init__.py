@@ -13,6 +13,7 @@ from curate.ops.decontam import Decontaminate
 from curate.ops.dedup import ExactDedup
 from curate.ops.difficulty import GradeDifficulty
 from curate.ops.filter import Filter
+from curate.ops.generate import Generate
 from curate.ops.minhash import MinHashDedup
 from curate.ops.select import Sample
 from curate.ops.semantic import SemanticDedup
@@ -28,6 +29,7 @@ __all__ = [
     "ExactDedup",
     "ExtractAnswer",
     "Filter",
+    "Generate",
     "GradeDifficulty",
     "InsertSteps",
     "MinHashDedup",
