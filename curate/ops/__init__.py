@@ -1,6 +1,7 @@
 """The built-in operators, one module per family. Importing this registers them by recipe name."""
 
 from curate.ops.answer import ExtractAnswer
+from curate.ops.choose import Choose
 from curate.ops.corrupt import (
     CorruptDigits,
     CorruptWrongAnswer,
@@ -15,6 +16,7 @@ from curate.ops.difficulty import GradeDifficulty
 from curate.ops.filter import Filter
 from curate.ops.generate import Generate
 from curate.ops.minhash import MinHashDedup
+from curate.ops.reformat import Reformat
 from curate.ops.select import Sample
 from curate.ops.semantic import SemanticDedup
 from curate.ops.shorten import Shorten
@@ -22,6 +24,7 @@ from curate.ops.structure import Profile, SegmentSteps
 from curate.ops.verify import PairPreferences, Verify
 
 __all__ = [
+    "Choose",
     "CorruptDigits",
     "CorruptWrongAnswer",
     "Decontaminate",
@@ -35,6 +38,7 @@ __all__ = [
     "MinHashDedup",
     "PairPreferences",
     "Profile",
+    "Reformat",
     "RemoveKeywords",
     "Sample",
     "SegmentSteps",
