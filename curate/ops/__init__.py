@@ -13,11 +13,14 @@ from curate.ops.corrupt import (
 from curate.ops.decontam import Decontaminate
 from curate.ops.dedup import ExactDedup
 from curate.ops.difficulty import GradeDifficulty
+from curate.ops.domains import ClassifyDomain
 from curate.ops.filter import Filter
 from curate.ops.generate import Generate
 from curate.ops.minhash import MinHashDedup
 from curate.ops.reformat import Reformat
+from curate.ops.rubric import ScoreReasoning
 from curate.ops.select import Sample
+from curate.ops.selection import SelectDiverse, SelectQuality, SelectTop
 from curate.ops.semantic import SemanticDedup
 from curate.ops.shorten import Shorten
 from curate.ops.structure import Profile, SegmentSteps
@@ -25,6 +28,7 @@ from curate.ops.verify import PairPreferences, Verify
 
 __all__ = [
     "Choose",
+    "ClassifyDomain",
     "CorruptDigits",
     "CorruptWrongAnswer",
     "Decontaminate",
@@ -41,6 +45,10 @@ __all__ = [
     "Reformat",
     "RemoveKeywords",
     "Sample",
+    "ScoreReasoning",
+    "SelectDiverse",
+    "SelectQuality",
+    "SelectTop",
     "SegmentSteps",
     "SemanticDedup",
     "Shorten",

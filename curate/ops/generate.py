@@ -21,7 +21,14 @@ import pyarrow as pa
 from curate.errors import PipelineError
 from curate.io.markers import split_response
 from curate.models import Completion, SamplingParams, model_label
-from curate.models.steps import backend_for, backend_counts, checked_model, fill, model_resources, snapshot
+from curate.models.steps import (
+    backend_counts,
+    backend_for,
+    checked_model,
+    fill,
+    model_resources,
+    snapshot,
+)
 from curate.ops.difficulty import SOLVE_PROMPT
 from curate.schema import TRACE_SCHEMA, trace_id
 from curate.step import REJECT_REASON, Step, StepResult

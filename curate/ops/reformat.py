@@ -22,7 +22,14 @@ import pyarrow as pa
 
 from curate.io.markers import join_response, split_response
 from curate.models import SamplingParams
-from curate.models.steps import backend_counts, backend_for, checked_model, fill, model_resources, snapshot
+from curate.models.steps import (
+    backend_counts,
+    backend_for,
+    checked_model,
+    fill,
+    model_resources,
+    snapshot,
+)
 from curate.ops.shorten import _verified
 from curate.step import REJECT_REASON, Step, StepResult
 
