@@ -334,3 +334,46 @@ def test_generation_requests_are_what_apply_asks(name: str, params: dict, sample
             step.output_rows(batch.height)
     finally:
         clear_backends()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A real Ray cluster on this machine (2 CPUs), its files under the test's own temporary folder."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    yield
+    ray.shutdown()
+
+
+def test_ray_engine_writes_the_local_dataset(cluster, sample30, tmp_path: Path) -> None:
+    """The recipe on the ray engine, its generations (generate's and reformat's) made by Ray Data's
+    HTTP processor ahead of the apply (``ray_data_llm``): the same rows, rejects and funnel as local."""
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    data, rows = sample30
+    server, url, answered, reformats, _, _ = _serve_recipe_traces(rows)
+    results = {}
+    try:
+        for engine in ("local", "ray"):
+            folder = tmp_path / engine
+            folder.mkdir()
+            recipe = yaml.safe_load(_recipe(folder, url, data).read_text())
+            recipe["model"]["ray_data_llm"] = True
+            (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+            before = len(answered)
+            results[engine] = run_recipe(folder / "recipe.yaml", out=folder / "o", engine=engine, progress=False,
+                                         card=False)
+            assert len(answered) - before == 30  # each problem generated once, on either engine
+    finally:
+        server.shutdown()
+        server.server_close()
+        clear_backends()
+    local, distributed = results["local"], results["ray"]
+    assert local.to_polars().equals(distributed.to_polars())
+    assert local.rejects().equals(distributed.rejects())
+    assert local.funnel.drop("seconds").equals(distributed.funnel.drop("seconds"))
+    assert [f.get("rows_out") for f in local.manifest["funnel"]] == [f.get("rows_out") for f in distributed.manifest["funnel"]]
+    assert local.to_polars().height > 10
