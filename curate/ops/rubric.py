@@ -100,7 +100,7 @@ class ScoreReasoning(Step):
     model: dict[str, Any] | None = _opt(None, "judge: {backend: transformers | openai | vllm, name_or_path: ..., ...}")
     weights: dict[str, float] | None = _opt(None, "weight per trait (elaboration, self_verification, exploration, granularity); default equal")
     elaboration_tokens: int = _opt(8000, "rules: thinking tokens that score full elaboration")
-    keyword_rate: float = _opt(10.0, "rules: keywords per 1k tokens that score full self-verification / exploration")
+    keyword_rate: float = _opt(20.0, "rules: keywords per 1k tokens that score full self-verification / exploration")
     step_rate: float = _opt(10.0, "rules: reasoning steps per 1k tokens that score full granularity")
     prompt: str | None = _opt(None, "model: prompt template with {problem} and {thinking}")
     max_tokens: int = _opt(1024, "model: generation limit")
