@@ -113,6 +113,8 @@ def _opt(default: Any, help_: str) -> Any:
 class ClassifyDomain(Step):
     """Classify each question into a Mathematics Subject Classification area (s1's diversity labels), by keyword rules offline or by a model with s1's prompt.
 
+    ``method: model`` is s1's procedure (its prompt and MSC list, simplescaling/s1
+    data/featurization.py); ``method: rules`` is this toolkit's offline stand-in (keyword cues).
     Writes ``domain_msc`` (two-digit code), ``domain_msc_title`` and ``domain_classifier``; the
     model's answer is kept in ``domain_msc_raw``. ``select_diverse`` draws over ``domain_msc``.
     """

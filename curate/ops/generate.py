@@ -56,6 +56,7 @@ class Generate(Step):
     """
 
     name = "generate"
+    reads = ("problem", "source_id")
     writes = {  # noqa: RUF012
         **{c: TRACE_SCHEMA.field(c).type for c in _CORE},
         "generate_sample": pa.int64(), "generate_model": pa.string(), "generate_sampling": pa.string(),
@@ -84,9 +85,6 @@ class Generate(Step):
         self._spent = 0
 
     # --- declarations ----------------------------------------------------------------------------
-    def columns_read(self) -> tuple[str, ...]:
-        return ("problem", "source_id")
-
     def output_rows(self, rows_in: int) -> int:
         return rows_in * self.n
 

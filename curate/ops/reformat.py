@@ -61,12 +61,15 @@ def _opt(default: Any, help_: str) -> Any:
 class Reformat(Step):
     """Rewrite each trace into a target layout (Sky-T1's thought/solution markers or <think>) with a model, keeping a rewrite only when its answer still verifies.
 
-    The new thinking and solution replace the old; ``reformat_layout`` and the tokens of the
-    rewrite are recorded. A rewrite that fails, hits ``max_tokens``, lacks the layout's markers or
+    Sky-T1's procedure (GPT-4o-mini converting QwQ's responses; NovaSky-AI/SkyThought
+    skythought/tools/convert_format.py, branch corrupt); the default prompts restate its
+    instruction. The new thinking and solution replace the old; ``reformat_layout`` and the tokens
+    of the rewrite are recorded. A rewrite that fails, hits ``max_tokens``, lacks the layout's markers or
     no longer verifies is rejected with the reason.
     """
 
     name = "reformat"
+    reads = ("problem", "thinking", "solution", "reference_answer", "thinking_closed")
     writes = {  # noqa: RUF012
         "thinking_closed": pa.bool_(), "reformat_layout": pa.string(), "reformat_model": pa.string(),
         "reformat_prompt_tokens": pa.int64(), "reformat_completion_tokens": pa.int64(),
@@ -85,9 +88,6 @@ class Reformat(Step):
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         self._sampling()
-
-    def columns_read(self) -> tuple[str, ...]:
-        return ("problem", "thinking", "solution", "reference_answer")
 
     def worker_resources(self) -> dict[str, float] | None:
         return model_resources(self.model)

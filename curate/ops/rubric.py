@@ -85,7 +85,8 @@ def _clip(text: str | None) -> str:
 class ScoreReasoning(Step):
     """Score each reasoning chain on LIMO's four traits (elaboration, self-verification, exploration, granularity), by offline rules or a judge model.
 
-    Writes ``rubric_<trait>`` (0-1 each), their weighted mean ``rubric_score`` and
+    The traits are LIMO's (arXiv 2502.03387; its scoring code is not public); both scorers and
+    the default equal weights are this toolkit's reading. Writes ``rubric_<trait>`` (0-1 each), their weighted mean ``rubric_score`` and
     ``rubric_method``; a judge's raw answer goes to ``rubric_raw`` and an answer without all four
     ratings is rejected with the reason.
     """

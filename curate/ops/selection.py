@@ -43,8 +43,9 @@ def _opt(default: Any, help_: str) -> Any:
 class SelectQuality(Step):
     """Drop failed generations and questions with formatting problems, as s1's quality stage did; the reason names the rule.
 
-    Failed generation: empty thinking, empty solution, or a thinking block never closed (or
-    ``finish_reason`` length). Formatting: ``[asy]`` figures (unless the source matches
+    The formatting rules are s1's own (simplescaling/s1 data/filter.ipynb); the failed-generation
+    rule is this toolkit's reading of s1's "drop rows with a missing feature": empty thinking,
+    empty solution, or a thinking block never closed (or ``finish_reason`` length). Formatting: ``[asy]`` figures (unless the source matches
     ``asy_sources``), ``![Image]`` links, ``p1.``-style numbering, bold numbers.
     """
 
@@ -102,8 +103,9 @@ def _length(batch: pl.DataFrame, column: str | None) -> pl.Series:
 class SelectDiverse(Step):
     """Draw n rows as s1 did: a domain uniformly at random, then within it a row with weight 2^-rank by trace length (longest first), until n are chosen.
 
-    Seeded; the choice depends on the rows' ids, domains and lengths only, not on their order or
-    batching. ``preselect`` (a ``filter``-style ``where``) keeps matching rows before any draw
+    s1's procedure (simplescaling/s1 data/filter.ipynb), except that here every draw is uniform
+    over domains (s1 drew its last 300 in AIME/GPQA's domain mix) and the draw is seeded; the
+    choice depends on the rows' ids, domains and lengths only, not on their order or batching. ``preselect`` (a ``filter``-style ``where``) keeps matching rows before any draw
     (s1 kept AIME/GPQA rows and long MATH traces). Writes ``select_draw`` (0-based draw order;
     preselected rows first).
     """
