@@ -387,18 +387,21 @@ class _Run:
         return self._stage_stats(i, step.name, folder)
 
     def _stage_stats(self, i: int, name: str, folder: Path) -> dict[str, Any]:
-        rows_in = rejected = kept = 0
+        rows_in = rows_out = rejected = kept = 0
         seconds = json.loads((folder / "_meta.json").read_text()).get("fit_seconds", 0.0)
         step_stats: dict[str, Any] = {}
         for part in sorted(folder.glob("part-*.parquet")):
             stats = read_metadata(part).get("part", {})
             rows_in += stats.get("rows_in", 0)
+            rows_out += stats.get("rows_out", stats.get("rows_in", 0))
             rejected += stats.get("rejected", 0)
             seconds += stats.get("seconds", 0.0)
             _add_stats(step_stats, stats.get("stats") or {})
             kept += pq.ParquetFile(part).metadata.num_rows
         entry = {"step": i, "name": name, "rows_in": rows_in, "kept": kept, "rejected": rejected,
                  "seconds": round(seconds, 3), "_folder": str(folder)}
+        if rows_out != rows_in:  # a step that expands rows: kept + rejected == rows_out
+            entry["rows_out"] = rows_out
         if step_stats:
             entry["stats"] = step_stats
         return entry

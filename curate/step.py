@@ -56,6 +56,12 @@ class Step:
     def columns_written(self) -> dict[str, pa.DataType]:
         return dict(self.writes)
 
+    def output_rows(self, rows_in: int) -> int:
+        """Rows (kept + rejected) the step returns for a batch of ``rows_in``: the same number for
+        every step that keeps or drops rows; more for one that expands them (``generate``'s n
+        samples per problem), which the runner checks and the funnel records as ``rows_out``."""
+        return rows_in
+
     def params(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 

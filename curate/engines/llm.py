@@ -59,9 +59,13 @@ def uses_processor(settings: Any) -> bool:
 
 
 def check(step: Step, gpus: float) -> None:
-    """Settings the pass cannot honour stop it before it starts: a request budget (Ray's HTTP stage
-    has none), or a vLLM replica without its GPUs (on a cluster that adds none, Ray would wait forever)."""
+    """Settings the pass cannot honour stop it before it starts: a request or token budget (Ray's
+    HTTP stage has none; the batch job makes every generation at once), or a vLLM replica without
+    its GPUs (on a cluster that adds none, Ray would wait forever)."""
     settings = step.model  # type: ignore[attr-defined]
+    if getattr(step, "budget_tokens", None) is not None:
+        raise PipelineError(f"step '{step.name}': budget_tokens is not honoured by the ray generation pass "
+                            "(one batch job makes every generation); run it on the local engine or drop it")
     if settings["backend"] != "vllm":
         if settings.get("max_requests") is not None:
             raise PipelineError(f"step '{step.name}': max_requests is not honoured by Ray's HTTP processor "

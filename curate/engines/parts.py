@@ -79,14 +79,17 @@ def apply_part(step: Step, i: int, task: PartTask, out_schema: pa.Schema, reject
     seconds = time.perf_counter() - t0
     kept, rejected = result.kept, result.rejected
     n_rej = 0 if rejected is None else rejected.height
-    if kept.height + n_rej != batch.height:
+    expected = step.output_rows(batch.height)
+    if kept.height + n_rej != expected:
         raise PipelineError(
             f"step {i} '{step.name}' returned {kept.height} kept + {n_rej} rejected rows "
-            f"for a batch of {batch.height}: rows would be lost"
+            f"for a batch of {batch.height} (expected {expected} in all): rows would be lost"
         )
     if n_rej:
         write_parquet_atomic(conform_rejects(rejected, reject_schema, step), task.rejects)
     stats: dict[str, Any] = {"rows_in": batch.height, "rejected": n_rej, "seconds": seconds}
+    if expected != batch.height:
+        stats["rows_out"] = expected
     if result.stats:
         stats["stats"] = result.stats
     write_parquet_atomic(conform(kept, out_schema, step), Path(task.dest), {"part": stats}, WORK_COMPRESSION)

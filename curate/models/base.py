@@ -84,13 +84,16 @@ def prompt_ids(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
 
 @dataclass
 class GenerationStats:
-    """Counters of one backend instance: cache hits, prompts generated, HTTP requests, failures."""
+    """Counters of one backend instance: cache hits, prompts generated, HTTP requests, failures,
+    and the tokens in and out of what it generated (cache hits cost none)."""
 
     cache_hits: int = 0
     generated: int = 0
     requests: int = 0
     retries: int = 0
     errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -143,6 +146,8 @@ class Backend:
             self.stats.generated += len(todo_keys)
             fresh = {}
             for k, comps in zip(todo_keys, made, strict=True):
+                self.stats.prompt_tokens += comps[0].prompt_tokens if comps else 0
+                self.stats.completion_tokens += sum(c.completion_tokens for c in comps)
                 if any(not c.ok for c in comps):
                     self.stats.errors += 1
                 else:

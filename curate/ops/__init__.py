@@ -1,6 +1,7 @@
 """The built-in operators, one module per family. Importing this registers them by recipe name."""
 
 from curate.ops.answer import ExtractAnswer
+from curate.ops.choose import Choose
 from curate.ops.corrupt import (
     CorruptDigits,
     CorruptWrongAnswer,
@@ -12,15 +13,22 @@ from curate.ops.corrupt import (
 from curate.ops.decontam import Decontaminate
 from curate.ops.dedup import ExactDedup
 from curate.ops.difficulty import GradeDifficulty
+from curate.ops.domains import ClassifyDomain
 from curate.ops.filter import Filter
+from curate.ops.generate import Generate
 from curate.ops.minhash import MinHashDedup
+from curate.ops.reformat import Reformat
+from curate.ops.rubric import ScoreReasoning
 from curate.ops.select import Sample
+from curate.ops.selection import SelectDiverse, SelectQuality, SelectTop
 from curate.ops.semantic import SemanticDedup
 from curate.ops.shorten import Shorten
 from curate.ops.structure import Profile, SegmentSteps
 from curate.ops.verify import PairPreferences, Verify
 
 __all__ = [
+    "Choose",
+    "ClassifyDomain",
     "CorruptDigits",
     "CorruptWrongAnswer",
     "Decontaminate",
@@ -28,13 +36,19 @@ __all__ = [
     "ExactDedup",
     "ExtractAnswer",
     "Filter",
+    "Generate",
     "GradeDifficulty",
     "InsertSteps",
     "MinHashDedup",
     "PairPreferences",
     "Profile",
+    "Reformat",
     "RemoveKeywords",
     "Sample",
+    "ScoreReasoning",
+    "SelectDiverse",
+    "SelectQuality",
+    "SelectTop",
     "SegmentSteps",
     "SemanticDedup",
     "Shorten",
