@@ -17,7 +17,7 @@ from curate.ops import Decontaminate
 from curate.step import build_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.real_traces import jsonl, rewrite, traces_with_items  # noqa: E402
+from bench.real_traces import rewrite, traces_with_items  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = {"math500": 500, "aime24": 30, "aime25": 30, "amc23": 40, "gsm8k": 1319, "minerva": 272,
@@ -45,7 +45,7 @@ def step() -> Decontaminate:
     return Decontaminate()
 
 
-def test_bundled_sets_are_complete_and_gpqa_is_not_plain_text(shared_data):
+def test_bundled_sets_are_complete_and_gpqa_is_not_plain_text(gpqa_rows):
     for name, size in SIZES.items():
         b = bench.load(name)
         assert len(b) == size and len(set(b.ids)) == size, name
@@ -53,7 +53,7 @@ def test_bundled_sets_are_complete_and_gpqa_is_not_plain_text(shared_data):
     assert bench.load("gsm8k").answers[0] == "18" and bench.load("aime25").answers[:2] == ["70", "588"]
     assert bench.load("minerva").answers[0] == "1.6"
     shipped = b"".join(p.read_bytes() for p in bench.DATA_DIR.iterdir())
-    questions = [r["question"] for r in jsonl(shared_data / "benchmarks" / "limo_gpqa_test.jsonl")]
+    questions = [r["question"] for r in gpqa_rows]
     for q in questions:  # no 40-character run of any GPQA question is in the package
         words = q.split()
         probe = " ".join(words[len(words) // 3:])[:40]
@@ -99,8 +99,8 @@ def test_light_rewrites_are_caught_among_clean_training_problems(problems, step)
     assert found.filter(pl.col("row") >= len(items)).height <= 25  # clean rows flagged (see BENCHMARKS.md, dedup)
 
 
-def test_gpqa_fingerprint_matches_its_questions(shared_data):
-    rows = jsonl(shared_data / "benchmarks" / "limo_gpqa_test.jsonl")
+def test_gpqa_fingerprint_matches_its_questions(gpqa_rows):
+    rows = gpqa_rows
     step = Decontaminate(benchmarks=["gpqa"], method=["exact", "ngram"])
     found = step.matches(pl.DataFrame({"problem": [r["question"] for r in rows]}))
     assert found.height == len(rows)
