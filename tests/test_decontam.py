@@ -143,8 +143,12 @@ def test_dedup_decontam_recipe_runs_on_the_real_sample(tmp_path):
 
     result = run_recipe(REPO / "pipelines" / "dedup_decontam.yaml", out=tmp_path / "dd")
     funnel = {r["name"]: r for r in result.funnel.iter_rows(named=True)}
-    assert funnel["read"]["kept"] > 100
-    assert funnel["minhash_dedup"]["rejected"] <= 3  # Minerva's multi-part problems repeat their preamble
-    assert funnel["decontaminate"]["rejected"] == funnel["decontaminate"]["rows_in"]  # all are benchmark items
+    assert funnel["read"]["kept"] == 980  # 180 SkyThought traces, 100 simpleRL problems x 8 responses
     rej = result.rejects("decontaminate")
     assert set(rej["decontam_benchmark"]) <= {"math500", "minerva"} and rej["decontam_span"].is_not_null().all()
+    sky = rej.filter(pl.col("source").str.starts_with("skythought"))
+    survivors = result.rejects("minhash_dedup")  # Minerva's multi-part problems repeat their preamble
+    n_sky = funnel["read"]["kept"] - 800 - survivors.filter(pl.col("source").str.starts_with("skythought")).height
+    assert sky.height == n_sky  # every benchmark trace is rejected
+    kept = result.to_polars()
+    assert 80 <= kept.height <= 100 and set(kept["source"]) == {"simplerl_math_cot_100"}  # the others stay
