@@ -54,3 +54,16 @@ def test_readme_python_tour_runs_and_ends_non_empty(tmp_path: Path, monkeypatch)
     result = scope["result"]
     assert scope["df"].height == result.to_polars("clean").height == 50  # one config per variant
     assert result.rejects("decontaminate").height > 0 and result.stats("verify")
+
+
+def test_every_shipped_recipe_reads_data_inside_the_repository() -> None:
+    from curate import load_recipe
+
+    recipes = sorted((REPO / "pipelines").glob("*.yaml"))
+    assert len(recipes) >= 7
+    for path in recipes:
+        source = load_recipe(path).source()
+        files = [Path(p).resolve() for p in source.describe()["paths"]]
+        assert files and all(f.is_relative_to(REPO) and f.is_file() for f in files), (path.name, files)
+        first = next(source.batches(8))
+        assert first.traces.num_rows > 0, path.name
