@@ -45,14 +45,14 @@ def test_named_tokenizers_agree_with_their_packages(real) -> None:
 
 
 def test_estimate_is_calibrated_on_real_traces(real) -> None:
-    texts = real["text"].to_list()
-    approx = real.select(approx_expr("text"))["text"].sum()
-    for name in ("qwen2", "deepseek"):
+    for name, rows in (("qwen2", real), ("deepseek", real.gather_every(3))):  # deepseek is slow: every 3rd
+        texts = rows["text"].to_list()
+        approx = rows.select(approx_expr("text"))["text"].sum()
         exact = sum(count_tokens(texts, name))
-        scaled = real.select(approx_expr("text", like=name))["text"].sum()
+        scaled = rows.select(approx_expr("text", like=name))["text"].sum()
         assert abs(scaled / exact - 1) < 0.03, (name, scaled, exact)  # the recorded ratio holds here too
         assert abs(exact / approx - APPROX_RATIO[name]) < 0.04, (name, exact / approx)
-    per_trace = pl.DataFrame({"a": real.select(approx_expr("text"))["text"], "q": count_tokens(texts, "qwen2")})
+    per_trace = pl.DataFrame({"a": real.select(approx_expr("text"))["text"], "q": count_tokens(real["text"].to_list(), "qwen2")})
     err = ((per_trace["a"] - per_trace["q"]).abs() / per_trace["q"]).mean()
     assert err < 0.08, err  # per trace, within the error BENCHMARKS.md reports
 
