@@ -81,7 +81,7 @@ def parse_recipe(doc: Any, where: str = "recipe") -> Recipe:
     if ("path" in inp) == ("hub" in inp):
         raise RecipeError(f"{where}: input needs path (a file, folder, glob or hf://datasets/...) or hub "
                           "(ORG/NAME, with split and revision), not both" if "path" in inp else
-                          f"{where}: input.path is missing")
+                          f"{where}: input.path is missing (or hub: ORG/NAME for a Hugging Face dataset)")
     if "path" in inp and any(k in inp for k in HUB_KEYS):
         raise RecipeError(f"{where}: input: {', '.join(k for k in HUB_KEYS if k in inp)} go with hub, not path "
                           "(in a path, give the revision as hf://datasets/ORG/NAME@REVISION/...)")
