@@ -8,6 +8,7 @@ import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -19,6 +20,9 @@ from curate.step import build_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.real_traces import rewrite, traces_with_items  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpqa_probes import probe_hash, window_hashes  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = {"math500": 500, "aime24": 30, "aime25": 30, "amc23": 40, "gsm8k": 1319, "minerva": 272,
@@ -55,16 +59,23 @@ def test_bundled_sets_are_complete():
     assert bench.load("minerva").answers[0] == "1.6"
 
 
-def test_gpqa_is_not_plain_text(gpqa_rows):
-    shipped = b"".join(p.read_bytes() for p in bench.DATA_DIR.iterdir())
-    data = REPO / "curate" / "data"  # nor in the real data shipped for recipes and tests
-    shipped += b"".join(gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
-                        for p in sorted(data.rglob("*")) if p.is_file() and p.parent != bench.DATA_DIR)
-    questions = [r["question"] for r in gpqa_rows]
-    for q in questions:  # no 40-character run of any GPQA question is in the package
-        words = q.split()
-        probe = " ".join(words[len(words) // 3:])[:40]
-        assert probe.encode() not in shipped, probe
+def _shipped_gpqa_hits(root: Path) -> list[str]:
+    """Files under root (gzip unpacked) holding a 40-character run of a GPQA question, by its hash."""
+    probes = np.array([int(x, 16) for x in (REPO / "tests" / "data" / "gpqa_probes.txt").read_text().split()
+                       if not x.startswith("#") and len(x) == 16], dtype=np.uint64)
+    assert len(probes) == SIZES["gpqa"]
+    hits = []
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        data = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+        if np.isin(window_hashes(data), probes).any():
+            hits.append(str(p.relative_to(root)))
+    return hits
+
+
+def test_gpqa_is_not_plain_text():
+    """No 40-character run of any GPQA question is in the package or the data shipped with it
+    (checked against hashes of those runs, so a clone checks it without GPQA's text)."""
+    assert _shipped_gpqa_hits(REPO / "curate" / "data") == []
     readme = (bench.DATA_DIR / "README.md").read_text()
     assert "fingerprint" in readme and "never" in readme
 
@@ -106,7 +117,14 @@ def test_light_rewrites_are_caught_among_clean_training_problems(problems, step)
     assert found.filter(pl.col("row") >= len(items)).height <= 25  # clean rows flagged (see BENCHMARKS.md, dedup)
 
 
-def test_gpqa_fingerprint_matches_its_questions(gpqa_rows):
+def test_gpqa_fingerprint_and_probe_hashes_match_its_questions(gpqa_rows, tmp_path):
+    """The hashes test_gpqa_is_not_plain_text checks are those of the real questions, and a copy
+    of one, escaped in JSON, is found; the shipped fingerprint flags every question."""
+    (tmp_path / "leak.jsonl.gz").write_bytes(gzip.compress(json.dumps({"q": gpqa_rows[7]["question"]}).encode()))
+    (tmp_path / "clean.jsonl").write_bytes((REPO / "curate" / "data" / "benchmarks" / "amc23.jsonl").read_bytes())
+    assert _shipped_gpqa_hits(tmp_path) == ["leak.jsonl.gz"]
+    want = {f"{probe_hash(r['question']):016x}" for r in gpqa_rows}
+    assert want == set((REPO / "tests" / "data" / "gpqa_probes.txt").read_text().split()[-len(want):])
     rows = gpqa_rows
     step = Decontaminate(benchmarks=["gpqa"], method=["exact", "ngram"])
     found = step.matches(pl.DataFrame({"problem": [r["question"] for r in rows]}))
