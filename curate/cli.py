@@ -49,7 +49,7 @@ def main() -> None:
 @click.option("--no-resume", is_flag=True, help="Start over instead of resuming a killed run.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when on a terminal).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: this process. ray: a Ray cluster through Ray Data (needs curate[ray]); the same "
+              help="local: this process. ray: a Ray cluster through Ray Data (needs curate-cot[ray]); the same "
                    "dataset comes out.")
 @click.option("--address", metavar="ADDR",
               help="--engine ray: the cluster to join (auto, ray://head:10001; default: $RAY_ADDRESS, "
@@ -78,7 +78,7 @@ def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progre
       curate run RECIPE --engine ray --address auto --out /shared/fs/dataset
     There a vllm model's generations (an openai one's with `ray_data_llm: true` in its
     settings) are made first, by Ray Data's LLM processor in one batch job; install
-    curate[ray-vllm] on the GPU nodes.
+    curate-cot[ray-vllm] on the GPU nodes.
     """
     from curate.recipe import run_recipe
 
@@ -346,7 +346,7 @@ def train(dataset: Path, config: str | None, model_path: str, method: str, out: 
     global batch 96 sequences (no packing), AdamW betas (0.9, 0.999); LoRA on all linear layers,
     rank 64, alpha 128, dropout 0, lr 1e-4. Prompt template: the dataset's markers and system prompt.
     Multi-GPU on one node: torchrun --nproc-per-node N -m curate.cli train ...
-    Needs torch, transformers and peft (pip install curate[train]).
+    Needs torch, transformers and peft (pip install 'curate-cot[train]').
     """
     from curate.train.sft import TrainConfig
     from curate.train.sft import train as run_train

@@ -42,17 +42,18 @@ from curate.io.write import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from curate.provenance import source_info
 from curate.schema import SCHEMA_VERSION, TRACE_SCHEMA
 from curate.step import Step
 
 WORK_DIR = ".curate"
 MANIFEST = "manifest.json"
-_LIBRARIES = ("curate", "pyarrow", "polars", "numpy", "datasets", "huggingface_hub", "math-verify",
+_LIBRARIES = ("pyarrow", "polars", "numpy", "datasets", "huggingface_hub", "math-verify",
               "datasketch", "sentence-transformers", "torch", "transformers", "vllm")
 
 
 def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
+    versions = {"python": platform.python_version(), "curate": source_info()["version"]}
     for name in _LIBRARIES:
         with contextlib.suppress(importlib_metadata.PackageNotFoundError):
             versions[name] = importlib_metadata.version(name)
@@ -414,6 +415,7 @@ class _Run:
         numbered += [(f"{v}/{i}:{s.name}", s) for v, vs in self.p.variants.items() for i, s in enumerate(vs, first)]
         manifest: dict[str, Any] = {
             "curate_version": library_versions().get("curate", "dev"),
+            "curate_source": source_info(),  # distribution, version, commit: the card's install line
             "schema_version": SCHEMA_VERSION,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "fingerprint": fingerprint,
@@ -504,7 +506,7 @@ def _write_card(out: Path) -> None:
     try:
         from curate.card import write_card
     except ImportError as e:  # the `card` extra (matplotlib, huggingface_hub) is not installed
-        warnings.warn(f"no dataset card written ({e}); install curate[card] and run `curate card {out}`",
+        warnings.warn(f"no dataset card written ({e}); install curate-cot[card] and run `curate card {out}`",
                       stacklevel=3)
         return
     try:

@@ -24,7 +24,9 @@ from curate.pipeline import Pipeline, RunResult
 from curate.step import build_step
 
 TOP_KEYS = {"input", "steps", "variants", "output", "model", "batch_size", "name", "description"}
-INPUT_KEYS = {"path", "format", "on_error", "domain", "source", "teacher", "max_chars"}
+INPUT_KEYS = {"path", "format", "on_error", "domain", "source", "teacher", "max_chars",
+              "hub", "split", "revision", "config"}  # hub: a Hugging Face dataset (curate.io.hub)
+HUB_KEYS = ("split", "revision", "config")
 OUTPUT_KEYS = {"path", "shard_mb"}
 
 
@@ -40,11 +42,15 @@ class Recipe:
 
     def source(self) -> Source:
         spec = dict(self.input)
+        fmt = spec.pop("format", "auto")
+        if "hub" in spec:
+            from curate.io.hub import read_hub
+
+            return read_hub(spec.pop("hub"), **{k: spec.pop(k) for k in HUB_KEYS if k in spec}, format=fmt, **spec)
         data = spec.pop("path")
         paths = data if isinstance(data, list) else [data]
         base = self.path.parent if self.path else Path.cwd()
-        resolved = [str(p) if Path(p).is_absolute() else str(base / p) for p in paths]
-        fmt = spec.pop("format", "auto")
+        resolved = [str(p) if Path(p).is_absolute() or str(p).startswith("hf://") else str(base / p) for p in paths]
         return read(resolved if len(resolved) > 1 else resolved[0], fmt, **spec)
 
 
@@ -72,8 +78,13 @@ def parse_recipe(doc: Any, where: str = "recipe") -> Recipe:
     bad = set(inp) - INPUT_KEYS
     if bad:
         raise RecipeError(f"{where}: input: unknown key(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(INPUT_KEYS))}")
-    if "path" not in inp:
-        raise RecipeError(f"{where}: input.path is missing")
+    if ("path" in inp) == ("hub" in inp):
+        raise RecipeError(f"{where}: input needs path (a file, folder, glob or hf://datasets/...) or hub "
+                          "(ORG/NAME, with split and revision), not both" if "path" in inp else
+                          f"{where}: input.path is missing (or hub: ORG/NAME for a Hugging Face dataset)")
+    if "path" in inp and any(k in inp for k in HUB_KEYS):
+        raise RecipeError(f"{where}: input: {', '.join(k for k in HUB_KEYS if k in inp)} go with hub, not path "
+                          "(in a path, give the revision as hf://datasets/ORG/NAME@REVISION/...)")
     if "steps" not in doc:
         raise RecipeError(f"{where}: missing key 'steps' (use `steps: []` to import, validate and write)")
     model = _mapping(doc.get("model"), f"{where}: model") or None

@@ -1,9 +1,11 @@
-"""Shared fixtures: the real trace sample shipped with the package, and ../shared/data when present."""
+"""Shared fixtures: the real data shipped in the repository (curate/data), served without ../shared."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ from curate.models.serve import make_server, start_in_thread
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "curate" / "data" / "samples"
-SHARED = Path(os.environ.get("CURATE_SHARED_DATA", REPO.parent / "shared" / "data"))
+REAL = REPO / "curate" / "data" / "real"  # gzipped copies of ../shared/data (GPQA left out), see its README
+SHARED = Path(os.environ.get("CURATE_SHARED_DATA", REPO.parent / "shared" / "data"))  # only for GPQA's text
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -28,10 +31,27 @@ def math500_sample() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED.exists():
-        pytest.skip(f"{SHARED} not present (real public data beside the repo)")
-    return SHARED
+def shared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped real data (curate/data/real) unpacked into the layout of ../shared/data:
+    traces/, problems/, responses/, benchmarks/ with their original file names."""
+    root = tmp_path_factory.mktemp("shared_data")
+    for gz in sorted(REAL.rglob("*.gz")):
+        dest = root / gz.relative_to(REAL).with_suffix("")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(gz, "rb") as src, dest.open("wb") as out:
+            shutil.copyfileobj(src, out)
+    return root
+
+
+@pytest.fixture(scope="session")
+def gpqa_rows() -> list[dict]:
+    """GPQA-Diamond's questions in plain text. Never shipped (its authors ask that the text not be
+    republished; the package carries a fingerprint only), so this reads ../shared/data or
+    $CURATE_SHARED_DATA and skips where neither holds it."""
+    path = SHARED / "benchmarks" / "limo_gpqa_test.jsonl"
+    if not path.exists():
+        pytest.skip(f"{path} not present: GPQA's text is not shipped by design")
+    return [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()]
 
 
 @pytest.fixture(scope="session")

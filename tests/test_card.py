@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("card") / "quickstart"
-    run_recipe(REPO / "pipelines" / "quickstart.yaml", out, progress=False)
+    run_recipe(REPO / "pipelines" / "long_cot_sample.yaml", out, progress=False)
     write_card(out, license="apache-2.0")
     return out
 

@@ -28,13 +28,12 @@ from curate.step import build_step
 from curate.structure import REASONING_KEYWORDS, count_keywords, step_starts
 from curate.structure.segment import Steps
 
-TRACES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "traces"
-pytestmark = pytest.mark.skipif(not TRACES.exists(), reason="../shared/data/traces not present")
+TRACES = Path(__file__).resolve().parent.parent / "curate" / "data" / "real" / "traces"  # shipped, gzipped
 
 
 @cache
 def traces(name: str) -> pl.DataFrame:
-    return pl.concat([pl.from_arrow(b.traces) for b in read(TRACES / name).batches(4096)])
+    return pl.concat([pl.from_arrow(b.traces) for b in read(TRACES / f"{name}.gz").batches(4096)])
 
 
 @lru_cache(maxsize=1)
@@ -370,7 +369,7 @@ def test_recipe_entries_and_validation() -> None:
 
 
 def test_variants_through_the_runner(tmp_path: Path) -> None:
-    src = read(TRACES / "skythought_corrupt07_32b_amc23.jsonl")
+    src = read(TRACES / "skythought_corrupt07_32b_amc23.jsonl.gz")
     steps = [ShuffleSteps(ratio=0.67), InsertSteps(ratio=0.67), CorruptWrongAnswer()]
     result = Pipeline(steps, batch_size=16).run(src, out=tmp_path / "v", progress=False)
     df = result.to_polars()

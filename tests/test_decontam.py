@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -17,7 +19,10 @@ from curate.ops import Decontaminate
 from curate.step import build_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.real_traces import jsonl, rewrite, traces_with_items  # noqa: E402
+from bench.real_traces import rewrite, traces_with_items  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpqa_probes import probe_hash, window_hashes  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = {"math500": 500, "aime24": 30, "aime25": 30, "amc23": 40, "gsm8k": 1319, "minerva": 272,
@@ -45,19 +50,32 @@ def step() -> Decontaminate:
     return Decontaminate()
 
 
-def test_bundled_sets_are_complete_and_gpqa_is_not_plain_text(shared_data):
+def test_bundled_sets_are_complete():
     for name, size in SIZES.items():
         b = bench.load(name)
         assert len(b) == size and len(set(b.ids)) == size, name
         assert b.has_text == (name != "gpqa")
     assert bench.load("gsm8k").answers[0] == "18" and bench.load("aime25").answers[:2] == ["70", "588"]
     assert bench.load("minerva").answers[0] == "1.6"
-    shipped = b"".join(p.read_bytes() for p in bench.DATA_DIR.iterdir())
-    questions = [r["question"] for r in jsonl(shared_data / "benchmarks" / "limo_gpqa_test.jsonl")]
-    for q in questions:  # no 40-character run of any GPQA question is in the package
-        words = q.split()
-        probe = " ".join(words[len(words) // 3:])[:40]
-        assert probe.encode() not in shipped, probe
+
+
+def _shipped_gpqa_hits(root: Path) -> list[str]:
+    """Files under root (gzip unpacked) holding a 40-character run of a GPQA question, by its hash."""
+    probes = np.array([int(x, 16) for x in (REPO / "tests" / "data" / "gpqa_probes.txt").read_text().split()
+                       if not x.startswith("#") and len(x) == 16], dtype=np.uint64)
+    assert len(probes) == SIZES["gpqa"]
+    hits = []
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        data = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+        if np.isin(window_hashes(data), probes).any():
+            hits.append(str(p.relative_to(root)))
+    return hits
+
+
+def test_gpqa_is_not_plain_text():
+    """No 40-character run of any GPQA question is in the package or the data shipped with it
+    (checked against hashes of those runs, so a clone checks it without GPQA's text)."""
+    assert _shipped_gpqa_hits(REPO / "curate" / "data") == []
     readme = (bench.DATA_DIR / "README.md").read_text()
     assert "fingerprint" in readme and "never" in readme
 
@@ -99,8 +117,15 @@ def test_light_rewrites_are_caught_among_clean_training_problems(problems, step)
     assert found.filter(pl.col("row") >= len(items)).height <= 25  # clean rows flagged (see BENCHMARKS.md, dedup)
 
 
-def test_gpqa_fingerprint_matches_its_questions(shared_data):
-    rows = jsonl(shared_data / "benchmarks" / "limo_gpqa_test.jsonl")
+def test_gpqa_fingerprint_and_probe_hashes_match_its_questions(gpqa_rows, tmp_path):
+    """The hashes test_gpqa_is_not_plain_text checks are those of the real questions, and a copy
+    of one, escaped in JSON, is found; the shipped fingerprint flags every question."""
+    (tmp_path / "leak.jsonl.gz").write_bytes(gzip.compress(json.dumps({"q": gpqa_rows[7]["question"]}).encode()))
+    (tmp_path / "clean.jsonl").write_bytes((REPO / "curate" / "data" / "benchmarks" / "amc23.jsonl").read_bytes())
+    assert _shipped_gpqa_hits(tmp_path) == ["leak.jsonl.gz"]
+    want = {f"{probe_hash(r['question']):016x}" for r in gpqa_rows}
+    assert want == set((REPO / "tests" / "data" / "gpqa_probes.txt").read_text().split()[-len(want):])
+    rows = gpqa_rows
     step = Decontaminate(benchmarks=["gpqa"], method=["exact", "ngram"])
     found = step.matches(pl.DataFrame({"problem": [r["question"] for r in rows]}))
     assert found.height == len(rows)
@@ -143,8 +168,12 @@ def test_dedup_decontam_recipe_runs_on_the_real_sample(tmp_path):
 
     result = run_recipe(REPO / "pipelines" / "dedup_decontam.yaml", out=tmp_path / "dd")
     funnel = {r["name"]: r for r in result.funnel.iter_rows(named=True)}
-    assert funnel["read"]["kept"] > 100
-    assert funnel["minhash_dedup"]["rejected"] <= 3  # Minerva's multi-part problems repeat their preamble
-    assert funnel["decontaminate"]["rejected"] == funnel["decontaminate"]["rows_in"]  # all are benchmark items
+    assert funnel["read"]["kept"] == 980  # 180 SkyThought traces, 100 simpleRL problems x 8 responses
     rej = result.rejects("decontaminate")
     assert set(rej["decontam_benchmark"]) <= {"math500", "minerva"} and rej["decontam_span"].is_not_null().all()
+    sky = rej.filter(pl.col("source").str.starts_with("skythought"))
+    survivors = result.rejects("minhash_dedup")  # Minerva's multi-part problems repeat their preamble
+    n_sky = funnel["read"]["kept"] - 800 - survivors.filter(pl.col("source").str.starts_with("skythought")).height
+    assert sky.height == n_sky  # every benchmark trace is rejected
+    kept = result.to_polars()
+    assert 80 <= kept.height <= 100 and set(kept["source"]) == {"simplerl_math_cot_100"}  # the others stay

@@ -54,7 +54,7 @@ def test_eval_end_to_end_on_a_trained_adapter(tmp_path):
     try:
         tiny = build_chat_model(tmp_path / "tiny")
         data = tmp_path / "data"
-        curate.run_recipe(REPO / "pipelines" / "quickstart.yaml", out=data)
+        curate.run_recipe(REPO / "pipelines" / "long_cot_sample.yaml", out=data)
         runner = CliRunner()
         res = runner.invoke(main, ["train", str(data), "--model", str(tiny), "--method", "lora",
                                    "--out", str(tmp_path / "run"), "--cutoff", "800",

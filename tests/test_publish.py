@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("publish") / "quickstart"
-    run_recipe(REPO / "pipelines" / "quickstart.yaml", out, progress=False, keep_work=True, card=False)
+    run_recipe(REPO / "pipelines" / "long_cot_sample.yaml", out, progress=False, keep_work=True, card=False)
     return out
 
 

@@ -11,7 +11,15 @@ from click.testing import CliRunner
 from curate import Pipeline, RecipeError, load_recipe, read, run_recipe
 from curate.catalog import render_catalog
 from curate.cli import main
-from curate.ops import ExactDedup, ExtractAnswer, Filter, Sample, SemanticDedup
+from curate.ops import (
+    Decontaminate,
+    ExactDedup,
+    ExtractAnswer,
+    Filter,
+    Sample,
+    SemanticDedup,
+    Verify,
+)
 from curate.schema import json_schema_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,14 +33,18 @@ def write_recipe(tmp_path: Path, body: str) -> Path:
 
 def test_quickstart_recipe_equals_the_python_pipeline(tmp_path):
     recipe = load_recipe(REPO / "pipelines" / "quickstart.yaml")
-    assert [type(s) for s in recipe.pipeline.steps] == [ExactDedup, ExtractAnswer, Filter, Sample]
+    assert [type(s) for s in recipe.pipeline.steps] == [ExactDedup, Decontaminate, ExtractAnswer, Filter, Verify, Sample]
     from_yaml = run_recipe(REPO / "pipelines" / "quickstart.yaml", out=tmp_path / "yaml")
     python = Pipeline([
         ExactDedup(mode="problem_response"),
+        Decontaminate(benchmarks="all", action="drop"),
         ExtractAnswer(),
-        Filter(min_thinking_chars=200, require_closed_thinking=True, require_answer=True),
+        Filter(max_solution_chars=4000, require_answer=True),
+        Verify(domain="math", keep="correct"),
         Sample(n=50, seed=0, stratify_by="source"),
-    ]).run(read(REPO / "curate" / "data" / "samples"), out=tmp_path / "py")
+    ]).run(read([REPO / "curate" / "data" / "samples",
+                 REPO / "curate" / "data" / "real" / "responses" / "simplerl_math_cot_100.jsonl.gz"]),
+           out=tmp_path / "py")
     assert from_yaml.to_polars().equals(python.to_polars())
     assert from_yaml.manifest["recipe"] == python.manifest["recipe"]
     assert from_yaml.rows == 50
@@ -78,7 +90,7 @@ def test_input_paths_are_relative_to_the_recipe(tmp_path, math500_sample):
 def test_cli_run_inspect_export(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
-    res = runner.invoke(main, ["run", str(REPO / "pipelines" / "quickstart.yaml"), "--out", "qs"])
+    res = runner.invoke(main, ["run", str(REPO / "pipelines" / "long_cot_sample.yaml"), "--out", "qs"])
     assert res.exit_code == 0, res.output
     assert "wrote 50 rows to qs" in res.output
     manifest = json.loads((tmp_path / "qs" / "manifest.json").read_text())
@@ -146,7 +158,7 @@ variants:
     assert result.manifest["recipe"]["variants"]["answered"][1] == {"filter": {
         "min_problem_chars": None, "max_problem_chars": None, "min_thinking_chars": None, "max_thinking_chars": None,
         "min_solution_chars": None, "max_solution_chars": None, "domains": None, "require_closed_thinking": False,
-        "require_answer": True, "where": None}}
+        "require_answer": True, "min_tokens": None, "max_tokens": None, "tokenizer": None, "where": None}}
     bad = write_recipe(tmp_path, f"input: {{path: {math500_sample}}}\nsteps: []\nvariants:\n  v: [{{shufle: {{}}}}]\n")
     with pytest.raises(RecipeError, match=r"variants.v\[0\]: unknown step 'shufle'"):
         load_recipe(bad)

@@ -1,4 +1,4 @@
-"""segment_steps and profile on real long-CoT traces (../shared/data/traces)."""
+"""segment_steps and profile on real long-CoT traces (shipped in curate/data/real/traces)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from curate.structure import TRANSITIONS, count_keywords, step_starts
 from curate.structure.segment import INLINE_TRANSITIONS, Steps, paragraph_starts
 from curate.structure.tokens import APPROX_METHOD
 
-TRACES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "traces"
+TRACES = Path(__file__).resolve().parent.parent / "curate" / "data" / "real" / "traces"  # shipped, gzipped
 FILES = {
     "math500": "skythought_correct5k27b_math500.jsonl",
     "minerva": "skythought_correct5k27b_minerva.jsonl",
@@ -29,12 +29,11 @@ FILES = {
     "olympiad_short": "skythought_correct5k32bshort_olympiadbench.jsonl",
 }
 
-pytestmark = pytest.mark.skipif(not TRACES.exists(), reason="../shared/data/traces not present")
 
 
 @cache
 def traces(name: str) -> pl.DataFrame:
-    return pl.concat([pl.from_arrow(b.traces) for b in read(TRACES / FILES[name]).batches(4096)])
+    return pl.concat([pl.from_arrow(b.traces) for b in read(TRACES / f"{FILES[name]}.gz").batches(4096)])
 
 
 @lru_cache(maxsize=1)
@@ -153,7 +152,7 @@ def test_profile_counts_keywords_and_tokens() -> None:
 def test_table4_aime_has_many_more_keywords_than_math500() -> None:
     from curate.structure.table4 import table4
 
-    t = table4([str(TRACES / FILES["math500"]), str(TRACES / FILES["aime_ckpt140"])])
+    t = table4([str(TRACES / f"{FILES['math500']}.gz"), str(TRACES / f"{FILES['aime_ckpt140']}.gz")])
     assert t["responses"].to_list() == [500, 30]
     m, a = t["keywords/resp"].to_list()
     assert a > 5 * m  # the paper's Table 4 shape: ~42 vs ~261 keywords per response
@@ -181,7 +180,7 @@ def test_profile_with_a_named_tokenizer(tmp_path: Path) -> None:
 
 
 def test_profile_runs_in_a_pipeline(tmp_path: Path) -> None:
-    src = read(TRACES / FILES["amc_corrupt07"])
+    src = read(TRACES / f"{FILES['amc_corrupt07']}.gz")
     result = Pipeline([SegmentSteps(), Profile()], batch_size=16).run(src, out=tmp_path / "out", progress=False)
     df = result.to_polars()
     assert df.height == 40

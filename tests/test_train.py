@@ -41,7 +41,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("quickstart")
-    curate.run_recipe(REPO / "pipelines" / "quickstart.yaml", out=out)
+    curate.run_recipe(REPO / "pipelines" / "long_cot_sample.yaml", out=out)
     return out
 
 

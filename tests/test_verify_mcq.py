@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from curate.verify.mcq import extract_letter, gold_letter, verify_mcq
 
 
 @pytest.fixture(scope="module")
-def gpqa(shared_data) -> list[dict]:
-    path = shared_data / "benchmarks" / "limo_gpqa_test.jsonl"
-    return [json.loads(line) for line in path.open()][:5]
+def gpqa(gpqa_rows) -> list[dict]:
+    return gpqa_rows[:5]
 
 
 @pytest.mark.parametrize(("ending", "letter"), [

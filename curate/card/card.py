@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from curate.errors import InputError
+from curate.provenance import install_line
 from curate.schema import FIELDS
 
 CARD = "README.md"
@@ -556,7 +557,7 @@ def _body(folder: Folder, figures: dict[str, Any], plot_paths: dict[str, str], p
 
     out += ["## How to reproduce", ""]
     command = m.get("command") or "curate run recipe.yaml  # recipe below"
-    out += ["```bash", f"pip install curate=={m.get('curate_version')}", command, "```", "",
+    out += ["```bash", install_line(m.get("curate_source"), m.get("curate_version")), command, "```", "",
             "The recipe as run, parameters left at their defaults omitted (every parameter is in "
             "`manifest.json`; input paths as recorded there):", "", "```yaml", _recipe_yaml(folder).rstrip(), "```", ""]
     out += [f"Input fingerprint `{m['input'].get('fingerprint')}`; seeds {json.dumps(m.get('seeds', {}))}.", ""]

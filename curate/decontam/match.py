@@ -174,7 +174,7 @@ class BenchmarkIndex:
         try:
             from rapidfuzz import fuzz
         except ImportError:  # pragma: no cover
-            raise ValueError("the fuzzy method needs rapidfuzz: pip install 'curate[dedup]'") from None
+            raise ValueError("the fuzzy method needs rapidfuzz: pip install 'curate-cot[dedup]'") from None
         if self._tokens is None:
             return _empty()
         if self._normalised is None:

@@ -153,8 +153,8 @@ def build_processor(settings: dict[str, Any], gpus: float) -> Any:
     try:
         from ray.data import llm
     except ImportError as e:
-        raise PipelineError(f"the generation pass needs Ray's LLM processors ({e}): pip install 'curate[ray]', "
-                            "and 'curate[ray-vllm]' on GPU nodes for vLLM") from None
+        raise PipelineError(f"the generation pass needs Ray's LLM processors ({e}): pip install 'curate-cot[ray]', "
+                            "and 'curate-cot[ray-vllm]' on GPU nodes for vLLM") from None
 
     if settings["backend"] == "vllm":
         engine_kwargs = {k: v for k, v in settings.items() if k not in _NOT_FOR_VLLM}

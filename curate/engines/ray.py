@@ -43,7 +43,7 @@ def _import_ray() -> Any:
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise PipelineError("engine='ray' needs Ray Data: pip install 'curate[ray]'") from None
+        raise PipelineError("engine='ray' needs Ray Data: pip install 'curate-cot[ray]'") from None
     return ray
 
 

@@ -268,6 +268,8 @@ _KINDS = ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".parqu
 
 
 def _open(path: Path):
+    if not isinstance(path, Path):  # a remote file (curate.io.hub.HubFile) opens itself as a stream
+        return path.open("rb")
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
 
 
@@ -521,7 +523,7 @@ def _conform(table: pa.Table, target: pa.Schema, where: str) -> pa.Table:
 
 def _open_parquet(path: Path) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path if isinstance(path, Path) else _open(path))
     except (pa.ArrowInvalid, OSError) as e:
         raise InputError(f"{path}: not a readable Parquet file ({e})") from None
 
@@ -628,6 +630,8 @@ def _dataset_folder_files(p: Path) -> list[Path] | None:
 
 
 def _expand(path: str | os.PathLike) -> list[Path]:
+    if str(path).startswith("hf://"):
+        raise InputError(f"{path}: read one hf:// path at a time (a glob in it selects several files)")
     p = Path(path)
     if p.is_dir():
         shards = _dataset_folder_files(p)
@@ -662,6 +666,21 @@ def _maybe_kind(p: Path) -> bool:
         return False
 
 
+def read_options(format: str = "auto", on_error: OnError = "reject", domain: str | None = None,
+                 source: str | None = None, teacher: str | None = None, max_chars: int | None = None) -> ReadOptions:
+    """Checked reader options (the keyword arguments of ``read``)."""
+    if on_error not in ("reject", "raise"):
+        raise ValueError(f"on_error must be 'reject' or 'raise', not {on_error!r}")
+    if domain is not None and domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, not {domain!r}")
+    if format != "auto":
+        try:
+            get_format(format)
+        except KeyError as e:
+            raise InputError(str(e.args[0])) from None
+    return ReadOptions(format, on_error, domain, source, teacher, max_chars)
+
+
 def read(
     data: Any,
     format: str = "auto",
@@ -678,18 +697,13 @@ def read(
     ``format`` is one of ``curate formats`` (auto-detected from the first record by default).
     Row-level problems become rejects (``on_error="reject"``) or raise ``InputError``.
     """
-    if on_error not in ("reject", "raise"):
-        raise ValueError(f"on_error must be 'reject' or 'raise', not {on_error!r}")
-    if domain is not None and domain not in DOMAINS:
-        raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, not {domain!r}")
-    if format != "auto":
-        try:
-            get_format(format)
-        except KeyError as e:
-            raise InputError(str(e.args[0])) from None
-    options = ReadOptions(format, on_error, domain, source, teacher, max_chars)
+    options = read_options(format, on_error, domain, source, teacher, max_chars)
     if isinstance(data, Source):
         return data
+    if isinstance(data, str) and data.startswith("hf://"):  # a hub dataset, streamed (curate.io.hub)
+        from curate.io.hub import hub_source
+
+        return hub_source(data, options)
     if isinstance(data, (str, os.PathLike)):
         return FileSource(_expand(data), options)
     if isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, os.PathLike)) for d in data):

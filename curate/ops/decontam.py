@@ -36,7 +36,7 @@ class Decontaminate(Step):
     benchmark item's word n-grams found in the text (every field in ``fields``); ``exact``:
     equal after lower-casing and stripping non-word characters and digits; ``fuzzy``: rapidfuzz
     Indel ratio on the normalised problem, scored only on indexed candidates; ``embedding``:
-    cosine of sentence embeddings (``curate[semantic]``). The first method in ``method`` that
+    cosine of sentence embeddings (``curate-cot[semantic]``). The first method in ``method`` that
     matches a row names it.
     """
 

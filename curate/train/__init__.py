@@ -2,7 +2,7 @@
 
 ``train(dataset, model, out, TrainConfig(...))`` fine-tunes a student on a dataset folder's chat
 export (``curate train``); ``curate.train.eval.evaluate`` scores a model on the bundled benchmarks
-(``curate eval``). torch, transformers and peft are imported only when used (``pip install curate[train]``).
+(``curate eval``). torch, transformers and peft are imported only when used (``pip install curate-cot[train]``).
 """
 
 from curate.train.data import (
