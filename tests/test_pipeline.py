@@ -75,15 +75,64 @@ def test_empty_pipeline_imports_and_validates(math500_sample, tmp_path):
     assert df["id"].n_unique() == 120 and set(df["domain"]) == {"math"}
 
 
-def test_finished_run_is_not_redone_and_other_recipe_needs_overwrite(math500_sample, tmp_path):
+def test_finished_run_is_not_redone_and_other_input_needs_overwrite(samples_dir, math500_sample, tmp_path):
     out = tmp_path / "ds"
     first = Pipeline([Filter(min_thinking_chars=200)]).run(read(math500_sample), out=out)
     again = Pipeline([Filter(min_thinking_chars=200)]).run(read(math500_sample), out=out)
-    assert again.manifest["created"] == first.manifest["created"]
-    with pytest.raises(PipelineError, match="overwrite"):
-        Pipeline([Filter(min_thinking_chars=3000)]).run(read(math500_sample), out=out)
-    third = Pipeline([Filter(min_thinking_chars=3000)]).run(read(math500_sample), out=out, overwrite=True)
-    assert third.rows < first.rows
+    assert again.manifest["created"] == first.manifest["created"] and again.reused and not first.reused
+    with pytest.raises(PipelineError, match="another input; pass overwrite"):
+        Pipeline([Filter(min_thinking_chars=200)]).run(read(samples_dir), out=out)
+    other = Pipeline([Filter(min_thinking_chars=200)]).run(read(samples_dir), out=out, overwrite=True)
+    assert other.funnel["rows_in"][0] == 180 and not other.reused
+
+
+@dataclass
+class Tally(Step):
+    """Counts the rows it sees, per instance label, in a class-level log (which steps ran)."""
+
+    name = "test_tally"
+    label: str = ""
+    seen = {}  # noqa: RUF012 - shared on purpose: the test reads it
+
+    def apply(self, batch, offset):
+        Tally.seen[self.label] = Tally.seen.get(self.label, 0) + batch.height
+        return StepResult(batch)
+
+
+def test_editing_step_k_of_a_finished_run_reruns_k_to_n_only(math500_sample, tmp_path):
+    """The README's promise: change one step and only it and the steps after it run again,
+    also after the run finished, with no --overwrite; the result equals a fresh run."""
+    def steps(min_chars: int) -> list[Step]:
+        return [Tally("a"), Tally("b"), Filter(min_thinking_chars=min_chars), Tally("c"), Tally("d")]
+
+    out = tmp_path / "ds"
+    Tally.seen.clear()
+    first = Pipeline(steps(200), batch_size=50).run(read(math500_sample), out=out)
+    assert Tally.seen == {"a": 120, "b": 120, "c": first.rows, "d": first.rows}
+    assert not (out / ".curate").exists() and (out / ".curate-cache").is_dir()
+    Tally.seen.clear()
+    edited = Pipeline(steps(3000), batch_size=50).run(read(math500_sample), out=out)
+    assert set(Tally.seen) == {"c", "d"}, "steps 1-2 came from the finished run"
+    assert edited.manifest["computed"] == ["03-filter", "04-test_tally", "05-test_tally"]
+    assert 0 < edited.rows < first.rows
+    fresh = Pipeline(steps(3000), batch_size=50).run(read(math500_sample), out=tmp_path / "fresh")
+    assert edited.to_polars().equals(fresh.to_polars())
+    assert edited.rejects("filter").height == fresh.rejects("filter").height == 120 - edited.rows
+    assert [f["kept"] for f in edited.manifest["funnel"]] == [f["kept"] for f in fresh.manifest["funnel"]]
+    # back to the first recipe: the stages at and after the edit are recomputed, not the ones before
+    Tally.seen.clear()
+    back = Pipeline(steps(200), batch_size=50).run(read(math500_sample), out=out)
+    assert set(Tally.seen) == {"c", "d"} and back.rows == first.rows
+    # a step removed: its stage is dropped from the cache, which holds exactly the last run's stages
+    Pipeline(steps(200)[:3], batch_size=50).run(read(math500_sample), out=out)
+    assert sorted(p.name for p in (out / ".curate-cache").iterdir()) == [
+        "stage-00-read", "stage-01-test_tally", "stage-02-test_tally", "stage-03-filter"]
+    # resume=False recomputes every step; cache=False keeps no stages
+    Tally.seen.clear()
+    Pipeline(steps(200)[:3], batch_size=50).run(read(math500_sample), out=out, overwrite=True, resume=False,
+                                                 cache=False)
+    assert Tally.seen == {"a": 120, "b": 120}
+    assert not (out / ".curate-cache").exists() and not (out / ".curate").exists()
 
 
 def test_refuses_to_write_into_a_foreign_folder(math500_sample, tmp_path):
