@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -21,7 +24,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CurateError as e:
-            click.secho(f"error: {e}", fg="red", err=True)
+            for line in str(e).splitlines() or [""]:  # e.g. one line per step whose extra is missing
+                click.secho(f"error: {line}", fg="red", err=True)
             sys.exit(2)
 
 
@@ -55,8 +59,15 @@ def main() -> None:
                    "else a local Ray on this machine). OUT must be on storage every node sees.")
 @click.option("--keep-work", is_flag=True, help="Keep the per-step intermediate Parquet parts (OUT/.curate).")
 @click.option("--no-card", is_flag=True, help="Skip the dataset card (README.md + plots); `curate card` writes it later.")
+@click.option("--no-cache", is_flag=True,
+              help="Keep no finished stages (OUT/.curate-cache): a changed recipe then recomputes every step.")
+@click.option("--strict", is_flag=True,
+              help="Exit 1 when the run wrote no rows or a step dropped every row it saw.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars, no step lines, no table: warnings and the last line.")
+@click.option("-v", "--verbose", is_flag=True, help="Also say which stages are reused or resumed, and why.")
 def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progress: bool | None,
-        engine: str, address: str | None, keep_work: bool, no_card: bool) -> None:
+        engine: str, address: str | None, keep_work: bool, no_card: bool, no_cache: bool, strict: bool,
+        quiet: bool, verbose: bool) -> None:
     """Run a YAML RECIPE and write a dataset folder.
 
     \b
@@ -67,9 +78,11 @@ def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progre
       README.md, plots/                   the dataset card (YAML header with configs, the story)
     A recipe with `variants:` runs its shared steps once and writes each variant as a config,
     data/<variant>/train-*.parquet (and rejects/<variant>/...).
+      run.log                             what each step did, with times (appended per run)
     Input paths in the recipe are relative to the recipe file; output paths to the current
     directory. A killed run resumes where it stopped when you run the same command again; a
-    finished run is not redone.
+    finished run is not redone. Its stages stay in OUT/.curate-cache: edit step k of the recipe
+    and the next run computes steps k..n only (--no-resume recomputes everything).
 
     \b
     On a cluster:
@@ -79,18 +92,99 @@ def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progre
     settings) are made first, by Ray Data's LLM processor in one batch job; install
     curate[ray-vllm] on the GPU nodes.
     """
+    import warnings
+
+    from curate.pipeline import EmptyResultWarning
     from curate.recipe import run_recipe
 
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose contradict each other")
     command = "curate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    result = run_recipe(recipe, out, overwrite=overwrite, resume=not no_resume, progress=progress,
-                        engine=engine, address=address, keep_work=keep_work, command=command, card=not no_card)
-    click.echo(result.funnel)
-    _echo_accuracy(result.manifest["funnel"])
-    for name, config in result.manifest.get("configs", {}).items():
-        steps = ", ".join(f"{f['name']} -{f['rejected']}" for f in config["funnel"]) or "base only"
-        click.echo(f"  config {name}: {config['rows']} rows ({steps})")
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    with _console_log(level), warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptyResultWarning)  # said below, after the table
+        result = run_recipe(recipe, out, overwrite=overwrite, resume=not no_resume,
+                            progress=False if quiet and progress is None else progress, engine=engine,
+                            address=address, keep_work=keep_work, command=command, card=not no_card,
+                            cache=not no_cache)
+    if not quiet:
+        _echo_summary(result)
+    problems = result.warnings
+    for line in problems:
+        click.secho(f"warning: {line}", fg="yellow", err=True)
+    if problems and strict:
+        click.secho("--strict: exiting with status 1", fg="red", err=True)
+        sys.exit(1)
+
+
+class _BarSafeHandler(logging.Handler):
+    """Log lines on stderr that do not break a running progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        tqdm.write(prefix + record.getMessage(), file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _console_log(level: int) -> Iterator[None]:
+    """Show the run's log on stderr at ``level`` while the command runs (run.log gets it all)."""
+    logger = logging.getLogger("curate")
+    handler = _BarSafeHandler(level)
+    logger.addHandler(handler)
+    before = logger.level
+    logger.setLevel(min(level, before) if before else level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
+
+
+def _echo_summary(result) -> None:
+    """The funnel as a table (as `curate inspect` prints it), accuracy, then where things are."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from curate.pipeline import top_reject_reason
+
+    m, out = result.manifest, result.out
+    console = Console()
+    chains = [(None, m["funnel"])] + [(n, c["funnel"]) for n, c in m.get("configs", {}).items()]
+    table = Table(title="Funnel")
+    for h in ("#", "step", "rows in", "kept", "rejected", "seconds", "top reject reason"):
+        table.add_column(h, justify="right" if h in ("#", "rows in", "kept", "rejected", "seconds") else "left")
+    for config, funnel in chains:
+        for f in funnel:
+            top = top_reject_reason(out, m, f, config) if f["rejected"] else None
+            reason = f"{top[0]} ({top[1]:,})" if top else ""
+            name = f"{config}: {f['name']}" if config else f["name"]
+            table.add_row(str(f["step"]), name, f"{f['rows_in']:,}", f"{f['kept']:,}", f"{f['rejected']:,}",
+                          f"{f['seconds']:,.1f}", reason[:60])
+    console.print(table)
+    _echo_accuracy(m["funnel"])
+    for name, config in m.get("configs", {}).items():
+        click.echo(f"  config {name}: {config['rows']:,} rows")
     configs = f" in {len(result.configs)} configs" if result.configs else ""
-    click.echo(f"wrote {result.rows} rows{configs} to {result.out}")
+    if result.reused:
+        click.echo(f"{out} already holds this run (finished {m.get('created')}); nothing was run. "
+                   "To compute every step again: --overwrite --no-resume")
+    else:
+        computed = m.get("computed")
+        total = 1 + len(m["funnel"][1:]) + sum(len(c["funnel"]) for c in m.get("configs", {}).values())
+        if computed is not None and len(computed) < total:
+            click.echo(f"computed {len(computed)} of {total} stages ({', '.join(computed) or 'none'}); "
+                       "the others came from the finished run")
+    click.echo(f"wrote {result.rows:,} rows{configs} to {out} in {m.get('wall_seconds', 0):,.1f} s")
+    rejects = m.get("rejects", [])
+    where = [("card", out / "README.md"), ("manifest", out / "manifest.json"), ("log", out / "run.log")]
+    for what, path in where:
+        if path.exists():
+            click.echo(f"  {what + ':':10}{path}")
+    if rejects:
+        click.echo(f"  {'rejects:':10}{out / 'rejects'} ({sum(r['rows'] for r in rejects):,} rows "
+                   f"in {len(rejects)} file(s))")
 
 
 @main.command()
@@ -224,9 +318,12 @@ def schema(output: Path, check: bool) -> None:
 
 @main.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--license", "license_", default="unknown", show_default=True,
-              help="License id for the card's YAML header (e.g. apache-2.0, cc-by-4.0).")
-@click.option("--pretty-name", default=None, help="Title of the card (default: from the folder name).")
+@click.option("--license", "license_", default=None,
+              help="License id for the card's YAML header (e.g. apache-2.0, cc-by-4.0); saved in the "
+                   "manifest [default: the recipe's card.license, else the one saved, else unknown].")
+@click.option("--pretty-name", default=None,
+              help="Title of the card; saved in the manifest [default: the recipe's card.pretty_name or "
+                   "name, else the folder name].")
 @click.option("--no-plots", is_flag=True, help="Do not write plots/*.png.")
 @click.option("--show", is_flag=True, help="Print the card's key figures (rich tables) instead of writing it.")
 @click.option("--json", "as_json", is_flag=True, help="With --show: print the key figures as JSON.")
@@ -247,8 +344,11 @@ def card(folder: Path, license_: str, pretty_name: str | None, no_plots: bool, s
             render_key_figures(figures)
         return
     from curate.card import write_card
+    from curate.card.card import Folder, save_card_options
 
-    path = write_card(folder, license=license_, pretty_name=pretty_name, plots=not no_plots)
+    Folder.open(folder)  # a clear error for a folder that is not a finished dataset
+    save_card_options(folder, license=license_, pretty_name=pretty_name)
+    path = write_card(folder, plots=not no_plots)
     click.echo(f"wrote {path}")
 
 

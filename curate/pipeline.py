@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -92,7 +93,7 @@ class RunResult:
     manifest: dict[str, Any]
     reused: bool = False  # True when the folder already held this finished run and nothing ran
 
-    @property
+    @functools.cached_property
     def warnings(self) -> list[str]:
         """What came out empty: each step that dropped every row it saw (with its top reject
         reason), and a run or config that wrote no rows. Empty when all is well."""
@@ -171,19 +172,32 @@ def empty_result_warnings(out: Path, manifest: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _top_reason(out: Path, manifest: dict[str, Any], entry: dict[str, Any], config: str | None) -> str:
-    """`` (top reject reason: ..., N rows)`` read from that step's rejects file."""
+def top_reject_reason(out: Path, manifest: dict[str, Any], entry: dict[str, Any],
+                      config: str | None = None) -> tuple[str, int, str] | None:
+    """A funnel entry's most frequent kind of reject reason (the text before any ':', numbers
+    as ``#``), its count and one full reason as an example, read from the step's rejects file;
+    None when it has none."""
     name = f"{entry['step']:02d}-{entry['name']}.parquet"
     for r in manifest.get("rejects", []):
         if r.get("config") == config and Path(r["path"]).name == name and (out / r["path"]).exists():
             reasons = pl.read_parquet(out / r["path"], columns=[REJECT_REASON])[REJECT_REASON].fill_null("")
-            top = (reasons.str.replace(r":.*", "").value_counts(sort=True, name="n")
-                   .sort(["n", REJECT_REASON], descending=[True, False]).row(0))
-            example = reasons.filter(reasons.str.replace(r":.*", "") == top[0])[0]
-            example = example if len(example) <= 120 else example[:119] + "…"
-            detail = f", e.g. {example!r}" if example != top[0] else ""
-            return f" (top reject reason: {top[0]!r}, {top[1]:,} rows{detail})"
-    return ""
+            if not reasons.len():
+                return None
+            kinds = reasons.str.replace(r":.*", "").str.replace_all(r"\d+(?:\.\d+)?", "#")
+            reason, n = (kinds.value_counts(name="n").sort(["n", REJECT_REASON], descending=[True, False]).row(0))
+            return reason, n, reasons.filter(kinds == reason)[0]
+    return None
+
+
+def _top_reason(out: Path, manifest: dict[str, Any], entry: dict[str, Any], config: str | None) -> str:
+    """`` (top reject reason: ..., N rows, e.g. ...)`` for a warning line."""
+    top = top_reject_reason(out, manifest, entry, config)
+    if top is None:
+        return ""
+    reason, n, example = top
+    example = example if len(example) <= 120 else example[:119] + "…"
+    detail = f", e.g. {example!r}" if example != reason else ""
+    return f" (top reject reason: {reason!r}, {n:,} rows{detail})"
 
 
 class Pipeline:
@@ -334,6 +348,7 @@ class _Run:
         self.card, self.cache = card, cache
         self.engine = engine
         self.used: set[Path] = set()  # the stage folders of this run (the others are stale)
+        self.kept_card: dict[str, Any] = {}
         self.ran: list[str] = []  # stages computed (not taken from a finished one)
 
     # --- the whole run -------------------------------------------------------------------------
@@ -343,21 +358,31 @@ class _Run:
         base_schema = schemas[-1] if schemas else input_schema
         variant_schemas = self.p.variant_plans(base_schema)
         fingerprint = _hash(self.source.fingerprint(), self.p.recipe(), SCHEMA_VERSION, self.p.batch_size)
-        done = self._existing(fingerprint)
-        if done is not None:
-            return done
+        done = self._existing(fingerprint)  # refuses a folder that is not ours before writing to it
         self.out.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.out / LOG_FILE, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         handler.setLevel(logging.DEBUG)
+
+        def to_file(level: int, msg: str) -> None:  # what the caller says itself (the CLI, warnings)
+            handler.handle(log.makeRecord(log.name, level, __file__, 0, msg, (), None))
+
         log.addHandler(handler)
         level = log.level
         if not log.isEnabledFor(logging.DEBUG):
             log.setLevel(logging.DEBUG)  # the file gets everything; console handlers keep their own level
         try:
-            return self._go(fingerprint, input_schema, schemas, base_schema, variant_schemas)
+            if done is not None:
+                to_file(logging.INFO, f"{self.shown} already holds this run (finished "
+                                      f"{done.manifest.get('created')}): nothing was run")
+                result = done
+            else:
+                result = self._go(fingerprint, input_schema, schemas, base_schema, variant_schemas)
+            for line in result.warnings:
+                to_file(logging.WARNING, line)
+            return result
         except BaseException as e:
-            log.error("run failed: %s: %s", type(e).__name__, e)
+            to_file(logging.ERROR, f"run failed: {type(e).__name__}: {e}")
             raise
         finally:
             log.removeHandler(handler)
@@ -419,6 +444,7 @@ class _Run:
                     f"{self.out} holds a dataset made from another input; "
                     "pass overwrite=True (--overwrite) to replace it"
                 )
+            self.kept_card = manifest.get("card") or {}  # set by `curate card --license ...`: kept
             for name in ("data", "rejects", "plots"):
                 remove_tree(self.out / name)
             manifest_path.unlink()
@@ -433,10 +459,11 @@ class _Run:
     def _reuse(self, manifest: dict[str, Any]) -> RunResult:
         """This run is already in the folder: nothing runs (the card is written if it is missing,
         and rewritten when the recipe's name, description or card settings changed)."""
-        described = self.p.describe()
-        stale = any(manifest.get(k) != described.get(k) for k in ("name", "description", "card"))
+        described = self.p.describe()  # what the recipe sets wins; what `curate card` set stays
+        if "card" in described:
+            described["card"] = {**(manifest.get("card") or {}), **described["card"]}
+        stale = any(manifest.get(k) != v for k, v in described.items())
         if stale:
-            manifest = {k: v for k, v in manifest.items() if k not in ("name", "description", "card")}
             manifest = {**manifest, **described}
             write_json_atomic(manifest, self.out / MANIFEST)
         if self.card and (stale or not (self.out / "README.md").exists()):  # or killed before the card
@@ -584,6 +611,8 @@ class _Run:
             "computed": self.ran,  # the stages this run computed; the others came from a finished run
             **self.p.describe(),
         }
+        if self.kept_card or self.p.card:
+            manifest["card"] = {**self.kept_card, **self.p.card}
         shard_md = {"manifest": {k: manifest[k] for k in ("fingerprint", "recipe", "input")}}
         remove_tree(self.out / "rejects")
         rejects = self._collect_rejects(funnel, "rejects")

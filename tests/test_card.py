@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from curate import run_recipe  # noqa: E402
 from curate.card import key_figures, write_card  # noqa: E402
+from curate.card.card import escape  # noqa: E402
 from curate.cli import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,8 +79,11 @@ def test_card_body_figures_come_from_manifest_and_data(quickstart: Path) -> None
     for (source,), group in kept.group_by("source"):
         assert f"| {source} | unknown | math | {group.height} |" in text
     median = kept["thinking"].str.len_chars().median()
-    assert f"| thinking | {kept['thinking'].str.len_chars().min():,} | {median:,.1f} |" in text
+    shown = f"{int(median):,}" if median == int(median) else f"{median:,.1f}"  # 3,948, never 3,948.0
+    assert f"| thinking | {kept['thinking'].str.len_chars().min():,} | {shown} |" in text
+    assert not re.search(r"\| [\d,]+\.0 \|", text), "a whole number printed with .0"
     assert "stratify_by=\"source\"" in text and "sample:" in text  # the recipe to reproduce
+    assert "- step 4 `sample`: `0`" in text  # seeds as a list, one per step
     assert f"| polars | {manifest['libraries']['polars']} |" in text
     assert "Not decontaminated" in text and "not checked against reference answers" in text
     assert "![Funnel](plots/funnel.png)" in text
@@ -143,6 +148,17 @@ def test_decontamination_report_from_rejects(tmp_path: Path) -> None:
     example_id = rejects.sort("id")["decontam_item"][0]
     assert example_id in text
     assert "Decontamination covers only" in text
+    # the settings of the matchers that ran, not the embedding matcher's
+    section = text.split("## Decontamination")[1].split("\n## ")[0]
+    assert "ngram_n=8" in section and "fuzzy_threshold=0.95" in section and "embedding" not in section
+    # LaTeX in example problems is shown as typed: Markdown and HTML escaped in the cells
+    examples = section.split("Examples of matched rows:")[1]
+    problems = rejects.sort("id").head(3)["problem"].to_list()
+    assert any("$" in p or "\\" in p or "_" in p for p in problems), "the examples hold LaTeX"
+    for p in problems:
+        cell = escape(" ".join(p.split())[:199] + ("…" if len(" ".join(p.split())) > 200 else ""))
+        assert f"| {cell} |" in examples
+    assert not re.search(r"(?<!\\)\$", examples) and "<" not in examples.replace("&lt;", "")
 
 
 def test_cli_card_writes_and_show_prints_key_figures(quickstart: Path, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from curate import Pipeline, PipelineError, StepResult, read
 from curate.ops import ExactDedup, ExtractAnswer, Filter, Sample
+from curate.pipeline import EmptyResultError, EmptyResultWarning
 from curate.step import Step
 
 REPO = Path(__file__).resolve().parent.parent
@@ -341,3 +342,53 @@ def test_step_stats_are_summed_into_the_funnel(samples_dir, tmp_path):
                                   "skythought_correct5k27b_minerva": {"rows": 60}}
     assert stats["batches"] == 8  # 180 rows in batches of 25 (the reader starts a batch per file)
     assert "stats" not in result.funnel.columns
+
+
+def test_a_step_that_drops_every_row_is_said_loudly_and_strict_raises(math500_sample, tmp_path):
+    steps = [ExtractAnswer(), Filter(min_thinking_chars=10**9)]
+    with pytest.warns(EmptyResultWarning) as caught:
+        result = Pipeline(steps).run(read(math500_sample), out=tmp_path / "empty")
+    said = [str(w.message) for w in caught]
+    assert any("step 2 'filter' dropped all 120 rows it saw (top reject reason: 'thinking has # chars < "
+               "min_thinking_chars=#', 120 rows, e.g. 'thinking has " in m for m in said), said
+    assert any(m.endswith("the run wrote 0 rows") for m in said)
+    assert result.warnings[0].startswith("step 2 'filter' dropped all 120 rows")
+    with pytest.raises(EmptyResultError, match="step 2 'filter' dropped all 120 rows"):
+        Pipeline(steps).run(read(math500_sample), out=tmp_path / "strict", strict=True)
+    assert (tmp_path / "strict" / "manifest.json").exists(), "the folder is written before strict raises"
+    assert "WARNING step 2 'filter' dropped all" in (tmp_path / "strict" / "run.log").read_text()
+    # a variant that comes out empty while the base does not
+    with pytest.warns(EmptyResultWarning, match="variant 'none': step 2 'filter' dropped all 120"):
+        fam = Pipeline([ExtractAnswer()], variants={"all": [], "none": [Filter(min_thinking_chars=10**9)]}).run(
+            read(math500_sample), out=tmp_path / "fam")
+    assert fam.warnings == [fam.warnings[0], "variant 'none' has 0 rows"]
+    ok = Pipeline([Filter(min_thinking_chars=200)]).run(read(math500_sample), out=tmp_path / "ok", strict=True)
+    assert ok.rows > 0 and ok.warnings == []
+
+
+class _RecordingBar:
+    """Stands in for tqdm: records every bar's updates."""
+
+    bars: list[_RecordingBar] = []  # noqa: RUF012
+
+    def __init__(self, total=None, desc="", **_):
+        self.desc, self.total, self.updates = desc, total, []
+        _RecordingBar.bars.append(self)
+
+    def update(self, n=1):
+        self.updates.append(n)
+
+    def close(self):
+        pass
+
+
+def test_the_verify_bar_moves_row_by_row_within_a_part(math500_sample, tmp_path, monkeypatch):
+    from curate.ops import Verify
+
+    monkeypatch.setattr("curate.pipeline.tqdm", _RecordingBar)
+    _RecordingBar.bars = []
+    data = read(math500_sample).to_polars().head(40)
+    Pipeline([ExtractAnswer(), Verify(workers=1)], batch_size=1000).run(read(data), out=tmp_path / "v")
+    (bar,) = [b for b in _RecordingBar.bars if b.desc.endswith("verify")]
+    assert bar.total == 40 and sum(bar.updates) == 40
+    assert len([n for n in bar.updates if n > 0]) >= 20, f"one part, yet the bar moved {bar.updates}"

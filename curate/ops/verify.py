@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import polars as pl
 import pyarrow as pa
 
+from curate.progress import rows_done
 from curate.step import REJECT_REASON, Step, StepResult
 from curate.verify import verify_task
 from curate.verify.mcq import gold_letter
@@ -158,8 +159,9 @@ class Verify(Step):
                     raw.append(verify_task(t))
                 except Exception as e:  # noqa: BLE001 - a verifier bug must not end the run
                     raw.append(Failed("error", f"{type(e).__name__}: {e}", 0.0))
+                rows_done(1)
         else:
-            raw = self._get_pool().map(tasks, [self._deadline(t) for t in tasks])
+            raw = self._get_pool().map(tasks, [self._deadline(t) for t in tasks], progress=rows_done)
         out = []
         for task, r in zip(tasks, raw, strict=True):
             if isinstance(r, Failed):
