@@ -107,7 +107,9 @@ def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progre
                             progress=False if quiet and progress is None else progress, engine=engine,
                             address=address, keep_work=keep_work, command=command, card=not no_card,
                             cache=not no_cache)
-    if not quiet:
+    if quiet:
+        click.echo(f"wrote {result.rows:,} rows to {result.out}" + (" (finished before)" if result.reused else ""))
+    else:
         _echo_summary(result)
     problems = result.warnings
     for line in problems:
@@ -153,16 +155,20 @@ def _echo_summary(result) -> None:
     console = Console()
     chains = [(None, m["funnel"])] + [(n, c["funnel"]) for n, c in m.get("configs", {}).items()]
     table = Table(title="Funnel")
-    for h in ("#", "step", "rows in", "kept", "rejected", "seconds", "top reject reason"):
-        table.add_column(h, justify="right" if h in ("#", "rows in", "kept", "rejected", "seconds") else "left")
+    for h in ("#", "step", "rows in", "kept", "rejected", "seconds"):
+        table.add_column(h, justify="left" if h == "step" else "right")
+    reasons = []
     for config, funnel in chains:
         for f in funnel:
-            top = top_reject_reason(out, m, f, config) if f["rejected"] else None
-            reason = f"{top[0]} ({top[1]:,})" if top else ""
             name = f"{config}: {f['name']}" if config else f["name"]
             table.add_row(str(f["step"]), name, f"{f['rows_in']:,}", f"{f['kept']:,}", f"{f['rejected']:,}",
-                          f"{f['seconds']:,.1f}", reason[:60])
+                          f"{f['seconds']:,.1f}")
+            top = top_reject_reason(out, m, f, config) if f["rejected"] else None
+            if top:
+                reasons.append(f"  {f['step']} {name}: {top[0]} ({top[1]:,} of {f['rejected']:,})")
     console.print(table)
+    if reasons:
+        click.echo("top reject reason per step (numbers as #; every row is in rejects/):\n" + "\n".join(reasons))
     _echo_accuracy(m["funnel"])
     for name, config in m.get("configs", {}).items():
         click.echo(f"  config {name}: {config['rows']:,} rows")

@@ -641,7 +641,7 @@ class _Run:
         if self.card:
             _write_card(self.out)
         self._keep_stages()
-        log.info("wrote %s rows to %s in %.1f s (stages computed: %s)", f"{total_rows:,}", self.shown,
+        log.debug("wrote %s rows to %s in %.1f s (stages computed: %s)", f"{total_rows:,}", self.shown,
                  manifest["wall_seconds"], ", ".join(self.ran) or "none, all finished before")
         return RunResult(self.shown, manifest)
 
