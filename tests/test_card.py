@@ -91,6 +91,27 @@ def test_card_body_figures_come_from_manifest_and_data(quickstart: Path) -> None
     assert figures["rows"] == 50 and figures["decontamination"] is None and figures["verification"] == []
 
 
+def test_title_description_and_license_come_from_the_recipe(tmp_path: Path, math500_sample: Path) -> None:
+    recipe = tmp_path / "svc.yaml"
+    recipe.write_text(f"name: Verified MATH-500 traces\ndescription: Real *long* traces, checked.\n"
+                      f"card: {{license: cc-by-4.0}}\ninput: {{path: {math500_sample}}}\n"
+                      "steps:\n  - filter: {min_thinking_chars: 200}\n")
+    out = tmp_path / "svc"
+    run_recipe(recipe, out, progress=False)
+    card = hub.DatasetCard.load(out / "README.md")
+    assert card.data.license == "cc-by-4.0" and card.data.pretty_name == "Verified MATH-500 traces"
+    assert "\n# Verified MATH-500 traces\n\nReal *long* traces, checked.\n" in card.text and "# Svc" not in card.text
+    # a long nested type is shown whole, in a code span
+    assert ("| `test_cases` | `list<element: struct<input: large_string, output: large_string>>` |"
+            in card.text)
+    # `curate card --license` is saved: a changed recipe's run keeps it (the recipe sets no title)
+    assert CliRunner().invoke(main, ["card", str(out), "--license", "mit", "--no-plots"]).exit_code == 0
+    recipe.write_text(recipe.read_text().replace("card: {license: cc-by-4.0}\n", "").replace("200", "300"))
+    run_recipe(recipe, out, progress=False)
+    card = hub.DatasetCard.load(out / "README.md")
+    assert card.data.license == "mit" and card.data.pretty_name == "Verified MATH-500 traces"
+
+
 def test_plots_are_pngs_and_regeneration_is_byte_identical(quickstart: Path) -> None:
     def digest() -> dict[str, str]:
         files = [quickstart / "README.md", *sorted((quickstart / "plots").glob("*.png"))]
@@ -171,6 +192,10 @@ def test_cli_card_writes_and_show_prints_key_figures(quickstart: Path, tmp_path:
     card = hub.DatasetCard.load(folder / "README.md")
     assert card.data.license == "cc-by-4.0" and card.data.pretty_name == "QS"
     assert (folder / "plots" / "funnel.png").exists()
+    res = CliRunner().invoke(main, ["card", str(folder), "--no-plots"])  # no options: what was set stays
+    assert res.exit_code == 0, res.output
+    card = hub.DatasetCard.load(folder / "README.md")
+    assert card.data.license == "cc-by-4.0" and card.data.pretty_name == "QS" and "\n# QS\n" in card.text
     res = CliRunner().invoke(main, ["card", str(folder), "--show", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["rows"] == 50
