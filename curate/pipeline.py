@@ -57,6 +57,8 @@ CACHE_DIR = ".curate-cache"  # the stages of the last finished run, where the ne
 LOG_FILE = "run.log"
 MANIFEST = "manifest.json"
 log = logging.getLogger("curate.run")
+_LIBRARIES = ("curate", "pyarrow", "polars", "numpy", "datasets", "huggingface_hub", "math-verify",
+              "datasketch", "sentence-transformers", "torch", "transformers", "vllm")
 
 
 class EmptyResultWarning(UserWarning):
@@ -65,8 +67,6 @@ class EmptyResultWarning(UserWarning):
 
 class EmptyResultError(PipelineError):
     """``strict=True`` and the run came out empty (the dataset is written; the message says why)."""
-_LIBRARIES = ("curate", "pyarrow", "polars", "numpy", "datasets", "huggingface_hub", "math-verify",
-              "datasketch", "sentence-transformers", "torch", "transformers", "vllm")
 
 
 def library_versions() -> dict[str, str]:
@@ -478,7 +478,6 @@ class _Run:
             meta = json.loads(meta_path.read_text())
             if meta.get("fingerprint") == fingerprint:
                 if meta.get("complete"):
-                    log.debug("%s: finished before, reused", folder.relative_to(self.work))
                     return True
                 log.debug("%s: resuming a stage begun before", folder.relative_to(self.work))
                 self.ran.append(_stage_label(folder))
@@ -592,6 +591,7 @@ class _Run:
     # --- final write ---------------------------------------------------------------------------
     def _finish(self, fingerprint: str, funnel: list[dict], outputs: dict[str | None, tuple[Path, pa.Schema, list[dict]]],
                 started: float) -> RunResult:
+        log.info("writing data/, rejects/%s", " and the card" if self.card else "")
         first = len(self.p.steps) + 1
         numbered = [(f"{i}:{s.name}", s) for i, s in enumerate(self.p.steps, 1)]
         numbered += [(f"{v}/{i}:{s.name}", s) for v, vs in self.p.variants.items() for i, s in enumerate(vs, first)]

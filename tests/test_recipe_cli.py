@@ -246,7 +246,8 @@ def test_cli_run_ends_with_a_table_where_things_are_and_a_log(tmp_path, math500_
     edited = _recipe(tmp_path, math500_sample, "  - extract_answer: {}\n  - filter: {min_thinking_chars: 300}\n")
     res = runner.invoke(main, ["run", str(edited), "--out", str(out), "--verbose"])
     assert res.exit_code == 0, res.output
-    assert "stage-01-extract_answer: finished before, reused" in res.output
+    assert "starting from the finished stages in .curate-cache" in res.output
+    assert "[1/2] extract_answer: 120 rows in, 120 kept, 0 rejected; reused (finished before)" in res.output
     assert "computed 1 of 3 stages (02-filter); the others came from the finished run" in res.output
     # --quiet: the last line only
     res = runner.invoke(main, ["run", str(path), "--out", str(tmp_path / "q"), "--quiet"])
