@@ -248,6 +248,7 @@ def key_figures(folder: str | Path | Folder) -> dict[str, Any]:
 def render_key_figures(figures: dict[str, Any]) -> None:
     """Print key figures as rich tables (``curate card --show``)."""
     from rich.console import Console
+    from rich.markup import escape as markup_escape
     from rich.table import Table
 
     console = Console()
@@ -258,8 +259,8 @@ def render_key_figures(figures: dict[str, Any]) -> None:
         t = Table(title=title)
         for h in headers:
             t.add_column(h)
-        for r in rows:
-            t.add_row(*(_fmt(c) for c in r))
+        for r in rows:  # text as it is (rich markup escaped), numbers as the card prints them
+            t.add_row(*(markup_escape(c) if isinstance(c, str) else _fmt(c) for c in r))
         console.print(t)
 
     if len(figures["configs"]) > 1:
