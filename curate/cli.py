@@ -48,8 +48,11 @@ def main() -> None:
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Dataset folder to write; overrides the recipe's output.path.")
-@click.option("--overwrite", is_flag=True, help="Replace a dataset already in the folder.")
-@click.option("--no-resume", is_flag=True, help="Start over instead of resuming a killed run.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the dataset in the folder, computing every step again (a changed recipe on the "
+                   "same input needs no flag: it reruns from the changed step).")
+@click.option("--no-resume", is_flag=True,
+              help="Compute every step again: no resuming a killed run, no finished stages reused.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when on a terminal).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process. ray: a Ray cluster through Ray Data (needs curate[ray]); the same "
@@ -57,7 +60,8 @@ def main() -> None:
 @click.option("--address", metavar="ADDR",
               help="--engine ray: the cluster to join (auto, ray://head:10001; default: $RAY_ADDRESS, "
                    "else a local Ray on this machine). OUT must be on storage every node sees.")
-@click.option("--keep-work", is_flag=True, help="Keep the per-step intermediate Parquet parts (OUT/.curate).")
+@click.option("--keep-work", is_flag=True,
+              help="Leave the per-step Parquet parts in OUT/.curate (else they move to OUT/.curate-cache).")
 @click.option("--no-card", is_flag=True, help="Skip the dataset card (README.md + plots); `curate card` writes it later.")
 @click.option("--no-cache", is_flag=True,
               help="Keep no finished stages (OUT/.curate-cache): a changed recipe then recomputes every step.")
@@ -76,13 +80,13 @@ def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progre
       rejects/NN-<step>.parquet           every dropped row with reject_step and reject_reason
       manifest.json                       recipe, library versions, seeds, input fingerprint, funnel
       README.md, plots/                   the dataset card (YAML header with configs, the story)
+      run.log                             what each step did, with times (appended per run)
     A recipe with `variants:` runs its shared steps once and writes each variant as a config,
     data/<variant>/train-*.parquet (and rejects/<variant>/...).
-      run.log                             what each step did, with times (appended per run)
     Input paths in the recipe are relative to the recipe file; output paths to the current
     directory. A killed run resumes where it stopped when you run the same command again; a
     finished run is not redone. Its stages stay in OUT/.curate-cache: edit step k of the recipe
-    and the next run computes steps k..n only (--no-resume recomputes everything).
+    and the next run computes steps k..n only (--overwrite recomputes everything).
 
     \b
     On a cluster:
@@ -175,7 +179,7 @@ def _echo_summary(result) -> None:
     configs = f" in {len(result.configs)} configs" if result.configs else ""
     if result.reused:
         click.echo(f"{out} already holds this run (finished {m.get('created')}); nothing was run. "
-                   "To compute every step again: --overwrite --no-resume")
+                   "To compute every step again: --overwrite")
     else:
         computed = m.get("computed")
         total = 1 + len(m["funnel"][1:]) + sum(len(c["funnel"]) for c in m.get("configs", {}).values())

@@ -271,7 +271,8 @@ class Pipeline:
         and write the dataset folder ``out`` (with its card, README.md, unless ``card=False``).
         A rerun of a finished run returns it unchanged (``result.reused``); a changed recipe on
         the same input reruns from the first changed step, reading the finished stages kept in
-        ``out/.curate-cache`` (``cache=False``: keep none). ``resume=False`` recomputes every step.
+        ``out/.curate-cache`` (``cache=False``: keep none). ``overwrite`` (needed for another
+        input) and ``resume=False`` recompute every step.
 
         A run that writes no rows, or a step that drops every row it saw, warns
         (``EmptyResultWarning``, ``result.warnings``); ``strict=True`` raises EmptyResultError
@@ -433,7 +434,8 @@ class _Run:
 
     def _existing(self, fingerprint: str) -> RunResult | None:
         """The finished run when the folder holds this one; else clear the old dataset's files (a
-        changed recipe on the same input replaces it; another input needs ``overwrite``)."""
+        changed recipe on the same input replaces it, from the finished stages; another input
+        needs ``overwrite``, which also drops every stage)."""
         manifest_path = self.out / MANIFEST
         if manifest_path.exists():
             manifest = json.loads(manifest_path.read_text())
@@ -449,6 +451,9 @@ class _Run:
                 remove_tree(self.out / name)
             manifest_path.unlink()
             (self.out / "README.md").unlink(missing_ok=True)
+            if self.overwrite:  # asked for: a dataset made from scratch
+                remove_tree(self.work)
+                remove_tree(self.cache_dir)
         elif (self.out.exists() and not self.work.exists() and not self.overwrite
               and any(p.name not in (WORK_DIR, CACHE_DIR, LOG_FILE) for p in self.out.iterdir())):
             raise PipelineError(

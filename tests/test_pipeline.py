@@ -128,12 +128,14 @@ def test_editing_step_k_of_a_finished_run_reruns_k_to_n_only(math500_sample, tmp
     Pipeline(steps(200)[:3], batch_size=50).run(read(math500_sample), out=out)
     assert sorted(p.name for p in (out / ".curate-cache").iterdir()) == [
         "stage-00-read", "stage-01-test_tally", "stage-02-test_tally", "stage-03-filter"]
-    # resume=False recomputes every step; cache=False keeps no stages
+    # overwrite (as resume=False) recomputes every step; cache=False keeps no stages
     Tally.seen.clear()
-    Pipeline(steps(200)[:3], batch_size=50).run(read(math500_sample), out=out, overwrite=True, resume=False,
-                                                 cache=False)
+    Pipeline(steps(200)[:3], batch_size=50).run(read(math500_sample), out=out, overwrite=True, cache=False)
     assert Tally.seen == {"a": 120, "b": 120}
     assert not (out / ".curate-cache").exists() and not (out / ".curate").exists()
+    Tally.seen.clear()
+    Pipeline(steps(200)[:3], batch_size=50).run(read(math500_sample), out=out, overwrite=True, resume=False)
+    assert Tally.seen == {"a": 120, "b": 120}
 
 
 def test_refuses_to_write_into_a_foreign_folder(math500_sample, tmp_path):
