@@ -158,9 +158,9 @@ def empty_result_warnings(out: Path, manifest: dict[str, Any]) -> list[str]:
         for f in funnel:
             if f["rows_in"] and not f["kept"]:
                 where = f"variant {config!r}: " if config else ""
-                what = "the reader rejected" if f["step"] == 0 else "dropped"
-                lines.append(f"{where}step {f['step']} '{f['name']}' {what} all {f['rows_in']:,} rows it saw"
-                             + _top_reason(out, manifest, f, config))
+                what = (f"the reader rejected all {f['rows_in']:,} input rows" if f["step"] == 0 else
+                         f"{where}step {f['step']} '{f['name']}' dropped all {f['rows_in']:,} rows it saw")
+                lines.append(what + _top_reason(out, manifest, f, config))
     rows = manifest["output"]["rows"]
     read = manifest["funnel"][0] if manifest["funnel"] else {"rows_in": 0}
     if not read["rows_in"]:
@@ -197,7 +197,7 @@ def _top_reason(out: Path, manifest: dict[str, Any], entry: dict[str, Any], conf
     reason, n, example = top
     example = example if len(example) <= 120 else example[:119] + "…"
     detail = f", e.g. {example!r}" if example != reason else ""
-    return f" (top reject reason: {reason!r}, {n:,} rows{detail})"
+    return f" (top reject reason: {reason!r}, {n:,} row{'s' if n != 1 else ''}{detail})"
 
 
 class Pipeline:

@@ -364,6 +364,11 @@ def test_a_step_that_drops_every_row_is_said_loudly_and_strict_raises(math500_sa
         fam = Pipeline([ExtractAnswer()], variants={"all": [], "none": [Filter(min_thinking_chars=10**9)]}).run(
             read(math500_sample), out=tmp_path / "fam")
     assert fam.warnings == [fam.warnings[0], "variant 'none' has 0 rows"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json}\n{nor this\n")
+    with pytest.warns(EmptyResultWarning, match="the reader rejected all 2 input rows .top reject reason: "
+                                                "'malformed JSON"):
+        Pipeline([]).run(read(bad, format="messages"), out=tmp_path / "bad")
     ok = Pipeline([Filter(min_thinking_chars=200)]).run(read(math500_sample), out=tmp_path / "ok", strict=True)
     assert ok.rows > 0 and ok.warnings == []
 
