@@ -2,7 +2,8 @@
 
 A step's needs depend on its parameters (``decontaminate`` needs the ``semantic`` extra only with
 the ``embedding`` method, a model-backed step only the backend it names), so each rule reads
-them. A step class of your own can declare ``requires(self) -> {module: extra}``.
+them. A step class of your own can declare ``requires(self) -> {module: extra}``. On the ray
+engine a vllm model runs in Ray Data's LLM stage on the GPU nodes, so this machine needs no vLLM.
 """
 
 from __future__ import annotations
@@ -81,13 +82,15 @@ def distribution() -> str:
     return names[0]
 
 
-def requirements(step: Step) -> dict[str, str]:
-    """{module: extra} that ``step`` imports with its parameters."""
+def requirements(step: Step, engine: str = "local") -> dict[str, str]:
+    """{module: extra} that ``step`` imports with its parameters, in this process."""
     rule = RULES.get(step.name)
     needs = rule(step.params()) if rule else {}
     own = getattr(step, "requires", None)
     if callable(own):
         needs |= own()
+    if engine == "ray":  # generations are made on the cluster's GPU nodes (curate[ray-vllm] there)
+        needs = {m: e for m, e in needs.items() if e != "vllm"}
     return needs
 
 
@@ -98,20 +101,20 @@ def installed(module: str) -> bool:
         return False
 
 
-def missing_extras(steps: Sequence[tuple[str, Step]]) -> list[Missing]:
+def missing_extras(steps: Sequence[tuple[str, Step]], engine: str = "local") -> list[Missing]:
     """The (where, step) pairs' missing modules, one entry per step and extra."""
     out: list[Missing] = []
     for where, step in steps:
         seen: set[str] = set()
-        for module, extra in requirements(step).items():
+        for module, extra in requirements(step, engine).items():
             if extra not in seen and not installed(module):
                 seen.add(extra)
                 out.append(Missing(where, module, extra))
     return out
 
 
-def check_extras(steps: Sequence[tuple[str, Step]]) -> None:
+def check_extras(steps: Sequence[tuple[str, Step]], engine: str = "local") -> None:
     """Raise MissingExtraError naming every step whose extra is not installed."""
-    missing = missing_extras(steps)
+    missing = missing_extras(steps, engine)
     if missing:
         raise MissingExtraError(missing)

@@ -285,7 +285,7 @@ class Pipeline:
         from curate.engines import get_engine
 
         source = data if isinstance(data, Source) else read(data)
-        check_extras(self.numbered())
+        check_extras(self.numbered(), engine if isinstance(engine, str) else engine.name)
         runner = get_engine(engine, address)
         try:
             result = _Run(self, source, Path(out), resume, overwrite, progress, keep_work, shard_bytes, command,

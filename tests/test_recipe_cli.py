@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from curate import Pipeline, RecipeError, load_recipe, read, run_recipe
 from curate.catalog import render_catalog
 from curate.cli import main
-from curate.ops import ExactDedup, ExtractAnswer, Filter, Sample, SemanticDedup
+from curate.extras import missing_extras
+from curate.ops import ExactDedup, ExtractAnswer, Filter, GradeDifficulty, Sample, SemanticDedup
 from curate.schema import json_schema_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -222,6 +223,11 @@ def test_missing_extras_are_named_before_the_run_in_one_line_each(tmp_path, math
     assert res.exit_code == 2 and res.output.strip().splitlines() == [
         "error: step 2 'segment_steps' needs the 'train' extra (transformers is not installed): "
         "pip install 'curate[train]'"], res.output
+    # a vllm model: here on the local engine; on the ray engine the cluster's GPU nodes run it
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    grader = [("step 1", GradeDifficulty(method="pass_rate", model={"backend": "vllm", "name_or_path": "m"}))]
+    assert [(m.module, m.extra) for m in missing_extras(grader)] == [("math_verify", "verify"), ("vllm", "vllm")]
+    assert [(m.module, m.extra) for m in missing_extras(grader, "ray")] == [("math_verify", "verify")]
 
 
 def test_cli_run_ends_with_a_table_where_things_are_and_a_log(tmp_path, math500_sample):
