@@ -405,8 +405,9 @@ class _Run:
                 os.replace(self.cache_dir, self.work)
                 log.debug("starting from the finished stages in %s", CACHE_DIR)
         started = time.time()
-        read_fp = _hash(self.source.fingerprint(), SCHEMA_VERSION, self.p.batch_size,
-                        library_versions().get("curate", "dev"))
+        from curate import __version__  # another curate release computes its own stages
+
+        read_fp = _hash(self.source.fingerprint(), SCHEMA_VERSION, self.p.batch_size, __version__)
         funnel = [self._read_stage(read_fp, input_schema)]
         base_fp, base_dir, funnel_steps = self._chain(self.p.steps, schemas, read_fp, _stage_dir(self.work, 0, "read"),
                                                       first=1, folder=self.work)
