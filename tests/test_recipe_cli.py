@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from curate import Pipeline, RecipeError, load_recipe, read, run_recipe
 from curate.catalog import render_catalog
 from curate.cli import main
-from curate.extras import missing_extras
+from curate.extras import distribution, missing_extras
 from curate.ops import ExactDedup, ExtractAnswer, Filter, GradeDifficulty, Sample, SemanticDedup
 from curate.schema import json_schema_text
 
@@ -208,10 +208,11 @@ def test_missing_extras_are_named_before_the_run_in_one_line_each(tmp_path, math
     res = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2, res.output
     lines = res.output.strip().splitlines()
+    dist = distribution()  # the name pip knows this package by
     assert lines == [
-        "error: step 2 'minhash_dedup' needs the 'dedup' extra (datasketch is not installed): "
-        "pip install 'curate[dedup]'",
-        "error: step 3 'verify' needs the 'verify' extra (math_verify is not installed): pip install 'curate[verify]'",
+        f"error: step 2 'minhash_dedup' needs the 'dedup' extra (datasketch is not installed): "
+        f"pip install '{dist}[dedup]'",
+        f"error: step 3 'verify' needs the 'verify' extra (math_verify is not installed): pip install '{dist}[verify]'",
     ]
     assert not (tmp_path / "o").exists(), "nothing ran"
     # a model step asks for its backend's packages only when it uses the model
@@ -222,7 +223,7 @@ def test_missing_extras_are_named_before_the_run_in_one_line_each(tmp_path, math
     res = CliRunner().invoke(main, ["run", str(model), "--out", str(tmp_path / "m")])
     assert res.exit_code == 2 and res.output.strip().splitlines() == [
         "error: step 2 'segment_steps' needs the 'train' extra (transformers is not installed): "
-        "pip install 'curate[train]'"], res.output
+        f"pip install '{dist}[train]'"], res.output
     # a vllm model: here on the local engine; on the ray engine the cluster's GPU nodes run it
     monkeypatch.setitem(sys.modules, "vllm", None)
     grader = [("step 1", GradeDifficulty(method="pass_rate", model={"backend": "vllm", "name_or_path": "m"}))]
