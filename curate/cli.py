@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -22,7 +25,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CurateError as e:
-            click.secho(f"error: {e}", fg="red", err=True)
+            for line in str(e).splitlines() or [""]:  # e.g. one line per step whose extra is missing
+                click.secho(f"error: {line}", fg="red", err=True)
             sys.exit(2)
 
 
@@ -45,8 +49,11 @@ def main() -> None:
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Dataset folder to write; overrides the recipe's output.path.")
-@click.option("--overwrite", is_flag=True, help="Replace a dataset already in the folder.")
-@click.option("--no-resume", is_flag=True, help="Start over instead of resuming a killed run.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the dataset in the folder, computing every step again (a changed recipe on the "
+                   "same input needs no flag: it reruns from the changed step).")
+@click.option("--no-resume", is_flag=True,
+              help="Compute every step again: no resuming a killed run, no finished stages reused.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when on a terminal).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process. ray: a Ray cluster through Ray Data (needs curate-cot[ray]); the same "
@@ -54,10 +61,18 @@ def main() -> None:
 @click.option("--address", metavar="ADDR",
               help="--engine ray: the cluster to join (auto, ray://head:10001; default: $RAY_ADDRESS, "
                    "else a local Ray on this machine). OUT must be on storage every node sees.")
-@click.option("--keep-work", is_flag=True, help="Keep the per-step intermediate Parquet parts (OUT/.curate).")
+@click.option("--keep-work", is_flag=True,
+              help="Leave the per-step Parquet parts in OUT/.curate (else they move to OUT/.curate-cache).")
 @click.option("--no-card", is_flag=True, help="Skip the dataset card (README.md + plots); `curate card` writes it later.")
+@click.option("--no-cache", is_flag=True,
+              help="Keep no finished stages (OUT/.curate-cache): a changed recipe then recomputes every step.")
+@click.option("--strict", is_flag=True,
+              help="Exit 1 when the run wrote no rows or a step dropped every row it saw.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars, no step lines, no table: warnings and the last line.")
+@click.option("-v", "--verbose", is_flag=True, help="Also say which stages are reused or resumed, and why.")
 def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progress: bool | None,
-        engine: str, address: str | None, keep_work: bool, no_card: bool) -> None:
+        engine: str, address: str | None, keep_work: bool, no_card: bool, no_cache: bool, strict: bool,
+        quiet: bool, verbose: bool) -> None:
     """Run a YAML RECIPE and write a dataset folder.
 
     \b
@@ -66,11 +81,13 @@ def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progre
       rejects/NN-<step>.parquet           every dropped row with reject_step and reject_reason
       manifest.json                       recipe, library versions, seeds, input fingerprint, funnel
       README.md, plots/                   the dataset card (YAML header with configs, the story)
+      run.log                             what each step did, with times (appended per run)
     A recipe with `variants:` runs its shared steps once and writes each variant as a config,
     data/<variant>/train-*.parquet (and rejects/<variant>/...).
     Input paths in the recipe are relative to the recipe file; output paths to the current
     directory. A killed run resumes where it stopped when you run the same command again; a
-    finished run is not redone.
+    finished run is not redone. Its stages stay in OUT/.curate-cache: edit step k of the recipe
+    and the next run computes steps k..n only (--overwrite recomputes everything).
 
     \b
     On a cluster:
@@ -80,18 +97,105 @@ def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progre
     settings) are made first, by Ray Data's LLM processor in one batch job; install
     curate-cot[ray-vllm] on the GPU nodes.
     """
+    import warnings
+
+    from curate.pipeline import EmptyResultWarning
     from curate.recipe import run_recipe
 
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose contradict each other")
     command = "curate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    result = run_recipe(recipe, out, overwrite=overwrite, resume=not no_resume, progress=progress,
-                        engine=engine, address=address, keep_work=keep_work, command=command, card=not no_card)
-    click.echo(result.funnel)
-    _echo_accuracy(result.manifest["funnel"])
-    for name, config in result.manifest.get("configs", {}).items():
-        steps = ", ".join(f"{f['name']} -{f['rejected']}" for f in config["funnel"]) or "base only"
-        click.echo(f"  config {name}: {config['rows']} rows ({steps})")
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    with _console_log(level), warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptyResultWarning)  # said below, after the table
+        result = run_recipe(recipe, out, overwrite=overwrite, resume=not no_resume,
+                            progress=False if quiet and progress is None else progress, engine=engine,
+                            address=address, keep_work=keep_work, command=command, card=not no_card,
+                            cache=not no_cache)
+    if quiet:
+        click.echo(f"wrote {result.rows:,} rows to {result.out}" + (" (finished before)" if result.reused else ""))
+    else:
+        _echo_summary(result)
+    problems = result.warnings
+    for line in problems:
+        click.secho(f"warning: {line}", fg="yellow", err=True)
+    if problems and strict:
+        click.secho("--strict: exiting with status 1", fg="red", err=True)
+        sys.exit(1)
+
+
+class _BarSafeHandler(logging.Handler):
+    """Log lines on stderr that do not break a running progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        tqdm.write(prefix + record.getMessage(), file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _console_log(level: int) -> Iterator[None]:
+    """Show the run's log on stderr at ``level`` while the command runs (run.log gets it all)."""
+    logger = logging.getLogger("curate")
+    handler = _BarSafeHandler(level)
+    logger.addHandler(handler)
+    before = logger.level
+    logger.setLevel(min(level, before) if before else level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
+
+
+def _echo_summary(result) -> None:
+    """The funnel as a table (as `curate inspect` prints it), accuracy, then where things are."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from curate.pipeline import top_reject_reason
+
+    m, out = result.manifest, result.out
+    console = Console()
+    chains = [(None, m["funnel"])] + [(n, c["funnel"]) for n, c in m.get("configs", {}).items()]
+    table = Table(title="Funnel")
+    for h in ("#", "step", "rows in", "kept", "rejected", "seconds"):
+        table.add_column(h, justify="left" if h == "step" else "right")
+    reasons = []
+    for config, funnel in chains:
+        for f in funnel:
+            name = f"{config}: {f['name']}" if config else f["name"]
+            table.add_row(str(f["step"]), name, f"{f['rows_in']:,}", f"{f['kept']:,}", f"{f['rejected']:,}",
+                          f"{f['seconds']:,.1f}")
+            top = top_reject_reason(out, m, f, config) if f["rejected"] else None
+            if top:
+                reasons.append(f"  {f['step']} {name}: {top[0]} ({top[1]:,} of {f['rejected']:,})")
+    console.print(table)
+    if reasons:
+        click.echo("top reject reason per step (numbers as #; every row is in rejects/):\n" + "\n".join(reasons))
+    _echo_accuracy(m["funnel"])
+    for name, config in m.get("configs", {}).items():
+        click.echo(f"  config {name}: {config['rows']:,} rows")
     configs = f" in {len(result.configs)} configs" if result.configs else ""
-    click.echo(f"wrote {result.rows} rows{configs} to {result.out}")
+    if result.reused:
+        click.echo(f"{out} already holds this run (finished {m.get('created')}); nothing was run. "
+                   "To compute every step again: --overwrite")
+    else:
+        computed = m.get("computed")
+        total = 1 + len(m["funnel"][1:]) + sum(len(c["funnel"]) for c in m.get("configs", {}).values())
+        if computed is not None and len(computed) < total:
+            click.echo(f"computed {len(computed)} of {total} stages ({', '.join(computed) or 'none'}); "
+                       "the others came from the finished run")
+    click.echo(f"wrote {result.rows:,} rows{configs} to {out} in {m.get('wall_seconds', 0):,.1f} s")
+    rejects = m.get("rejects", [])
+    where = [("card", out / "README.md"), ("manifest", out / "manifest.json"), ("log", out / "run.log")]
+    for what, path in where:
+        if path.exists():
+            click.echo(f"  {what + ':':10}{path}")
+    if rejects:
+        click.echo(f"  {'rejects:':10}{out / 'rejects'} ({sum(r['rows'] for r in rejects):,} rows "
+                   f"in {len(rejects)} file(s))")
 
 
 @main.command()
@@ -225,9 +329,12 @@ def schema(output: Path, check: bool) -> None:
 
 @main.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--license", "license_", default="unknown", show_default=True,
-              help="License id for the card's YAML header (e.g. apache-2.0, cc-by-4.0).")
-@click.option("--pretty-name", default=None, help="Title of the card (default: from the folder name).")
+@click.option("--license", "license_", default=None,
+              help="License id for the card's YAML header (e.g. apache-2.0, cc-by-4.0); saved in the "
+                   "manifest [default: the recipe's card.license, else the one saved, else unknown].")
+@click.option("--pretty-name", default=None,
+              help="Title of the card; saved in the manifest [default: the recipe's card.pretty_name or "
+                   "name, else the folder name].")
 @click.option("--no-plots", is_flag=True, help="Do not write plots/*.png.")
 @click.option("--show", is_flag=True, help="Print the card's key figures (rich tables) instead of writing it.")
 @click.option("--json", "as_json", is_flag=True, help="With --show: print the key figures as JSON.")
@@ -248,8 +355,11 @@ def card(folder: Path, license_: str, pretty_name: str | None, no_plots: bool, s
             render_key_figures(figures)
         return
     from curate.card import write_card
+    from curate.card.card import Folder, save_card_options
 
-    path = write_card(folder, license=license_, pretty_name=pretty_name, plots=not no_plots)
+    Folder.open(folder)  # a clear error for a folder that is not a finished dataset
+    save_card_options(folder, license=license_, pretty_name=pretty_name)
+    path = write_card(folder, plots=not no_plots)
     click.echo(f"wrote {path}")
 
 

@@ -4,15 +4,20 @@ Every stage (the read, then each step) writes one Parquet part per input batch u
 ``OUT/.curate/stage-NN-name/``, atomically, so a killed run resumes at the first missing part
 without duplicating or losing rows. A stage is identified by a fingerprint chained from the
 input and every step before it: change a step and only it and the steps after it run again.
+A finished run keeps its stages in ``OUT/.curate-cache/`` (the next run of a changed recipe
+starts from them), writes ``OUT/run.log``, and says loudly when a step dropped every row.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
+import logging
 import math
+import os
 import platform
 import re
 import sys
@@ -33,6 +38,7 @@ from curate.engines.base import Engine
 from curate.engines.llm import given
 from curate.engines.parts import PartTask, apply_part, read_split, reject_schema, write_shard
 from curate.errors import PipelineError
+from curate.extras import check_extras
 from curate.io.read import Source, read
 from curate.io.write import (
     concat_parquet,
@@ -42,14 +48,26 @@ from curate.io.write import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from curate.progress import reporting
 from curate.provenance import source_info
 from curate.schema import SCHEMA_VERSION, TRACE_SCHEMA
-from curate.step import Step
+from curate.step import REJECT_REASON, Step
 
-WORK_DIR = ".curate"
+WORK_DIR = ".curate"  # the stages of the run in progress
+CACHE_DIR = ".curate-cache"  # the stages of the last finished run, where the next run starts from
+LOG_FILE = "run.log"
 MANIFEST = "manifest.json"
+log = logging.getLogger("curate.run")
 _LIBRARIES = ("pyarrow", "polars", "numpy", "datasets", "huggingface_hub", "math-verify",
               "datasketch", "sentence-transformers", "torch", "transformers", "vllm")
+
+
+class EmptyResultWarning(UserWarning):
+    """A run wrote no rows, or one of its steps dropped every row it saw."""
+
+
+class EmptyResultError(PipelineError):
+    """``strict=True`` and the run came out empty (the dataset is written; the message says why)."""
 
 
 def library_versions() -> dict[str, str]:
@@ -74,6 +92,13 @@ class RunResult:
 
     out: Path
     manifest: dict[str, Any]
+    reused: bool = False  # True when the folder already held this finished run and nothing ran
+
+    @functools.cached_property
+    def warnings(self) -> list[str]:
+        """What came out empty: each step that dropped every row it saw (with its top reject
+        reason), and a run or config that wrote no rows. Empty when all is well."""
+        return empty_result_warnings(self.out, self.manifest)
 
     @property
     def funnel(self) -> pl.DataFrame:
@@ -125,16 +150,71 @@ class RunResult:
         return f"RunResult(out={str(self.out)!r}, rows={self.rows})"
 
 
+def empty_result_warnings(out: Path, manifest: dict[str, Any]) -> list[str]:
+    """One line per step that dropped all of the rows it saw, then one per empty output."""
+    lines: list[str] = []
+    chains = [(None, manifest["funnel"])]
+    chains += [(name, c["funnel"]) for name, c in manifest.get("configs", {}).items()]
+    for config, funnel in chains:
+        for f in funnel:
+            if f["rows_in"] and not f["kept"]:
+                where = f"variant {config!r}: " if config else ""
+                what = (f"the reader rejected all {f['rows_in']:,} input rows" if f["step"] == 0 else
+                         f"{where}step {f['step']} '{f['name']}' dropped all {f['rows_in']:,} rows it saw")
+                lines.append(what + _top_reason(out, manifest, f, config))
+    rows = manifest["output"]["rows"]
+    read = manifest["funnel"][0] if manifest["funnel"] else {"rows_in": 0}
+    if not read["rows_in"]:
+        lines.append("the input has no rows")
+    if not rows:
+        lines.append("the run wrote 0 rows")
+    else:
+        lines += [f"variant {name!r} has 0 rows" for name, c in manifest.get("configs", {}).items() if not c["rows"]]
+    return lines
+
+
+def top_reject_reason(out: Path, manifest: dict[str, Any], entry: dict[str, Any],
+                      config: str | None = None) -> tuple[str, int, str] | None:
+    """A funnel entry's most frequent kind of reject reason (the text before any ':', numbers
+    as ``#``), its count and one full reason as an example, read from the step's rejects file;
+    None when it has none."""
+    name = f"{entry['step']:02d}-{entry['name']}.parquet"
+    for r in manifest.get("rejects", []):
+        if r.get("config") == config and Path(r["path"]).name == name and (out / r["path"]).exists():
+            reasons = pl.read_parquet(out / r["path"], columns=[REJECT_REASON])[REJECT_REASON].fill_null("")
+            if not reasons.len():
+                return None
+            kinds = reasons.str.replace(r":.*", "").str.replace_all(r"\d+(?:\.\d+)?", "#")
+            reason, n = (kinds.value_counts(name="n").sort(["n", REJECT_REASON], descending=[True, False]).row(0))
+            return reason, n, reasons.filter(kinds == reason)[0]
+    return None
+
+
+def _top_reason(out: Path, manifest: dict[str, Any], entry: dict[str, Any], config: str | None) -> str:
+    """`` (top reject reason: ..., N rows, e.g. ...)`` for a warning line."""
+    top = top_reject_reason(out, manifest, entry, config)
+    if top is None:
+        return ""
+    reason, n, example = top
+    example = example if len(example) <= 120 else example[:119] + "…"
+    detail = f", e.g. {example!r}" if example != reason else ""
+    return f" (top reject reason: {reason!r}, {n:,} row{'s' if n != 1 else ''}{detail})"
+
+
 class Pipeline:
     """An ordered list of steps. ``Pipeline([ExactDedup(), Filter(...)]).run(source, out=...)``."""
 
     def __init__(self, steps: Sequence[Step], *, variants: dict[str, Sequence[Step]] | None = None,
-                 batch_size: int = 1024):
+                 batch_size: int = 1024, name: str | None = None, description: str | None = None,
+                 card: dict[str, Any] | None = None):
         """``variants`` maps a config name to the extra steps that make it from the shared base
         (e.g. ``{"clean": [], "shuffle_67": [ShuffleSteps(ratio=0.67)]}``); the base runs once and
-        each variant is written as its own config, ``data/<name>/train-*.parquet``."""
+        each variant is written as its own config, ``data/<name>/train-*.parquet``.
+        ``name``, ``description`` and ``card`` (``license``, ``pretty_name``) go to the manifest and
+        the dataset card; they are not part of the fingerprint."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        self.name, self.description, self.card = name, description, dict(card or {})
         self.steps = _check_steps(steps, "step")
         self.variants = {name: _check_steps(vs, f"variant {name!r} step") for name, vs in (variants or {}).items()}
         for name in self.variants:
@@ -158,6 +238,19 @@ class Pipeline:
     def variant_plans(self, base_schema: pa.Schema) -> dict[str, list[pa.Schema]]:
         return {n: _plan_chain(vs, base_schema, len(self.steps) + 1, n) for n, vs in self.variants.items()}
 
+    def numbered(self) -> list[tuple[str, Step]]:
+        """(where, step) for every step, base then variants: ``step 2 'verify'``."""
+        first = len(self.steps) + 1
+        out = [(f"step {i} '{s.name}'", s) for i, s in enumerate(self.steps, 1)]
+        out += [(f"variant {v!r} step {i} '{s.name}'", s)
+                for v, vs in self.variants.items() for i, s in enumerate(vs, first)]
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records beside the recipe: name, description, card settings."""
+        return {k: v for k, v in (("name", self.name), ("description", self.description),
+                                  ("card", self.card)) if v}
+
     def run(
         self,
         data: Any,
@@ -172,10 +265,20 @@ class Pipeline:
         shard_bytes: int = 256 << 20,
         command: str | None = None,
         card: bool = True,
+        strict: bool = False,
+        cache: bool = True,
     ) -> RunResult:
         """Run every step over ``data`` (a Source from ``read``, or anything ``read`` accepts)
         and write the dataset folder ``out`` (with its card, README.md, unless ``card=False``).
-        A rerun of a finished run returns it unchanged.
+        A rerun of a finished run returns it unchanged (``result.reused``); a changed recipe on
+        the same input reruns from the first changed step, reading the finished stages kept in
+        ``out/.curate-cache`` (``cache=False``: keep none). ``overwrite`` (needed for another
+        input) and ``resume=False`` recompute every step.
+
+        A run that writes no rows, or a step that drops every row it saw, warns
+        (``EmptyResultWarning``, ``result.warnings``); ``strict=True`` raises EmptyResultError
+        instead, after writing the folder. Steps whose optional extras are missing are named
+        before any work (MissingExtraError, with the pip command).
 
         ``engine="ray"`` runs the same steps on a Ray cluster (``address``: an existing one, e.g.
         ``"auto"`` or ``"ray://head:10001"``; default: start one on this machine) and writes the
@@ -183,13 +286,20 @@ class Pipeline:
         from curate.engines import get_engine
 
         source = data if isinstance(data, Source) else read(data)
+        check_extras(self.numbered(), engine if isinstance(engine, str) else engine.name)
         runner = get_engine(engine, address)
         try:
-            return _Run(self, source, Path(out), resume, overwrite, progress, keep_work, shard_bytes, command,
-                        card, runner).go()
+            result = _Run(self, source, Path(out), resume, overwrite, progress, keep_work, shard_bytes, command,
+                          card, runner, cache).go()
         finally:
             if runner is not engine:  # an engine passed in is the caller's to close
                 runner.close()
+        problems = result.warnings
+        if problems and strict:
+            raise EmptyResultError(f"{result.out}: " + "; ".join(problems))
+        for line in problems:
+            warnings.warn(f"{result.out}: {line}", EmptyResultWarning, stacklevel=2)
+        return result
 
 
 _CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -229,15 +339,19 @@ def _plan_chain(steps: list[Step], current: pa.Schema, first: int, variant: str 
 class _Run:
     def __init__(self, pipeline: Pipeline, source: Source, out: Path, resume: bool, overwrite: bool,
                  progress: bool | None, keep_work: bool, shard_bytes: int, command: str | None,
-                 card: bool, engine: Engine):
+                 card: bool, engine: Engine, cache: bool = True):
         self.p, self.source, self.shown = pipeline, source, out  # the folder as the caller named it
         self.out = out.resolve()  # what workers get: their working directory is not ours
         self.resume, self.overwrite, self.keep_work = resume, overwrite, keep_work
         self.progress_disabled = None if progress is None else not progress
         self.shard_bytes, self.command = shard_bytes, command
         self.work = self.out / WORK_DIR
-        self.card = card
+        self.cache_dir = self.out / CACHE_DIR
+        self.card, self.cache = card, cache
         self.engine = engine
+        self.used: set[Path] = set()  # the stage folders of this run (the others are stale)
+        self.kept_card: dict[str, Any] = {}
+        self.ran: list[str] = []  # stages computed (not taken from a finished one)
 
     # --- the whole run -------------------------------------------------------------------------
     def go(self) -> RunResult:
@@ -246,13 +360,55 @@ class _Run:
         base_schema = schemas[-1] if schemas else input_schema
         variant_schemas = self.p.variant_plans(base_schema)
         fingerprint = _hash(self.source.fingerprint(), self.p.recipe(), SCHEMA_VERSION, self.p.batch_size)
-        done = self._existing(fingerprint)
-        if done is not None:
-            return done
+        done = self._existing(fingerprint)  # refuses a folder that is not ours before writing to it
+        self.out.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.out / LOG_FILE, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        handler.setLevel(logging.DEBUG)
+
+        def to_file(level: int, msg: str) -> None:  # what the caller says itself (the CLI, warnings)
+            handler.handle(log.makeRecord(log.name, level, __file__, 0, msg, (), None))
+
+        log.addHandler(handler)
+        level = log.level
+        if not log.isEnabledFor(logging.DEBUG):
+            log.setLevel(logging.DEBUG)  # the file gets everything; console handlers keep their own level
+        try:
+            if done is not None:
+                to_file(logging.INFO, f"{self.shown} already holds this run (finished "
+                                      f"{done.manifest.get('created')}): nothing was run")
+                result = done
+            else:
+                result = self._go(fingerprint, input_schema, schemas, base_schema, variant_schemas)
+            for line in result.warnings:
+                to_file(logging.WARNING, line)
+            return result
+        except BaseException as e:
+            to_file(logging.ERROR, f"run failed: {type(e).__name__}: {e}")
+            raise
+        finally:
+            log.removeHandler(handler)
+            log.setLevel(level)
+            handler.close()
+
+    def _go(self, fingerprint: str, input_schema: pa.Schema, schemas: list[pa.Schema], base_schema: pa.Schema,
+            variant_schemas: dict[str, list[pa.Schema]]) -> RunResult:
+        log.info("run %s: %d step(s)%s, input %s, engine %s", self.shown, len(self.p.steps),
+                 f" + variants {', '.join(self.p.variants)}" if self.p.variants else "",
+                 ", ".join(map(str, self.source.describe().get("paths", []))) or "in memory", self.engine.name)
         if not self.resume:
             remove_tree(self.work)
+            remove_tree(self.cache_dir)
+        elif self.cache_dir.exists():
+            if self.work.exists():  # a run started from the cache since: its stages are newer
+                remove_tree(self.cache_dir)
+            else:
+                os.replace(self.cache_dir, self.work)
+                log.debug("starting from the finished stages in %s", CACHE_DIR)
         started = time.time()
-        read_fp = _hash(self.source.fingerprint(), SCHEMA_VERSION, self.p.batch_size)
+        from curate import __version__  # another curate release computes its own stages
+
+        read_fp = _hash(self.source.fingerprint(), SCHEMA_VERSION, self.p.batch_size, __version__)
         funnel = [self._read_stage(read_fp, input_schema)]
         base_fp, base_dir, funnel_steps = self._chain(self.p.steps, schemas, read_fp, _stage_dir(self.work, 0, "read"),
                                                       first=1, folder=self.work)
@@ -265,7 +421,7 @@ class _Run:
                                            first=len(self.p.steps) + 1, folder=self.work / f"variant-{name}",
                                            label=f"{name}: ")
             outputs[name] = (last, variant_schemas[name][-1] if steps else base_schema, vfunnel)
-        return self._finish(fingerprint, funnel, outputs, time.time() - started)
+        return self._finish(fingerprint, funnel, outputs, started)
 
     def _chain(self, steps: list[Step], schemas: list[pa.Schema], fp: str, prev_dir: Path, first: int,
                folder: Path, label: str = "") -> tuple[str, Path, list[dict]]:
@@ -279,38 +435,62 @@ class _Run:
         return fp, prev_dir, funnel
 
     def _existing(self, fingerprint: str) -> RunResult | None:
+        """The finished run when the folder holds this one; else clear the old dataset's files (a
+        changed recipe on the same input replaces it, from the finished stages; another input
+        needs ``overwrite``, which also drops every stage)."""
         manifest_path = self.out / MANIFEST
         if manifest_path.exists():
             manifest = json.loads(manifest_path.read_text())
             if manifest.get("fingerprint") == fingerprint and not self.overwrite:
-                if self.card and not (self.out / "README.md").exists():  # killed before the card
-                    _write_card(self.out)
-                return RunResult(self.shown, manifest)
-            if not self.overwrite:
+                return self._reuse(manifest)
+            if manifest.get("input", {}).get("fingerprint") != self.source.fingerprint() and not self.overwrite:
                 raise PipelineError(
-                    f"{self.out} holds a dataset made from another input or recipe; "
+                    f"{self.out} holds a dataset made from another input; "
                     "pass overwrite=True (--overwrite) to replace it"
                 )
+            self.kept_card = manifest.get("card") or {}  # set by `curate card --license ...`: kept
             for name in ("data", "rejects", "plots"):
                 remove_tree(self.out / name)
             manifest_path.unlink()
             (self.out / "README.md").unlink(missing_ok=True)
-            remove_tree(self.work)
+            if self.overwrite:  # asked for: a dataset made from scratch
+                remove_tree(self.work)
+                remove_tree(self.cache_dir)
         elif (self.out.exists() and not self.work.exists() and not self.overwrite
-              and any(p.name != WORK_DIR for p in self.out.iterdir())):
+              and any(p.name not in (WORK_DIR, CACHE_DIR, LOG_FILE) for p in self.out.iterdir())):
             raise PipelineError(
                 f"{self.out} exists and is not a curate dataset folder; choose another --out or pass --overwrite"
             )
         return None
 
+    def _reuse(self, manifest: dict[str, Any]) -> RunResult:
+        """This run is already in the folder: nothing runs (the card is written if it is missing,
+        and rewritten when the recipe's name, description or card settings changed)."""
+        described = self.p.describe()  # what the recipe sets wins; what `curate card` set stays
+        if "card" in described:
+            described["card"] = {**(manifest.get("card") or {}), **described["card"]}
+        stale = any(manifest.get(k) != v for k, v in described.items())
+        if stale:
+            manifest = {**manifest, **described}
+            write_json_atomic(manifest, self.out / MANIFEST)
+        if self.card and (stale or not (self.out / "README.md").exists()):  # or killed before the card
+            _write_card(self.out)
+        return RunResult(self.shown, manifest, reused=True)
+
     def _open_stage(self, folder: Path, fingerprint: str) -> bool:
         """Prepare a stage folder; returns True when the stage already completed."""
+        self.used.add(folder)
         meta_path = folder / "_meta.json"
         if meta_path.exists():
             meta = json.loads(meta_path.read_text())
             if meta.get("fingerprint") == fingerprint:
-                return bool(meta.get("complete"))
+                if meta.get("complete"):
+                    return True
+                log.debug("%s: resuming a stage begun before", folder.relative_to(self.work))
+                self.ran.append(_stage_label(folder))
+                return False
         remove_tree(folder)
+        self.ran.append(_stage_label(folder))
         write_json_atomic({"fingerprint": fingerprint, "complete": False}, meta_path)
         return False
 
@@ -321,10 +501,18 @@ class _Run:
         return tqdm(total=total, desc=desc, unit=" rows", disable=self.progress_disabled, leave=False,
                     dynamic_ncols=True, file=sys.stderr)
 
+    def _done(self, label: str, entry: dict[str, Any], reused: bool) -> dict[str, Any]:
+        """Log a finished stage (one line: what it kept and dropped, or that it was reused)."""
+        how = "reused (finished before)" if reused else f"{entry['seconds']:.1f} s"
+        log.info("%s: %s rows in, %s kept, %s rejected; %s", label, f"{entry['rows_in']:,}",
+                 f"{entry['kept']:,}", f"{entry['rejected']:,}", how)
+        return entry
+
     # --- stage 0: read ---------------------------------------------------------------------------
     def _read_stage(self, fingerprint: str, schema: pa.Schema) -> dict[str, Any]:
         folder = _stage_dir(self.work, 0, "read")
-        if not self._open_stage(folder, fingerprint):
+        reused = self._open_stage(folder, fingerprint)
+        if not reused:
             bar = self._bar(f"[0/{len(self.p.steps)}] read", None)
             splits = list(enumerate(self.source.splits()))
             batch_size = self.p.batch_size
@@ -338,18 +526,18 @@ class _Run:
                 write_parquet_atomic(schema.empty_table(), folder / "part-00000-00000.parquet",
                                      {"part": {"rows_in": 0, "rejected": 0, "seconds": 0.0}})
             self._close_stage(folder, fingerprint, {})
-        return self._stage_stats(0, "read", folder)
+        return self._done(f"[0/{len(self.p.steps)}] read", self._stage_stats(0, "read", folder), reused)
 
     # --- stage i: one step ---------------------------------------------------------------------
     def _step_stage(self, i: int, step: Step, fingerprint: str, in_dir: Path, out_schema: pa.Schema,
                     folder: Path, step_label: str) -> dict[str, Any]:
+        n = len(self.p.steps) + max((len(v) for v in self.p.variants.values()), default=0)
         if self._open_stage(folder, fingerprint):
-            return self._stage_stats(i, step.name, folder)
+            return self._done(f"[{i}/{n}] {step_label}", self._stage_stats(i, step.name, folder), True)
         parts = sorted(in_dir.glob("part-*.parquet"))
         counts = [pq.ParquetFile(p).metadata.num_rows for p in parts]
         total = sum(counts)
         fit_seconds = 0.0
-        n = len(self.p.steps) + max((len(v) for v in self.p.variants.values()), default=0)
         planned = None
         if step.needs_global_pass:
             t0 = time.perf_counter()
@@ -382,10 +570,13 @@ class _Run:
             with given(s, gen, task.k) if ahead else contextlib.nullcontext():
                 return apply_part(s, i, task, out_schema, rschema, planned)
 
-        self.engine.map(work, tasks, state=step, workers=workers, on_result=lambda r: bar.update(r["rows"]))
+        within = _RowCount(bar)  # rows a step reports inside a part (in this process) move the bar early
+        with reporting(within.add):
+            self.engine.map(work, tasks, state=step, workers=workers,
+                            on_result=lambda r: bar.update(max(0, r["rows"] - within.take())))
         bar.close()
         self._close_stage(folder, fingerprint, {"fit_seconds": fit_seconds})
-        return self._stage_stats(i, step.name, folder)
+        return self._done(f"[{i}/{n}] {step_label}", self._stage_stats(i, step.name, folder), False)
 
     def _stage_stats(self, i: int, name: str, folder: Path) -> dict[str, Any]:
         rows_in = rows_out = rejected = kept = 0
@@ -409,7 +600,8 @@ class _Run:
 
     # --- final write ---------------------------------------------------------------------------
     def _finish(self, fingerprint: str, funnel: list[dict], outputs: dict[str | None, tuple[Path, pa.Schema, list[dict]]],
-                wall: float) -> RunResult:
+                started: float) -> RunResult:
+        log.info("writing data/, rejects/%s", " and the card" if self.card else "")
         first = len(self.p.steps) + 1
         numbered = [(f"{i}:{s.name}", s) for i, s in enumerate(self.p.steps, 1)]
         numbered += [(f"{v}/{i}:{s.name}", s) for v, vs in self.p.variants.items() for i, s in enumerate(vs, first)]
@@ -425,9 +617,13 @@ class _Run:
             "seeds": {key: s.params()["seed"] for key, s in numbered if "seed" in s.params()},
             "libraries": library_versions(),
             "funnel": [_public(f) for f in funnel],
-            "wall_seconds": round(wall, 3),
+            "wall_seconds": 0.0,  # set below, once the shards are written
             "engine": self.engine.name,
+            "computed": self.ran,  # the stages this run computed; the others came from a finished run
+            **self.p.describe(),
         }
+        if self.kept_card or self.p.card:
+            manifest["card"] = {**self.kept_card, **self.p.card}
         shard_md = {"manifest": {k: manifest[k] for k in ("fingerprint", "recipe", "input")}}
         remove_tree(self.out / "rejects")
         rejects = self._collect_rejects(funnel, "rejects")
@@ -451,12 +647,31 @@ class _Run:
         if configs:
             manifest["configs"] = configs
         manifest["rejects"] = rejects
+        manifest["wall_seconds"] = round(time.time() - started, 3)
         write_json_atomic(manifest, self.out / MANIFEST)
         if self.card:
             _write_card(self.out)
-        if not self.keep_work:
-            remove_tree(self.work)
+        self._keep_stages()
+        log.debug("wrote %s rows to %s in %.1f s (stages computed: %s)", f"{total_rows:,}", self.shown,
+                 manifest["wall_seconds"], ", ".join(self.ran) or "none, all finished before")
         return RunResult(self.shown, manifest)
+
+    def _keep_stages(self) -> None:
+        """Keep this run's stages for the next run of a changed recipe: in ``.curate/`` with
+        ``keep_work``, else moved to ``.curate-cache/``; stages of older recipes are dropped."""
+        for folder in [*self.work.glob("stage-*"), *self.work.glob("variant-*/stage-*")]:
+            if folder not in self.used:
+                remove_tree(folder)
+        for folder in self.work.glob("variant-*"):
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        remove_tree(self.cache_dir)
+        if self.keep_work:
+            return
+        if self.cache:
+            os.replace(self.work, self.cache_dir)
+        else:
+            remove_tree(self.work)
 
     def _write_shards(self, parts: list[Path], schema: pa.Schema, rows: int, nbytes: int, config: str | None,
                       metadata: dict[str, Any]) -> list[str]:
@@ -496,8 +711,31 @@ class _Run:
         return [{"step": name, "path": dest, "rows": r["rows"]} for (name, dest, _), r in zip(items, results, strict=True)]
 
 
+class _RowCount:
+    """Rows reported within the part being applied: the bar moves by them, and the part's own
+    update at its end is reduced by as many."""
+
+    def __init__(self, bar: tqdm):
+        self.bar, self.rows = bar, 0
+
+    def add(self, n: int) -> None:
+        self.rows += n
+        self.bar.update(n)
+
+    def take(self) -> int:
+        rows, self.rows = self.rows, 0
+        return rows
+
+
 def _stage_dir(folder: Path, i: int, name: str) -> Path:
     return folder / f"stage-{i:02d}-{name}"
+
+
+def _stage_label(folder: Path) -> str:
+    """``03-filter``, or ``shuffle_67/05-shuffle_steps`` for a variant's stage."""
+    label = folder.name.removeprefix("stage-")
+    parent = folder.parent.name
+    return f"{parent.removeprefix('variant-')}/{label}" if parent.startswith("variant-") else label
 
 
 def _write_card(out: Path) -> None:

@@ -23,11 +23,12 @@ from curate.io.read import Source, read
 from curate.pipeline import Pipeline, RunResult
 from curate.step import build_step
 
-TOP_KEYS = {"input", "steps", "variants", "output", "model", "batch_size", "name", "description"}
+TOP_KEYS = {"input", "steps", "variants", "output", "model", "batch_size", "name", "description", "card"}
 INPUT_KEYS = {"path", "format", "on_error", "domain", "source", "teacher", "max_chars",
               "hub", "split", "revision", "config"}  # hub: a Hugging Face dataset (curate.io.hub)
 HUB_KEYS = ("split", "revision", "config")
 OUTPUT_KEYS = {"path", "shard_mb"}
+CARD_KEYS = {"license", "pretty_name", "language"}  # the dataset card's header (name/description: its title)
 
 
 @dataclass
@@ -103,11 +104,33 @@ def parse_recipe(doc: Any, where: str = "recipe") -> Recipe:
     batch_size = doc.get("batch_size", 1024)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise RecipeError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
+    for key in ("name", "description"):
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            raise RecipeError(f"{where}: {key} must be a string, got {doc[key]!r}")
+    card = _card(doc.get("card"), f"{where}: card")
     try:
-        pipeline = Pipeline(steps, variants=variants, batch_size=batch_size)
+        pipeline = Pipeline(steps, variants=variants, batch_size=batch_size, name=doc.get("name"),
+                            description=doc.get("description"), card=card)
     except ValueError as e:
         raise RecipeError(f"{where}: variants: {e}") from None
     return Recipe(None, inp, pipeline, out, doc.get("name"))
+
+
+def _card(value: Any, where: str) -> dict[str, Any]:
+    """The ``card:`` block: ``license`` (an SPDX-style id such as apache-2.0), ``pretty_name``,
+    ``language`` (a code or a list of codes)."""
+    card = dict(_mapping(value, where))
+    bad = set(card) - CARD_KEYS
+    if bad:
+        raise RecipeError(f"{where}: unknown key(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(CARD_KEYS))}")
+    for key in ("license", "pretty_name"):
+        if key in card and not isinstance(card[key], str):
+            raise RecipeError(f"{where}.{key}: expected a string, got {card[key]!r}")
+    if isinstance(card.get("language"), str):
+        card["language"] = [card["language"]]
+    if "language" in card and not all(isinstance(x, str) for x in card["language"] or [None]):
+        raise RecipeError(f"{where}.language: expected a language code or a list of them, got {card['language']!r}")
+    return card
 
 
 def _steps(doc: Any, where: str, model: dict[str, Any] | None = None) -> list:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from curate import run_recipe  # noqa: E402
 from curate.card import key_figures, write_card  # noqa: E402
+from curate.card.card import escape  # noqa: E402
 from curate.cli import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,13 +79,37 @@ def test_card_body_figures_come_from_manifest_and_data(quickstart: Path) -> None
     for (source,), group in kept.group_by("source"):
         assert f"| {source} | unknown | math | {group.height} |" in text
     median = kept["thinking"].str.len_chars().median()
-    assert f"| thinking | {kept['thinking'].str.len_chars().min():,} | {median:,.1f} |" in text
+    shown = f"{int(median):,}" if median == int(median) else f"{median:,.1f}"  # 3,948, never 3,948.0
+    assert f"| thinking | {kept['thinking'].str.len_chars().min():,} | {shown} |" in text
+    assert not re.search(r"\| [\d,]+\.0 \|", text), "a whole number printed with .0"
     assert "stratify_by=\"source\"" in text and "sample:" in text  # the recipe to reproduce
+    assert "- step 4 `sample`: `0`" in text  # seeds as a list, one per step
     assert f"| polars | {manifest['libraries']['polars']} |" in text
     assert "Not decontaminated" in text and "not checked against reference answers" in text
     assert "![Funnel](plots/funnel.png)" in text
     figures = key_figures(quickstart)
     assert figures["rows"] == 50 and figures["decontamination"] is None and figures["verification"] == []
+
+
+def test_title_description_and_license_come_from_the_recipe(tmp_path: Path, math500_sample: Path) -> None:
+    recipe = tmp_path / "svc.yaml"
+    recipe.write_text(f"name: Verified MATH-500 traces\ndescription: Real *long* traces, checked.\n"
+                      f"card: {{license: cc-by-4.0}}\ninput: {{path: {math500_sample}}}\n"
+                      "steps:\n  - filter: {min_thinking_chars: 200}\n")
+    out = tmp_path / "svc"
+    run_recipe(recipe, out, progress=False)
+    card = hub.DatasetCard.load(out / "README.md")
+    assert card.data.license == "cc-by-4.0" and card.data.pretty_name == "Verified MATH-500 traces"
+    assert "\n# Verified MATH-500 traces\n\nReal *long* traces, checked.\n" in card.text and "# Svc" not in card.text
+    # a long nested type is shown whole, in a code span
+    assert ("| `test_cases` | `list<element: struct<input: large_string, output: large_string>>` |"
+            in card.text)
+    # `curate card --license` is saved: a changed recipe's run keeps it (the recipe sets no title)
+    assert CliRunner().invoke(main, ["card", str(out), "--license", "mit", "--no-plots"]).exit_code == 0
+    recipe.write_text(recipe.read_text().replace("card: {license: cc-by-4.0}\n", "").replace("200", "300"))
+    run_recipe(recipe, out, progress=False)
+    card = hub.DatasetCard.load(out / "README.md")
+    assert card.data.license == "mit" and card.data.pretty_name == "Verified MATH-500 traces"
 
 
 def test_plots_are_pngs_and_regeneration_is_byte_identical(quickstart: Path) -> None:
@@ -143,6 +169,17 @@ def test_decontamination_report_from_rejects(tmp_path: Path) -> None:
     example_id = rejects.sort("id")["decontam_item"][0]
     assert example_id in text
     assert "Decontamination covers only" in text
+    # the settings of the matchers that ran, not the embedding matcher's
+    section = text.split("## Decontamination")[1].split("\n## ")[0]
+    assert "ngram_n=8" in section and "fuzzy_threshold=0.95" in section and "embedding" not in section
+    # LaTeX in example problems is shown as typed: Markdown and HTML escaped in the cells
+    examples = section.split("Examples of matched rows:")[1]
+    problems = rejects.sort("id").head(3)["problem"].to_list()
+    assert any("$" in p or "\\" in p or "_" in p for p in problems), "the examples hold LaTeX"
+    for p in problems:
+        cell = escape(" ".join(p.split())[:199] + ("…" if len(" ".join(p.split())) > 200 else ""))
+        assert f"| {cell} |" in examples
+    assert not re.search(r"(?<!\\)\$", examples) and "<" not in examples.replace("&lt;", "")
 
 
 def test_cli_card_writes_and_show_prints_key_figures(quickstart: Path, tmp_path: Path) -> None:
@@ -155,6 +192,10 @@ def test_cli_card_writes_and_show_prints_key_figures(quickstart: Path, tmp_path:
     card = hub.DatasetCard.load(folder / "README.md")
     assert card.data.license == "cc-by-4.0" and card.data.pretty_name == "QS"
     assert (folder / "plots" / "funnel.png").exists()
+    res = CliRunner().invoke(main, ["card", str(folder), "--no-plots"])  # no options: what was set stays
+    assert res.exit_code == 0, res.output
+    card = hub.DatasetCard.load(folder / "README.md")
+    assert card.data.license == "cc-by-4.0" and card.data.pretty_name == "QS" and "\n# QS\n" in card.text
     res = CliRunner().invoke(main, ["card", str(folder), "--show", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["rows"] == 50

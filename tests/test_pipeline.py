@@ -19,6 +19,7 @@ import pytest
 
 from curate import Pipeline, PipelineError, StepResult, read
 from curate.ops import ExactDedup, ExtractAnswer, Filter, Sample
+from curate.pipeline import EmptyResultError, EmptyResultWarning
 from curate.step import Step
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,15 +76,66 @@ def test_empty_pipeline_imports_and_validates(math500_sample, tmp_path):
     assert df["id"].n_unique() == 120 and set(df["domain"]) == {"math"}
 
 
-def test_finished_run_is_not_redone_and_other_recipe_needs_overwrite(math500_sample, tmp_path):
+def test_finished_run_is_not_redone_and_other_input_needs_overwrite(samples_dir, math500_sample, tmp_path):
     out = tmp_path / "ds"
     first = Pipeline([Filter(min_thinking_chars=200)]).run(read(math500_sample), out=out)
     again = Pipeline([Filter(min_thinking_chars=200)]).run(read(math500_sample), out=out)
-    assert again.manifest["created"] == first.manifest["created"]
-    with pytest.raises(PipelineError, match="overwrite"):
-        Pipeline([Filter(min_thinking_chars=3000)]).run(read(math500_sample), out=out)
-    third = Pipeline([Filter(min_thinking_chars=3000)]).run(read(math500_sample), out=out, overwrite=True)
-    assert third.rows < first.rows
+    assert again.manifest["created"] == first.manifest["created"] and again.reused and not first.reused
+    with pytest.raises(PipelineError, match="another input; pass overwrite"):
+        Pipeline([Filter(min_thinking_chars=200)]).run(read(samples_dir), out=out)
+    other = Pipeline([Filter(min_thinking_chars=200)]).run(read(samples_dir), out=out, overwrite=True)
+    assert other.funnel["rows_in"][0] == 180 and not other.reused
+
+
+@dataclass
+class Tally(Step):
+    """Counts the rows it sees, per instance label, in a class-level log (which steps ran)."""
+
+    name = "test_tally"
+    label: str = ""
+    seen = {}  # noqa: RUF012 - shared on purpose: the test reads it
+
+    def apply(self, batch, offset):
+        Tally.seen[self.label] = Tally.seen.get(self.label, 0) + batch.height
+        return StepResult(batch)
+
+
+def test_editing_step_k_of_a_finished_run_reruns_k_to_n_only(math500_sample, tmp_path):
+    """The README's promise: change one step and only it and the steps after it run again,
+    also after the run finished, with no --overwrite; the result equals a fresh run."""
+    def steps(min_chars: int) -> list[Step]:
+        return [Tally("a"), Tally("b"), Filter(min_thinking_chars=min_chars), Tally("c"), Tally("d")]
+
+    out = tmp_path / "ds"
+    Tally.seen.clear()
+    first = Pipeline(steps(200), batch_size=50).run(read(math500_sample), out=out)
+    assert Tally.seen == {"a": 120, "b": 120, "c": first.rows, "d": first.rows}
+    assert not (out / ".curate").exists() and (out / ".curate-cache").is_dir()
+    Tally.seen.clear()
+    edited = Pipeline(steps(3000), batch_size=50).run(read(math500_sample), out=out)
+    assert set(Tally.seen) == {"c", "d"}, "steps 1-2 came from the finished run"
+    assert edited.manifest["computed"] == ["03-filter", "04-test_tally", "05-test_tally"]
+    assert 0 < edited.rows < first.rows
+    fresh = Pipeline(steps(3000), batch_size=50).run(read(math500_sample), out=tmp_path / "fresh")
+    assert edited.to_polars().equals(fresh.to_polars())
+    assert edited.rejects("filter").height == fresh.rejects("filter").height == 120 - edited.rows
+    assert [f["kept"] for f in edited.manifest["funnel"]] == [f["kept"] for f in fresh.manifest["funnel"]]
+    # back to the first recipe: the stages at and after the edit are recomputed, not the ones before
+    Tally.seen.clear()
+    back = Pipeline(steps(200), batch_size=50).run(read(math500_sample), out=out)
+    assert set(Tally.seen) == {"c", "d"} and back.rows == first.rows
+    # a step removed: its stage is dropped from the cache, which holds exactly the last run's stages
+    Pipeline(steps(200)[:3], batch_size=50).run(read(math500_sample), out=out)
+    assert sorted(p.name for p in (out / ".curate-cache").iterdir()) == [
+        "stage-00-read", "stage-01-test_tally", "stage-02-test_tally", "stage-03-filter"]
+    # overwrite (as resume=False) recomputes every step; cache=False keeps no stages
+    Tally.seen.clear()
+    Pipeline(steps(200)[:3], batch_size=50).run(read(math500_sample), out=out, overwrite=True, cache=False)
+    assert Tally.seen == {"a": 120, "b": 120}
+    assert not (out / ".curate-cache").exists() and not (out / ".curate").exists()
+    Tally.seen.clear()
+    Pipeline(steps(200)[:3], batch_size=50).run(read(math500_sample), out=out, overwrite=True, resume=False)
+    assert Tally.seen == {"a": 120, "b": 120}
 
 
 def test_refuses_to_write_into_a_foreign_folder(math500_sample, tmp_path):
@@ -292,3 +344,58 @@ def test_step_stats_are_summed_into_the_funnel(samples_dir, tmp_path):
                                   "skythought_correct5k27b_minerva": {"rows": 60}}
     assert stats["batches"] == 8  # 180 rows in batches of 25 (the reader starts a batch per file)
     assert "stats" not in result.funnel.columns
+
+
+def test_a_step_that_drops_every_row_is_said_loudly_and_strict_raises(math500_sample, tmp_path):
+    steps = [ExtractAnswer(), Filter(min_thinking_chars=10**9)]
+    with pytest.warns(EmptyResultWarning) as caught:
+        result = Pipeline(steps).run(read(math500_sample), out=tmp_path / "empty")
+    said = [str(w.message) for w in caught]
+    assert any("step 2 'filter' dropped all 120 rows it saw (top reject reason: 'thinking has # chars < "
+               "min_thinking_chars=#', 120 rows, e.g. 'thinking has " in m for m in said), said
+    assert any(m.endswith("the run wrote 0 rows") for m in said)
+    assert result.warnings[0].startswith("step 2 'filter' dropped all 120 rows")
+    with pytest.raises(EmptyResultError, match="step 2 'filter' dropped all 120 rows"):
+        Pipeline(steps).run(read(math500_sample), out=tmp_path / "strict", strict=True)
+    assert (tmp_path / "strict" / "manifest.json").exists(), "the folder is written before strict raises"
+    assert "WARNING step 2 'filter' dropped all" in (tmp_path / "strict" / "run.log").read_text()
+    # a variant that comes out empty while the base does not
+    with pytest.warns(EmptyResultWarning, match="variant 'none': step 2 'filter' dropped all 120"):
+        fam = Pipeline([ExtractAnswer()], variants={"all": [], "none": [Filter(min_thinking_chars=10**9)]}).run(
+            read(math500_sample), out=tmp_path / "fam")
+    assert fam.warnings == [fam.warnings[0], "variant 'none' has 0 rows"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json}\n{nor this\n")
+    with pytest.warns(EmptyResultWarning, match="the reader rejected all 2 input rows .top reject reason: "
+                                                "'malformed JSON"):
+        Pipeline([]).run(read(bad, format="messages"), out=tmp_path / "bad")
+    ok = Pipeline([Filter(min_thinking_chars=200)]).run(read(math500_sample), out=tmp_path / "ok", strict=True)
+    assert ok.rows > 0 and ok.warnings == []
+
+
+class _RecordingBar:
+    """Stands in for tqdm: records every bar's updates."""
+
+    bars: list[_RecordingBar] = []  # noqa: RUF012
+
+    def __init__(self, total=None, desc="", **_):
+        self.desc, self.total, self.updates = desc, total, []
+        _RecordingBar.bars.append(self)
+
+    def update(self, n=1):
+        self.updates.append(n)
+
+    def close(self):
+        pass
+
+
+def test_the_verify_bar_moves_row_by_row_within_a_part(math500_sample, tmp_path, monkeypatch):
+    from curate.ops import Verify
+
+    monkeypatch.setattr("curate.pipeline.tqdm", _RecordingBar)
+    _RecordingBar.bars = []
+    data = read(math500_sample).to_polars().head(40)
+    Pipeline([ExtractAnswer(), Verify(workers=1)], batch_size=1000).run(read(data), out=tmp_path / "v")
+    (bar,) = [b for b in _RecordingBar.bars if b.desc.endswith("verify")]
+    assert bar.total == 40 and sum(bar.updates) == 40
+    assert len([n for n in bar.updates if n > 0]) >= 20, f"one part, yet the bar moved {bar.updates}"

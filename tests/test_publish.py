@@ -46,6 +46,8 @@ EXPECTED = ["README.md", "data/train-00000-of-00001.parquet", "manifest.json", "
 
 def test_plan_lists_exact_files_and_commit_message(folder: Path) -> None:
     assert (folder / ".curate").is_dir()  # work files exist and must stay home
+    shutil.copytree(folder / ".curate", folder / ".curate-cache")  # as a run without keep_work leaves them
+    assert (folder / "run.log").is_file()  # the run's log (local paths) stays home too
     assert not (folder / "README.md").exists()
     p = plan(folder, "someone/quickstart-cot", private=True)
     assert p.card_written and (folder / "README.md").exists()

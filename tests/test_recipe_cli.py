@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,13 @@ from click.testing import CliRunner
 from curate import Pipeline, RecipeError, load_recipe, read, run_recipe
 from curate.catalog import render_catalog
 from curate.cli import main
+from curate.extras import distribution, missing_extras
 from curate.ops import (
     Decontaminate,
     ExactDedup,
     ExtractAnswer,
     Filter,
+    GradeDifficulty,
     Sample,
     SemanticDedup,
     Verify,
@@ -186,3 +189,87 @@ steps:
   - grade_difficulty: {{method: proxy, model: {{backend: transformers, name_or_path: other}}}}
 """)
     assert load_recipe(own).pipeline.steps[0].model["name_or_path"] == "other"
+
+
+def _recipe(tmp_path: Path, source: Path, steps: str, extra: str = "") -> Path:
+    return write_recipe(tmp_path, f"input: {{path: {source}}}\n{extra}steps:\n{steps}")
+
+
+def test_cli_says_an_empty_result_loudly_and_strict_exits_non_zero(tmp_path, math500_sample):
+    path = _recipe(tmp_path, math500_sample, "  - extract_answer: {}\n  - filter: {require_answer: true, "
+                                             "min_thinking_chars: 1000000000}\n")
+    runner = CliRunner()
+    res = runner.invoke(main, ["run", str(path), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "warning: step 2 'filter' dropped all 120 rows it saw (top reject reason: 'thinking has # chars" in res.output
+    assert "warning: the run wrote 0 rows" in res.output
+    assert "EmptyResultWarning" not in res.output  # said once, by the CLI, after the table
+    res = runner.invoke(main, ["run", str(path), "--out", str(tmp_path / "o"), "--strict"])
+    assert res.exit_code == 1 and "warning: step 2 'filter' dropped all 120 rows" in res.output
+    ok = _recipe(tmp_path, math500_sample, "  - filter: {min_thinking_chars: 200}\n")
+    res = runner.invoke(main, ["run", str(ok), "--out", str(tmp_path / "ok"), "--strict"])
+    assert res.exit_code == 0 and "warning" not in res.output, res.output
+
+
+def test_missing_extras_are_named_before_the_run_in_one_line_each(tmp_path, math500_sample, monkeypatch):
+    """math_verify and datasketch made unimportable (sys.modules[name] = None is how Python marks a
+    module that cannot be imported): each step that needs one is named, with the pip command."""
+    monkeypatch.setitem(sys.modules, "math_verify", None)
+    monkeypatch.setitem(sys.modules, "datasketch", None)
+    path = _recipe(tmp_path, math500_sample, "  - extract_answer: {}\n  - minhash_dedup: {}\n  - verify: {}\n"
+                                             "  - decontaminate: {method: [ngram]}\n")
+    res = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    dist = distribution()  # the name pip knows this package by
+    assert lines == [
+        f"error: step 2 'minhash_dedup' needs the 'dedup' extra (datasketch is not installed): "
+        f"pip install '{dist}[dedup]'",
+        f"error: step 3 'verify' needs the 'verify' extra (math_verify is not installed): pip install '{dist}[verify]'",
+    ]
+    assert not (tmp_path / "o").exists(), "nothing ran"
+    # a model step asks for its backend's packages only when it uses the model
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    model = _recipe(tmp_path, math500_sample, "  - grade_difficulty: {method: proxy}\n"
+                                              "  - segment_steps: {mode: model}\n",
+                    extra="model: {backend: transformers, name_or_path: some/model}\n")
+    res = CliRunner().invoke(main, ["run", str(model), "--out", str(tmp_path / "m")])
+    assert res.exit_code == 2 and res.output.strip().splitlines() == [
+        "error: step 2 'segment_steps' needs the 'train' extra (transformers is not installed): "
+        f"pip install '{dist}[train]'"], res.output
+    # a vllm model: here on the local engine; on the ray engine the cluster's GPU nodes run it
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    grader = [("step 1", GradeDifficulty(method="pass_rate", model={"backend": "vllm", "name_or_path": "m"}))]
+    assert [(m.module, m.extra) for m in missing_extras(grader)] == [("math_verify", "verify"), ("vllm", "vllm")]
+    assert [(m.module, m.extra) for m in missing_extras(grader, "ray")] == [("math_verify", "verify")]
+
+
+def test_cli_run_ends_with_a_table_where_things_are_and_a_log(tmp_path, math500_sample):
+    path = _recipe(tmp_path, math500_sample, "  - extract_answer: {}\n  - filter: {min_thinking_chars: 200}\n")
+    out = tmp_path / "o"
+    runner = CliRunner()
+    res = runner.invoke(main, ["run", str(path), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "shape: (" not in res.output and "Funnel" in res.output and "│ filter " in res.output
+    assert "[2/2] filter: 120 rows in, 66 kept, 54 rejected;" in res.output  # a line per stage, as it ends
+    assert "  2 filter: thinking has # chars < min_thinking_chars=# (54 of 54)" in res.output
+    assert f"wrote 66 rows to {out} in " in res.output
+    for what, where in (("card:", out / "README.md"), ("log:", out / "run.log"), ("rejects:", out / "rejects")):
+        assert any(line.split() [:2] == [what, str(where)] for line in res.output.splitlines()), what
+    log = (out / "run.log").read_text()
+    assert "INFO [1/2] extract_answer: 120 rows in, 120 kept, 0 rejected" in log and "DEBUG wrote 66 rows" in log
+    # the same command again: a clear note that nothing ran
+    res = runner.invoke(main, ["run", str(path), "--out", str(out)])
+    assert "already holds this run" in res.output and "nothing was run" in res.output
+    assert "nothing was run" in (out / "run.log").read_text()
+    # an edited step: the CLI says which stages it computed; --verbose says which it reused
+    edited = _recipe(tmp_path, math500_sample, "  - extract_answer: {}\n  - filter: {min_thinking_chars: 300}\n")
+    res = runner.invoke(main, ["run", str(edited), "--out", str(out), "--verbose"])
+    assert res.exit_code == 0, res.output
+    assert "starting from the finished stages in .curate-cache" in res.output
+    assert "[1/2] extract_answer: 120 rows in, 120 kept, 0 rejected; reused (finished before)" in res.output
+    assert "computed 1 of 3 stages (02-filter); the others came from the finished run" in res.output
+    # --quiet: the last line only
+    res = runner.invoke(main, ["run", str(path), "--out", str(tmp_path / "q"), "--quiet"])
+    rows = json.loads((tmp_path / "q" / "manifest.json").read_text())["output"]["rows"]
+    assert res.exit_code == 0 and res.output.strip().splitlines() == [f"wrote {rows} rows to {tmp_path / 'q'}"]

@@ -201,7 +201,8 @@ def _decontamination(folder: Folder) -> dict[str, Any] | None:
     report: dict[str, Any] = {
         "benchmarks": benchmarks if isinstance(benchmarks, list) else [benchmarks],
         "method": params.get("method"), "fields": params.get("fields"), "action": params.get("action"),
-        "thresholds": {k: v for k, v in params.items() if k.startswith(("ngram_", "fuzzy_", "exact_", "embedding_"))},
+        "thresholds": {k: v for k, v in params.items()
+                       if k.split("_", 1)[0] in _as_list(params.get("method")) and k.split("_", 1)[0] in _MATCHERS},
         "rows_in": steps[0][0]["rows_in"] if steps else None,
         "removed": removed.height if removed is not None else 0,
         "flagged": flagged.height if flagged is not None else 0,
@@ -215,6 +216,15 @@ def _decontamination(folder: Folder) -> dict[str, Any] | None:
                 if c in hits.columns]
         report["examples"] = hits.sort("id").head(3).select(cols).to_dicts()
     return report
+
+
+_MATCHERS = ("ngram", "fuzzy", "exact", "embedding")  # decontaminate's methods; their settings are prefixed
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(value)] if isinstance(value, str) else [str(v) for v in value]
 
 
 def key_figures(folder: str | Path | Folder) -> dict[str, Any]:
@@ -239,6 +249,7 @@ def key_figures(folder: str | Path | Folder) -> dict[str, Any]:
 def render_key_figures(figures: dict[str, Any]) -> None:
     """Print key figures as rich tables (``curate card --show``)."""
     from rich.console import Console
+    from rich.markup import escape as markup_escape
     from rich.table import Table
 
     console = Console()
@@ -249,8 +260,8 @@ def render_key_figures(figures: dict[str, Any]) -> None:
         t = Table(title=title)
         for h in headers:
             t.add_column(h)
-        for r in rows:
-            t.add_row(*(_fmt(c) for c in r))
+        for r in rows:  # text as it is (rich markup escaped), numbers as the card prints them
+            t.add_row(*(markup_escape(c) if isinstance(c, str) else _fmt(c) for c in r))
         console.print(t)
 
     if len(figures["configs"]) > 1:
@@ -343,17 +354,53 @@ def _validation_metric(rows: list[dict[str, Any]]) -> str | None:
 
 # --- markdown ------------------------------------------------------------------------------------
 
+class Md(str):
+    """Text that is already Markdown (a code span, a link): a table cell keeps it as is."""
+
+
+def code(text: Any) -> Md:
+    """``text`` as a code span, never cut (a fence longer than any backtick run inside)."""
+    text = str(text).replace("\n", " ")
+    ticks = "`" * (max((len(r) for r in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return Md(f"{ticks}{pad}{text}{pad}{ticks}")
+
+
+# what inline Markdown (a table cell holds no blocks) would interpret: escapes, code, emphasis,
+# links, strikethrough, math, the cell separator; "_" only where it can open or close emphasis
+_MD_SPECIAL = re.compile(r"([\\`*\[\]~$|]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
+
+
+def escape(text: str) -> str:
+    """Plain text for a Markdown table cell: HTML and Markdown syntax shown, not interpreted
+    (a LaTeX problem keeps its ``\\frac``, ``$`` and ``*``, with no italics)."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def _number(v: float) -> str:
+    """Thousands separators; no ``.0`` on a whole number (a median of 3948 prints 3,948)."""
+    if v != v or v in (float("inf"), float("-inf")):
+        return str(v)
+    if v == int(v):
+        return f"{int(v):,}"
+    return f"{v:,.1f}" if abs(v) >= 10 else f"{v:.3g}"
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "—"
     if isinstance(v, bool):
         return str(v).lower()
     if isinstance(v, float):
-        return f"{v:,.1f}" if abs(v) >= 10 or v == int(v) else f"{v:.3g}"
+        return _number(v)
     if isinstance(v, int):
         return f"{v:,}"
-    text = str(v).replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= 200 else text[:197] + "…"
+    if isinstance(v, Md):
+        return str(v).replace("|", "\\|")
+    text = " ".join(str(v).split())
+    text = text if len(text) <= 200 else text[:199] + "…"
+    return escape(text)
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -390,6 +437,24 @@ def _variant_params(step: str, params: dict[str, Any]) -> dict[str, Any]:
 
 def _params(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in params.items()) or "—"
+
+
+def _param_cell(params: dict[str, Any]) -> Any:
+    """Parameters for a table cell: a code span (values hold `_`, `*`, `$` as typed), or a dash."""
+    return code(_params(params)) if params else None
+
+
+def _seeds(seeds: dict[str, Any]) -> list[str]:
+    """The manifest's seeds (``"4:sample"`` or ``"variant/5:shuffle_steps"`` -> seed) as a list."""
+    if not seeds:
+        return ["No step takes a seed.", ""]
+    lines = ["Seeds:", ""]
+    for key, seed in seeds.items():
+        where, _, step = key.rpartition(":")
+        variant, _, number = where.rpartition("/")
+        at = f"variant `{variant}`, step {number}" if variant else f"step {number}"
+        lines.append(f"- {at} `{step}`: `{json.dumps(seed, default=str)}`")
+    return [*lines, ""]
 
 
 def _operator_doc(name: str) -> str:
@@ -452,6 +517,8 @@ def _body(folder: Folder, figures: dict[str, Any], plot_paths: dict[str, str], p
           license: str) -> str:
     m = folder.manifest
     out: list[str] = [f"# {pretty_name}", ""]
+    if m.get("description"):
+        out += [str(m["description"]).strip(), ""]
     sources = sorted({str(r["source"]) for r in figures["mix"]})
     domains = sorted({str(r["domain"]) for r in figures["mix"]})
     steps = [f["name"] for f, _ in folder.steps()[1:]]
@@ -480,7 +547,7 @@ def _body(folder: Folder, figures: dict[str, Any], plot_paths: dict[str, str], p
     out += ["## Schema", "", f"Columns of `{folder.base_config}` (other configs may add annotation columns; "
             "see *Variants*).", ""]
     out += [_table(["column", "type", "description"],
-                   [[f"`{fl.name}`", str(fl.type), _column_origin(fl.name, folder)] for fl in schema]), ""]
+                   [[code(fl.name), code(fl.type), Md(_column_origin(fl.name, folder))] for fl in schema]), ""]
 
     out += ["## Sources and teachers", "", f"Rows of `{folder.base_config}` by source, teacher and domain.", ""]
     out += [_table(["source", "teacher", "domain", "rows"],
@@ -488,8 +555,8 @@ def _body(folder: Folder, figures: dict[str, Any], plot_paths: dict[str, str], p
 
     out += ["## Pipeline as run", "", "Every step with its parameters and what it kept and rejected. Rejected "
             "rows are kept in `rejects/` with `reject_step` and `reject_reason`.", ""]
-    rows = [[f["step"], f"`{f['name']}`", _params(_non_default(f["name"], p)), f["rows_in"], f["kept"], f["rejected"], f["seconds"]]
-            for f, p in folder.steps()]
+    rows = [[f["step"], code(f["name"]), _param_cell(_non_default(f["name"], p)), f["rows_in"], f["kept"],
+             f["rejected"], f["seconds"]] for f, p in folder.steps()]
     out += [_table(["#", "step", "parameters (non-default)", "rows in", "kept", "rejected", "seconds"], rows), ""]
     out += [f"![Funnel]({plot_paths['funnel']})", ""] if "funnel" in plot_paths else []
     reasons = _reject_reasons(folder)
@@ -509,8 +576,9 @@ def _body(folder: Folder, figures: dict[str, Any], plot_paths: dict[str, str], p
     if dc:
         out += ["## Decontamination", "",
                 f"Benchmarks checked: {', '.join(map(str, dc['benchmarks']))}. Method(s): "
-                f"{', '.join(dc['method'] or []) or 'unknown'} on field(s) {', '.join(dc['fields'] or []) or 'unknown'}"
-                f" ({_params(dc['thresholds'])}); action `{dc['action']}`.", "",
+                f"{', '.join(_as_list(dc['method'])) or 'unknown'} on field(s) {', '.join(_as_list(dc['fields'])) or 'unknown'}"
+                + (f" ({code(_params(dc['thresholds']))})" if dc["thresholds"] else "")
+                + f"; action `{dc['action']}`.", "",
                 f"Rows removed: **{dc['removed']:,}**" + (f" of {dc['rows_in']:,}" if dc["rows_in"] is not None else "")
                 + (f"; rows flagged and kept: **{dc['flagged']:,}**" if dc["flagged"] else "") + ".", ""]
         if dc.get("by_benchmark"):
@@ -541,8 +609,8 @@ def _body(folder: Folder, figures: dict[str, Any], plot_paths: dict[str, str], p
             what = "; ".join(f"`{s}` ({_params(_variant_params(s, p))})" for _, s, p in vsteps)
             doc = " ".join(_operator_doc(s).split(". ")[0].rstrip(".") + "." for _, s, _ in vsteps)
             rejected = sum(f["rejected"] for f, _, _ in vsteps)
-            rows.append([f"`{name}`", figures["configs"][name], rejected, what or "none (the base rows)",
-                         doc or "unchanged"])
+            rows.append([code(name), figures["configs"][name], rejected, Md(what or "none (the base rows)"),
+                         Md(doc or "unchanged")])
         out += [_table(["config", "rows", "rejected", "steps", "what it changes"], rows), ""]
 
     validation = _validation(folder)
@@ -560,7 +628,8 @@ def _body(folder: Folder, figures: dict[str, Any], plot_paths: dict[str, str], p
     out += ["```bash", install_line(m.get("curate_source"), m.get("curate_version")), command, "```", "",
             "The recipe as run, parameters left at their defaults omitted (every parameter is in "
             "`manifest.json`; input paths as recorded there):", "", "```yaml", _recipe_yaml(folder).rstrip(), "```", ""]
-    out += [f"Input fingerprint `{m['input'].get('fingerprint')}`; seeds {json.dumps(m.get('seeds', {}))}.", ""]
+    out += [f"Input fingerprint `{m['input'].get('fingerprint')}`.", ""]
+    out += _seeds(m.get("seeds") or {})
     out += [_table(["library", "version"], [[k, v] for k, v in sorted(m.get("libraries", {}).items())]), ""]
 
     out += ["## Limitations", ""] + [f"- {t}" for t in _limitations(folder, figures, license)] + [""]
@@ -629,18 +698,46 @@ def _limitations(folder: Folder, figures: dict[str, Any], license: str) -> list[
 
 # --- entry points ---------------------------------------------------------------------------------
 
-def build_card(folder: str | Path, *, license: str = "unknown", pretty_name: str | None = None,
+def card_options(folder: Folder, *, license: str | None = None, pretty_name: str | None = None,
+                 language: list[str] | None = None) -> dict[str, Any]:
+    """License, title and languages of the card: what is passed, else the manifest's ``card``
+    block (the recipe's ``card:``, or what `curate card --license ...` saved), else the recipe's
+    ``name``, else the folder's name; license ``unknown`` and language ``en`` when nothing says."""
+    saved = folder.manifest.get("card") or {}
+    name = folder.manifest.get("name") or folder.root.resolve().name
+    if not re.search(r"\s", name):  # a slug (dedup_decontam): words, capitalised
+        name = name.replace("_", " ").replace("-", " ").strip().title()
+    title = pretty_name or saved.get("pretty_name") or name
+    return {"license": license or saved.get("license") or "unknown", "pretty_name": title,
+            "language": language or saved.get("language") or ["en"]}
+
+
+def save_card_options(folder: str | Path, **options: Any) -> None:
+    """Record card settings (``license``, ``pretty_name``, ``language``) in the manifest, so a
+    regenerated card, and the next run of the recipe, keep them."""
+    from curate.io.write import write_json_atomic
+
+    path = Path(folder) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    given = {k: v for k, v in options.items() if v is not None}
+    if given:
+        manifest["card"] = {**(manifest.get("card") or {}), **given}
+        write_json_atomic(manifest, path)
+
+
+def build_card(folder: str | Path, *, license: str | None = None, pretty_name: str | None = None,
                language: list[str] | None = None, plots: bool = True):
     """The card of a dataset folder as a ``huggingface_hub.DatasetCard`` (plots are written to
-    ``plots/`` when ``plots``)."""
+    ``plots/`` when ``plots``); unset options come from the manifest (``card_options``)."""
     from huggingface_hub import DatasetCard
 
     f = Folder.open(folder)
     figures = key_figures(f)
-    name = pretty_name or f.root.resolve().name.replace("_", " ").replace("-", " ").strip().title()
+    opts = card_options(f, license=license, pretty_name=pretty_name, language=language)
     plot_paths = write_plots(f, figures) if plots else {}
-    data = _yaml_header(f, figures, license=license, pretty_name=name, language=language or ["en"])
-    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{_body(f, figures, plot_paths, name, license)}")
+    data = _yaml_header(f, figures, **opts)
+    body = _body(f, figures, plot_paths, opts["pretty_name"], opts["license"])
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
 def write_card(folder: str | Path, **kwargs: Any) -> Path:

@@ -16,6 +16,7 @@ from curate.card.card import CARD, write_card
 from curate.errors import CurateError
 
 WORK_DIR = ".curate"
+LOCAL_ONLY = {WORK_DIR, ".curate-cache", "run.log"}  # stages, cached stages, the run's log: never uploaded
 # above this, use the resumable multi-commit uploader when this huggingface_hub has one
 LARGE_BYTES = 5 << 30
 
@@ -69,7 +70,7 @@ def plan(folder: str | Path, repo_id: str, *, private: bool = False, include_rej
         write_card(root)
     files = sorted(
         p.relative_to(root).as_posix() for p in root.rglob("*")
-        if p.is_file() and WORK_DIR not in p.relative_to(root).parts
+        if p.is_file() and not LOCAL_ONLY & set(p.relative_to(root).parts)
         and (include_rejects or p.relative_to(root).parts[0] != "rejects")
     )
     manifest = json.loads(manifest_path.read_text())

@@ -15,13 +15,14 @@ from __future__ import annotations
 import re
 import weakref
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import polars as pl
 import pyarrow as pa
 
+from curate.progress import rows_done
 from curate.step import REJECT_REASON, Step, StepResult
 from curate.verify import verify_task
 from curate.verify.mcq import gold_letter
@@ -148,8 +149,10 @@ class Verify(Step):
             weakref.finalize(self, _shutdown, self._pool)
         return self._pool
 
-    def run_tasks(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Verdicts for plain task dicts (what ``apply`` does, without polars)."""
+    def run_tasks(self, tasks: list[dict[str, Any]],
+                  progress: Callable[[int], Any] | None = None) -> list[dict[str, Any]]:
+        """Verdicts for plain task dicts (what ``apply`` does, without polars); ``progress(1)``
+        as each task finishes."""
         workers = default_workers() if self.workers is None else self.workers
         if workers == 0:
             raw: list[Any] = []
@@ -158,8 +161,10 @@ class Verify(Step):
                     raw.append(verify_task(t))
                 except Exception as e:  # noqa: BLE001 - a verifier bug must not end the run
                     raw.append(Failed("error", f"{type(e).__name__}: {e}", 0.0))
+                if progress is not None:
+                    progress(1)
         else:
-            raw = self._get_pool().map(tasks, [self._deadline(t) for t in tasks])
+            raw = self._get_pool().map(tasks, [self._deadline(t) for t in tasks], progress=progress)
         out = []
         for task, r in zip(tasks, raw, strict=True):
             if isinstance(r, Failed):
@@ -170,7 +175,8 @@ class Verify(Step):
         return out
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
-        verdicts = self.run_tasks(self._tasks(batch)) if batch.height else []
+        # rows_done: the stage's progress bar moves as each row is checked, not once per part
+        verdicts = self.run_tasks(self._tasks(batch), progress=rows_done) if batch.height else []
         annotated = batch.with_columns(
             pl.Series("verify_correct", [v["correct"] for v in verdicts], dtype=pl.Boolean),
             pl.Series("verify_error", [v["error"] for v in verdicts], dtype=pl.String),

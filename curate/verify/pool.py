@@ -164,8 +164,10 @@ class WorkerPool:
                     s.ready = s.conn.recv() == _READY
 
     # --- mapping ---------------------------------------------------------------------------------
-    def map(self, items: Iterable[Any], timeouts: Sequence[float] | None = None) -> list[Any]:
-        """Results in item order; ``timeouts`` overrides the pool's deadline item by item.
+    def map(self, items: Iterable[Any], timeouts: Sequence[float] | None = None,
+            progress: Callable[[int], Any] | None = None) -> list[Any]:
+        """Results in item order; ``timeouts`` overrides the pool's deadline item by item;
+        ``progress(1)`` is called as each item finishes (a progress bar).
 
         Each worker holds up to ``DEPTH`` items (one running, the next queued), so it never waits
         for the parent between items; only the running item's clock runs. Its start is known
@@ -211,7 +213,10 @@ class WorkerPool:
                         code = None
                     if not w.queue and not w.ready and not any(x.ready for x in self.workers if x is not w):
                         raise RuntimeError(f"verify worker failed to start (exit code {code})") from None
+                    had_item = bool(w.queue)
                     self._lost(w, todo, results, seconds, Failed("crash", f"worker died (exit code {code})", 0.0))
+                    if had_item and progress is not None:
+                        progress(1)
                     continue
                 if msg == _READY:
                     w.ready = True
@@ -221,6 +226,8 @@ class WorkerPool:
                 assert head == index, "worker answered out of order"
                 seconds[index] = t_end - w.started
                 results[index] = value if ok else Failed("error", value, seconds[index])
+                if progress is not None:
+                    progress(1)
                 if w.queue:
                     w.started = max(t_end, w.queue[0][2])
             now = time.monotonic()
@@ -229,6 +236,8 @@ class WorkerPool:
                     index = w.queue[0][0]
                     self._lost(w, todo, results, seconds,
                                Failed("timeout", f"no result after {limit[index]:g}s; worker killed", now - w.started))
+                    if progress is not None:
+                        progress(1)
         return results
 
     def _lost(self, w: _Worker, todo: deque, results: list[Any], seconds: list[float], head: Failed | None) -> None:
