@@ -24,7 +24,7 @@ from curate.pipeline import Pipeline, RunResult
 from curate.step import build_step
 
 TOP_KEYS = {"input", "steps", "variants", "output", "model", "batch_size", "name", "description"}
-INPUT_KEYS = {"path", "format", "on_error", "domain", "source", "teacher", "max_chars"}
+INPUT_KEYS = {"path", "format", "on_error", "domain", "source", "teacher", "max_chars", "skip_unsupported"}
 OUTPUT_KEYS = {"path", "shard_mb"}
 
 
