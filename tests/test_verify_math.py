@@ -194,8 +194,9 @@ def test_row_deadline_counts_cpu_time_not_wall_time() -> None:
     use it up, so verdicts do not depend on load; running does."""
     import time
 
-    from curate.verify.math import row_deadline
     from math_verify.errors import TimeoutException
+
+    from curate.verify.math import row_deadline
 
     with row_deadline(0.3):
         time.sleep(0.6)  # 0.6 s of wall time, no CPU: no timeout
