@@ -33,6 +33,13 @@ from curate.engines.base import Engine
 from curate.engines.llm import given
 from curate.engines.parts import PartTask, apply_part, read_split, reject_schema, write_shard
 from curate.errors import PipelineError
+from curate.io.outdir import (
+    LOCK_NAME,
+    filesystem_error,
+    folder_lock,
+    remove_partial_files,
+    remove_work,
+)
 from curate.io.read import Source, read
 from curate.io.write import (
     concat_parquet,
@@ -186,6 +193,11 @@ class Pipeline:
         try:
             return _Run(self, source, Path(out), resume, overwrite, progress, keep_work, shard_bytes, command,
                         card, runner).go()
+        except OSError as e:  # a full disk, a read-only folder, --out below a file: one line
+            err = filesystem_error(e, Path(out).resolve())
+            if err is None:
+                raise
+            raise err from None
         finally:
             if runner is not engine:  # an engine passed in is the caller's to close
                 runner.close()
@@ -240,6 +252,14 @@ class _Run:
 
     # --- the whole run -------------------------------------------------------------------------
     def go(self) -> RunResult:
+        """Run under the output folder's lock (one writer), after removing partial files."""
+        self.p.plan(self.source.schema())  # fail before any work, even before making the folder
+        self._refuse_foreign()
+        with folder_lock(self.out, self.command):
+            remove_partial_files(self.out)
+            return self._go()
+
+    def _go(self) -> RunResult:
         input_schema = self.source.schema()
         schemas = self.p.plan(input_schema)  # fail before any work
         base_schema = schemas[-1] if schemas else input_schema
@@ -281,9 +301,16 @@ class _Run:
         manifest_path = self.out / MANIFEST
         if manifest_path.exists():
             manifest = json.loads(manifest_path.read_text())
+            damaged = _check_outputs(self.out, manifest)
+            if damaged and manifest.get("fingerprint") == fingerprint and not self.overwrite:
+                warnings.warn(f"{self.out}: {damaged}; making the dataset again", stacklevel=4)
+                manifest_path.unlink()
+                return None
             if manifest.get("fingerprint") == fingerprint and not self.overwrite:
                 if self.card and not (self.out / "README.md").exists():  # killed before the card
                     _write_card(self.out)
+                if not self.keep_work:  # killed between the manifest and the clean-up
+                    remove_work(self.work)
                 return RunResult(self.shown, manifest)
             if not self.overwrite:
                 raise PipelineError(
@@ -295,12 +322,15 @@ class _Run:
             manifest_path.unlink()
             (self.out / "README.md").unlink(missing_ok=True)
             remove_tree(self.work)
-        elif (self.out.exists() and not self.work.exists() and not self.overwrite
-              and any(p.name != WORK_DIR for p in self.out.iterdir())):
+        return None
+
+    def _refuse_foreign(self) -> None:
+        """Never write into a folder that holds something else (checked before taking its lock)."""
+        if (self.out.is_dir() and not (self.out / MANIFEST).exists() and not self.work.exists()
+                and not self.overwrite and any(p.name not in (WORK_DIR, LOCK_NAME) for p in self.out.iterdir())):
             raise PipelineError(
                 f"{self.out} exists and is not a curate dataset folder; choose another --out or pass --overwrite"
             )
-        return None
 
     def _open_stage(self, folder: Path, fingerprint: str) -> bool:
         """Prepare a stage folder; returns True when the stage already completed."""
@@ -446,11 +476,14 @@ class _Run:
         if configs:
             manifest["configs"] = configs
         manifest["rejects"] = rejects
+        damaged = _check_outputs(self.out, manifest)
+        if damaged:  # written, yet not there as listed: never call such a run finished
+            raise PipelineError(f"{self.out}: {damaged} after writing them; run the same command again")
         write_json_atomic(manifest, self.out / MANIFEST)
         if self.card:
             _write_card(self.out)
         if not self.keep_work:
-            remove_tree(self.work)
+            remove_work(self.work)
         return RunResult(self.shown, manifest)
 
     def _write_shards(self, parts: list[Path], schema: pa.Schema, rows: int, nbytes: int, config: str | None,
@@ -489,6 +522,29 @@ class _Run:
 
         results = self.engine.map(work, items)
         return [{"step": name, "path": dest, "rows": r["rows"]} for (name, dest, _), r in zip(items, results, strict=True)]
+
+
+def _check_outputs(out: Path, manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the shards and rejects a manifest lists (missing, unreadable, other row
+    counts), or None when they are all there as listed."""
+    configs = manifest.get("configs") or {}
+    expected = [(f, c["rows"], c["files"]) for f, c in configs.items()] or [
+        (None, manifest.get("output", {}).get("rows", 0), manifest.get("output", {}).get("files", []))]
+    for _, rows, files in expected:
+        found = 0
+        for f in files:
+            try:
+                found += pq.ParquetFile(out / f).metadata.num_rows
+            except FileNotFoundError:
+                return f"shard {f} listed in {MANIFEST} is missing"
+            except (OSError, pa.ArrowInvalid) as e:
+                return f"shard {f} listed in {MANIFEST} is unreadable ({e})"
+        if found != rows:
+            return f"the shards hold {found} rows, {MANIFEST} says {rows}"
+    for r in manifest.get("rejects", []):
+        if not (out / r["path"]).is_file():
+            return f"rejects file {r['path']} listed in {MANIFEST} is missing"
+    return None
 
 
 def _stage_dir(folder: Path, i: int, name: str) -> Path:

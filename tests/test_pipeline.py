@@ -292,3 +292,109 @@ def test_step_stats_are_summed_into_the_funnel(samples_dir, tmp_path):
                                   "skythought_correct5k27b_minerva": {"rows": 60}}
     assert stats["batches"] == 8  # 180 rows in batches of 25 (the reader starts a batch per file)
     assert "stats" not in result.funnel.columns
+
+
+# --- one writer, no partial files, filesystem failures ---------------------------------------------
+
+
+def test_a_second_run_on_the_same_folder_is_refused_naming_the_first(samples_dir, tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(_KILLABLE)
+    out = tmp_path / "shared"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, str(script), str(samples_dir), str(out), "0.3", "local"], env=env)
+    try:
+        stage = out / ".curate" / "stage-02-test_slow"
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(stage.glob("part-*.parquet")):
+            time.sleep(0.05)
+        with pytest.raises(PipelineError, match=rf"{out} is being written by another curate run \(pid {first.pid} "):
+            Pipeline([ExactDedup()]).run(read(samples_dir), out=out, progress=False)
+        assert first.poll() is None, "the first run goes on"
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # a killed holder leaves no stale lock: the same job resumes and finishes
+    subprocess.run([sys.executable, str(script), str(samples_dir), str(out), "0", "local"], env=env, check=True)
+    assert pl.read_parquet(out / "data").height == 50
+
+
+def test_a_manifest_whose_shards_are_missing_is_not_trusted(math500_sample, tmp_path):
+    out = tmp_path / "ds"
+    first = Pipeline([ExtractAnswer()]).run(read(math500_sample), out=out, progress=False)
+    shard = out / first.manifest["output"]["files"][0]
+    shard.unlink()
+    with pytest.warns(UserWarning, match=r"shard data/train-00000-of-00001.parquet listed in manifest.json is missing"):
+        again = Pipeline([ExtractAnswer()]).run(read(math500_sample), out=out, progress=False)
+    assert shard.exists() and again.to_polars().equals(first.to_polars())
+
+
+def test_partial_files_are_removed_when_a_run_starts(math500_sample, tmp_path):
+    out = tmp_path / "ds"
+    Pipeline([ExtractAnswer()], batch_size=50).run(read(math500_sample), out=out, progress=False, keep_work=True)
+    (out / "manifest.json").unlink()  # as if killed while writing the shards:
+    partial = [out / "data" / ".train-00000-of-00001.parquet.4242.tmp",
+               out / ".curate" / "stage-01-extract_answer" / ".part-00001.parquet.4243.tmp"]
+    for p in partial:
+        p.write_bytes(b"PAR1 half a file")
+    Pipeline([ExtractAnswer()], batch_size=50).run(read(math500_sample), out=out, progress=False)
+    assert not any(p.exists() for p in partial)
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["train-00000-of-00001.parquet"]
+
+
+def test_the_work_folder_goes_after_a_finished_run_but_a_stage_cache_stays(math500_sample, tmp_path):
+    out = tmp_path / "ds"
+    cached = out / ".curate" / "cache" / "stage-x" / "part-00000.parquet"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"kept")
+    Pipeline([ExtractAnswer()]).run(read(math500_sample), out=out, progress=False)
+    assert sorted(p.name for p in (out / ".curate").iterdir()) == ["cache"] and cached.read_bytes() == b"kept"
+
+
+def _cli_run(tmp_path: Path, sample: Path, out: Path):
+    from click.testing import CliRunner
+
+    from curate.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"input: {{path: {sample}}}\nsteps:\n  - extract_answer: {{}}\n")
+    return CliRunner().invoke(main, ["run", str(recipe), "--out", str(out), "--no-progress", "--no-card"])
+
+
+@pytest.mark.parametrize(("errno_", "says"), [
+    ("ENOSPC", "no space left on the device holding {out} (writing "),
+    ("EROFS", "{out} is on a read-only file system; choose another --out"),
+])
+def test_filesystem_failures_are_one_line_and_the_rerun_resumes(math500_sample, tmp_path, monkeypatch, errno_, says):
+    import errno
+
+    out = tmp_path / "ds"
+    real = pq.write_table
+    calls = []
+
+    def failing(table, where, **kw):
+        calls.append(where)
+        if len(calls) == 2:  # the second part: some work is done already
+            raise OSError(getattr(errno, errno_), os.strerror(getattr(errno, errno_)), str(where))
+        return real(table, where, **kw)
+
+    monkeypatch.setattr(pq, "write_table", failing)
+    res = _cli_run(tmp_path, math500_sample, out)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: " + says.format(out=out.resolve())), res.output
+    monkeypatch.setattr(pq, "write_table", real)
+    res = _cli_run(tmp_path, math500_sample, out)
+    assert res.exit_code == 0 and "wrote 120 rows" in res.output, res.output
+
+
+def test_out_below_a_file_is_one_line(math500_sample, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    res = _cli_run(tmp_path, math500_sample, afile / "ds")
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert res.output.strip() == f"error: --out {afile / 'ds'}: {afile} is a file, not a folder; choose another --out"
+    res = _cli_run(tmp_path, math500_sample, afile)  # click itself says so for --out a file
+    assert res.exit_code == 2 and "is a file" in res.output and "Traceback" not in res.output
+    with pytest.raises(PipelineError, match=rf"--out {afile}: {afile} is a file, not a folder"):
+        Pipeline([]).run(read(math500_sample), out=afile, progress=False)

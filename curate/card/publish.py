@@ -15,7 +15,6 @@ from pathlib import Path
 from curate.card.card import CARD, write_card
 from curate.errors import CurateError
 
-WORK_DIR = ".curate"
 # above this, use the resumable multi-commit uploader when this huggingface_hub has one
 LARGE_BYTES = 5 << 30
 
@@ -69,7 +68,7 @@ def plan(folder: str | Path, repo_id: str, *, private: bool = False, include_rej
         write_card(root)
     files = sorted(
         p.relative_to(root).as_posix() for p in root.rglob("*")
-        if p.is_file() and WORK_DIR not in p.relative_to(root).parts
+        if p.is_file() and _publishable(p.relative_to(root).parts)
         and (include_rejects or p.relative_to(root).parts[0] != "rejects")
     )
     manifest = json.loads(manifest_path.read_text())
@@ -79,6 +78,12 @@ def plan(folder: str | Path, repo_id: str, *, private: bool = False, include_rej
                f"fingerprint {str(manifest.get('fingerprint'))[:12]})")
     total = sum((root / f).stat().st_size for f in files)
     return Plan(root, repo_id, private, files, total, message, card_written)
+
+
+def _publishable(parts: tuple[str, ...]) -> bool:
+    """Not the work folder, the lock, any other dot-file (a partial ``.NAME.PID.tmp`` write among
+    them) or a ``.tmp`` file."""
+    return not any(part.startswith(".") for part in parts) and not parts[-1].endswith(".tmp")
 
 
 def publish(p: Plan, *, token: str | None = None, endpoint: str | None = None) -> str:
