@@ -398,3 +398,44 @@ def test_out_below_a_file_is_one_line(math500_sample, tmp_path):
     assert res.exit_code == 2 and "is a file" in res.output and "Traceback" not in res.output
     with pytest.raises(PipelineError, match=rf"--out {afile}: {afile} is a file, not a folder"):
         Pipeline([]).run(read(math500_sample), out=afile, progress=False)
+
+
+def _start_stoppable_run(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """`curate run` verifying code rows whose programs wait (a 60 s wall guard each), started in a
+    session of its own as a terminal would; returns once its verify workers are running rows."""
+    rows = [{"problem": f"Echo the number {i}.", "thinking": "Read it and print it.", "domain": "code",
+             "solution": "```python\nimport time\ntime.sleep(600)\n```",
+             "test_cases": [{"input": f"{i}\n", "output": f"{i}\n"}]} for i in range(4)]
+    data = tmp_path / "code.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "stop.yaml"
+    recipe.write_text(f"input: {{path: {data}}}\nsteps:\n  - verify: {{workers: 2, code_test_timeout_s: 20}}\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "curate.cli", "run", str(recipe), "--out", str(out), "--no-progress"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    stage = out / ".curate" / "stage-01-verify" / "_meta.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not stage.exists():
+        time.sleep(0.05)
+    assert stage.exists() and proc.poll() is None
+    time.sleep(4.0)  # the pool starts and its workers run the programs (which wait 60 s)
+    assert proc.poll() is None
+    return proc, out
+
+
+def test_sigterm_stops_a_run_with_a_message(tmp_path):
+    proc, out = _start_stoppable_run(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM; a `curate run` resumes where it stopped" in err and "Traceback" not in err, err
+    assert not (out / "manifest.json").exists()
+
+
+def test_ctrl_c_to_the_group_prints_no_worker_tracebacks(tmp_path):
+    proc, _ = _start_stoppable_run(tmp_path)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: every process of the group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted (Ctrl-C)" in err and "Traceback" not in err and "KeyboardInterrupt" not in err, err

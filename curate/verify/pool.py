@@ -71,7 +71,10 @@ class Failed:
 # Workers must not import from the caller's working directory (a `timeit.py` there would shadow
 # the stdlib in every worker): -P (3.11+) leaves it off sys.path; the code drops it on 3.10.
 _SAFE_PATH = ("-P",) if sys.version_info >= (3, 11) else ()
-_WORKER_CODE = ("import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+# Ctrl-C reaches the terminal's whole process group: the parent stops the pool, so workers ignore
+# SIGINT (else each prints a KeyboardInterrupt traceback).
+_WORKER_CODE = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                "sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
                 "from curate.verify.pool import _serve; _serve(int(sys.argv[1]))")
 
 
