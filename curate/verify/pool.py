@@ -2,7 +2,8 @@
 
 An item's budget is CPU time (the worker's, read from ``/proc``), so a verdict depends on the item,
 not on how busy the machine is; wall-clock time is only an outer guard (``wall_factor`` times the
-budget plus ``wall_slack_s``) for an item that blocks without using CPU. A worker that dies
+budget plus ``wall_slack_s``) for an item that blocks without using CPU (a worker that is
+runnable, only waiting for a CPU, gets ten times as long). A worker that dies
 mid-item (killed, out of memory) has its item retried once in a fresh worker before the item is
 reported as a crash.
 
@@ -40,6 +41,7 @@ from typing import Any
 _READY = "ready"
 DEPTH = 2  # items sent to a worker ahead: the one it runs and the next
 POLL_S = 0.05  # how often running items' CPU time is read
+STARVED_FACTOR = 10  # a runnable worker is killed by the wall-clock guard only after 10x as long
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -49,14 +51,20 @@ def _cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def _proc_cpu(pid: int) -> float | None:
-    """CPU seconds of process ``pid`` and its waited-for children (None where /proc is missing)."""
+def _proc_stat(pid: int) -> tuple[float, bool] | None:
+    """CPU seconds of process ``pid`` and its waited-for children, and whether it is runnable
+    (state R: running, or waiting for a CPU); None where /proc is missing."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return sum(int(x) for x in fields[11:15]) / _TICK  # utime, stime, cutime, cstime
+    return sum(int(x) for x in fields[11:15]) / _TICK, fields[0] == b"R"  # utime, stime, cutime, cstime
+
+
+def _proc_cpu(pid: int) -> float | None:
+    stat = _proc_stat(pid)
+    return None if stat is None else stat[0]
 
 
 @dataclass(frozen=True)
@@ -279,12 +287,15 @@ class WorkerPool:
                     continue
                 index = w.queue[0][0]
                 wall = now - w.started
-                cpu = _proc_cpu(w.process.pid) if w.cpu_started is not None else None
-                if cpu is not None and cpu - w.cpu_started >= limit[index]:
+                stat = _proc_stat(w.process.pid) if w.cpu_started is not None else None
+                guard = self.wall_guard(limit[index])
+                if stat is not None and stat[0] - w.cpu_started >= limit[index]:
                     what = f"no result after {limit[index]:g}s of CPU time; worker killed"
-                elif wall >= self.wall_guard(limit[index]):
-                    what = (f"no result after {self.wall_guard(limit[index]):g}s wall-clock (the outer guard "
-                            f"of a {limit[index]:g}s CPU budget); worker killed")
+                elif wall >= guard and (stat is None or not stat[1] or wall >= guard * STARVED_FACTOR):
+                    # a runnable worker is waiting for a CPU (a loaded machine), not hung: its CPU
+                    # budget decides, unless the wait is absurd
+                    what = (f"no result after {wall:.0f}s wall-clock (the outer guard of a {limit[index]:g}s "
+                            "CPU budget); worker killed")
                 else:
                     continue
                 self._lost(w, todo, results, seconds, Failed("timeout", what, wall))
