@@ -439,3 +439,22 @@ def test_ctrl_c_to_the_group_prints_no_worker_tracebacks(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted (Ctrl-C)" in err and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def test_a_failed_write_leaves_no_partial_file(math500_sample, tmp_path, monkeypatch):
+    """A full disk mid-write: the temporary file is deleted, not left beside the shards."""
+    import errno
+
+    from curate.io.write import write_parquet_atomic
+
+    real = pq.write_table
+
+    def half_then_full(table, where, **kw):
+        Path(where).write_bytes(b"PAR1 half a file")
+        raise OSError(errno.ENOSPC, "No space left on device", str(where))
+
+    monkeypatch.setattr(pq, "write_table", half_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_parquet_atomic(pa.table({"x": [1]}), tmp_path / "part.parquet")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(pq, "write_table", real)

@@ -406,14 +406,19 @@ def _cast_curate(table: pa.Table, where: str = "input") -> pa.Table:
     return pa.Table.from_arrays(cols, names=names)
 
 
+_TRAINED_TEXT = ("problem", "thinking", "solution")
+
+
 def _is_text_type(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
 def _no_text_from_other_types(have: pa.DataType, want: pa.Field, where: str) -> None:
     """Arrow casts numbers to text without a word; an integer ``problem`` column is a mistake to
-    report (the wrong column, or a dataset of ids), not text to train on."""
-    if _is_text_type(want.type) and not (_is_text_type(have) or pa.types.is_null(have)):
+    report (the wrong column, or a dataset of ids), not text to train on. (A numeric
+    ``reference_answer`` or ``source_id`` is cast, as numbers there are common and mean what
+    their text says.)"""
+    if want.name in _TRAINED_TEXT and not (_is_text_type(have) or pa.types.is_null(have)):
         raise InputError(f"{where}: column {want.name!r} is {have}, but trace schema v1 needs text "
                          f"({want.type}); numbers are not converted to text: fix the column or its mapping")
 
