@@ -259,6 +259,11 @@ def test_a_folder_with_files_curate_cannot_read_is_refused_unless_skipping(real_
     result = Pipeline([]).run(src, out=tmp_path / "ds", progress=False)
     skipped = result.manifest["input"]["skipped"]
     assert [Path(s["path"]).name for s in skipped] == ["b.csv", "c.jsonl.bz2"] and result.rows == 3
+    from curate.recipe import parse_recipe
+
+    recipe = parse_recipe({"input": {"path": str(folder), "skip_unsupported": True}, "steps": []})
+    with pytest.warns(UserWarning, match=r"skipped 2 file"):
+        assert [p.name for p in recipe.source().paths] == ["a.jsonl"]
 
 
 def test_an_integer_problem_column_is_an_error_not_text(tmp_path):

@@ -285,3 +285,21 @@ def test_test_layouts_of_real_datasets() -> None:
     assert fn is None and len(tests) == 3
     assert verify_code({"solution": APPS_PROGRAM, "tests": tests})["pass_rate"] == 1.0
     assert tests_from_record({"problem": "no tests"}) == ([], None)
+
+
+def test_call_based_limits_are_cpu_time_with_a_wall_guard_per_test() -> None:
+    """A function that computes past its CPU limit fails that test; one that sleeps is stopped by
+    the per-test wall guard (3 x 1 s + 2 s); the other tests still run and pass."""
+    program = """```python
+import time
+def f(x):
+    if x == 1:
+        while True:
+            pass
+    if x == 2:
+        time.sleep(600)
+    return x
+```"""
+    tests = [{"input": json.dumps([x]), "output": json.dumps(x)} for x in (0, 1, 2, 3)]
+    v = verify_code({"solution": program, "tests": tests, "fn_name": "f", "per_test_s": 1.0, "row_timeout_s": 60})
+    assert v["pass_rate"] == 0.5 and v["error"] == "test 1: TimeoutError: per-test CPU time limit", v

@@ -46,13 +46,17 @@ os.remove("tests.json")
 sys.stdin = open(os.devnull)
 ns = {"__name__": "solution", "__builtins__": __builtins__}
 out = []
-def alarm(*_):
-    raise TimeoutError("per-test CPU time limit")
+def alarm(signum, _):
+    raise TimeoutError("per-test CPU time limit" if signum == signal.SIGPROF else "per-test wall-clock guard")
+def limit(on):  # CPU time decides; wall time only guards against a function that sleeps
+    signal.setitimer(signal.ITIMER_PROF, spec["per_test_s"] if on else 0)
+    signal.setitimer(signal.ITIMER_REAL, spec["guard_s"] if on else 0)
 signal.signal(signal.SIGPROF, alarm)
-signal.setitimer(signal.ITIMER_PROF, spec["per_test_s"])
+signal.signal(signal.SIGALRM, alarm)
+limit(True)
 try:
     exec(compile(open("prog.py").read(), "prog.py", "exec"), ns)
-    signal.setitimer(signal.ITIMER_PROF, 0)
+    limit(False)
     fn = ns.get(spec["fn_name"])
     if fn is None and isinstance(ns.get("Solution"), type):
         fn = getattr(ns["Solution"](), spec["fn_name"], None)
@@ -62,7 +66,7 @@ except BaseException as e:
     sys.stdout.write("\n" + spec["marker"] + json.dumps({"load_error": type(e).__name__ + ": " + str(e)[:300]}) + "\n")
     sys.exit(0)
 for args in spec["inputs"]:
-    signal.setitimer(signal.ITIMER_PROF, spec["per_test_s"])
+    limit(True)
     try:
         value = fn(*args) if isinstance(args, list) else fn(args)
         json.dumps(value)
@@ -70,7 +74,7 @@ for args in spec["inputs"]:
     except BaseException as e:
         out.append({"ok": False, "error": type(e).__name__ + ": " + str(e)[:200]})
     finally:
-        signal.setitimer(signal.ITIMER_PROF, 0)
+        limit(False)
 sys.stdout.write("\n" + spec["marker"] + json.dumps({"results": out}, default=repr) + "\n")
 '''
 
@@ -170,7 +174,8 @@ def _call_based(program: str, tests: list[dict], fn_name: str, per_test: float, 
     except (json.JSONDecodeError, TypeError, KeyError) as e:
         out["error"] = f"call-based tests are not JSON: {e}"
         return out
-    spec = {"fn_name": fn_name, "inputs": inputs, "per_test_s": per_test, "marker": MARKER}
+    spec = {"fn_name": fn_name, "inputs": inputs, "per_test_s": per_test, "marker": MARKER,
+            "guard_s": per_test * WALL_FACTOR + WALL_SLACK_S}
     run_limits = _limits(min(budget, per_test * len(tests) + 2.0), limits.memory_mb)
     r = run_python(program, "", run_limits, files={"harness.py": HARNESS, "tests.json": json.dumps(spec)},
                    argv=["harness.py"])
