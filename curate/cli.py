@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,16 +19,36 @@ from curate.errors import CurateError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so the run stops the way Ctrl-C stops it."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+_STOPPED = "a `curate run` resumes where it stopped when you run the same command again"
+
+
 class _Group(click.Group):
-    """Print curate's own errors as one line (exit 2) instead of a traceback."""
+    """Print curate's own errors as one line (exit 2) instead of a traceback; say so when stopped
+    by Ctrl-C (exit 130) or SIGTERM (exit 143)."""
 
     def invoke(self, ctx: click.Context):
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return super().invoke(ctx)
         except CurateError as e:
             for line in str(e).splitlines() or [""]:  # e.g. one line per step whose extra is missing
                 click.secho(f"error: {line}", fg="red", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.secho(f"interrupted (Ctrl-C); {_STOPPED}", fg="yellow", err=True)
+            sys.exit(130)
+        except _Terminated:
+            click.secho(f"stopped by SIGTERM; {_STOPPED}", fg="yellow", err=True)
+            sys.exit(143)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -26,3 +26,9 @@ class RecipeError(CurateError):
 
 class PipelineError(CurateError):
     """The step chain is inconsistent (a step reads a column nobody writes) or a step misbehaved."""
+
+
+def json_error_text(e) -> str:
+    """``msg at char N`` for a stdlib ``json.JSONDecodeError`` (whose msg may end in "at" already:
+    "Unterminated string starting at")."""
+    return f"{e.msg} char {e.pos}" if e.msg.endswith(" at") else f"{e.msg} at char {e.pos}"

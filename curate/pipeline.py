@@ -39,6 +39,12 @@ from curate.engines.llm import given
 from curate.engines.parts import PartTask, apply_part, read_split, reject_schema, write_shard
 from curate.errors import PipelineError
 from curate.extras import check_extras
+from curate.io.outdir import (
+    LOCK_NAME,
+    filesystem_error,
+    folder_lock,
+    remove_partial_files,
+)
 from curate.io.read import Source, read
 from curate.io.write import (
     concat_parquet,
@@ -291,6 +297,11 @@ class Pipeline:
         try:
             result = _Run(self, source, Path(out), resume, overwrite, progress, keep_work, shard_bytes, command,
                           card, runner, cache).go()
+        except OSError as e:  # a full disk, a read-only folder, --out below a file: one line
+            err = filesystem_error(e, Path(out).resolve())
+            if err is None:
+                raise
+            raise err from None
         finally:
             if runner is not engine:  # an engine passed in is the caller's to close
                 runner.close()
@@ -355,6 +366,15 @@ class _Run:
 
     # --- the whole run -------------------------------------------------------------------------
     def go(self) -> RunResult:
+        """Run under the output folder's lock (one writer), after removing partial files."""
+        self.p.plan(self.source.schema())  # fail before any work, even before making the folder
+        self._refuse_foreign()
+        with folder_lock(self.out, self.command):
+            remove_partial_files(self.out)
+            return self._logged()
+
+    def _logged(self) -> RunResult:
+        """The run, with its log file in the output folder."""
         input_schema = self.source.schema()
         schemas = self.p.plan(input_schema)  # fail before any work
         base_schema = schemas[-1] if schemas else input_schema
@@ -441,6 +461,11 @@ class _Run:
         manifest_path = self.out / MANIFEST
         if manifest_path.exists():
             manifest = json.loads(manifest_path.read_text())
+            damaged = _check_outputs(self.out, manifest)
+            if damaged and manifest.get("fingerprint") == fingerprint and not self.overwrite:
+                warnings.warn(f"{self.out}: {damaged}; making the dataset again", stacklevel=4)
+                manifest_path.unlink()
+                return None
             if manifest.get("fingerprint") == fingerprint and not self.overwrite:
                 return self._reuse(manifest)
             if manifest.get("input", {}).get("fingerprint") != self.source.fingerprint() and not self.overwrite:
@@ -456,12 +481,16 @@ class _Run:
             if self.overwrite:  # asked for: a dataset made from scratch
                 remove_tree(self.work)
                 remove_tree(self.cache_dir)
-        elif (self.out.exists() and not self.work.exists() and not self.overwrite
-              and any(p.name not in (WORK_DIR, CACHE_DIR, LOG_FILE) for p in self.out.iterdir())):
+        return None
+
+    def _refuse_foreign(self) -> None:
+        """Never write into a folder that holds something else (checked before taking its lock)."""
+        if (self.out.is_dir() and not (self.out / MANIFEST).exists() and not self.work.exists()
+                and not self.overwrite
+                and any(p.name not in (WORK_DIR, CACHE_DIR, LOG_FILE, LOCK_NAME) for p in self.out.iterdir())):
             raise PipelineError(
                 f"{self.out} exists and is not a curate dataset folder; choose another --out or pass --overwrite"
             )
-        return None
 
     def _reuse(self, manifest: dict[str, Any]) -> RunResult:
         """This run is already in the folder: nothing runs (the card is written if it is missing,
@@ -475,6 +504,7 @@ class _Run:
             write_json_atomic(manifest, self.out / MANIFEST)
         if self.card and (stale or not (self.out / "README.md").exists()):  # or killed before the card
             _write_card(self.out)
+        self._park_work()  # killed between the manifest and the clean-up
         return RunResult(self.shown, manifest, reused=True)
 
     def _open_stage(self, folder: Path, fingerprint: str) -> bool:
@@ -648,6 +678,9 @@ class _Run:
             manifest["configs"] = configs
         manifest["rejects"] = rejects
         manifest["wall_seconds"] = round(time.time() - started, 3)
+        damaged = _check_outputs(self.out, manifest)
+        if damaged:  # written, yet not there as listed: never call such a run finished
+            raise PipelineError(f"{self.out}: {damaged} after writing them; run the same command again")
         write_json_atomic(manifest, self.out / MANIFEST)
         if self.card:
             _write_card(self.out)
@@ -666,8 +699,14 @@ class _Run:
             if not any(folder.iterdir()):
                 folder.rmdir()
         remove_tree(self.cache_dir)
-        if self.keep_work:
+        self._park_work()
+
+    def _park_work(self) -> None:
+        """After a finished run: the work folder becomes the stage cache (``.curate-cache/``), or
+        goes with ``cache=False``; ``keep_work`` leaves it where it is."""
+        if self.keep_work or not self.work.exists():
             return
+        remove_tree(self.cache_dir)
         if self.cache:
             os.replace(self.work, self.cache_dir)
         else:
@@ -725,6 +764,29 @@ class _RowCount:
     def take(self) -> int:
         rows, self.rows = self.rows, 0
         return rows
+
+
+def _check_outputs(out: Path, manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the shards and rejects a manifest lists (missing, unreadable, other row
+    counts), or None when they are all there as listed."""
+    configs = manifest.get("configs") or {}
+    expected = [(f, c["rows"], c["files"]) for f, c in configs.items()] or [
+        (None, manifest.get("output", {}).get("rows", 0), manifest.get("output", {}).get("files", []))]
+    for _, rows, files in expected:
+        found = 0
+        for f in files:
+            try:
+                found += pq.ParquetFile(out / f).metadata.num_rows
+            except FileNotFoundError:
+                return f"shard {f} listed in {MANIFEST} is missing"
+            except (OSError, pa.ArrowInvalid) as e:
+                return f"shard {f} listed in {MANIFEST} is unreadable ({e})"
+        if found != rows:
+            return f"the shards hold {found} rows, {MANIFEST} says {rows}"
+    for r in manifest.get("rejects", []):
+        if not (out / r["path"]).is_file():
+            return f"rejects file {r['path']} listed in {MANIFEST} is missing"
+    return None
 
 
 def _stage_dir(folder: Path, i: int, name: str) -> Path:

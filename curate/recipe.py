@@ -25,7 +25,7 @@ from curate.step import build_step
 
 TOP_KEYS = {"input", "steps", "variants", "output", "model", "batch_size", "name", "description", "card"}
 INPUT_KEYS = {"path", "format", "on_error", "domain", "source", "teacher", "max_chars",
-              "hub", "split", "revision", "config"}  # hub: a Hugging Face dataset (curate.io.hub)
+              "hub", "split", "revision", "config", "skip_unsupported"}  # hub: a Hugging Face dataset (curate.io.hub)
 HUB_KEYS = ("split", "revision", "config")
 OUTPUT_KEYS = {"path", "shard_mb"}
 CARD_KEYS = {"license", "pretty_name", "language"}  # the dataset card's header (name/description: its title)

@@ -399,3 +399,170 @@ def test_the_verify_bar_moves_row_by_row_within_a_part(math500_sample, tmp_path,
     (bar,) = [b for b in _RecordingBar.bars if b.desc.endswith("verify")]
     assert bar.total == 40 and sum(bar.updates) == 40
     assert len([n for n in bar.updates if n > 0]) >= 20, f"one part, yet the bar moved {bar.updates}"
+
+
+# --- one writer, no partial files, filesystem failures ---------------------------------------------
+
+
+def test_a_second_run_on_the_same_folder_is_refused_naming_the_first(samples_dir, tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(_KILLABLE)
+    out = tmp_path / "shared"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, str(script), str(samples_dir), str(out), "0.3", "local"], env=env)
+    try:
+        stage = out / ".curate" / "stage-02-test_slow"
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(stage.glob("part-*.parquet")):
+            time.sleep(0.05)
+        with pytest.raises(PipelineError, match=rf"{out} is being written by another curate run \(pid {first.pid} "):
+            Pipeline([ExactDedup()]).run(read(samples_dir), out=out, progress=False)
+        assert first.poll() is None, "the first run goes on"
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # a killed holder leaves no stale lock: the same job resumes and finishes
+    subprocess.run([sys.executable, str(script), str(samples_dir), str(out), "0", "local"], env=env, check=True)
+    assert pl.read_parquet(out / "data").height == 50
+
+
+def test_a_manifest_whose_shards_are_missing_is_not_trusted(math500_sample, tmp_path):
+    out = tmp_path / "ds"
+    first = Pipeline([ExtractAnswer()]).run(read(math500_sample), out=out, progress=False)
+    shard = out / first.manifest["output"]["files"][0]
+    shard.unlink()
+    with pytest.warns(UserWarning, match=r"shard data/train-00000-of-00001.parquet listed in manifest.json is missing"):
+        again = Pipeline([ExtractAnswer()]).run(read(math500_sample), out=out, progress=False)
+    assert shard.exists() and again.to_polars().equals(first.to_polars())
+
+
+def test_partial_files_are_removed_when_a_run_starts(math500_sample, tmp_path):
+    out = tmp_path / "ds"
+    Pipeline([ExtractAnswer()], batch_size=50).run(read(math500_sample), out=out, progress=False, keep_work=True)
+    (out / "manifest.json").unlink()  # as if killed while writing the shards:
+    partial = [out / "data" / ".train-00000-of-00001.parquet.4242.tmp",
+               out / ".curate" / "stage-01-extract_answer" / ".part-00001.parquet.4243.tmp"]
+    for p in partial:
+        p.write_bytes(b"PAR1 half a file")
+    Pipeline([ExtractAnswer()], batch_size=50).run(read(math500_sample), out=out, progress=False)
+    assert not any(p.exists() for p in partial)
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["train-00000-of-00001.parquet"]
+
+
+def test_the_work_folder_goes_after_a_finished_run_and_its_stages_become_the_cache(math500_sample, tmp_path):
+    out = tmp_path / "ds"
+    Pipeline([ExtractAnswer()]).run(read(math500_sample), out=out, progress=False)
+    assert not (out / ".curate").exists()
+    assert len(list((out / ".curate-cache").glob("stage-*"))) == 2  # read, extract_answer
+    kept = tmp_path / "kept"
+    Pipeline([ExtractAnswer()]).run(read(math500_sample), out=kept, progress=False, keep_work=True)
+    assert len(list((kept / ".curate").glob("stage-*"))) == 2 and not (kept / ".curate-cache").exists()
+
+
+def _cli_run(tmp_path: Path, sample: Path, out: Path):
+    from click.testing import CliRunner
+
+    from curate.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"input: {{path: {sample}}}\nsteps:\n  - extract_answer: {{}}\n")
+    return CliRunner().invoke(main, ["run", str(recipe), "--out", str(out), "--no-progress", "--no-card"])
+
+
+@pytest.mark.parametrize(("errno_", "says"), [
+    ("ENOSPC", "no space left on the device holding {out} (writing "),
+    ("EROFS", "{out} is on a read-only file system; choose another --out"),
+])
+def test_filesystem_failures_are_one_line_and_the_rerun_resumes(math500_sample, tmp_path, monkeypatch, errno_, says):
+    import errno
+
+    out = tmp_path / "ds"
+    real = pq.write_table
+    calls = []
+
+    def failing(table, where, **kw):
+        calls.append(where)
+        if len(calls) == 2:  # the second part: some work is done already
+            raise OSError(getattr(errno, errno_), os.strerror(getattr(errno, errno_)), str(where))
+        return real(table, where, **kw)
+
+    monkeypatch.setattr(pq, "write_table", failing)
+    res = _cli_run(tmp_path, math500_sample, out)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: " + says.format(out=out.resolve())), res.output
+    monkeypatch.setattr(pq, "write_table", real)
+    res = _cli_run(tmp_path, math500_sample, out)
+    assert res.exit_code == 0 and "wrote 120 rows" in res.output, res.output
+
+
+def test_out_below_a_file_is_one_line(math500_sample, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    res = _cli_run(tmp_path, math500_sample, afile / "ds")
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert res.output.strip() == f"error: --out {afile / 'ds'}: {afile} is a file, not a folder; choose another --out"
+    res = _cli_run(tmp_path, math500_sample, afile)  # click itself says so for --out a file
+    assert res.exit_code == 2 and "is a file" in res.output and "Traceback" not in res.output
+    with pytest.raises(PipelineError, match=rf"--out {afile}: {afile} is a file, not a folder"):
+        Pipeline([]).run(read(math500_sample), out=afile, progress=False)
+
+
+def _start_stoppable_run(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """`curate run` verifying code rows whose programs wait (a 60 s wall guard each), started in a
+    session of its own as a terminal would; returns once its verify workers are running rows."""
+    rows = [{"problem": f"Echo the number {i}.", "thinking": "Read it and print it.", "domain": "code",
+             "solution": "```python\nimport time\ntime.sleep(600)\n```",
+             "test_cases": [{"input": f"{i}\n", "output": f"{i}\n"}]} for i in range(4)]
+    data = tmp_path / "code.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "stop.yaml"
+    recipe.write_text(f"input: {{path: {data}}}\nsteps:\n  - verify: {{workers: 2, code_test_timeout_s: 20}}\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "curate.cli", "run", str(recipe), "--out", str(out), "--no-progress"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    stage = out / ".curate" / "stage-01-verify" / "_meta.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not stage.exists():
+        time.sleep(0.05)
+    assert stage.exists() and proc.poll() is None
+    time.sleep(4.0)  # the pool starts and its workers run the programs (which wait 60 s)
+    assert proc.poll() is None
+    return proc, out
+
+
+def test_sigterm_stops_a_run_with_a_message(tmp_path):
+    proc, out = _start_stoppable_run(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM; a `curate run` resumes where it stopped" in err and "Traceback" not in err, err
+    assert not (out / "manifest.json").exists()
+
+
+def test_ctrl_c_to_the_group_prints_no_worker_tracebacks(tmp_path):
+    proc, _ = _start_stoppable_run(tmp_path)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: every process of the group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted (Ctrl-C)" in err and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def test_a_failed_write_leaves_no_partial_file(math500_sample, tmp_path, monkeypatch):
+    """A full disk mid-write: the temporary file is deleted, not left beside the shards."""
+    import errno
+
+    from curate.io.write import write_parquet_atomic
+
+    real = pq.write_table
+
+    def half_then_full(table, where, **kw):
+        Path(where).write_bytes(b"PAR1 half a file")
+        raise OSError(errno.ENOSPC, "No space left on device", str(where))
+
+    monkeypatch.setattr(pq, "write_table", half_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_parquet_atomic(pa.table({"x": [1]}), tmp_path / "part.parquet")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(pq, "write_table", real)

@@ -60,6 +60,16 @@ def test_plan_lists_exact_files_and_commit_message(folder: Path) -> None:
         [f for f in EXPECTED if not f.startswith("rejects/")]
 
 
+def test_partial_and_hidden_files_are_never_published(folder: Path) -> None:
+    """A kill during a shard write leaves `.train-*.parquet.PID.tmp` beside the shards."""
+    (folder / "data" / ".train-00000-of-00001.parquet.4242.tmp").write_bytes(b"PAR1 half")
+    (folder / "data" / "notes.tmp").write_text("x")
+    (folder / ".curate.lock").write_text("{}")
+    (folder / "data" / ".DS_Store").write_bytes(b"\0")
+    files = plan(folder, "someone/quickstart-cot").files  # writes the card (and its plots) first
+    assert files == EXPECTED
+
+
 def test_cli_dry_run_prints_files_and_message_and_sends_nothing(folder: Path) -> None:
     res = CliRunner().invoke(main, ["publish", str(folder), "--repo-id", "someone/qs", "--dry-run",
                                     "--endpoint", "http://127.0.0.1:9"])

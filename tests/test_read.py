@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib
 import json
 from pathlib import Path
 
@@ -178,10 +179,101 @@ def test_undetectable_format(shared_data, tmp_path):
     with pytest.raises(InputError, match=r"deepscaler_train_aime.json: cannot detect the trace format .*"
                                          r"\[problem, solution, answer, .*name it with format="):
         Pipeline([]).run(read(problems), out=tmp_path / "ds", progress=False)
-    junk = tmp_path / "junk.jsonl"
+    junk = tmp_path / "junk.jsonl"  # 300 lines, none an object: 300 rejects, not an error or no rows
     junk.write_text("1\n2\n" * 150)
-    with pytest.raises(InputError, match=r"no JSON object in the first 200 records"):
-        read(junk).to_polars()
+    batches = list(read(junk).batches())
+    reasons = [r["reject_reason"] for b in batches for r in b.rejects.to_pylist()]
+    assert reasons == ["expected a JSON object, got int"] * 300
+
+
+@pytest.mark.parametrize(("name", "content", "reason"), [
+    ("binary garbage", b"\x80\x81\xfe\xff\x00" * 50 + b"\n\xc3\x28\x00\x9f\n", "not valid UTF-8"),
+    ("plain text", b"These are notes.\nNot JSON at all.\n", "malformed JSON (Expecting value at char 0)"),
+    ("csv renamed", b"question,answer\n1+1,2\n2+2,4\n", "malformed JSON ("),
+    ("latin-1", '{"question": "caf\xe9", "code": ["x"], "gt": "1"}\n'.encode("latin-1") * 3,
+     "not valid UTF-8 (byte 17 of the line)"),
+], ids=["binary", "text", "csv", "latin-1"])
+def test_a_file_of_no_records_is_all_rejects_not_an_empty_input(tmp_path, name, content, reason):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(content)
+    lines = [n for n, line in enumerate(content.split(b"\n"), 1) if line.strip()]
+    result = Pipeline([]).run(read(path), out=tmp_path / "ds", progress=False)
+    rejects = result.rejects()
+    assert result.rows == 0 and sorted(rejects["line"].to_list()) == lines, name
+    assert set(rejects["source_file"]) == {str(path)}
+    assert all(r.startswith(reason) for r in rejects["reject_reason"]), (name, rejects["reject_reason"].to_list())
+
+
+def test_malformed_json_reason_reads_well(tmp_path):
+    path = tmp_path / "cut.jsonl"
+    path.write_text('{"question": "abc\n')
+    rejects = [r for b in read(path).batches() for r in b.rejects.to_pylist()]
+    assert [r["reject_reason"] for r in rejects] == ["malformed JSON (Unterminated string starting at char 13)"]
+
+
+@pytest.fixture(params=["orjson", "stdlib"])
+def json_parser(request, monkeypatch):
+    """Both JSON parsers read.py may run with (orjson when installed, else the stdlib's)."""
+    if request.param == "stdlib":
+        r = importlib.import_module("curate.io.read")  # the module (curate.io.read is also the function)
+        monkeypatch.setattr(r, "_loads", json.loads)
+        monkeypatch.setattr(r, "_JSONError", (json.JSONDecodeError, ValueError, RecursionError))
+    return request.param
+
+
+def test_lone_surrogates_and_deep_nesting_are_rejects_not_crashes(real_lines, tmp_path, json_parser):
+    good = json.loads(real_lines[0])
+    lines = [
+        real_lines[0],
+        json.dumps({**good, "idx": 1, "question": "a \ud800 b"}),  # dumps writes the escape "\ud800"
+        json.dumps({**good, "idx": 2})[:-1] + ', "deep": ' + "[" * 1000 + "]" * 1000 + "}",
+        json.dumps({**good, "idx": 3})[:-1] + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        json.dumps({**good, "idx": 4}),
+    ]
+    assert "\\ud800" in lines[1]
+    path = tmp_path / "odd.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = Pipeline([]).run(read(path), out=tmp_path / "ds", progress=False)
+    rejects = {r["line"]: r["reject_reason"] for r in result.rejects().iter_rows(named=True)}
+    assert result.rows + len(rejects) == 5 and set(rejects) >= {2, 4}
+    assert "surrogate" in rejects[2]
+    assert "nested too deeply" in rejects[4]
+    if 3 in rejects:  # 1000 levels: within orjson's limit, then too deep to keep as `extra` text
+        assert "nested too deeply" in rejects[3]
+
+
+def test_a_folder_with_files_curate_cannot_read_is_refused_unless_skipping(real_lines, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text("\n".join(real_lines[:3]) + "\n")
+    (folder / "b.csv").write_text("question,answer\n1+1,2\n")
+    (folder / "c.jsonl.bz2").write_bytes(b"BZh91AY&SY")
+    (folder / "README.md").write_text("# notes\n")  # documentation is no data: left out quietly
+    with pytest.raises(InputError, match=r"holds file\(s\) curate cannot read: b.csv \(.csv: not a type "
+                                         r"curate reads.*c.jsonl.bz2 \(.bz2 compression is not read, only "
+                                         r".gz: decompress it \(bunzip2\).*skip_unsupported"):
+        read(folder)
+    with pytest.warns(UserWarning, match=r"skipped 2 file\(s\).*b.csv.*c.jsonl.bz2"):
+        src = read(folder, skip_unsupported=True)
+    assert [p.name for p in src.paths] == ["a.jsonl"]
+    result = Pipeline([]).run(src, out=tmp_path / "ds", progress=False)
+    skipped = result.manifest["input"]["skipped"]
+    assert [Path(s["path"]).name for s in skipped] == ["b.csv", "c.jsonl.bz2"] and result.rows == 3
+    from curate.recipe import parse_recipe
+
+    recipe = parse_recipe({"input": {"path": str(folder), "skip_unsupported": True}, "steps": []})
+    with pytest.warns(UserWarning, match=r"skipped 2 file"):
+        assert [p.name for p in recipe.source().paths] == ["a.jsonl"]
+
+
+def test_an_integer_problem_column_is_an_error_not_text(tmp_path):
+    cols = {f.name: pa.nulls(2, f.type) for f in TRACE_SCHEMA}
+    cols.update(problem=pa.array([101, 102]), id=pa.array(["x", "y"]), domain=pa.array(["math", "math"]),
+                thinking=pa.array(["t", "t"]))
+    path = tmp_path / "ints.parquet"
+    pq.write_table(pa.table(cols), path)
+    with pytest.raises(InputError, match=r"ints.parquet: column 'problem' is int64, but trace schema v1 needs text"):
+        read(path).to_polars()
 
 
 def test_named_format_that_does_not_fit_rejects_every_row(shared_data, tmp_path):

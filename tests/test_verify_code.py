@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -118,6 +120,110 @@ def test_hostile_code_is_stopped(name: str, code: str, status: set, says: str, l
     assert not (REPO / "SANDBOX_ESCAPED").exists()
 
 
+@pytest.fixture()
+def unix_server():
+    """A pathname AF_UNIX server outside the sandbox, reachable by any uid (a folder and a socket
+    of mode 777, as /run and /tmp hold them): it records what it receives and answers."""
+    import socket
+    import tempfile
+    import threading
+
+    folder = Path(tempfile.mkdtemp(prefix="curate-unix-"))
+    folder.chmod(0o777)
+    path = folder / "s"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    path.chmod(0o777)
+    srv.listen(4)
+    srv.settimeout(0.2)
+    received: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    received.append(conn.recv(100))
+                    conn.sendall(b"answer")
+                except OSError:
+                    pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield path, received
+    stop.set()
+    t.join(2)
+    srv.close()
+    path.unlink(missing_ok=True)
+    folder.rmdir()
+
+
+@pytest.mark.parametrize("kind", ["SOCK_STREAM", "SOCK_DGRAM", "socketpair"])
+def test_unix_socket_outside_is_unreachable(unix_server, kind: str) -> None:
+    path, received = unix_server
+    if kind == "socketpair":  # a datagram pair may name any address in sendto
+        code = (f"import socket\na, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+                f"a.sendto(b'secret', {str(path)!r})")
+    else:
+        code = (f"import socket\ns = socket.socket(socket.AF_UNIX, socket.{kind})\n"
+                f"s.connect({str(path)!r})\ns.sendall(b'secret')\nprint(s.recv(100))")
+    r = run_python(code, "", LIMITS)
+    assert received == [] and "answer" not in r.stdout, r
+    assert r.status == "denied" and "Operation not permitted" in r.reason, r
+    if isolation()["uid"]:  # the server is reachable from here: only the sandbox stops it
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(path))
+            s.sendall(b"hello")
+            assert s.recv(100) == b"answer"
+
+
+@pytest.mark.parametrize(("name", "code"), [
+    ("unshare user namespace", "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+     "if libc.unshare(0x10000000) != 0:\n    raise PermissionError(ctypes.get_errno(), 'Operation not permitted')\n"
+     "print('ESCAPED')"),
+    ("unshare network namespace", "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+     "if libc.unshare(0x40000000) != 0:\n    raise PermissionError(ctypes.get_errno(), 'Operation not permitted')\n"
+     "print('ESCAPED')"),
+    ("clone into a user namespace", "import ctypes, os, platform, signal\n"
+     "nr = {'x86_64': 56, 'aarch64': 220}[platform.machine()]\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+     "pid = libc.syscall(nr, 0x10000000 | signal.SIGCHLD, 0, 0, 0, 0)\n"
+     "if pid == 0:\n    os._exit(0)\n"
+     "if pid < 0:\n    raise PermissionError(ctypes.get_errno(), 'Operation not permitted')\nprint('ESCAPED')"),
+], ids=["unshare-user", "unshare-net", "clone-user"])
+def test_namespaces_cannot_be_made_inside(name: str, code: str) -> None:
+    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "aarch64"):
+        pytest.skip("the seccomp filter is for Linux x86_64 and aarch64")
+    r = run_python(code, "", LIMITS)
+    assert "ESCAPED" not in r.stdout and r.status == "denied", (name, r)
+
+
+def test_ordinary_programs_still_run_under_the_filter() -> None:
+    """The filter leaves fork, subprocess, threads and asyncio (a connected stream socketpair) alone."""
+    code = ("import asyncio, subprocess, threading\nt = threading.Thread(target=print, args=('thread',))\n"
+            "t.start(); t.join()\nasyncio.run(asyncio.sleep(0))\n"
+            "print(subprocess.run(['/bin/echo', 'child'], capture_output=True, text=True).stdout.strip())")
+    r = run_python(code, "", Limits(wall_s=20.0, cpu_s=5, memory_mb=512, nproc=16))
+    assert r.ok and r.stdout.split() == ["thread", "child"], r
+
+
+def test_a_program_waiting_within_its_cpu_limit_passes() -> None:
+    """Limits are CPU time: a test that waits 1.5 s (as one does for CPU on a loaded machine) with
+    a 1 s limit passes; wall time only guards (3 x 1 s + 2 s) against programs that never end."""
+    waits = "```python\nimport time\ntime.sleep(1.5)\nprint(input())\n```"
+    v = verify_code({"solution": waits, "tests": [{"input": "7\n", "output": "7\n"}], "per_test_s": 1.0})
+    assert v["correct"] is True, v
+    spins = "```python\nwhile True:\n    pass\n```"
+    v = verify_code({"solution": spins, "tests": [{"input": "", "output": "1"}], "per_test_s": 1.0})
+    assert v["correct"] is False and "CPU time limit (1s)" in v["error"], v
+
+
 def test_isolation_layers_here() -> None:
     caps = isolation()
     if not caps["landlock"] and not caps["netns"]:
@@ -154,7 +260,7 @@ def test_verify_step_on_code_rows_goes_on_after_hostile_row() -> None:
     res = step.apply(rows, 0)
     assert res.kept["problem"].to_list() == ["Two sum", "Polycarp words"]
     reasons = res.rejected["reject_reason"].to_list()
-    assert reasons[0] == "incorrect: program does not load: TimeoutError: per-test time limit"
+    assert reasons[0] == "incorrect: program does not load: TimeoutError: per-test CPU time limit"
     assert reasons[1].startswith("incorrect: test 0: process limit (RLIMIT_NPROC")
     assert res.rejected["verify_pass_rate"].to_list() == [0.0, 0.0]
 
@@ -179,3 +285,21 @@ def test_test_layouts_of_real_datasets() -> None:
     assert fn is None and len(tests) == 3
     assert verify_code({"solution": APPS_PROGRAM, "tests": tests})["pass_rate"] == 1.0
     assert tests_from_record({"problem": "no tests"}) == ([], None)
+
+
+def test_call_based_limits_are_cpu_time_with_a_wall_guard_per_test() -> None:
+    """A function that computes past its CPU limit fails that test; one that sleeps is stopped by
+    the per-test wall guard (3 x 1 s + 2 s); the other tests still run and pass."""
+    program = """```python
+import time
+def f(x):
+    if x == 1:
+        while True:
+            pass
+    if x == 2:
+        time.sleep(600)
+    return x
+```"""
+    tests = [{"input": json.dumps([x]), "output": json.dumps(x)} for x in (0, 1, 2, 3)]
+    v = verify_code({"solution": program, "tests": tests, "fn_name": "f", "per_test_s": 1.0, "row_timeout_s": 60})
+    assert v["pass_rate"] == 0.5 and v["error"] == "test 1: TimeoutError: per-test CPU time limit", v

@@ -175,3 +175,33 @@ def test_agreement_with_simplerl_labels(shared_data) -> None:
                          "thinking": row["thinking"], "timeout_s": 5})
         agree += v["correct"] is bool(label)
     assert agree / sample.height >= 0.99
+
+
+def test_answers_too_long_to_search_are_unverifiable_not_wrong() -> None:
+    # the answer sits at the start of a 30,000-char solution: beyond the 20,000 chars searched
+    long_solution = _response("42") + "\n\nLet me double-check the arithmetic once more." * 700
+    assert len(long_solution) > 20_000
+    v = verify_math({"reference": "42", "solution": long_solution})
+    assert v["correct"] is None and "too long to judge: solution (3" in v["error"]
+    huge_answer = verify_math({"reference": "42", "solution": "", "answer": "1+" * 15_000 + "1"})
+    assert huge_answer["correct"] is None and "answer (30,001 chars)" in huge_answer["error"]
+    found = verify_math({"reference": "42", "solution": "x" * 25_000 + _response("42")})
+    assert found["correct"] is True  # an answer in the part searched is judged as before
+
+
+def test_row_deadline_counts_cpu_time_not_wall_time() -> None:
+    """A row's limit is CPU time: waiting (a loaded machine, where the row gets no CPU) does not
+    use it up, so verdicts do not depend on load; running does."""
+    import time
+
+    from math_verify.errors import TimeoutException
+
+    from curate.verify.math import row_deadline
+
+    with row_deadline(0.3):
+        time.sleep(0.6)  # 0.6 s of wall time, no CPU: no timeout
+    t0 = time.process_time()
+    with pytest.raises(TimeoutException), row_deadline(0.3):
+        while time.process_time() - t0 < 5:
+            pass
+    assert 0.25 < time.process_time() - t0 < 1.0

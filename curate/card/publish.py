@@ -15,8 +15,7 @@ from pathlib import Path
 from curate.card.card import CARD, write_card
 from curate.errors import CurateError
 
-WORK_DIR = ".curate"
-LOCAL_ONLY = {WORK_DIR, ".curate-cache", "run.log"}  # stages, cached stages, the run's log: never uploaded
+LOG_FILE = "run.log"  # the run's log: local only, never uploaded
 # above this, use the resumable multi-commit uploader when this huggingface_hub has one
 LARGE_BYTES = 5 << 30
 
@@ -70,7 +69,7 @@ def plan(folder: str | Path, repo_id: str, *, private: bool = False, include_rej
         write_card(root)
     files = sorted(
         p.relative_to(root).as_posix() for p in root.rglob("*")
-        if p.is_file() and not LOCAL_ONLY & set(p.relative_to(root).parts)
+        if p.is_file() and _publishable(p.relative_to(root).parts)
         and (include_rejects or p.relative_to(root).parts[0] != "rejects")
     )
     manifest = json.loads(manifest_path.read_text())
@@ -80,6 +79,13 @@ def plan(folder: str | Path, repo_id: str, *, private: bool = False, include_rej
                f"fingerprint {str(manifest.get('fingerprint'))[:12]})")
     total = sum((root / f).stat().st_size for f in files)
     return Plan(root, repo_id, private, files, total, message, card_written)
+
+
+def _publishable(parts: tuple[str, ...]) -> bool:
+    """Not the work folder, the stage cache, the lock, any other dot-file (a partial
+    ``.NAME.PID.tmp`` write among them), a ``.tmp`` file or the run's log."""
+    return (not any(part.startswith(".") for part in parts) and not parts[-1].endswith(".tmp")
+            and parts != (LOG_FILE,))
 
 
 def publish(p: Plan, *, token: str | None = None, endpoint: str | None = None) -> str:

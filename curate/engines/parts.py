@@ -8,7 +8,6 @@ cluster), so the files, and so the dataset, come out the same.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from curate.io.write import (
     COMPRESSION,
     METADATA_KEY,
     WORK_COMPRESSION,
-    temp_path,
+    replacing,
     write_parquet_atomic,
 )
 from curate.schema import SCHEMA_VERSION
@@ -103,9 +102,8 @@ def write_shard(parts: list[tuple[str, int]], start: int, stop: int, dest: Path,
     md[METADATA_KEY] = json.dumps({"schema_version": SCHEMA_VERSION, **metadata}, default=str).encode()
     schema = schema.with_metadata(md)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(dest)
     at = 0
-    with pq.ParquetWriter(tmp, schema, compression=COMPRESSION) as writer:
+    with replacing(dest) as tmp, pq.ParquetWriter(tmp, schema, compression=COMPRESSION) as writer:
         for path, rows in parts:
             lo, hi = max(start - at, 0), min(stop - at, rows)
             at += rows
@@ -113,7 +111,6 @@ def write_shard(parts: list[tuple[str, int]], start: int, stop: int, dest: Path,
                 continue
             table = pq.read_table(path).cast(schema)
             writer.write_table(table.slice(lo, hi - lo))
-    os.replace(tmp, dest)
     return {"rows": stop - start}
 
 

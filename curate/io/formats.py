@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from curate.errors import RowError
+from curate.errors import RowError, json_error_text
 
 Draft = dict[str, Any]
 
@@ -105,7 +105,7 @@ def parse_input_output(value: Any) -> tuple[list[dict[str, str]], str | None]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as e:
-            raise RowError("input_output", f"not valid JSON ({e.msg} at char {e.pos})") from None
+            raise RowError("input_output", f"not valid JSON ({json_error_text(e)})") from None
     if not isinstance(value, dict):
         raise RowError("input_output", f"expected an object, got {type(value).__name__}")
     inputs, outputs = value.get("inputs") or [], value.get("outputs") or []
@@ -437,7 +437,7 @@ def _convert_apps(rec: dict) -> list[Draft]:
             try:
                 sols = json.loads(sols) if sols.strip() else []
             except json.JSONDecodeError as e:
-                raise RowError("solutions", f"not valid JSON ({e.msg} at char {e.pos})") from None
+                raise RowError("solutions", f"not valid JSON ({json_error_text(e)})") from None
         if sols is None:
             sols = []
         if not isinstance(sols, list):

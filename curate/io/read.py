@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.errors import InputError, RowError
+from curate.errors import InputError, RowError, json_error_text
 from curate.io.formats import Format, convert_record, detect_format, get_format
 from curate.io.markers import split_response
 from curate.schema import CORE_COLUMNS, DOMAINS, TRACE_SCHEMA, trace_id
@@ -33,10 +34,10 @@ try:  # orjson is 3-5x faster on 20 KB lines; the stdlib parser gives the same v
     import orjson
 
     _loads = orjson.loads
-    _JSONError: tuple[type[Exception], ...] = (orjson.JSONDecodeError, ValueError)
+    _JSONError: tuple[type[Exception], ...] = (orjson.JSONDecodeError, ValueError, RecursionError)
 except ImportError:  # pragma: no cover
     _loads = json.loads
-    _JSONError = (json.JSONDecodeError, ValueError)
+    _JSONError = (json.JSONDecodeError, ValueError, RecursionError)
 
 OnError = Literal["reject", "raise"]
 REJECT_READ_SCHEMA = pa.schema([
@@ -46,7 +47,11 @@ REJECT_READ_SCHEMA = pa.schema([
     ("line", pa.int64()),
     ("raw", pa.large_string()),
 ])
-_DETECT_LINES = 200
+# not traces, though they sit in dataset folders: left out of a folder's input without a fuss
+_DOC_FILES = (".md", ".txt", ".gitattributes", ".gitignore")
+_DOC_NAMES = ("readme", "license", "licence", "notice", "citation")
+_COMPRESSED = {".bz2": "bunzip2", ".xz": "unxz", ".zst": "unzstd", ".zstd": "unzstd", ".lz4": "unlz4",
+               ".zip": "unzip", ".7z": "7z x", ".tar": "tar xf", ".tgz": "tar xzf"}
 
 
 @dataclass
@@ -66,6 +71,13 @@ class ReadOptions:
     source: str | None = None  # `source` column; default: the file's stem
     teacher: str | None = None
     max_chars: int | None = None  # reject traces longer than this (None: no limit)
+    skip_unsupported: bool = False  # a folder's files of unknown types: skipped (listed), not an error
+
+
+def _options_key(options: ReadOptions) -> bytes:
+    """The read options a fingerprint covers (which files were read is covered by the files)."""
+    return json.dumps({k: v for k, v in vars(options).items() if k != "skip_unsupported"},
+                      sort_keys=True).encode()
 
 
 class Source:
@@ -167,7 +179,22 @@ class _RowBuilder:
             thinking_closed=closed,
             extra=_json_text(draft["extra"]) if draft.get("extra") else None,
         )
+        _check_text(row, fields)
         return row
+
+
+def _check_text(row: dict[str, Any], fields: dict[str, str]) -> None:
+    """Raise a RowError for text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``
+    that the stdlib JSON parser accepts): Arrow could not store it, and the whole run would stop."""
+    for name, value in row.items():
+        values = [value] if isinstance(value, str) else (
+            [v for t in value for v in t.values()] if name == "test_cases" and value else [])
+        for v in values:
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise RowError(fields.get(name, name), f"not valid Unicode text (a lone surrogate "
+                               f"{v[e.start]!r} at char {e.start})") from None
 
 
 def _json_text(value: Any) -> str:
@@ -177,6 +204,8 @@ def _json_text(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
     except ValueError:
         return json.dumps(_finite(value), ensure_ascii=False, default=str, allow_nan=False)
+    except RecursionError:
+        raise RowError(None, "nested too deeply to store (more than ~1000 levels)") from None
 
 
 def _finite(value: Any) -> Any:
@@ -213,7 +242,12 @@ class _BatchAssembler:
         if isinstance(raw, bytes):
             raw = raw.rstrip(b"\r\n").decode("utf-8", "backslashreplace")
         elif not isinstance(raw, str):
-            raw = _json_text(raw)
+            try:
+                raw = _json_text(raw)
+            except RowError:
+                raw = repr(raw)[:10000]
+        # the raw text is stored as it came: lone surrogates are escaped so Arrow can hold it
+        raw = raw.encode("utf-8", "backslashreplace").decode("utf-8")
         self.rejects.append({"reject_step": "read", "reject_reason": reason, "source_file": file,
                              "line": line, "raw": raw})
 
@@ -249,7 +283,7 @@ def _records_to_batches(
             except RowError as e:
                 asm.reject(file, line, raw if raw is not None else rec, f"{fmt.name}: {e}")
                 drafts = []
-            except (KeyError, TypeError, AttributeError, ValueError) as e:
+            except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as e:
                 asm.reject(file, line, raw if raw is not None else rec, f"{fmt.name}: malformed record ({e!r})")
                 drafts = []
             for k, draft in enumerate(drafts):
@@ -309,7 +343,9 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, Any, Any]]:
                     json.loads(text)
                     detail = str(error)
                 except json.JSONDecodeError as e:
-                    detail = f"{e.msg} at char {e.pos}"
+                    detail = json_error_text(e)
+                except RecursionError:
+                    detail = "nested too deeply"
                 yield line_no, ValueError(f"malformed JSON ({detail})"), text
     except (OSError, EOFError) as e:  # a truncated or corrupt .gz
         raise InputError(f"{path}: cannot read the file ({e})") from None
@@ -329,6 +365,8 @@ def _json_records(path: Path) -> Iterator[tuple[int, Any, Any]]:
         raise InputError(f"{path}: not valid UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
+    except RecursionError:
+        raise InputError(f"{path}: malformed JSON: nested too deeply (more than ~1000 levels)") from None
     if isinstance(doc, dict):
         lists = [k for k in ("data", "rows", "train", "examples", "records") if isinstance(doc.get(k), list)]
         doc = doc[lists[0]] if lists else [doc]
@@ -355,6 +393,7 @@ def _cast_curate(table: pa.Table, where: str = "input") -> pa.Table:
     cols, names = [], []
     for f in TRACE_SCHEMA:
         col = table.column(f.name)
+        _no_text_from_other_types(col.type, f, where)
         try:
             cols.append(col.cast(f.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
@@ -367,6 +406,23 @@ def _cast_curate(table: pa.Table, where: str = "input") -> pa.Table:
             cols.append(table.column(name))
             names.append(name)
     return pa.Table.from_arrays(cols, names=names)
+
+
+_TRAINED_TEXT = ("problem", "thinking", "solution")
+
+
+def _is_text_type(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _no_text_from_other_types(have: pa.DataType, want: pa.Field, where: str) -> None:
+    """Arrow casts numbers to text without a word; an integer ``problem`` column is a mistake to
+    report (the wrong column, or a dataset of ids), not text to train on. (A numeric
+    ``reference_answer`` or ``source_id`` is cast, as numbers there are common and mean what
+    their text says.)"""
+    if want.name in _TRAINED_TEXT and not (_is_text_type(have) or pa.types.is_null(have)):
+        raise InputError(f"{where}: column {want.name!r} is {have}, but trace schema v1 needs text "
+                         f"({want.type}); numbers are not converted to text: fix the column or its mapping")
 
 
 def _curate_table_batches(
@@ -406,9 +462,20 @@ def _fast_path(options: ReadOptions, schema: pa.Schema) -> bool:
     return options.format in ("auto", "curate") and _is_curate_table(schema)
 
 
+_NO_FORMAT = Format("none", "no JSON object in the input: every line is a reject", lambda rec: False,
+                    lambda rec: [])
+
+
 def _detect(name: str, records: Iterable[tuple[int, Any, Any]]) -> Format | None:
-    """The format of the first JSON object in ``records``; None when there are no records."""
-    for seen, (_, rec, _) in enumerate(records, 1):
+    """The format of the first JSON object in ``records``; None when there are no records at all.
+
+    Lines that are no JSON object (garbage, plain text, a renamed CSV) are skipped here, however
+    many: they become rejects when read. Input with records but no object gets ``_NO_FORMAT``,
+    which is never applied, so all of its lines are rejects, not an empty input.
+    """
+    seen = False
+    for _, rec, _ in records:
+        seen = True
         if isinstance(rec, dict):
             fmt = detect_format(rec)
             if fmt is None:
@@ -418,9 +485,7 @@ def _detect(name: str, records: Iterable[tuple[int, Any, Any]]) -> Format | None
                     "name it with format=... (see `curate formats`)"
                 )
             return fmt
-        if seen >= _DETECT_LINES:
-            raise InputError(f"{name}: no JSON object in the first {_DETECT_LINES} records to detect the format from")
-    return None
+    return _NO_FORMAT if seen else None
 
 
 class FileSource(Source):
@@ -431,6 +496,7 @@ class FileSource(Source):
         self.options = options
         self._fingerprint: str | None = None
         self._target = target  # a split reads to the schema of the whole input's first file
+        self.skipped: list[dict[str, str]] = []  # a folder's files left out (skip_unsupported)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -438,11 +504,12 @@ class FileSource(Source):
             "format": self.options.format,
             "on_error": self.options.on_error,
             "files": [{"path": str(p), "bytes": p.stat().st_size} for p in self.paths],
+            **({"skipped": self.skipped} if self.skipped else {}),
         }
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            h = hashlib.sha256(json.dumps(vars(self.options), sort_keys=True).encode())
+            h = hashlib.sha256(_options_key(self.options))
             for p in self.paths:
                 h.update(str(p.name).encode())
                 with open(p, "rb") as f:
@@ -511,6 +578,8 @@ def _conform(table: pa.Table, target: pa.Schema, where: str) -> pa.Table:
     cols = []
     for f in target:
         if f.name in table.column_names:
+            if f.name in CORE_COLUMNS:
+                _no_text_from_other_types(table.column(f.name).type, f, where)
             try:
                 cols.append(table.column(f.name).cast(f.type))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
@@ -575,7 +644,7 @@ class TableSource(Source):
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            h = hashlib.sha256(json.dumps(vars(self.options), sort_keys=True).encode())
+            h = hashlib.sha256(_options_key(self.options))
             table = self._arrow()
             if table is not None:
                 sink = io.BytesIO()
@@ -629,7 +698,9 @@ def _dataset_folder_files(p: Path) -> list[Path] | None:
     return [p / f for f in files]
 
 
-def _expand(path: str | os.PathLike) -> list[Path]:
+def _expand(path: str | os.PathLike, skipped: list[dict[str, str]] | None = None) -> list[Path]:
+    """The input files ``path`` names. A folder's files of a type curate does not read are an
+    error naming each one and why, unless ``skipped`` is a list: then they are listed there."""
     if str(path).startswith("hf://"):
         raise InputError(f"{path}: read one hf:// path at a time (a glob in it selects several files)")
     p = Path(path)
@@ -637,13 +708,23 @@ def _expand(path: str | os.PathLike) -> list[Path]:
         shards = _dataset_folder_files(p)
         if shards is not None:
             return shards
-        files = sorted(
+        found = sorted(
             q for q in p.rglob("*")
             if q.is_file() and not any(part.startswith((".", "_")) for part in q.relative_to(p).parts)
         )
-        files = [q for q in files if _maybe_kind(q)]
+        files = [q for q in found if _maybe_kind(q)]
+        unsupported = [(q, why) for q in found if q not in files and (why := _unsupported(q))]
+        listed = "; ".join(f"{q.relative_to(p)} ({why})" for q, why in unsupported[:10])
+        listed += f"; and {len(unsupported) - 10} more" if len(unsupported) > 10 else ""
         if not files:
-            raise InputError(f"{p}: directory holds no .jsonl, .json or .parquet files")
+            raise InputError(f"{p}: directory holds no .jsonl, .json or .parquet files"
+                             + (f", only: {listed}" if listed else ""))
+        if unsupported and skipped is None:
+            raise InputError(f"{p}: holds file(s) curate cannot read: {listed}. Convert or move "
+                             "them, or pass skip_unsupported=True (recipe input: skip_unsupported: true) "
+                             "to read the rest")
+        if skipped is not None:
+            skipped += [{"path": str(q), "reason": why} for q, why in unsupported]
         return files
     if any(ch in str(path) for ch in "*?["):
         files = sorted(Path(q) for q in globlib.glob(str(path), recursive=True) if Path(q).is_file())
@@ -667,7 +748,8 @@ def _maybe_kind(p: Path) -> bool:
 
 
 def read_options(format: str = "auto", on_error: OnError = "reject", domain: str | None = None,
-                 source: str | None = None, teacher: str | None = None, max_chars: int | None = None) -> ReadOptions:
+                 source: str | None = None, teacher: str | None = None, max_chars: int | None = None,
+                 skip_unsupported: bool = False) -> ReadOptions:
     """Checked reader options (the keyword arguments of ``read``)."""
     if on_error not in ("reject", "raise"):
         raise ValueError(f"on_error must be 'reject' or 'raise', not {on_error!r}")
@@ -678,7 +760,19 @@ def read_options(format: str = "auto", on_error: OnError = "reject", domain: str
             get_format(format)
         except KeyError as e:
             raise InputError(str(e.args[0])) from None
-    return ReadOptions(format, on_error, domain, source, teacher, max_chars)
+    return ReadOptions(format, on_error, domain, source, teacher, max_chars, skip_unsupported)
+
+
+def _unsupported(p: Path) -> str | None:
+    """Why a folder's file is not read (None for documentation files, which are left out quietly)."""
+    name = p.name.lower()
+    if name.endswith(_DOC_FILES) or name.split(".")[0] in _DOC_NAMES:
+        return None
+    tool = _COMPRESSED.get(p.suffix.lower())
+    if tool is not None:
+        return f"{p.suffix} compression is not read, only .gz: decompress it ({tool}) or gzip it"
+    kind = p.suffix.lower() or "no extension"
+    return f"{kind}: not a type curate reads (.jsonl, .ndjson, .json, .parquet, optionally .gz)"
 
 
 def read(
@@ -690,22 +784,34 @@ def read(
     source: str | None = None,
     teacher: str | None = None,
     max_chars: int | None = None,
+    skip_unsupported: bool = False,
 ) -> Source:
     """Open traces for a pipeline: a path, glob, directory or list of paths, or an in-memory
     table (list of dicts, pyarrow Table, polars DataFrame, `datasets.Dataset`).
 
     ``format`` is one of ``curate formats`` (auto-detected from the first record by default).
-    Row-level problems become rejects (``on_error="reject"``) or raise ``InputError``.
+    Row-level problems become rejects (``on_error="reject"``) or raise ``InputError``. A folder
+    holding files of other types is an error naming them, unless ``skip_unsupported`` (then they
+    are listed in ``describe()["skipped"]``, so in the run's manifest, and a warning says so).
     """
-    options = read_options(format, on_error, domain, source, teacher, max_chars)
+    options = read_options(format, on_error, domain, source, teacher, max_chars, skip_unsupported)
     if isinstance(data, Source):
         return data
     if isinstance(data, str) and data.startswith("hf://"):  # a hub dataset, streamed (curate.io.hub)
         from curate.io.hub import hub_source
 
         return hub_source(data, options)
+    paths: list | None = None
     if isinstance(data, (str, os.PathLike)):
-        return FileSource(_expand(data), options)
-    if isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, os.PathLike)) for d in data):
-        return FileSource([p for d in data for p in _expand(d)], options)
-    return TableSource(data, options, name=source or "<memory>")
+        paths = [data]
+    elif isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, os.PathLike)) for d in data):
+        paths = list(data)
+    if paths is None:
+        return TableSource(data, options, name=source or "<memory>")
+    skipped: list[dict[str, str]] | None = [] if skip_unsupported else None
+    src = FileSource([p for d in paths for p in _expand(d, skipped)], options)
+    if skipped:
+        src.skipped = skipped
+        warnings.warn(f"skipped {len(skipped)} file(s) curate cannot read: "
+                      + "; ".join(f"{s['path']} ({s['reason']})" for s in skipped), stacklevel=2)
+    return src

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,20 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Yield a temporary name to write ``path`` to; rename it into place when the block ends, or
+    delete it when the block fails (a full disk, an error), so no partial file stays behind."""
+    tmp = temp_path(path)
+    try:
+        yield tmp
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    os.replace(tmp, path)
+
+
 def write_parquet_atomic(table: pa.Table, path: Path, metadata: dict[str, Any] | None = None,
                          compression: str = COMPRESSION) -> None:
     """Write to a temporary name in the same folder, then rename: readers never see half a file."""
@@ -30,16 +46,14 @@ def write_parquet_atomic(table: pa.Table, path: Path, metadata: dict[str, Any] |
         md = dict(table.schema.metadata or {})
         md[METADATA_KEY] = json.dumps(metadata, default=str).encode()
         table = table.replace_schema_metadata(md)
-    tmp = temp_path(path)
-    pq.write_table(table, tmp, compression=compression)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        pq.write_table(table, tmp, compression=compression)
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    tmp.write_text(json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n")
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -56,15 +70,13 @@ def shard_names(n: int, split: str = "train", config: str | None = None) -> list
 def concat_parquet(paths: list[Path], dest: Path, schema: pa.Schema) -> int:
     """Stream several Parquet files of one schema into one file, atomically; returns rows written."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(dest)
     rows = 0
-    with pq.ParquetWriter(tmp, schema, compression=COMPRESSION) as w:
+    with replacing(dest) as tmp, pq.ParquetWriter(tmp, schema, compression=COMPRESSION) as w:
         for p in paths:
             t = pq.read_table(p).cast(schema)
             rows += t.num_rows
             if t.num_rows:
                 w.write_table(t)
-    os.replace(tmp, dest)
     return rows
 
 

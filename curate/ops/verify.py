@@ -76,12 +76,12 @@ class Verify(Step):
 
     domain: str = field(default="auto", metadata={"help": "auto | math | code | mcq (auto: code when the row has tests, mcq for lettered options, else math)"})
     keep: str = field(default="correct", metadata={"help": "correct (rejection sampling) | all (annotate only) | incorrect (negatives)"})
-    timeout_s: float = field(default=5.0, metadata={"help": "per-row limit for math/mcq rows: a timer in the worker, and a kill from the parent 0.5 s later if the row still runs"})
+    timeout_s: float = field(default=5.0, metadata={"help": "CPU-time limit of one math/mcq row (a timer in the worker; the parent kills the worker 0.5 s of CPU later, or after a roomy wall-clock guard). Code rows have their own limits: code_test_timeout_s and code_row_timeout_s"})
     workers: int | None = field(default=None, metadata={"help": "worker processes (default: the CPUs available; 0 = inline, no pool)"})
     lenient: bool = field(default=False, metadata={"help": "math: when no anchored answer (boxed, 'final answer is') exists, take the last expression of the response, as last-number graders do"})
     keep_unverifiable: bool = field(default=False, metadata={"help": "keep rows whose verdict is null (otherwise they are rejected)"})
-    code_test_timeout_s: float = field(default=4.0, metadata={"help": "wall/CPU limit of one code test"})
-    code_row_timeout_s: float = field(default=30.0, metadata={"help": "limit for all tests of one code row"})
+    code_test_timeout_s: float = field(default=4.0, metadata={"help": "CPU-time limit of one code test (RLIMIT_CPU, whole seconds rounded up; a program that sleeps is stopped by a wall-clock guard 3x as long + 2 s)"})
+    code_row_timeout_s: float = field(default=30.0, metadata={"help": "CPU-time limit for all tests of one code row (the tests left are not run)"})
     code_max_tests: int = field(default=50, metadata={"help": "run at most this many tests per code row"})
     code_memory_mb: int = field(default=1024, metadata={"help": "address-space limit of a code run (MB)"})
 
@@ -132,7 +132,8 @@ class Verify(Step):
         return tasks
 
     def _deadline(self, task: dict[str, Any]) -> float:
-        """The pool's hard limit: the row's own limit plus a grace for the in-worker timer to fire."""
+        """The pool's hard CPU limit: the row's own limit plus a grace for the in-worker timer to
+        fire (the pool adds a wall-clock guard several times as long)."""
         if task["kind"] == "code":
             return self.code_row_timeout_s + self.code_test_timeout_s + 5.0
         return self.timeout_s + GRACE_S

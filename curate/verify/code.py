@@ -10,6 +10,10 @@ Two layouts, as real sets use them (the readers map them into ``test_cases`` / `
   it with each test's JSON arguments under a per-test alarm; only the inputs enter the sandbox,
   results are compared here (equal, or equal to the expected list's only element, as APPS does).
 
+Limits are CPU time (RLIMIT_CPU per run, the harness's per-test ITIMER_PROF, the row's budget
+summed over its runs), so a verdict does not depend on machine load; wall time is only a guard
+(``WALL_FACTOR`` times the CPU limit plus ``WALL_SLACK_S``) for a program that sleeps or blocks.
+
 The program is the last fenced code block of the solution (the thinking's, when the solution has
 none). ``verify_pass_rate`` is the share of tests passed; ``verify_correct`` is all passed.
 """
@@ -19,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from typing import Any
 
 from curate.verify.sandbox import Limits, run_python
@@ -28,6 +31,12 @@ _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)```", re.DOTALL)
 _NOT_PYTHON = {"cpp", "c++", "c", "java", "javascript", "js", "rust", "go", "bash", "sh", "text",
                "txt", "plaintext", "json", "output", "input"}
 MARKER = "\x00curate-results\x00"
+WALL_FACTOR, WALL_SLACK_S = 3.0, 2.0  # a run's wall-clock guard, from its CPU limit
+
+
+def _limits(cpu_s: float, memory_mb: int) -> Limits:
+    cpu = max(1, math.ceil(cpu_s))
+    return Limits(wall_s=cpu * WALL_FACTOR + WALL_SLACK_S, cpu_s=cpu, memory_mb=memory_mb)
 
 HARNESS = r'''
 import json, signal, sys
@@ -37,13 +46,17 @@ os.remove("tests.json")
 sys.stdin = open(os.devnull)
 ns = {"__name__": "solution", "__builtins__": __builtins__}
 out = []
-def alarm(*_):
-    raise TimeoutError("per-test time limit")
+def alarm(signum, _):
+    raise TimeoutError("per-test CPU time limit" if signum == signal.SIGPROF else "per-test wall-clock guard")
+def limit(on):  # CPU time decides; wall time only guards against a function that sleeps
+    signal.setitimer(signal.ITIMER_PROF, spec["per_test_s"] if on else 0)
+    signal.setitimer(signal.ITIMER_REAL, spec["guard_s"] if on else 0)
+signal.signal(signal.SIGPROF, alarm)
 signal.signal(signal.SIGALRM, alarm)
-signal.setitimer(signal.ITIMER_REAL, spec["per_test_s"])
+limit(True)
 try:
     exec(compile(open("prog.py").read(), "prog.py", "exec"), ns)
-    signal.setitimer(signal.ITIMER_REAL, 0)
+    limit(False)
     fn = ns.get(spec["fn_name"])
     if fn is None and isinstance(ns.get("Solution"), type):
         fn = getattr(ns["Solution"](), spec["fn_name"], None)
@@ -53,7 +66,7 @@ except BaseException as e:
     sys.stdout.write("\n" + spec["marker"] + json.dumps({"load_error": type(e).__name__ + ": " + str(e)[:300]}) + "\n")
     sys.exit(0)
 for args in spec["inputs"]:
-    signal.setitimer(signal.ITIMER_REAL, spec["per_test_s"])
+    limit(True)
     try:
         value = fn(*args) if isinstance(args, list) else fn(args)
         json.dumps(value)
@@ -61,7 +74,7 @@ for args in spec["inputs"]:
     except BaseException as e:
         out.append({"ok": False, "error": type(e).__name__ + ": " + str(e)[:200]})
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        limit(False)
 sys.stdout.write("\n" + spec["marker"] + json.dumps({"results": out}, default=repr) + "\n")
 '''
 
@@ -130,17 +143,18 @@ def verify_code(task: dict[str, Any]) -> dict[str, Any]:
     out["pred"] = program[:500]
     per_test = float(task.get("per_test_s", 4.0))
     budget = float(task.get("row_timeout_s", 30.0))
-    limits = Limits(wall_s=per_test, cpu_s=max(1, math.ceil(per_test)), memory_mb=int(task.get("memory_mb", 1024)))
+    limits = _limits(per_test, int(task.get("memory_mb", 1024)))
     fn_name = task.get("fn_name")
     if fn_name:
         return _call_based(program, tests, fn_name, per_test, budget, limits, out)
     out["method"] = "code:stdio"
-    passed, first_fail, t0 = 0, None, time.monotonic()
+    passed, first_fail, used = 0, None, 0.0
     for k, test in enumerate(tests):
-        if time.monotonic() - t0 > budget:
-            first_fail = first_fail or f"row time limit ({budget:g}s) reached after {k} of {len(tests)} tests"
+        if used > budget:
+            first_fail = first_fail or f"row CPU time limit ({budget:g}s) reached after {k} of {len(tests)} tests"
             break
         r = run_python(program, test.get("input") or "", limits)
+        used += r.cpu
         if r.ok and outputs_match(r.stdout, test.get("output") or ""):
             passed += 1
         elif first_fail is None:
@@ -160,9 +174,9 @@ def _call_based(program: str, tests: list[dict], fn_name: str, per_test: float, 
     except (json.JSONDecodeError, TypeError, KeyError) as e:
         out["error"] = f"call-based tests are not JSON: {e}"
         return out
-    spec = {"fn_name": fn_name, "inputs": inputs, "per_test_s": per_test, "marker": MARKER}
-    wall = min(budget, per_test * len(tests) + 2.0)
-    run_limits = Limits(wall_s=wall, cpu_s=max(1, math.ceil(wall)), memory_mb=limits.memory_mb)
+    spec = {"fn_name": fn_name, "inputs": inputs, "per_test_s": per_test, "marker": MARKER,
+            "guard_s": per_test * WALL_FACTOR + WALL_SLACK_S}
+    run_limits = _limits(min(budget, per_test * len(tests) + 2.0), limits.memory_mb)
     r = run_python(program, "", run_limits, files={"harness.py": HARNESS, "tests.json": json.dumps(spec)},
                    argv=["harness.py"])
     found = r.stdout.rsplit(MARKER, 1)

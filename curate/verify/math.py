@@ -73,12 +73,13 @@ def _shown(parsed: list) -> str | None:
 
 @contextmanager
 def row_deadline(seconds: float) -> Iterator[bool]:
-    """Raise math-verify's TimeoutException in this row after ``seconds`` (one ITIMER_REAL).
+    """Raise math-verify's TimeoutException in this row after ``seconds`` of CPU time (ITIMER_PROF).
 
-    One timer for the whole row replaces math-verify's per-call ``alarm`` (whole seconds, up to
-    three calls per row). TimeoutException is a BaseException, so math-verify's ``except
-    Exception`` blocks let it through. Signals work only in the main thread: elsewhere this does
-    nothing and the caller's deadline (the pool's) is the only one.
+    CPU time, not wall time, so a verdict does not depend on how loaded the machine is (the pool
+    adds a wall-clock guard from outside). One timer for the whole row replaces math-verify's
+    per-call ``alarm``. TimeoutException is a BaseException, so math-verify's ``except Exception``
+    blocks let it through. Signals work only in the main thread: elsewhere this does nothing and
+    the caller's deadline (the pool's) is the only one.
     """
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
         yield False
@@ -87,13 +88,13 @@ def row_deadline(seconds: float) -> Iterator[bool]:
     def _raise(signum: int, frame: object) -> None:
         raise TimeoutException(f"row time limit {seconds:g}s")
 
-    old = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    old = signal.signal(signal.SIGPROF, _raise)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
     try:
         yield True
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, old)
 
 
 def verify_math(task: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +117,7 @@ def verify_math(task: dict[str, Any]) -> dict[str, Any]:
     except TimeoutException:
         out["correct"] = None
         stage = out.pop("_stage", stage)
-        out["error"] = f"timeout after {limit:g}s ({stage})"
+        out["error"] = f"timeout after {limit:g}s of CPU time ({stage})"
     out.pop("_stage", None)
     return out
 
@@ -137,9 +138,14 @@ def _verify_into(out: dict[str, Any], reference: str, task: dict[str, Any]) -> N
         out["error"] = "reference does not parse"
         return
     pred, where = [], None
-    solution = (task.get("solution") or "")[-SOLUTION_MAX:]
+    full = task.get("solution") or ""
+    solution = full[-SOLUTION_MAX:]
     thinking = (task.get("thinking") or "")[-THINKING_TAIL:]
     answer = task.get("answer")
+    too_long = [f"{name} ({len(text):,} chars)" for name, text in (("solution", full), ("answer", answer or ""))
+                if len(text) > SOLUTION_MAX]
+    if answer and len(answer) > SOLUTION_MAX:
+        answer = None  # not an answer to compare: parsing it could take minutes
     for where, text in (("solution", solution), ("thinking", thinking),
                         ("answer", "\\boxed{" + answer + "}" if answer else "")):
         if text.strip():
@@ -155,6 +161,10 @@ def _verify_into(out: dict[str, Any], reference: str, task: dict[str, Any]) -> N
         where = "unanchored"
     out["method"] = f"math_verify:{where}" if pred else "math_verify"
     out["pred"] = _shown(pred)
+    if not pred and too_long:  # what was not searched may hold the answer: no verdict
+        out["error"] = (f"no answer found in the last {SOLUTION_MAX:,} chars; too long to judge: "
+                        + ", ".join(too_long))
+        return
     if not pred:
         out["correct"] = False
         out["error"] = "no answer found in the response"

@@ -1,4 +1,11 @@
-"""A process pool with a per-item deadline enforced from the parent.
+"""A process pool with a per-item budget enforced from the parent.
+
+An item's budget is CPU time (the worker's, read from ``/proc``), so a verdict depends on the item,
+not on how busy the machine is; wall-clock time is only an outer guard (``wall_factor`` times the
+budget plus ``wall_slack_s``) for an item that blocks without using CPU (a worker that is
+runnable, only waiting for a CPU, gets ten times as long). A worker that dies
+mid-item (killed, out of memory) has its item retried once in a fresh worker before the item is
+reported as a crash.
 
 Why not ``concurrent.futures``: a future cannot be cancelled once it runs, and killing one of its
 workers breaks the whole executor. math-verify's own timeout is a ``SIGALRM`` that only works in a
@@ -33,6 +40,31 @@ from typing import Any
 
 _READY = "ready"
 DEPTH = 2  # items sent to a worker ahead: the one it runs and the next
+POLL_S = 0.05  # how often running items' CPU time is read
+STARVED_FACTOR = 10  # a runnable worker is killed by the wall-clock guard only after 10x as long
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_seconds() -> float:
+    """This process's CPU time, its waited-for children's included (as ``_proc_cpu`` counts it)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _proc_stat(pid: int) -> tuple[float, bool] | None:
+    """CPU seconds of process ``pid`` and its waited-for children, and whether it is runnable
+    (state R: running, or waiting for a CPU); None where /proc is missing."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return sum(int(x) for x in fields[11:15]) / _TICK, fields[0] == b"R"  # utime, stime, cutime, cstime
+
+
+def _proc_cpu(pid: int) -> float | None:
+    stat = _proc_stat(pid)
+    return None if stat is None else stat[0]
 
 
 @dataclass(frozen=True)
@@ -42,6 +74,16 @@ class Failed:
     kind: str  # "timeout" | "crash" | "error"
     message: str
     seconds: float
+
+
+# Workers must not import from the caller's working directory (a `timeit.py` there would shadow
+# the stdlib in every worker): -P (3.11+) leaves it off sys.path; the code drops it on 3.10.
+_SAFE_PATH = ("-P",) if sys.version_info >= (3, 11) else ()
+# Ctrl-C reaches the terminal's whole process group: the parent stops the pool, so workers ignore
+# SIGINT (else each prints a KeyboardInterrupt traceback).
+_WORKER_CODE = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                "sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+                "from curate.verify.pool import _serve; _serve(int(sys.argv[1]))")
 
 
 def _serve(fd: int) -> None:
@@ -69,10 +111,10 @@ def _serve(fd: int) -> None:
         index, item = msg
         try:
             value = fn(item)
-            conn.send((index, True, value, time.monotonic()))
+            conn.send((index, True, value, time.monotonic(), _cpu_seconds()))
         except BaseException as e:  # noqa: BLE001 - the worker must report and live on
             tail = traceback.format_exception_only(type(e), e)[-1].strip()
-            conn.send((index, False, tail[:500], time.monotonic()))
+            conn.send((index, False, tail[:500], time.monotonic(), _cpu_seconds()))
 
 
 @dataclass
@@ -82,6 +124,7 @@ class _Worker:
     ready: bool = False
     queue: deque = field(default_factory=deque)  # (index, item, sent) in flight, running one first
     started: float = 0.0  # when the running item started
+    cpu_started: float | None = None  # the worker's CPU seconds then (None: not known)
 
     def kill(self) -> None:
         with contextlib.suppress(OSError):
@@ -92,21 +135,23 @@ class _Worker:
 
 
 class WorkerPool:
-    """Map a top-level function over items in ``workers`` processes, each item bounded by a deadline.
+    """Map a top-level function over items in ``workers`` processes, each item bounded by a budget.
 
     ``map`` returns one entry per item, in order: the function's value, or a :class:`Failed`
-    (``timeout``: killed after the deadline; ``crash``: the worker died, e.g. out of memory;
-    ``error``: the function raised). A killed or dead worker is replaced by a warm spare and the
-    run goes on.
+    (``timeout``: killed after ``timeout_s`` of CPU time, or the wall-clock guard; ``crash``: the
+    worker died twice on it, e.g. out of memory; ``error``: the function raised). A killed or dead
+    worker is replaced by a warm spare and the run goes on.
     """
 
     def __init__(self, fn: Callable[[Any], Any], workers: int, timeout_s: float,
-                 preload: Sequence[str] = (), spare: bool = True):
+                 preload: Sequence[str] = (), spare: bool = True, wall_factor: float = 4.0,
+                 wall_slack_s: float = 5.0):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.fn, self.n, self.timeout_s = fn, workers, timeout_s
+        self.wall_factor, self.wall_slack_s = wall_factor, wall_slack_s
         self.preload = tuple(preload)
         self.use_spare = spare
         self.workers: list[_Worker] = []
@@ -121,8 +166,7 @@ class WorkerPool:
         root = str(Path(__file__).resolve().parents[2])  # the folder holding the curate package
         env["PYTHONPATH"] = os.pathsep.join([root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
         proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-c", "import sys; from curate.verify.pool import _serve; _serve(int(sys.argv[1]))",
-             str(theirs.fileno())],
+            [sys.executable, *_SAFE_PATH, "-c", _WORKER_CODE, str(theirs.fileno())],
             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env, close_fds=True,
         )
         theirs.close()
@@ -164,15 +208,19 @@ class WorkerPool:
                     s.ready = s.conn.recv() == _READY
 
     # --- mapping ---------------------------------------------------------------------------------
+    def wall_guard(self, limit: float) -> float:
+        """The wall-clock seconds after which an item with CPU budget ``limit`` is killed anyway."""
+        return limit * self.wall_factor + self.wall_slack_s
+
     def map(self, items: Iterable[Any], timeouts: Sequence[float] | None = None,
             progress: Callable[[int], Any] | None = None) -> list[Any]:
-        """Results in item order; ``timeouts`` overrides the pool's deadline item by item;
+        """Results in item order; ``timeouts`` overrides the pool's CPU budget item by item;
         ``progress(1)`` is called as each item finishes (a progress bar).
 
         Each worker holds up to ``DEPTH`` items (one running, the next queued), so it never waits
-        for the parent between items; only the running item's clock runs. Its start is known
-        exactly: the later of its send time and the previous item's end, which the worker
-        reports (``time.monotonic`` is system-wide on Linux and macOS).
+        for the parent between items; only the running item's budget runs. Its start is known
+        exactly: the later of its send time and the previous item's end, which the worker reports
+        with its CPU time then (``time.monotonic`` is system-wide on Linux and macOS).
         """
         todo = deque(enumerate(items))
         results: list[Any] = [None] * len(todo)
@@ -181,6 +229,7 @@ class WorkerPool:
         limit = list(timeouts) if timeouts is not None else [self.timeout_s] * len(todo)
         if len(limit) != len(todo):
             raise ValueError(f"{len(limit)} timeouts for {len(todo)} items")
+        retried: set[int] = set()  # items whose worker died once: their second death is final
         self._ensure()
         while todo or any(w.queue for w in self.workers):
             self._poll_spares()
@@ -195,12 +244,16 @@ class WorkerPool:
                         break
                     now = time.monotonic()
                     if not w.queue:
-                        w.started = now
+                        w.started, w.cpu_started = now, _proc_cpu(w.process.pid)
                     w.queue.append((index, item, now))
             active = [w for w in self.workers if w.queue or not w.ready]
             now = time.monotonic()
-            heads = [w.started + limit[w.queue[0][0]] for w in active if w.queue]
-            ready = wait([w.conn for w in active], timeout=max(0.0, min(heads, default=now + 1.0) - now))
+            running = [w for w in active if w.queue]
+            heads = [w.started + self.wall_guard(limit[w.queue[0][0]]) for w in running]
+            wake = min(heads, default=now + 1.0) - now
+            if any(w.cpu_started is not None for w in running):
+                wake = min(wake, POLL_S)
+            ready = wait([w.conn for w in active], timeout=max(0.0, wake))
             for w in active:
                 if w.conn not in ready:
                     continue
@@ -213,15 +266,20 @@ class WorkerPool:
                         code = None
                     if not w.queue and not w.ready and not any(x.ready for x in self.workers if x is not w):
                         raise RuntimeError(f"verify worker failed to start (exit code {code})") from None
+                    if w.queue and w.queue[0][0] not in retried:  # once more, in a fresh worker
+                        retried.add(w.queue[0][0])
+                        self._lost(w, todo, results, seconds, None)
+                        continue
                     had_item = bool(w.queue)
-                    self._lost(w, todo, results, seconds, Failed("crash", f"worker died (exit code {code})", 0.0))
+                    self._lost(w, todo, results, seconds, Failed(
+                        "crash", f"worker died (exit code {code}), also when retried in a fresh worker", 0.0))
                     if had_item and progress is not None:
                         progress(1)
                     continue
                 if msg == _READY:
                     w.ready = True
                     continue
-                index, ok, value, t_end = msg
+                index, ok, value, t_end, cpu_end = msg
                 head, _, _ = w.queue.popleft()
                 assert head == index, "worker answered out of order"
                 seconds[index] = t_end - w.started
@@ -229,19 +287,32 @@ class WorkerPool:
                 if progress is not None:
                     progress(1)
                 if w.queue:
-                    w.started = max(t_end, w.queue[0][2])
+                    w.started, w.cpu_started = max(t_end, w.queue[0][2]), cpu_end
             now = time.monotonic()
             for w in list(self.workers):
-                if w.queue and w.conn not in ready and now - w.started >= limit[w.queue[0][0]]:
-                    index = w.queue[0][0]
-                    self._lost(w, todo, results, seconds,
-                               Failed("timeout", f"no result after {limit[index]:g}s; worker killed", now - w.started))
-                    if progress is not None:
-                        progress(1)
+                if not w.queue or w.conn in ready:
+                    continue
+                index = w.queue[0][0]
+                wall = now - w.started
+                stat = _proc_stat(w.process.pid) if w.cpu_started is not None else None
+                guard = self.wall_guard(limit[index])
+                if stat is not None and stat[0] - w.cpu_started >= limit[index]:
+                    what = f"no result after {limit[index]:g}s of CPU time; worker killed"
+                elif wall >= guard and (stat is None or not stat[1] or wall >= guard * STARVED_FACTOR):
+                    # a runnable worker is waiting for a CPU (a loaded machine), not hung: its CPU
+                    # budget decides, unless the wait is absurd
+                    what = (f"no result after {wall:.0f}s wall-clock (the outer guard of a {limit[index]:g}s "
+                            "CPU budget); worker killed")
+                else:
+                    continue
+                self._lost(w, todo, results, seconds, Failed("timeout", what, wall))
+                if progress is not None:
+                    progress(1)
         return results
 
     def _lost(self, w: _Worker, todo: deque, results: list[Any], seconds: list[float], head: Failed | None) -> None:
-        """A worker is gone or killed: its running item gets ``head``, the queued ones go back."""
+        """A worker is gone or killed: its running item gets ``head``, the queued ones go back
+        (the running one too when ``head`` is None)."""
         if w.queue and head is not None:
             index = w.queue.popleft()[0]
             took = head.seconds or time.monotonic() - w.started
@@ -284,8 +355,9 @@ def default_workers() -> int:
 
 def probe(item: Any) -> Any:
     """A diagnostic task for tests and benchmarks: ``("hang", s)`` sleeps ``s`` seconds with
-    SIGALRM blocked (a hang no in-worker timeout can end), ``("exit", code)`` kills the worker,
-    ``("raise", msg)`` raises, ``("echo", x)`` returns x."""
+    SIGALRM blocked (a hang no in-worker timeout can end), ``("busy", s)`` runs ``s`` CPU seconds,
+    ``("exit", code)`` kills the worker, ``("exit_once", path)`` kills it unless ``path`` exists
+    (creating it), ``("raise", msg)`` raises, ``("echo", x)`` returns x."""
     import signal
 
     what, arg = item
@@ -293,6 +365,16 @@ def probe(item: Any) -> Any:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         time.sleep(arg)
         return "woke"
+    if what == "busy":
+        t0 = time.process_time()
+        while time.process_time() - t0 < arg:
+            pass
+        return "done"
+    if what == "exit_once":
+        if not os.path.exists(arg):
+            open(arg, "w").close()  # noqa: SIM115
+            os._exit(9)
+        return "second try"
     if what == "exit":
         os._exit(arg)
     if what == "raise":

@@ -13,6 +13,10 @@ Layers, each applied where the machine allows it (``isolation()`` reports which 
   the interpreter's prefix and the system library folders, read/write only in the temporary
   directory; with ABI >= 4 TCP bind/connect are denied too, with ABI >= 6 signals to processes
   outside the sandbox are. Inherited by every child, cannot be lifted.
+- ``seccomp`` (Linux x86_64/aarch64): a syscall filter denying what Landlock and the empty
+  network namespace leave open: ``socket``/``socketpair`` of AF_UNIX (a pathname socket outside
+  is reachable through neither), ``unshare``, ``setns`` and ``clone`` with namespace flags (a
+  user namespace inside), and io_uring (which could connect without a syscall).
 - ``uid`` (when running as root): the program runs as an unprivileged uid of its own, so
   RLIMIT_NPROC holds (the kernel does not apply it to root) and nothing root owns is writable;
   every process left with that uid is killed after the run (catches ``setsid`` escapes).
@@ -72,6 +76,7 @@ class RunResult:
     seconds: float
     reason: str = ""
     layers: tuple[str, ...] = field(default_factory=tuple)
+    cpu: float = 0.0  # CPU seconds the program (and its waited-for children) used
 
     @property
     def ok(self) -> bool:
@@ -102,9 +107,10 @@ def _launcher(cfg: dict) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", code, json.dumps(cfg), _LAUNCH]
 
 
-def _probe_netns() -> bool:
+def _probe(layer: str) -> bool:
+    """Whether the launcher can apply ``layer`` (netns, seccomp) on this machine."""
     try:
-        r = subprocess.run(_launcher({"probe": "netns"}), timeout=20, stdout=subprocess.DEVNULL,
+        r = subprocess.run(_launcher({"probe": layer}), timeout=20, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, check=False)  # noqa: S603
     except (subprocess.SubprocessError, OSError):
         return False
@@ -115,7 +121,7 @@ _CAPS: dict[str, object] | None = None
 
 
 def isolation() -> dict[str, object]:
-    """What holds on this machine: interpreter used, and which layers (netns, landlock, uid)."""
+    """What holds on this machine: interpreter used, and which layers (netns, landlock, seccomp, uid)."""
     global _CAPS
     if _CAPS is None:
         root = os.geteuid() == 0
@@ -129,7 +135,8 @@ def isolation() -> dict[str, object]:
         abi = landlock_abi()
         _CAPS = {
             "python": python,
-            "netns": _probe_netns(),
+            "netns": _probe("netns"),
+            "seccomp": sys.platform.startswith("linux") and _probe("seccomp"),
             "landlock": abi > 0,
             "landlock_abi": abi,
             "uid": uid,
@@ -202,7 +209,9 @@ def _classify(code: int | None, timed_out: bool, cpu: float, limits: Limits, std
         return "timeout", f"wall-clock limit ({limits.wall_s:g}s) reached; killed"
     if code == 0:
         return "ok", ""
-    if code in (-signal.SIGXCPU, -signal.SIGKILL) and cpu >= limits.cpu_s - 0.05:
+    # SIGXCPU comes only from RLIMIT_CPU's soft limit: proof on its own (the measured CPU time can
+    # read a little under the limit); SIGKILL is the hard limit when the CPU time says so
+    if code == -signal.SIGXCPU or code == -signal.SIGKILL and cpu >= limits.cpu_s - 0.05:
         return "cpu_limit", f"CPU time limit ({limits.cpu_s}s) reached; killed"
     if code == -signal.SIGXFSZ:
         return "file_limit", f"file size limit ({limits.file_mb} MB) reached; killed"
@@ -230,7 +239,7 @@ def run_python(code: str, stdin: str = "", limits: Limits | None = None,
     caps = isolation()
     workdir = tempfile.mkdtemp(prefix="curate-sbx-")
     uid = SANDBOX_UID_BASE + os.getpid() % 100000 if caps["uid"] else None
-    layers = ["rlimits", "pgroup", "tmpdir", "env"] + [k for k in ("netns", "landlock", "uid") if caps[k]]
+    layers = ["rlimits", "pgroup", "tmpdir", "env"] + [k for k in ("netns", "landlock", "seccomp", "uid") if caps[k]]
     try:
         wd = Path(workdir)
         (wd / "prog.py").write_text(code)
@@ -261,6 +270,7 @@ def run_python(code: str, stdin: str = "", limits: Limits | None = None,
                 "write": [workdir, "/dev/null"],
                 "uid": uid,
                 "nproc": nproc,
+                "seccomp": bool(caps["seccomp"]),
                 "exec": [str(caps["python"]), "-I", *(argv or ["prog.py"])],
                 "env": env,
             }
@@ -286,7 +296,7 @@ def run_python(code: str, stdin: str = "", limits: Limits | None = None,
         stdout = _tail(out_path, limits.output_chars)
         stderr = _tail(err_path, 20000)
         status_name, reason = _classify(proc.returncode, timed_out, cpu, limits, stderr)
-        return RunResult(status_name, proc.returncode, stdout, stderr, seconds, reason, tuple(layers))
+        return RunResult(status_name, proc.returncode, stdout, stderr, seconds, reason, tuple(layers), cpu)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
