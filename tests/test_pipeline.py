@@ -489,8 +489,9 @@ def test_filesystem_failures_are_one_line_and_the_rerun_resumes(math500_sample, 
     monkeypatch.setattr(pq, "write_table", failing)
     res = _cli_run(tmp_path, math500_sample, out)
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: " + says.format(out=out.resolve())), res.output
+    errors = [line for line in res.output.strip().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: " + says.format(out=out.resolve())), res.output
+    assert res.output.strip().endswith(errors[0]), "the error is the run's last line"
     monkeypatch.setattr(pq, "write_table", real)
     res = _cli_run(tmp_path, math500_sample, out)
     assert res.exit_code == 0 and "wrote 120 rows" in res.output, res.output
