@@ -73,6 +73,28 @@ def test_every_trace_is_flagged_with_its_benchmark_and_item(traces, step):
         assert r["decontam_span"] and r["decontam_span"][:-1] in r["problem"]
 
 
+def _flags(frame: pl.DataFrame, found: pl.DataFrame) -> list[list]:
+    return sorted([frame["id"][r["row"]], r["decontam_benchmark"], r["decontam_item"], r["decontam_method"],
+                   r["decontam_score"]] for r in found.iter_rows(named=True))
+
+
+def test_flags_match_the_pinned_ones_on_real_problems_and_responses(problems, traces):
+    """Same rows, items, methods and scores as before the n-gram kernel was rewritten (issue 19)."""
+    pinned = json.loads((REPO / "tests" / "data" / "decontam_flags.json").read_text())
+    assert _flags(problems, Decontaminate().matches(problems)) == sorted(pinned["problems"])
+    # the problem blanked: only the responses can match (fields searched by ngram)
+    blank = traces.with_columns(pl.lit("").alias("problem"))
+    got = _flags(blank, Decontaminate(fields=["problem", "thinking", "solution"]).matches(blank))
+    assert got == sorted(pinned["responses_only"])
+    whole = Decontaminate(fields=["problem", "thinking", "solution"]).matches(traces)
+    hit = traces.with_row_index("row").join(whole.with_columns(pl.col("row").cast(pl.UInt32)), on="row")
+    assert hit.height == traces.height and (hit["decontam_score"] == 1.0).all()
+    # two Minerva responses quote sibling item 202 (a multi-part set) whole: it wins on equal score
+    other = hit.filter(pl.col("decontam_item") != pl.col("want_item"))
+    assert sorted(zip(other["id"], other["decontam_item"], strict=True)) == [
+        ("6d0314958de5c4d7c85d", "202"), ("90be15464cec43023cbd", "202")]
+
+
 def test_training_problems_mostly_pass_and_real_copies_are_caught(problems, step):
     found = step.matches(problems.with_columns(pl.lit("").alias("thinking")))
     assert 30 <= found.height <= 0.015 * problems.height  # ~0.9%: each one is listed in BENCHMARKS.md (dedup)
