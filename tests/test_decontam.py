@@ -89,10 +89,9 @@ def test_flags_match_the_pinned_ones_on_real_problems_and_responses(problems, tr
     whole = Decontaminate(fields=["problem", "thinking", "solution"]).matches(traces)
     hit = traces.with_row_index("row").join(whole.with_columns(pl.col("row").cast(pl.UInt32)), on="row")
     assert hit.height == traces.height and (hit["decontam_score"] == 1.0).all()
-    # two Minerva responses quote sibling item 202 (a multi-part set) whole: it wins on equal score
-    other = hit.filter(pl.col("decontam_item") != pl.col("want_item"))
-    assert sorted(zip(other["id"], other["decontam_item"], strict=True)) == [
-        ("6d0314958de5c4d7c85d", "202"), ("90be15464cec43023cbd", "202")]
+    # two Minerva responses also quote sibling item 202 (a multi-part set) whole; on equal scores the
+    # earlier field (the problem) wins, so every trace gets its own item (was arbitrary before)
+    assert (hit["decontam_item"] == hit["want_item"]).all()
 
 
 def test_training_problems_mostly_pass_and_real_copies_are_caught(problems, step):
