@@ -222,11 +222,7 @@ class BenchmarkIndex:
         ok = 200 * np.minimum(lq, lt) >= (cutoff - 1) * (lq + lt)
         if not ok.any():
             return _empty()
-        cands = (pl.DataFrame({"row": rows[ok], "item": items[ok]})
-                 .group_by("row", "item").len()
-                 .sort(["row", "len", "item"], descending=[False, True, False])
-                 .group_by("row", maintain_order=True).head(FUZZY_CANDIDATES))
-        rows, items = cands["row"].to_numpy(), cands["item"].to_numpy()
+        rows, items = _top_candidates(rows[ok], items[ok], self.n_items, FUZZY_CANDIDATES)
         queries = toks.normalised(rows)
         targets = [self._normalised[self._global_to_text[i]] for i in items.tolist()]
         scores = process.cpdist(queries, targets, scorer=fuzz.ratio, score_cutoff=cutoff, workers=1)
@@ -247,6 +243,17 @@ class BenchmarkIndex:
             self._gram_indexes[key] = _GramIndex(pairs["h"].to_numpy(), pairs["item"].to_numpy(), self.n_items,
                                                  np.empty(0, np.int64))
         return self._gram_indexes[key]
+
+
+def _top_candidates(rows: np.ndarray, items: np.ndarray, n_items: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k items seen most often in (row, item) pairs (ties: lowest item), by row."""
+    keys, counts = np.unique(rows * n_items + items, return_counts=True)
+    r, it = keys // n_items, keys % n_items
+    order = np.lexsort((it, -counts, r))
+    r, it = r[order], it[order]
+    first = np.searchsorted(r, r, side="left")  # where each row's run starts (r is sorted)
+    keep = np.arange(len(r)) - first < k
+    return r[keep], it[keep]
 
 
 def _empty_own() -> pl.DataFrame:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Literal
 
 import numpy as np
@@ -12,7 +13,7 @@ import pyarrow as pa
 from curate.decontam import benchmarks as bench
 from curate.decontam.grams import Tokens
 from curate.decontam.match import BenchmarkIndex
-from curate.decontam.text import token_spans
+from curate.decontam.text import TOKEN_RE
 from curate.step import Step, StepResult, reject_where
 
 METHODS = ("ngram", "exact", "fuzzy", "embedding")
@@ -232,8 +233,8 @@ def _chunks(batch: pl.DataFrame, cols: list[str]) -> list[tuple[int, int]]:
 
 def _span(text: str, start: int | None, end: int | None) -> str:
     """The matched text: token range [start, end) of ``text`` as characters, or the whole text."""
-    if start is not None and end is not None:
-        spans = token_spans(text)
-        if 0 <= start < end <= len(spans):
-            text = text[spans[start][0]: spans[end - 1][1]]
+    if start is not None and end is not None and 0 <= start < end:
+        spans = list(islice(TOKEN_RE.finditer(text), end))  # a long response is read up to the span only
+        if end <= len(spans):
+            text = text[spans[start].start(): spans[end - 1].end()]
     return text if len(text) <= SPAN_CHARS else text[: SPAN_CHARS - 1] + "…"
