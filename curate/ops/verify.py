@@ -77,7 +77,7 @@ class Verify(Step):
     keep: str = field(default="correct", metadata={"help": "correct (rejection sampling) | all (annotate only) | incorrect (negatives)"})
     timeout_s: float = field(default=5.0, metadata={"help": "per-row limit for math/mcq rows: a timer in the worker, and a kill from the parent 0.5 s later if the row still runs"})
     workers: int | None = field(default=None, metadata={"help": "worker processes (default: the CPUs available; 0 = inline, no pool)"})
-    lenient: bool = field(default=False, metadata={"help": "math: when no anchored answer (boxed, 'final answer is') exists, take the last expression of the response, as last-number graders do"})
+    lenient: bool = field(default=True, metadata={"help": "math: when the response states no anchored answer (boxed, 'final answer is'), parse it as plain math-verify does (any expression) instead of judging it wrong; false = strict"})
     keep_unverifiable: bool = field(default=False, metadata={"help": "keep rows whose verdict is null (otherwise they are rejected)"})
     code_test_timeout_s: float = field(default=4.0, metadata={"help": "wall/CPU limit of one code test"})
     code_row_timeout_s: float = field(default=30.0, metadata={"help": "limit for all tests of one code row"})
