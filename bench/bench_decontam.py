@@ -136,14 +136,15 @@ def write_inputs(folder: Path, rows: int, n_traces: int, seed: int = 0) -> dict[
 
 def timed(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
     """Wall seconds, peak RSS (MiB) and the last output line of one whole process."""
+    # /usr/bin/time reports the command's own peak RSS (wait4 here would count this parent's pages,
+    # copied into the child between fork and exec)
+    rss = cwd / "rss.txt"
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss), *cmd], cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
-    if status != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024, out.strip().splitlines()[-1]
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{(proc.stdout + proc.stderr)[-2000:]}")
+    return seconds, int(rss.read_text().split()[-1]) / 1024, proc.stdout.strip().splitlines()[-1]
 
 
 def whole(rows: int, n_traces: int, reps: int) -> None:
@@ -167,14 +168,16 @@ def whole(rows: int, n_traces: int, reps: int) -> None:
             p = sorted(r[0] for r in runs["peer"])[reps // 2]
             cm, pm = max(r[1] for r in runs["curate"]), max(r[1] for r in runs["peer"])
             manifest = json.loads((folder / f"out_{stem}" / "manifest.json").read_text())
-            flagged = next(f["rejected"] for f in manifest["funnel"] if f["name"] == "decontaminate")
+            stage = {f["name"]: f for f in manifest["funnel"]}
+            flagged = stage["decontaminate"]["rejected"]
             peer_flagged = runs["peer"][-1][2].rsplit(" ", 1)[-1]
             n = rows if name == "problems" else n_traces
             print(f"| {n:,} {name} | {'problem' if name == 'problems' else 'problem, thinking, solution'} | "
                   f"{c:.1f} | {p:.1f} | "
                   f"{p / c:.2f} | {cm:.0f} | {pm:.0f} | {flagged} / {peer_flagged} |")
             print(f"<!-- {name}: curate {[round(r[0], 1) for r in runs['curate']]}, "
-                  f"peer {[round(r[0], 1) for r in runs['peer']]} -->")
+                  f"peer {[round(r[0], 1) for r in runs['peer']]}; last curate run: read "
+                  f"{stage['read']['seconds']:.1f} s, decontaminate {stage['decontaminate']['seconds']:.1f} s -->")
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)\n")
 
 
