@@ -19,7 +19,7 @@ from curate.step import Step, StepResult, reject_where
 METHODS = ("ngram", "exact", "fuzzy", "embedding")
 WHOLE_TEXT_METHODS = ("exact", "fuzzy", "embedding")  # compare the whole problem, not spans
 SPAN_CHARS = 2000  # longest matching span kept in decontam_span
-CHUNK_CHARS = 8_000_000  # text the matchers take at once (bounds their memory)
+CHUNK_CHARS = 2_000_000  # text the matchers take at once: ~0.4M tokens, ~50 MB of arrays
 COLUMNS: dict[str, pa.DataType] = {
     "decontam_benchmark": pa.string(),
     "decontam_item": pa.string(),
