@@ -169,3 +169,32 @@ def test_dedup_decontam_recipe_runs_on_the_real_sample(tmp_path):
     assert funnel["decontaminate"]["rejected"] == funnel["decontaminate"]["rows_in"]  # all are benchmark items
     rej = result.rejects("decontaminate")
     assert set(rej["decontam_benchmark"]) <= {"math500", "minerva"} and rej["decontam_span"].is_not_null().all()
+
+
+def test_kernel_hashes_and_membership_match_the_reference_definitions(traces):
+    """Tokens' window hashes equal gram_hash (the fingerprint's definition); GramSet finds exactly
+    the (window, item) pairs a Python dict of sets finds."""
+    import numpy as np
+
+    from curate.decontam.grams import GramSet, Tokens
+    from curate.decontam.text import gram_hash, tokens
+
+    texts = traces["solution"].head(40)
+    toks = Tokens(texts)
+    pos, hashes = toks.windows(8)
+    rows = toks.rows_of(pos)
+    flat = [t for text in texts.to_list() for t in tokens(text or "")]
+    for k in range(0, len(pos), max(1, len(pos) // 300)):
+        assert int(hashes[k]) == gram_hash(flat[pos[k]: pos[k] + 8])
+        assert toks.offsets[rows[k]] <= pos[k] and pos[k] + 8 <= toks.offsets[rows[k] + 1]
+    rng = np.random.default_rng(0)
+    members = rng.choice(hashes, 500, replace=False)
+    items = rng.integers(0, 50, 500)
+    index = GramSet(np.concatenate([members, members[:50]]), np.concatenate([items, items[:50] + 1]))
+    qpos, found = index.lookup(hashes)
+    table: dict[int, set[int]] = {}
+    for h, i in zip(np.concatenate([members, members[:50]]).tolist(), np.concatenate([items, items[:50] + 1]).tolist(),
+                    strict=True):
+        table.setdefault(h, set()).add(i)
+    want = sorted((q, i) for q, h in enumerate(hashes.tolist()) for i in table.get(h, ()))
+    assert sorted(zip(qpos.tolist(), found.tolist(), strict=True)) == want and len(want) >= 500
