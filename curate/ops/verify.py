@@ -17,6 +17,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, ClassVar
 
 import polars as pl
@@ -47,6 +48,14 @@ def _kind(domain: str, row: dict[str, Any]) -> str:
     if row.get("domain") == "science" and ref and gold_letter(str(ref), row.get("problem") or "") is not None:
         return "mcq"
     return "math"
+
+
+@cache
+def _warm_inline() -> None:
+    """What the pool's workers do before their first row, once per process for ``workers: 0``."""
+    from curate.verify.math import warmup
+
+    warmup()
 
 
 def _shutdown(pool: WorkerPool) -> None:
@@ -152,6 +161,7 @@ class Verify(Step):
         """Verdicts for plain task dicts (what ``apply`` does, without polars)."""
         workers = default_workers() if self.workers is None else self.workers
         if workers == 0:
+            _warm_inline()  # math-verify's lazy set-up, paid once and not on the first row's clock
             raw: list[Any] = []
             for t in tasks:
                 try:
