@@ -1,7 +1,16 @@
-"""Decontamination: throughput on 100k problems, and the real-data checks with every flagged problem listed.
+"""Decontamination: the whole command against the script a user would write, and the real-data checks.
 
-    python bench/bench_decontam.py            # ~1 minute on 2 cores; prints Markdown
+    python bench/bench_decontam.py --whole    # `curate run` vs bench/decontam_peer.py, ~4 minutes
+    python bench/bench_decontam.py            # in-process throughput and the quality sections
     python bench/bench_decontam.py --rows 20000
+
+0. ``--whole``: whole processes, interleaved (curate, peer, curate, peer, ...), same input files:
+   ``curate run`` of a one-step recipe (read JSONL, decontaminate at its defaults, write shards,
+   rejects, manifest, card) against open-r1's 8-gram script (bench/decontam_peer.py). Inputs:
+   100k real-length problems (real training problems, a quarter of their words replaced) with
+   ``fields: [problem]``, and 10k real-length traces (the real traces' responses, half with a
+   perturbed problem) with ``fields: [problem, thinking, solution]``. Wall seconds (median) and
+   peak RSS (``wait4``) of each process.
 
 1. Throughput: ``decontaminate`` (defaults: ngram 8 + exact + fuzzy, every bundled benchmark)
    over 100k real-length problems (the real training problems, each made distinct by replacing a
@@ -23,7 +32,9 @@ import platform
 import random
 import re
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,10 +95,103 @@ def category(train: str, item: str | None) -> str:
     return "E. shares a long setup/boilerplate with a different question (false positive)"
 
 
+def write_inputs(folder: Path, rows: int, n_traces: int, seed: int = 0) -> dict[str, tuple[Path, str, list[str]]]:
+    """The two inputs as JSONL (LIMO layout for problems, harness layout for traces), with their
+    recipe, the fields the peer checks, and what curate searches."""
+    rng = random.Random(seed)
+    probs = [r for f in sorted((SHARED / "problems").glob("*.json")) for r in json.loads(f.read_text())]
+    real = [p["problem"] for p in probs]
+    vocab = [w for t in real[:3000] for w in t.split(" ") if w.isalpha()]
+
+    def perturb(text: str) -> str:
+        return " ".join(rng.choice(vocab) if rng.random() < 0.25 else w for w in text.split(" "))
+
+    with open(folder / "problems.jsonl", "w", encoding="utf-8") as f:
+        for i in range(rows):
+            p = rng.choice(probs)
+            f.write(json.dumps({"id": f"p{i}", "question": perturb(p["problem"]), "answer": str(p["answer"]),
+                                "solution": f"The answer is $\\boxed{{{p['answer']}}}$."}) + "\n")
+    real_traces = []
+    for t in sorted((SHARED / "traces").glob("*.jsonl")):
+        for line in t.open(encoding="utf-8"):
+            r = json.loads(line)
+            code = json.loads(r["code"]) if isinstance(r["code"], str) else r["code"]
+            real_traces.append((r["question"], code[0], r["gt"]))
+    with open(folder / "traces.jsonl", "w", encoding="utf-8") as f:
+        for i in range(n_traces):
+            q, response, gt = rng.choice(real_traces)
+            f.write(json.dumps({"idx": i, "question": perturb(q) if rng.random() < 0.5 else q, "gt": gt,
+                                "code": [response]}) + "\n")
+    jobs = {"problems": ("limo", ["problem"], ["question"]),  # peer: the same text, by its JSON keys
+            "traces": ("harness", ["problem", "thinking", "solution"], ["question", "code"])}
+    out = {}
+    for name, (fmt, fields, peer_fields) in jobs.items():
+        recipe = folder / f"{name}.yaml"
+        recipe.write_text(f"name: decontam_{name}\ninput: {{path: {name}.jsonl, format: {fmt}}}\n"
+                          f"steps:\n  - decontaminate: {{fields: [{', '.join(fields)}]}}\n"
+                          f"output: {{path: out_{name}}}\n")
+        out[name] = (recipe, name, peer_fields)
+    return out
+
+
+def timed(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MiB) and the last output line of one whole process."""
+    # /usr/bin/time reports the command's own peak RSS (wait4 here would count this parent's pages,
+    # copied into the child between fork and exec)
+    rss = cwd / "rss.txt"
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss), *cmd], cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{(proc.stdout + proc.stderr)[-2000:]}")
+    return seconds, int(rss.read_text().split()[-1]) / 1024, proc.stdout.strip().splitlines()[-1]
+
+
+def whole(rows: int, n_traces: int, reps: int) -> None:
+    """`curate run` against the peer script, whole processes, interleaved."""
+    root = Path(__file__).resolve().parent.parent
+    env_python = sys.executable
+    print("## Whole command: `curate run` vs open-r1's 8-gram script\n")
+    print("| input | fields | curate s (median) | peer s (median) | peer / curate | curate peak MiB | peer peak MiB | flagged curate / peer |")
+    print("|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="curate-bench-decontam-") as tmp:
+        folder = Path(tmp)
+        jobs = write_inputs(folder, rows, n_traces)
+        for name, (recipe, stem, peer_fields) in jobs.items():
+            runs: dict[str, list[tuple[float, float, str]]] = {"curate": [], "peer": []}
+            for _ in range(reps):
+                runs["curate"].append(timed([env_python, "-m", "curate.cli", "run", str(recipe), "--overwrite"],
+                                            folder))
+                runs["peer"].append(timed([env_python, str(root / "bench" / "decontam_peer.py"),
+                                           f"{stem}.jsonl", f"peer_{stem}.jsonl", "--fields", *peer_fields], folder))
+            c = sorted(r[0] for r in runs["curate"])[reps // 2]
+            p = sorted(r[0] for r in runs["peer"])[reps // 2]
+            cm, pm = max(r[1] for r in runs["curate"]), max(r[1] for r in runs["peer"])
+            manifest = json.loads((folder / f"out_{stem}" / "manifest.json").read_text())
+            stage = {f["name"]: f for f in manifest["funnel"]}
+            flagged = stage["decontaminate"]["rejected"]
+            peer_flagged = runs["peer"][-1][2].rsplit(" ", 1)[-1]
+            n = rows if name == "problems" else n_traces
+            print(f"| {n:,} {name} | {'problem' if name == 'problems' else 'problem, thinking, solution'} | "
+                  f"{c:.1f} | {p:.1f} | "
+                  f"{p / c:.2f} | {cm:.0f} | {pm:.0f} | {flagged} / {peer_flagged} |")
+            print(f"<!-- {name}: curate {[round(r[0], 1) for r in runs['curate']]}, "
+                  f"peer {[round(r[0], 1) for r in runs['peer']]}; last curate run: read "
+                  f"{stage['read']['seconds']:.1f} s, decontaminate {stage['decontaminate']['seconds']:.1f} s -->")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--traces", type=int, default=10_000, help="--whole: rows of the traces input")
+    ap.add_argument("--reps", type=int, default=3, help="--whole: runs of each contender")
+    ap.add_argument("--whole", action="store_true", help="only the whole-command comparison")
     args = ap.parse_args()
+    if args.whole:
+        print(f"machine: {platform.node()}, {os.cpu_count()} cores, python {platform.python_version()}\n")
+        whole(args.rows, args.traces, args.reps)
+        return
     probs = problems()
     trs = traces()
     print(f"machine: {platform.node()}, {os.cpu_count()} cores, python {platform.python_version()}\n")

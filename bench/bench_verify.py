@@ -16,6 +16,7 @@ agreement of plain / strict / lenient verdicts is printed per file, with every d
 written to --disagreements for reading.
 
     python bench/bench_verify.py                    # speed + worst case + agreement
+    python bench/bench_verify.py --whole            # `curate run` vs a plain-loop script, whole processes
     python bench/bench_verify.py --agree-only --disagreements /tmp/dis.jsonl
 """
 
@@ -194,6 +195,65 @@ def agreement(df: pl.DataFrame, workers: int, timeout_s: float, dump: Path | Non
     ).sort("file")
 
 
+PLAIN_SCRIPT = """
+# The plain loop a user writes: every response of every row, verify(parse(boxed gt), parse(response)).
+import ast, json, logging, sys
+from math_verify import parse, verify
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+n = correct = 0
+for path in sys.argv[1:]:
+    for line in open(path, encoding="utf-8"):
+        row = json.loads(line)
+        code = row["code"]
+        code = ast.literal_eval(code) if isinstance(code, str) else code
+        for response in code:
+            ok = bool(verify(parse("\\boxed{" + str(row["gt"]) + "}"), parse(response)))
+            n += 1
+            correct += ok
+print(n, correct)
+"""
+
+
+def whole(workers: int, reps: int) -> None:
+    """`curate run` (read, verify keep: all, write, card) against the plain-loop script on the same
+    files (the labelled rows without Minerva), whole processes, interleaved; median wall and CPU."""
+    import statistics
+    import subprocess
+    import sys
+    import tempfile
+
+    files = [f for f in FILES if "minerva" not in f.name]
+    with tempfile.TemporaryDirectory(prefix="curate-bench-verify-") as tmp:
+        folder = Path(tmp)
+        (folder / "in").mkdir()
+        for f in files:
+            (folder / "in" / f.name).symlink_to(f)
+        (folder / "recipe.yaml").write_text(f"name: verify_whole\ninput: {{path: in}}\nsteps:\n"
+                                            f"  - verify: {{keep: all, workers: {workers}}}\noutput: {{path: out}}\n")
+        cmds = {"curate": [sys.executable, "-m", "curate.cli", "run", "recipe.yaml", "--overwrite"],
+                "plain": [sys.executable, "-c", PLAIN_SCRIPT, *map(str, files)]}
+        runs: dict[str, list[tuple[float, float]]] = {k: [] for k in cmds}
+        for _ in range(reps):
+            for name, cmd in cmds.items():
+                t0 = time.perf_counter()
+                proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                out = proc.stdout.read() if proc.stdout else ""
+                _, status, usage = os.wait4(proc.pid, 0)
+                if status:
+                    raise SystemExit(out[-3000:])
+                runs[name].append((time.perf_counter() - t0, usage.ru_utime + usage.ru_stime))
+        rows = json.loads((folder / "out" / "manifest.json").read_text())["funnel"][0]["kept"]
+    c = statistics.median(w for w, _ in runs["curate"])
+    p = statistics.median(w for w, _ in runs["plain"])
+    print(f"rows: {rows}; workers: {workers}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print("| contender | median wall s | all runs (wall s) |")
+    print("|---|---|---|")
+    for name, med in (("curate run (verify keep: all)", c), ("plain loop script", p)):
+        key = "curate" if name.startswith("curate") else "plain"
+        print(f"| {name} | {med:.1f} | {', '.join(f'{w:.1f}' for w, _ in runs[key])} |")
+    print(f"\nplain / curate: {p / c:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=0, help="tile the labelled rows to this many (0: as they are)")
@@ -203,7 +263,11 @@ def main() -> None:
     ap.add_argument("--agree-only", action="store_true")
     ap.add_argument("--disagreements", type=Path, default=None)
     ap.add_argument("--one", choices=["plain", "inline", "pool"], help=argparse.SUPPRESS)
+    ap.add_argument("--whole", action="store_true", help="only `curate run` vs the plain-loop script")
     args = ap.parse_args()
+    if args.whole:
+        whole(args.workers, args.repeats)
+        return
     if args.one:
         print(json.dumps(one(args.one, args.workers, args.timeout)))
         return

@@ -91,6 +91,27 @@ def test_every_trace_is_flagged_with_its_benchmark_and_item(traces, step):
         assert r["decontam_span"] and r["decontam_span"][:-1] in r["problem"]
 
 
+def _flags(frame: pl.DataFrame, found: pl.DataFrame) -> list[list]:
+    return sorted([frame["id"][r["row"]], r["decontam_benchmark"], r["decontam_item"], r["decontam_method"],
+                   r["decontam_score"]] for r in found.iter_rows(named=True))
+
+
+def test_flags_match_the_pinned_ones_on_real_problems_and_responses(problems, traces):
+    """Same rows, items, methods and scores as before the n-gram kernel was rewritten (issue 19)."""
+    pinned = json.loads((REPO / "tests" / "data" / "decontam_flags.json").read_text())
+    assert _flags(problems, Decontaminate().matches(problems)) == sorted(pinned["problems"])
+    # the problem blanked: only the responses can match (fields searched by ngram)
+    blank = traces.with_columns(pl.lit("").alias("problem"))
+    got = _flags(blank, Decontaminate(fields=["problem", "thinking", "solution"]).matches(blank))
+    assert got == sorted(pinned["responses_only"])
+    whole = Decontaminate(fields=["problem", "thinking", "solution"]).matches(traces)
+    hit = traces.with_row_index("row").join(whole.with_columns(pl.col("row").cast(pl.UInt32)), on="row")
+    assert hit.height == traces.height and (hit["decontam_score"] == 1.0).all()
+    # two Minerva responses also quote sibling item 202 (a multi-part set) whole; on equal scores the
+    # earlier field (the problem) wins, so every trace gets its own item (was arbitrary before)
+    assert (hit["decontam_item"] == hit["want_item"]).all()
+
+
 def test_training_problems_mostly_pass_and_real_copies_are_caught(problems, step):
     found = step.matches(problems.with_columns(pl.lit("").alias("thinking")))
     assert 30 <= found.height <= 0.015 * problems.height  # ~0.9%: each one is listed in BENCHMARKS.md (dedup)
@@ -177,3 +198,33 @@ def test_dedup_decontam_recipe_runs_on_the_real_sample(tmp_path):
     assert sky.height == n_sky  # every benchmark trace is rejected
     kept = result.to_polars()
     assert 80 <= kept.height <= 100 and set(kept["source"]) == {"simplerl_math_cot_100"}  # the others stay
+
+
+
+def test_kernel_hashes_and_membership_match_the_reference_definitions(traces):
+    """Tokens' window hashes equal gram_hash (the fingerprint's definition); GramSet finds exactly
+    the (window, item) pairs a Python dict of sets finds."""
+    import numpy as np
+
+    from curate.decontam.grams import GramSet, Tokens
+    from curate.decontam.text import gram_hash, tokens
+
+    texts = traces["solution"].head(40)
+    toks = Tokens(texts)
+    pos, hashes = toks.windows(8)
+    rows = toks.rows_of(pos)
+    flat = [t for text in texts.to_list() for t in tokens(text or "")]
+    for k in range(0, len(pos), max(1, len(pos) // 300)):
+        assert int(hashes[k]) == gram_hash(flat[pos[k]: pos[k] + 8])
+        assert toks.offsets[rows[k]] <= pos[k] and pos[k] + 8 <= toks.offsets[rows[k] + 1]
+    rng = np.random.default_rng(0)
+    members = rng.choice(hashes, 500, replace=False)
+    items = rng.integers(0, 50, 500)
+    index = GramSet(np.concatenate([members, members[:50]]), np.concatenate([items, items[:50] + 1]))
+    qpos, found = index.lookup(hashes)
+    table: dict[int, set[int]] = {}
+    for h, i in zip(np.concatenate([members, members[:50]]).tolist(), np.concatenate([items, items[:50] + 1]).tolist(),
+                    strict=True):
+        table.setdefault(h, set()).add(i)
+    want = sorted((q, i) for q, h in enumerate(hashes.tolist()) for i in table.get(h, ()))
+    assert sorted(zip(qpos.tolist(), found.tolist(), strict=True)) == want and len(want) >= 500

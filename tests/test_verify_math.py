@@ -158,7 +158,7 @@ def test_thinking_fallback_for_truncated_solution() -> None:
 def test_lenient_takes_last_expression() -> None:
     text = "Listing them: 1, 2, 4, 7, 14, 28, 49, 98, 196.\n\nTherefore the number of divisors of 196 is 9."
     strict = verify_math({"reference": "9", "solution": text})
-    lenient = verify_math({"reference": "9", "solution": text, "lenient": True})
+    lenient = verify_math({"reference": "9", "solution": text, "lenient": True})  # the operator default
     assert strict["correct"] is False
     assert lenient["correct"] is True and lenient["method"] == "math_verify:unanchored"
 

@@ -23,6 +23,7 @@ import polars as pl
 import xxhash
 
 from curate.decontam.benchmarks import Benchmark, exact_key_hash
+from curate.decontam.grams import GramSet, Tokens
 from curate.decontam.text import TokenBatch, normalise
 
 FUZZY_BLOCK_N = 3  # n of the word n-grams that pick fuzzy candidates
@@ -36,23 +37,21 @@ def _empty() -> pl.DataFrame:
 
 
 class _GramIndex:
-    """Sorted (gram hash, item) pairs for one n, with each item's distinct-gram count."""
+    """Distinct (gram hash, item) pairs for one n, each item's distinct-gram count, and the items
+    shorter than n (matched as one whole-item gram): their lengths and first tokens."""
 
-    def __init__(self, hashes: np.ndarray, items: np.ndarray, n_items: int, short_lengths: np.ndarray):
+    def __init__(self, hashes: np.ndarray, items: np.ndarray, n_items: int, short_lengths: np.ndarray,
+                 short_firsts: dict[int, np.ndarray | None] | None = None):
         pairs = np.unique(np.stack([hashes.astype(np.uint64), items.astype(np.uint64)], axis=1), axis=0)
-        self.hashes = np.ascontiguousarray(pairs[:, 0])
-        self.items = pairs[:, 1].astype(np.int64)
-        self.item_grams = np.bincount(self.items, minlength=n_items)
+        self.set = GramSet(pairs[:, 0], pairs[:, 1].astype(np.int64))
+        self.item_grams = np.bincount(self.set.items, minlength=n_items)
         self.short_lengths = np.unique(short_lengths)  # token counts of items shorter than n
-        self._table: pl.DataFrame | None = None
+        # length -> first-token hashes of the short items of that length (None: unknown, scan all)
+        self.short_firsts = short_firsts or {}
 
     def lookup(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(query position, item) for every benchmark item holding each query hash (a hash join)."""
-        if self._table is None:
-            self._table = pl.DataFrame({"h": self.hashes, "item": self.items})
-        hits = (pl.DataFrame({"h": query, "q": np.arange(len(query), dtype=np.int64)})
-                .join(self._table, on="h", how="inner").sort("q"))
-        return hits["q"].to_numpy(), hits["item"].to_numpy()
+        """(query position, item) for every benchmark item holding each query hash."""
+        return self.set.lookup(query)
 
 
 class BenchmarkIndex:
@@ -92,12 +91,17 @@ class BenchmarkIndex:
     def _gram_index(self, n: int) -> _GramIndex:
         if n not in self._gram_indexes:
             hashes, items, short = [np.empty(0, np.uint64)], [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+            firsts: dict[int, list[np.ndarray] | None] = {}
             if self._tokens is not None:
                 rows, _, h = self._tokens.windows(n)
                 hashes.append(h)
                 items.append(self._text_items_arr[rows])
                 lens = self._tokens.lengths
-                short.append(lens[(lens > 0) & (lens < n)])
+                is_short = (lens > 0) & (lens < n)
+                short.append(lens[is_short])
+                first_tok = self._tokens.hashes[self._tokens.offsets[:-1][is_short]]
+                for m in np.unique(lens[is_short]).tolist():
+                    firsts.setdefault(m, []).append(first_tok[lens[is_short] == m])  # type: ignore[union-attr]
             base = 0
             for b in self.benchmarks:
                 if not b.has_text:
@@ -109,38 +113,57 @@ class BenchmarkIndex:
                     items.append(it.astype(np.int64) + base)
                     lens = b.n_tokens.astype(np.int64)
                     short.append(lens[(lens > 0) & (lens < n)])
+                    for m in np.unique(lens[(lens > 0) & (lens < n)]).tolist():
+                        firsts[m] = None  # a fingerprint has no tokens: scan every position
                 base += len(b)
+            short_firsts = {m: None if f is None else np.unique(np.concatenate(f)) for m, f in firsts.items()}
             self._gram_indexes[n] = _GramIndex(np.concatenate(hashes), np.concatenate(items), self.n_items,
-                                               np.concatenate(short))
+                                               np.concatenate(short), short_firsts)
         return self._gram_indexes[n]
 
-    def ngram(self, texts: pl.Series, n: int, min_overlap: float) -> pl.DataFrame:
+    def ngram(self, texts: pl.Series | Tokens, n: int, min_overlap: float) -> pl.DataFrame:
         """Best item per text by the share of its n-grams found in the text (>= min_overlap)."""
         index = self._gram_index(n)
-        batch = TokenBatch(texts)
-        parts = [batch.windows(n, short_rows=False)]
-        parts += [batch.row_windows_of_length(int(m)) for m in index.short_lengths]
-        rows = np.concatenate([p[0] for p in parts])
-        starts = np.concatenate([p[1] for p in parts])
-        hashes = np.concatenate([p[2] for p in parts])
-        widths = np.concatenate([np.full(len(p[0]), n if k == 0 else int(index.short_lengths[k - 1]))
-                                 for k, p in enumerate(parts)])
-        qpos, items = index.lookup(hashes)
+        toks = texts if isinstance(texts, Tokens) else Tokens(texts)
+        pos, hashes = toks.windows(n)
+        parts = [(pos, hashes, n)]
+        for m in index.short_lengths.tolist():  # items shorter than n: windows of exactly their length
+            first = index.short_firsts.get(m)
+            at = None if first is None else np.flatnonzero(np.isin(toks.vocab_hashes, first)[toks.ids])
+            p, h = toks.windows(m, at)
+            parts.append((p, h, m))
+        all_h = np.concatenate([h for _, h, _ in parts])
+        qpos, items = index.lookup(all_h)
         if len(qpos) == 0:
             return _empty()
-        hits = pl.DataFrame({"row": rows[qpos], "item": items, "h": hashes[qpos],
-                             "start": starts[qpos], "end": starts[qpos] + widths[qpos]})
+        all_pos = np.concatenate([p for p, _, _ in parts])[qpos]
+        width = np.concatenate([np.full(len(p), w, dtype=np.int64) for p, _, w in parts])[qpos]
+        rows = toks.rows_of(all_pos)
+        start = all_pos - toks.offsets[rows]
+        hits = pl.DataFrame({"row": rows, "item": items, "h": all_h[qpos], "start": start, "end": start + width})
         per_item = (hits.group_by("row", "item")
                     .agg(pl.col("h").n_unique().alias("found"), pl.col("start").min(), pl.col("end").max()))
         total = index.item_grams[per_item["item"].to_numpy()]
-        own = (pl.DataFrame({"row": parts[0][0], "h": parts[0][2]}).group_by("row").agg(pl.col("h").n_unique().alias("own")))
         per_item = (per_item.with_columns((pl.col("found") / pl.Series(total)).alias("score"), pl.Series("total", total))
-                    .join(own, on="row", how="left")
-                    # rank candidates by Jaccard of the n-gram sets, so a multi-part problem is matched to
-                    # the item it equals, not to an earlier part it also contains entirely
+                    .filter(pl.col("score") >= min_overlap))
+        if per_item.height == 0:
+            return _empty()
+        # rank candidates by Jaccard of the n-gram sets, so a multi-part problem is matched to the
+        # item it equals, not to an earlier part it also contains entirely; a row's own distinct
+        # n-gram count is needed only where two or more items are candidates
+        several = per_item.group_by("row").len().filter(pl.col("len") > 1)["row"].to_numpy()
+        own = _empty_own()
+        if len(several):
+            need = np.zeros(len(toks), dtype=np.bool_)
+            need[several] = True
+            wrows = toks.rows_of(pos)
+            sel = need[wrows]
+            own = (pl.DataFrame({"row": wrows[sel], "h": hashes[sel]})
+                   .group_by("row").agg(pl.col("h").n_unique().alias("own")))
+        per_item = (per_item.join(own, on="row", how="left")
                     .with_columns((pl.col("found") / (pl.col("total") + pl.col("own").fill_null(0) - pl.col("found")))
                                   .alias("rank")))
-        return _best(per_item.filter(pl.col("score") >= min_overlap), by="rank")
+        return _best(per_item, by="rank")
 
     # --- exact after stripping non-word characters and digits --------------------------------
     def exact(self, texts: pl.Series, min_chars: int) -> pl.DataFrame:
@@ -155,11 +178,11 @@ class BenchmarkIndex:
                         self._exact.setdefault(int(h), base + j)
                 base += len(b)
         keys = texts.fill_null("").str.to_lowercase().str.replace_all(r"[\W\d_]+", "")
+        long_enough = np.flatnonzero(keys.str.len_chars().to_numpy() >= min_chars)
         rows, items = [], []
-        for r, key in enumerate(keys.to_list()):
-            if len(key) < min_chars:
-                continue
-            item = self._exact.get(xxhash.xxh3_64_intdigest(key.encode("utf-8", "surrogatepass")))
+        table = self._exact
+        for r, key in zip(long_enough.tolist(), keys.gather(long_enough).to_list(), strict=True):
+            item = table.get(xxhash.xxh3_64_intdigest(key.encode("utf-8", "surrogatepass")))
             if item is not None:
                 rows.append(r)
                 items.append(item)
@@ -169,10 +192,10 @@ class BenchmarkIndex:
                             schema=_MATCH_SCHEMA)
 
     # --- fuzzy (rapidfuzz) on indexed candidates ---------------------------------------------
-    def fuzzy(self, texts: pl.Series, threshold: float) -> pl.DataFrame:
+    def fuzzy(self, texts: pl.Series, threshold: float, tokens: Tokens | None = None) -> pl.DataFrame:
         """Best item per text with normalised Indel ratio >= threshold (0-1)."""
         try:
-            from rapidfuzz import fuzz
+            from rapidfuzz import fuzz, process
         except ImportError:  # pragma: no cover
             raise ValueError("the fuzzy method needs rapidfuzz: pip install 'curate-cot[dedup]'") from None
         if self._tokens is None:
@@ -180,37 +203,34 @@ class BenchmarkIndex:
         if self._normalised is None:
             self._normalised = [normalise(t) for t in self._texts]
             self._global_to_text = {g: k for k, g in enumerate(self._text_items)}
+            self._norm_len = np.zeros(self.n_items, dtype=np.int64)
+            self._norm_len[self._text_items_arr] = [len(t) for t in self._normalised]
         index = self._gram_index_text_only(FUZZY_BLOCK_N)
-        batch = TokenBatch(texts)
-        rows, _, hashes = batch.windows(FUZZY_BLOCK_N)
-        qpos, items = index.lookup(hashes)
+        toks = tokens if tokens is not None else Tokens(texts)
+        pos, hashes = toks.windows(FUZZY_BLOCK_N)
+        spos, shashes = toks.short_rows(FUZZY_BLOCK_N)
+        all_pos, all_h = np.concatenate([pos, spos]), np.concatenate([hashes, shashes])
+        qpos, items = index.lookup(all_h)
         if len(qpos) == 0:
             return _empty()
-        cands = (pl.DataFrame({"row": rows[qpos], "item": items})
-                 .group_by("row", "item").len()
-                 .sort(["row", "len", "item"], descending=[False, True, False])
-                 .group_by("row", maintain_order=True).head(FUZZY_CANDIDATES))
-        query_text = texts.fill_null("").to_list()
-        norm_cache: dict[int, str] = {}
-        out_rows, out_items, out_scores = [], [], []
         cutoff = threshold * 100
-        for row, item in cands.select("row", "item").iter_rows():
-            q = norm_cache.get(row)
-            if q is None:
-                q = norm_cache[row] = normalise(query_text[row])
-            target = self._normalised[self._global_to_text[item]]
-            lq, lt = len(q), len(target)
-            if lq + lt == 0 or 200 * min(lq, lt) / (lq + lt) < cutoff:  # Indel ratio bound from lengths
-                continue
-            score = fuzz.ratio(q, target, score_cutoff=cutoff)
-            if score:
-                out_rows.append(row)
-                out_items.append(item)
-                out_scores.append(score / 100)
-        if not out_rows:
+        # the Indel ratio is at most 2 min(la, lb) / (la + lb): a necessary bound, checked on arrays
+        # before anything else (with slack: polars' and Python's lower-casing may differ on rare
+        # characters); the candidates are then the items sharing the most 3-grams among those left
+        rows = toks.rows_of(all_pos[qpos])
+        lq, lt = toks.char_lengths()[rows], self._norm_len[items]
+        ok = 200 * np.minimum(lq, lt) >= (cutoff - 1) * (lq + lt)
+        if not ok.any():
             return _empty()
-        found = pl.DataFrame({"row": out_rows, "item": out_items, "score": out_scores, "start": None, "end": None},
-                             schema=_MATCH_SCHEMA)
+        rows, items = _top_candidates(rows[ok], items[ok], self.n_items, FUZZY_CANDIDATES)
+        queries = toks.normalised(rows)
+        targets = [self._normalised[self._global_to_text[i]] for i in items.tolist()]
+        scores = process.cpdist(queries, targets, scorer=fuzz.ratio, score_cutoff=cutoff, workers=1)
+        hit = np.flatnonzero(scores >= cutoff)
+        if not len(hit):
+            return _empty()
+        found = pl.DataFrame({"row": rows[hit], "item": items[hit], "score": scores[hit] / 100,
+                              "start": None, "end": None}, schema=_MATCH_SCHEMA)
         return _best(found)
 
     def _gram_index_text_only(self, n: int) -> _GramIndex:
@@ -223,6 +243,21 @@ class BenchmarkIndex:
             self._gram_indexes[key] = _GramIndex(pairs["h"].to_numpy(), pairs["item"].to_numpy(), self.n_items,
                                                  np.empty(0, np.int64))
         return self._gram_indexes[key]
+
+
+def _top_candidates(rows: np.ndarray, items: np.ndarray, n_items: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k items seen most often in (row, item) pairs (ties: lowest item), by row."""
+    keys, counts = np.unique(rows * n_items + items, return_counts=True)
+    r, it = keys // n_items, keys % n_items
+    order = np.lexsort((it, -counts, r))
+    r, it = r[order], it[order]
+    first = np.searchsorted(r, r, side="left")  # where each row's run starts (r is sorted)
+    keep = np.arange(len(r)) - first < k
+    return r[keep], it[keep]
+
+
+def _empty_own() -> pl.DataFrame:
+    return pl.DataFrame(schema={"row": pl.Int64, "own": pl.UInt32})
 
 
 def _best(frame: pl.DataFrame, by: str = "score") -> pl.DataFrame:

@@ -18,7 +18,7 @@ import polars as pl
 import xxhash
 
 TOKEN_PATTERN = r"\w+"
-_TOKEN_RE = re.compile(TOKEN_PATTERN)
+_TOKEN_RE = TOKEN_RE = re.compile(TOKEN_PATTERN)
 _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, so invertible modulo 2**64
 _BASE_INV = np.uint64(pow(0x9E3779B97F4A7C15, -1, 1 << 64))
 _M64 = (1 << 64) - 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Literal
 
 import numpy as np
@@ -10,13 +11,15 @@ import polars as pl
 import pyarrow as pa
 
 from curate.decontam import benchmarks as bench
+from curate.decontam.grams import Tokens
 from curate.decontam.match import BenchmarkIndex
-from curate.decontam.text import token_spans
+from curate.decontam.text import TOKEN_RE
 from curate.step import Step, StepResult, reject_where
 
 METHODS = ("ngram", "exact", "fuzzy", "embedding")
 WHOLE_TEXT_METHODS = ("exact", "fuzzy", "embedding")  # compare the whole problem, not spans
 SPAN_CHARS = 2000  # longest matching span kept in decontam_span
+CHUNK_CHARS = 2_000_000  # text the matchers take at once: ~0.4M tokens, ~50 MB of arrays
 COLUMNS: dict[str, pa.DataType] = {
     "decontam_benchmark": pa.string(),
     "decontam_item": pa.string(),
@@ -131,24 +134,35 @@ class Decontaminate(Step):
         """Best match per matched row: row, benchmark, item, method, score, span."""
         index = self.index
         found = []
-        for rank, method in enumerate(self._methods):
-            cols = self.fields if method == "ngram" else ["problem"]
-            for col in cols:
-                texts = batch[col].cast(pl.String)
-                if method == "ngram":
-                    m = index.ngram(texts, self.ngram_n, self.ngram_min_overlap)
-                elif method == "exact":
-                    m = index.exact(texts, self.exact_min_chars)
-                elif method == "fuzzy":
-                    m = index.fuzzy(texts, self.fuzzy_threshold)
-                else:
-                    m = self._embedding_matches(texts)
-                if m.height:
-                    found.append(m.with_columns(pl.lit(rank).alias("rank"), pl.lit(method).alias("method"),
-                                                pl.lit(col).alias("field")))
+        for lo, hi in _chunks(batch, list(dict.fromkeys(["problem", *self.fields]))):
+            part = batch.slice(lo, hi - lo)
+            tokens: dict[str, Tokens] = {}  # each column is tokenised and hashed once per chunk
+
+            def toks(col: str, part: pl.DataFrame = part, tokens: dict = tokens) -> Tokens:
+                if col not in tokens:
+                    tokens[col] = Tokens(part[col].cast(pl.String))
+                return tokens[col]
+
+            for rank, method in enumerate(self._methods):
+                cols = self.fields if method == "ngram" else ["problem"]
+                for col in cols:
+                    texts = part[col].cast(pl.String)
+                    if method == "ngram":
+                        m = index.ngram(toks(col), self.ngram_n, self.ngram_min_overlap)
+                    elif method == "exact":
+                        m = index.exact(texts, self.exact_min_chars)
+                    elif method == "fuzzy":
+                        m = index.fuzzy(texts, self.fuzzy_threshold, toks(col))
+                    else:
+                        m = self._embedding_matches(texts)
+                    if m.height:
+                        found.append(m.with_columns(pl.col("row") + lo, pl.lit(rank).alias("rank"),
+                                                    pl.lit(method).alias("method"), pl.lit(col).alias("field")))
         if not found:
             return pl.DataFrame(schema={"row": pl.Int64, **{k: pl.from_arrow(pa.array([], v)).dtype for k, v in COLUMNS.items()}})
-        best = (pl.concat(found).sort(["row", "rank", "score"], descending=[False, False, True])
+        # stable: on equal method and score the earlier field in ``fields`` wins
+        best = (pl.concat(found)
+                .sort(["row", "rank", "score"], descending=[False, False, True], maintain_order=True)
                 .group_by("row", maintain_order=True).first())
         spans = []
         for r in best.iter_rows(named=True):
@@ -202,10 +216,25 @@ class Decontaminate(Step):
                                     "start": pl.Int64, "end": pl.Int64})
 
 
+def _chunks(batch: pl.DataFrame, cols: list[str]) -> list[tuple[int, int]]:
+    """Row ranges of at most CHUNK_CHARS characters (at least one row each): the kernel's arrays
+    are ~100 bytes per token, so a chunk bounds memory whatever the batch size."""
+    chars = batch.select(pl.sum_horizontal(pl.col(c).cast(pl.String).str.len_bytes().fill_null(0)
+                                           for c in cols)).to_series().to_numpy()
+    ends = np.cumsum(chars)
+    out, lo = [], 0
+    while lo < batch.height:
+        hi = int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + CHUNK_CHARS, side="right"))
+        hi = min(max(hi, lo + 1), batch.height)
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
 def _span(text: str, start: int | None, end: int | None) -> str:
     """The matched text: token range [start, end) of ``text`` as characters, or the whole text."""
-    if start is not None and end is not None:
-        spans = token_spans(text)
-        if 0 <= start < end <= len(spans):
-            text = text[spans[start][0]: spans[end - 1][1]]
+    if start is not None and end is not None and 0 <= start < end:
+        spans = list(islice(TOKEN_RE.finditer(text), end))  # a long response is read up to the span only
+        if end <= len(spans):
+            text = text[spans[start].start(): spans[end - 1].end()]
     return text if len(text) <= SPAN_CHARS else text[: SPAN_CHARS - 1] + "…"

@@ -17,6 +17,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, ClassVar
 
 import polars as pl
@@ -50,6 +51,14 @@ def _kind(domain: str, row: dict[str, Any]) -> str:
     return "math"
 
 
+@cache
+def _warm_inline() -> None:
+    """What the pool's workers do before their first row, once per process for ``workers: 0``."""
+    from curate.verify.math import warmup
+
+    warmup()
+
+
 def _shutdown(pool: WorkerPool) -> None:
     pool.close()
 
@@ -78,7 +87,7 @@ class Verify(Step):
     keep: str = field(default="correct", metadata={"help": "correct (rejection sampling) | all (annotate only) | incorrect (negatives)"})
     timeout_s: float = field(default=5.0, metadata={"help": "CPU-time limit of one math/mcq row (a timer in the worker; the parent kills the worker 0.5 s of CPU later, or after a roomy wall-clock guard). Code rows have their own limits: code_test_timeout_s and code_row_timeout_s"})
     workers: int | None = field(default=None, metadata={"help": "worker processes (default: the CPUs available; 0 = inline, no pool)"})
-    lenient: bool = field(default=False, metadata={"help": "math: when no anchored answer (boxed, 'final answer is') exists, take the last expression of the response, as last-number graders do"})
+    lenient: bool = field(default=True, metadata={"help": "math: when the response states no anchored answer (boxed, 'final answer is'), parse it as plain math-verify does (any expression) instead of judging it wrong; false = strict"})
     keep_unverifiable: bool = field(default=False, metadata={"help": "keep rows whose verdict is null (otherwise they are rejected)"})
     code_test_timeout_s: float = field(default=4.0, metadata={"help": "CPU-time limit of one code test (RLIMIT_CPU, whole seconds rounded up; a program that sleeps is stopped by a wall-clock guard 3x as long + 2 s)"})
     code_row_timeout_s: float = field(default=30.0, metadata={"help": "CPU-time limit for all tests of one code row (the tests left are not run)"})
@@ -156,6 +165,7 @@ class Verify(Step):
         as each task finishes."""
         workers = default_workers() if self.workers is None else self.workers
         if workers == 0:
+            _warm_inline()  # math-verify's lazy set-up, paid once and not on the first row's clock
             raw: list[Any] = []
             for t in tasks:
                 try:

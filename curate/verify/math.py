@@ -10,7 +10,9 @@ is called gold first (it is not symmetric). Differences from open-r1, and why:
   so it is wrapped in ``\\boxed{}`` unless it already holds ``\\boxed`` or ``$``;
 - the prediction's LaTeX normalisation keeps math-verify's defaults (malformed operators on), so
   ``\\boxed{\\dfrac12}`` parses as 1/2 (open-r1 turns that off and gets a bare string);
-- plain-expression targets are tried after LaTeX (anchored too), so "The final answer is 0.5" counts.
+- plain-expression targets are tried after LaTeX (anchored too), so "The final answer is 0.5" counts;
+- ``lenient`` (the operator's default): a response with no anchored answer is parsed as the plain
+  loop parses it (default targets, no anchor needed) instead of being judged wrong.
 
 Verdicts are three-way: ``True``/``False``, or ``None`` when the row cannot be judged (no
 reference, a reference that does not parse, a timeout) with the reason in ``error``.
@@ -23,6 +25,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
@@ -40,7 +43,6 @@ PRED_CONFIG = (
     ExprExtractionConfig(try_extract_without_anchor=False),
 )
 PRED_LENIENT = (LatexExtractionConfig(), ExprExtractionConfig())  # no anchor needed: last expression
-LENIENT_TAIL = 300  # the closing sentence a lenient fallback reads
 THINKING_TAIL = 3000  # where a truncated trace's last answer lives
 SOLUTION_MAX = 20000  # solutions are short; a runaway one is cut to its tail
 
@@ -51,6 +53,14 @@ def gold_text(reference: str) -> str:
     if "\\boxed" in ref or re.search(r"(?<!\\)\$", ref):  # a math delimiter, not an escaped \$
         return ref
     return "\\boxed{" + ref + "}"
+
+
+@lru_cache(maxsize=4096)
+def _gold(reference: str) -> list:
+    """The parsed reference, once per worker: rows sampled n times per problem share it (a timeout
+    or an error raises and is not cached)."""
+    return parse(gold_text(reference), list(GOLD_CONFIG), extraction_mode="first_match",
+                 parsing_timeout=None, raise_on_error=True)
 
 
 def _parse(text: str, config: tuple) -> list:
@@ -126,8 +136,7 @@ def _verify_into(out: dict[str, Any], reference: str, task: dict[str, Any]) -> N
     """The work of ``verify_math``; ``out['_stage']`` names the step a timeout interrupts."""
     out["_stage"] = "parsing the reference"
     try:
-        gold = parse(gold_text(reference), list(GOLD_CONFIG), extraction_mode="first_match",
-                     parsing_timeout=None, raise_on_error=True)
+        gold = _gold(reference)
     except TimeoutException:
         raise
     except Exception as e:  # noqa: BLE001 - math-verify raises many kinds
@@ -154,8 +163,9 @@ def _verify_into(out: dict[str, Any], reference: str, task: dict[str, Any]) -> N
             if pred:
                 break
     if not pred and task.get("lenient"):
-        # what last-number graders (Qwen2.5-Math's) do: take the final expression of the response
-        text = (solution.strip() or thinking.strip())[-LENIENT_TAIL:]
+        # no anchored answer: what the plain loop does, math-verify's default targets (no anchor
+        # needed) on the response's end (the thinking's tail, then the solution)
+        text = (thinking + "\n" + solution).strip()
         out["_stage"] = "parsing the response (unanchored)"
         pred = _parse(text, PRED_LENIENT) if text else []
         where = "unanchored"

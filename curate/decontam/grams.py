@@ -1,0 +1,142 @@
+"""Decontamination's kernel: a batch's tokens hashed once, its n-gram hashes by array arithmetic,
+and membership in a benchmark's gram set without a Python set (or loop) per row.
+
+``Tokens`` cuts a batch of texts into the same lower-cased ``\\w+`` tokens as
+:class:`curate.decontam.text.TokenBatch` and gives the same n-gram hashes (``gram_hash``), but
+hashes each distinct token once (pyarrow dictionary encoding), takes every window of one width
+from contiguous slices of one prefix-sum array, and lets a caller hash windows at chosen
+positions only. ``GramSet`` answers "which benchmark items hold this hash" for millions of
+hashes: a 2**24-bit filter rejects almost every window with one array lookup, and only the few
+that pass are searched in the sorted (hash, item) table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.decontam.text import _BASE, _BASE_INV, fmix64, token_hash, tokenize_series
+
+FILTER_BITS = 24  # 16 MiB of bools: ~1% of non-member windows pass for 200k benchmark grams
+_SHIFT = np.uint64(64 - FILTER_BITS)
+_powers_cache: dict[str, np.ndarray] = {}
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """B**k and B**-k (mod 2**64) for k < n, cached and grown by doubling across batches."""
+    have = _powers_cache.get("p")
+    if have is None or len(have) < n:
+        size = max(n, 2 * len(have) if have is not None else 1 << 16)
+        with np.errstate(over="ignore"):
+            p = np.full(size, _BASE, dtype=np.uint64)
+            p[0] = 1
+            np.cumprod(p, out=p)
+            q = np.full(size, _BASE_INV, dtype=np.uint64)
+            q[0] = 1
+            np.cumprod(q, out=q)
+        _powers_cache["p"], _powers_cache["q"] = p, q
+    return _powers_cache["p"], _powers_cache["q"]
+
+
+class Tokens:
+    """One batch's tokens: per-token hash, row offsets, and n-gram hashes on demand."""
+
+    def __init__(self, texts: pl.Series):
+        toks = tokenize_series(texts).rechunk()
+        self._lists = toks
+        arr = toks.to_arrow()
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        self.lengths = toks.list.len().fill_null(0).to_numpy().astype(np.int64)
+        self.offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=self.offsets[1:])
+        values = arr.flatten()
+        if values.type != pa.large_string():
+            values = values.cast(pa.large_string())
+        enc = pc.dictionary_encode(values)
+        self.vocab: pa.Array = enc.dictionary
+        self.ids = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        self.vocab_hashes = np.fromiter((token_hash(t) for t in self.vocab.to_pylist()), dtype=np.uint64,
+                                        count=len(self.vocab))
+        self.hashes = self.vocab_hashes[self.ids]
+        n = len(self.hashes)
+        powers, _ = _powers(n + 1)
+        self._prefix = np.zeros(n + 1, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            np.cumsum(self.hashes * powers[:n], out=self._prefix[1:])
+        self._row_end: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def row_end(self) -> np.ndarray:
+        """For each flat token, the flat index where its row ends."""
+        if self._row_end is None:
+            self._row_end = np.repeat(self.offsets[1:], self.lengths)
+        return self._row_end
+
+    def rows_of(self, pos: np.ndarray) -> np.ndarray:
+        """The row of each flat token position."""
+        return np.searchsorted(self.offsets, pos, side="right") - 1
+
+    def windows(self, n: int, at: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(flat start, hash) of every n-token window inside one row, or of those starting at ``at``."""
+        total = len(self.hashes)
+        if total < n:
+            return np.empty(0, np.int64), np.empty(0, np.uint64)
+        _, inv = _powers(total + 1)
+        if at is None:
+            pos = np.flatnonzero(np.arange(n, total + 1, dtype=np.int64) <= self.row_end[: total - n + 1])
+        else:
+            pos = at[at + n <= self.row_end[at]] if len(at) else at.astype(np.int64)
+        with np.errstate(over="ignore"):
+            return pos, fmix64((self._prefix[pos + n] - self._prefix[pos]) * inv[pos])
+
+    def short_rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(flat start, hash) of one whole-row window for each row with 1..n-1 tokens."""
+        rows = np.flatnonzero((self.lengths > 0) & (self.lengths < n))
+        pos = self.offsets[rows]
+        end = pos + self.lengths[rows]
+        _, inv = _powers(len(self.hashes) + 1)
+        with np.errstate(over="ignore"):
+            return pos, fmix64((self._prefix[end] - self._prefix[pos]) * inv[pos])
+
+    def normalised(self, rows: np.ndarray) -> list[str]:
+        """The normalised text (tokens joined by one space) of the given rows."""
+        return self._lists.gather(rows).list.join(" ").fill_null("").to_list()
+
+    def char_lengths(self) -> np.ndarray:
+        """Length of each row's normalised text (tokens joined by one space)."""
+        tok_chars = pc.utf8_length(self.vocab).to_numpy(zero_copy_only=False).astype(np.int64)[self.ids]
+        cs = np.zeros(len(tok_chars) + 1, dtype=np.int64)
+        np.cumsum(tok_chars, out=cs[1:])
+        return cs[self.offsets[1:]] - cs[self.offsets[:-1]] + np.maximum(self.lengths - 1, 0)
+
+
+class GramSet:
+    """Sorted (gram hash, item) pairs behind a bit filter: which items hold each queried hash."""
+
+    def __init__(self, hashes: np.ndarray, items: np.ndarray):
+        order = np.lexsort((items, hashes))
+        self.hashes = np.ascontiguousarray(hashes[order].astype(np.uint64, copy=False))
+        self.items = items[order].astype(np.int64, copy=False)
+        self.filter = np.zeros(1 << FILTER_BITS, dtype=np.bool_)
+        self.filter[self.hashes >> _SHIFT] = True
+
+    def lookup(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query position, item) for every item holding each query hash, by query position."""
+        cand = np.flatnonzero(self.filter[query >> _SHIFT])
+        if not len(cand):
+            return cand, cand
+        hq = query[cand]
+        lo = np.searchsorted(self.hashes, hq, side="left")
+        hi = np.searchsorted(self.hashes, hq, side="right")
+        count = hi - lo
+        keep = count > 0
+        cand, lo, count = cand[keep], lo[keep], count[keep]
+        qpos = np.repeat(cand, count)
+        first = np.repeat(lo - np.concatenate(([0], np.cumsum(count)[:-1])), count)
+        return qpos, self.items[first + np.arange(len(qpos))]

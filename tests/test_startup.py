@@ -1,0 +1,36 @@
+"""Start-up cost: `curate --help` and importing the CLI load no heavy library (issue 19)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+HEAVY = ("polars", "pyarrow", "numpy", "pandas", "torch", "datasets", "ray", "math_verify", "sympy", "datasketch",
+         "transformers", "rapidfuzz", "matplotlib", "huggingface_hub", "yaml", "rich")
+
+
+def _loaded_after(code: str) -> list[str]:
+    """The heavy modules a fresh interpreter holds after running ``code``."""
+    probe = f"{code}\nimport sys, json\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["--version"]])
+def test_help_loads_no_heavy_library(argv):
+    code = ("import contextlib, io\nfrom curate.cli import main\n"
+            f"with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            f"    main({argv!r})")
+    assert _loaded_after(code) == []
+
+
+def test_import_curate_is_lazy_but_complete():
+    assert _loaded_after("import curate") == []
+    loaded = _loaded_after("from curate import read, Pipeline, run_recipe, TRACE_SCHEMA")
+    assert "pyarrow" in loaded  # the names resolve on first use
