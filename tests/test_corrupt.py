@@ -37,13 +37,21 @@ def traces(name: str) -> pl.DataFrame:
     return pl.concat([pl.from_arrow(b.traces) for b in read(TRACES / name).batches(4096)])
 
 
+def no_thinking(df: pl.DataFrame) -> pl.DataFrame:
+    """Real rows with their reasoning taken out (every real trace has some since markerless
+    responses read as reasoning + answer paragraph): what a row without thinking looks like."""
+    return df.with_columns(pl.lit("").alias("thinking"),
+                           pl.concat_str(pl.col("id"), pl.lit(":no-thinking")).alias("id"))
+
+
 @lru_cache(maxsize=1)
 def mixed() -> pl.DataFrame:
-    """~150 real rows with thinking, short (MATH-500) to very long (AIME), plus 10 without thinking."""
+    """~150 real rows with thinking, short (MATH-500, markerless ones included) to very long
+    (AIME), plus 10 without thinking."""
     math = traces("skythought_correct5k27b_math500.jsonl")
     parts = [
-        math.filter(pl.col("thinking").str.len_chars() > 0).head(80),
-        math.filter(pl.col("thinking").str.len_chars() == 0).head(10),
+        math.head(80),
+        no_thinking(math.slice(80, 10)),
         traces("skythought_corrupt07_32b_amc23.jsonl"),
         traces("skythought_correct5k32b_ckpt140_aime24.jsonl").head(10),
         traces("skythought_reflection10_32b_aime24.jsonl").head(10),
@@ -56,8 +64,8 @@ def small() -> pl.DataFrame:
     """32 real rows for the property tests: MATH-500 (some without thinking), AMC, two AIME traces."""
     math = traces("skythought_correct5k27b_math500.jsonl")
     return pl.concat([
-        math.filter(pl.col("thinking").str.len_chars() > 0).head(16),
-        math.filter(pl.col("thinking").str.len_chars() == 0).head(2),
+        math.head(16),
+        no_thinking(math.slice(16, 2)),
         traces("skythought_corrupt07_32b_amc23.jsonl").head(12),
         traces("skythought_correct5k32b_ckpt140_aime24.jsonl").head(2),
     ])
@@ -80,8 +88,8 @@ def run(op, df: pl.DataFrame | None = None) -> pl.DataFrame:  # noqa: ANN001
 OPS = {
     "shuffle": lambda seed, r: ShuffleSteps(ratio=r, seed=seed),
     "delete": lambda seed, r: DeleteSteps(ratio=r, seed=seed),
-    "insert": lambda seed, r: InsertSteps(ratio=r, seed=seed),
-    "insert_pure": lambda seed, r: InsertSteps(ratio=r, seed=seed, mode="insert"),
+    "insert": lambda seed, r: InsertSteps(ratio=r, seed=seed, mode="replace"),
+    "insert_pure": lambda seed, r: InsertSteps(ratio=r, seed=seed),
     "digits_number": lambda seed, r: CorruptDigits(ratio=r, seed=seed),
     "digits_digit": lambda seed, r: CorruptDigits(ratio=r, seed=seed, unit="digit"),
     "keywords_sentence": lambda seed, r: RemoveKeywords(ratio=r, seed=seed),
@@ -227,7 +235,7 @@ def test_insert_takes_steps_of_other_traces(mode: str) -> None:
 
 def test_insert_replaced_steps_keep_roughly_their_length() -> None:
     df = mixed()
-    out = run(InsertSteps(ratio=1.0, seed=2), df)
+    out = run(InsertSteps(ratio=1.0, seed=2, mode="replace"), df)
     ratios = []
     steps_by_id = {i: steps_of(t).bodies for i, t in df.select("id", "thinking").iter_rows()}
     for row in out.filter(pl.col("corrupt_units") > 0).iter_rows(named=True):
@@ -371,7 +379,7 @@ def test_recipe_entries_and_validation() -> None:
 
 def test_variants_through_the_runner(tmp_path: Path) -> None:
     src = read(TRACES / "skythought_corrupt07_32b_amc23.jsonl")
-    steps = [ShuffleSteps(ratio=0.67), InsertSteps(ratio=0.67), CorruptWrongAnswer()]
+    steps = [ShuffleSteps(ratio=0.67), InsertSteps(ratio=0.67, mode="replace"), CorruptWrongAnswer()]
     result = Pipeline(steps, batch_size=16).run(src, out=tmp_path / "v", progress=False)
     df = result.to_polars()
     assert df.height + result.rejects().height == 40

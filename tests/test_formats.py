@@ -151,7 +151,10 @@ def test_harness_real_file_one_trace_per_response(shared_data):
     for k, row in enumerate(head):
         assert row["source_id"] == f"{first['idx']}:{k}"
         assert row["problem"] == first["question"]
-        assert row["solution"] == first["code"][k].strip() and row["thinking"] == ""
+        # markerless: the reasoning is the thinking, the closing answer paragraph the solution
+        text = first["code"][k].strip()
+        assert row["solution"] and text.endswith(row["solution"]) and text.startswith(row["thinking"])
+        assert len(row["thinking"]) + len(row["solution"]) <= len(text)
         assert row["reference_answer"] == first["gt"] == "420"
         extra = json.loads(row["extra"])
         # per-response lists are sliced to this response; everything else is kept whole

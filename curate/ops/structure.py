@@ -75,11 +75,12 @@ class Segmentation:
 def resegment(batch: pl.DataFrame) -> pl.DataFrame:
     """Recompute steps_* columns (when the batch has them) after the thinking text changed.
 
-    Uses the default rules of the mode recorded in ``steps_method``.
+    Uses the default rules of the mode recorded in ``steps_method``; a row segmented otherwise (by a
+    model) gets the transition rules, and ``steps_method`` says so.
     """
     if "steps_start" not in batch.columns:
         return batch
-    starts_col, ends_col, counts = [], [], []
+    starts_col, ends_col, counts, used = [], [], [], []
     methods = batch["steps_method"].to_list() if "steps_method" in batch.columns else [None] * batch.height
     for text, method in zip(batch["thinking"].fill_null("").to_list(), methods, strict=True):
         seg = Segmentation(mode="paragraph" if method == "rule:paragraph" else "transition",
@@ -89,10 +90,12 @@ def resegment(batch: pl.DataFrame) -> pl.DataFrame:
         starts_col.append([a for a, _ in sp])
         ends_col.append([b for _, b in sp])
         counts.append(len(sp))
+        used.append(seg.method())
     return batch.with_columns(
         pl.Series("steps_start", starts_col, dtype=pl.List(pl.Int32)),
         pl.Series("steps_end", ends_col, dtype=pl.List(pl.Int32)),
         pl.Series("steps_count", counts, dtype=pl.Int32),
+        pl.Series("steps_method", used, dtype=pl.String),
     )
 
 
