@@ -102,7 +102,7 @@ def row_segmentations(batch: pl.DataFrame, rules: Segmentation) -> Iterator[tupl
             if starts is not None and ends is not None and _tiles(list(starts), list(ends), len(text)):
                 yield row_id, text, list(starts), method or "input"
                 continue
-        yield row_id, text, rules.starts(text), rules.method()
+        yield row_id, text, *rules.segment(text)
 
 
 def _tiles(starts: list[int], ends: list[int], length: int) -> bool:
@@ -391,7 +391,8 @@ class InsertSteps(_StepCorruption):
             raise ValueError(f"min_donor_chars must be >= 0, got {self.min_donor_chars}")
         self._check_common()
         self._seg = Segmentation(mode=self.split, transitions=self.transitions, split_inline=self.split_inline,
-                                 inline_transitions=self.inline_transitions, min_step_chars=self.min_step_chars)
+                                 inline_transitions=self.inline_transitions, min_step_chars=self.min_step_chars,
+                                 min_steps=self.min_steps)
         self._seg._check_segmentation()
         self._lens: list[int] = []
         self._pool: list[tuple[int, str, str]] = []  # (length, donor "id:step", body), sorted by length
@@ -399,6 +400,9 @@ class InsertSteps(_StepCorruption):
 
     def starts(self, text: str) -> list[int]:
         return self._seg.starts(text)
+
+    def segment(self, text: str) -> tuple[list[int], str]:
+        return self._seg.segment(text)
 
     def method(self) -> str:
         return self._seg.method()
