@@ -91,6 +91,8 @@ def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progre
         click.echo(f"  config {name}: {config['rows']} rows ({steps})")
     configs = f" in {len(result.configs)} configs" if result.configs else ""
     click.echo(f"wrote {result.rows} rows{configs} to {result.out}")
+    for line in result.manifest.get("coverage_warnings", []):
+        click.secho(f"WARNING: low corruption coverage: {line}", fg="red", bold=True, err=True)
 
 
 @main.command()

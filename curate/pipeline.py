@@ -446,6 +446,12 @@ class _Run:
         if configs:
             manifest["configs"] = configs
         manifest["rejects"] = rejects
+        from curate.ops.corrupt import coverage_warnings
+
+        if coverage := coverage_warnings(manifest):  # variants that are partly copies of the base
+            manifest["coverage_warnings"] = coverage
+            for line in coverage:
+                warnings.warn(f"low corruption coverage: {line}", stacklevel=3)
         write_json_atomic(manifest, self.out / MANIFEST)
         if self.card:
             _write_card(self.out)
