@@ -87,7 +87,7 @@ def coverage_warnings(manifest: dict[str, Any]) -> list[str]:
         drawn = f" ({c['target']} drawn)" if c["target"] != c["rows"] else ""
         out.append(f"{where}step {f['step']} '{f['name']}' changed {c['changed']:,} of {c['target']:,} rows{drawn} "
                    f"({c['changed'] / c['target']:.1%} < {MIN_CHANGED_SHARE:.0%}): the other rows are unchanged "
-                   "copies of the base (see reject reasons with on_untouched: reject)")
+                   "copies of the base rows (on_untouched: reject drops them, with the reason)")
     return out
 
 
