@@ -312,8 +312,8 @@ def test_limo_layout(real):
     rec = {"question": r["question"], "solution": long_solution, "answer": r["gt"]}
     assert detect_format(rec).name == "limo"
     (row,), _ = read_rows([rec])
-    # LIMO's solution is the whole long reasoning: it becomes the thinking
-    assert row["thinking"] == long_solution.strip() and row["solution"] == ""
+    # LIMO's solution is the whole long reasoning: the thinking, but for its final answer paragraph
+    assert row["thinking"] == thinking.strip() and row["solution"] == f"**Final Answer**\n\\[ \\boxed{{{r['gt']}}} \\]"
     assert row["reference_answer"] == r["gt"] and row["domain"] == "math" and row["extra"] is None
 
 

@@ -13,6 +13,10 @@ Shared contract of every corruption:
   phrases). With ``sampling: exact`` (the default) exactly ``round_half_up(ratio * units)`` units are
   chosen, uniformly without replacement; with ``sampling: bernoulli`` (where offered) each unit is
   chosen independently with probability ``ratio`` (what the paper's digit script did).
+  ``remove_keywords`` with ``per: row`` (and its model mode) draws whole rows with probability
+  ``ratio`` instead, as the paper's keyword script did.
+- **Steps.** The structural corruptions use the segmentation already on the row (``segment_steps``,
+  rule- or model-made) when its offsets still tile the thinking, and their own rules otherwise.
 - **Audit columns.** ``corrupt_kind``, ``corrupt_ratio``, ``corrupt_seed``, ``corrupt_units`` (units
   in the row), ``corrupt_touched`` (units changed) and per-operator lists of what was touched
   (``corrupt_steps``, ``corrupt_order``, ``corrupt_donors``, ``corrupt_spans``).
@@ -21,7 +25,11 @@ Shared contract of every corruption:
   first one, when corruptions are chained) so every variant joins back to its base row.
 - **Untouched rows** (no unit to corrupt: empty thinking, no number...) are kept unchanged by default
   so all variants of a base share the same rows; ``on_untouched: reject`` drops them instead.
-- **Stale annotations.** When the input has ``steps_*`` columns (segment_steps) they are refreshed;
+- **Coverage.** Each corruption reports ``corruption: {rows, target, changed}`` in its funnel entry;
+  a run where fewer than 99% of the target rows changed says so at the end and in the card
+  (:func:`coverage_warnings`).
+- **Stale annotations.** When the input has ``steps_*`` columns (segment_steps) they follow the edit
+  (offsets moved through it; a model rewrite is re-segmented by rules and ``steps_method`` says so);
   other annotations (``profile_*``, ``verify_*``) describe the clean row: run those steps after the
   corruption when a variant needs them.
 """
