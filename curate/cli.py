@@ -217,6 +217,8 @@ def _echo_summary(result) -> None:
     if rejects:
         click.echo(f"  {'rejects:':10}{out / 'rejects'} ({sum(r['rows'] for r in rejects):,} rows "
                    f"in {len(rejects)} file(s))")
+    for line in result.manifest.get("coverage_warnings", []):
+        click.secho(f"WARNING: low corruption coverage: {line}", fg="red", bold=True, err=True)
 
 
 @main.command()

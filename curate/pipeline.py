@@ -677,6 +677,12 @@ class _Run:
         if configs:
             manifest["configs"] = configs
         manifest["rejects"] = rejects
+        from curate.ops.corrupt import coverage_warnings
+
+        if coverage := coverage_warnings(manifest):  # variants that are partly copies of the base
+            manifest["coverage_warnings"] = coverage
+            for line in coverage:
+                warnings.warn(f"low corruption coverage: {line}", stacklevel=3)
         manifest["wall_seconds"] = round(time.time() - started, 3)
         damaged = _check_outputs(self.out, manifest)
         if damaged:  # written, yet not there as listed: never call such a run finished

@@ -36,13 +36,21 @@ def traces(name: str) -> pl.DataFrame:
     return pl.concat([pl.from_arrow(b.traces) for b in read(TRACES / f"{name}.gz").batches(4096)])
 
 
+def no_thinking(df: pl.DataFrame) -> pl.DataFrame:
+    """Real rows with their reasoning taken out (every real trace has some since markerless
+    responses read as reasoning + answer paragraph): what a row without thinking looks like."""
+    return df.with_columns(pl.lit("").alias("thinking"),
+                           pl.concat_str(pl.col("id"), pl.lit(":no-thinking")).alias("id"))
+
+
 @lru_cache(maxsize=1)
 def mixed() -> pl.DataFrame:
-    """~150 real rows with thinking, short (MATH-500) to very long (AIME), plus 10 without thinking."""
+    """~150 real rows with thinking, short (MATH-500, markerless ones included) to very long
+    (AIME), plus 10 without thinking."""
     math = traces("skythought_correct5k27b_math500.jsonl")
     parts = [
-        math.filter(pl.col("thinking").str.len_chars() > 0).head(80),
-        math.filter(pl.col("thinking").str.len_chars() == 0).head(10),
+        math.head(80),
+        no_thinking(math.slice(80, 10)),
         traces("skythought_corrupt07_32b_amc23.jsonl"),
         traces("skythought_correct5k32b_ckpt140_aime24.jsonl").head(10),
         traces("skythought_reflection10_32b_aime24.jsonl").head(10),
@@ -55,8 +63,8 @@ def small() -> pl.DataFrame:
     """32 real rows for the property tests: MATH-500 (some without thinking), AMC, two AIME traces."""
     math = traces("skythought_correct5k27b_math500.jsonl")
     return pl.concat([
-        math.filter(pl.col("thinking").str.len_chars() > 0).head(16),
-        math.filter(pl.col("thinking").str.len_chars() == 0).head(2),
+        math.head(16),
+        no_thinking(math.slice(16, 2)),
         traces("skythought_corrupt07_32b_amc23.jsonl").head(12),
         traces("skythought_correct5k32b_ckpt140_aime24.jsonl").head(2),
     ])
@@ -79,8 +87,8 @@ def run(op, df: pl.DataFrame | None = None) -> pl.DataFrame:  # noqa: ANN001
 OPS = {
     "shuffle": lambda seed, r: ShuffleSteps(ratio=r, seed=seed),
     "delete": lambda seed, r: DeleteSteps(ratio=r, seed=seed),
-    "insert": lambda seed, r: InsertSteps(ratio=r, seed=seed),
-    "insert_pure": lambda seed, r: InsertSteps(ratio=r, seed=seed, mode="insert"),
+    "insert": lambda seed, r: InsertSteps(ratio=r, seed=seed, mode="replace"),
+    "insert_pure": lambda seed, r: InsertSteps(ratio=r, seed=seed),
     "digits_number": lambda seed, r: CorruptDigits(ratio=r, seed=seed),
     "digits_digit": lambda seed, r: CorruptDigits(ratio=r, seed=seed, unit="digit"),
     "keywords_sentence": lambda seed, r: RemoveKeywords(ratio=r, seed=seed),
@@ -226,7 +234,7 @@ def test_insert_takes_steps_of_other_traces(mode: str) -> None:
 
 def test_insert_replaced_steps_keep_roughly_their_length() -> None:
     df = mixed()
-    out = run(InsertSteps(ratio=1.0, seed=2), df)
+    out = run(InsertSteps(ratio=1.0, seed=2, mode="replace"), df)
     ratios = []
     steps_by_id = {i: steps_of(t).bodies for i, t in df.select("id", "thinking").iter_rows()}
     for row in out.filter(pl.col("corrupt_units") > 0).iter_rows(named=True):
@@ -370,7 +378,7 @@ def test_recipe_entries_and_validation() -> None:
 
 def test_variants_through_the_runner(tmp_path: Path) -> None:
     src = read(TRACES / "skythought_corrupt07_32b_amc23.jsonl.gz")
-    steps = [ShuffleSteps(ratio=0.67), InsertSteps(ratio=0.67), CorruptWrongAnswer()]
+    steps = [ShuffleSteps(ratio=0.67), InsertSteps(ratio=0.67, mode="replace"), CorruptWrongAnswer()]
     result = Pipeline(steps, batch_size=16).run(src, out=tmp_path / "v", progress=False)
     df = result.to_polars()
     assert df.height + result.rejects().height == 40
@@ -404,3 +412,211 @@ def test_on_untouched_reject_splits_rows_without_steps() -> None:
     assert (result.kept["steps_count"] == result.kept["corrupt_units"]).all()
     for text, s0, e0 in result.kept.select("thinking", "steps_start", "steps_end").iter_rows():
         assert "".join(text[a:b] for a, b in zip(s0, e0, strict=True)) == text
+
+
+# --- the paper's methods: digits (corrupt_data.py), keywords (tag_output.py) ---------------------
+
+
+def paper_corrupt_numbers(text: str, ratio: float, rng) -> str:  # noqa: ANN001
+    """corrupt_data.py's corrupt_numbers (NovaSky-AI/SkyThought, branch corrupt), with its RNG passed in."""
+    return re.sub(r"\b\d+(\.\d+)?\b", lambda m: str(rng.randint(0, 10)) if rng.random() < ratio else m.group(),
+                  text, flags=re.ASCII)
+
+
+def test_digits_paper_replacement_matches_the_scripts_statistics() -> None:
+    """Per number: replaced with probability ratio by randint(0, 10), which may equal it."""
+    import random
+
+    df = mixed()
+    number = re.compile(r"\b\d+(?:\.\d+)?\b", re.ASCII)
+    for ratio in (0.2, 0.7):
+        out = run(CorruptDigits(ratio=ratio, sampling="bernoulli", replacement="paper", seed=1), df)
+        units, touched = out["corrupt_units"].sum(), out["corrupt_touched"].sum()
+        # the script on the same responses: how many numbers end up different
+        rng, changed, total = random.Random(0), 0, 0
+        for th, so in df.select("thinking", "solution").iter_rows():
+            for text in (th, so):
+                old = number.findall(text)
+                new = number.findall(paper_corrupt_numbers(text, ratio, rng))
+                if len(old) == len(new):  # (a corrupted 1.5 -> 7 keeps the count; skip the rare merge)
+                    total += len(old)
+                    changed += sum(a != b for a, b in zip(old, new, strict=True))
+        ours, theirs = touched / units, changed / total
+        assert abs(ours - theirs) < 0.02, (ratio, ours, theirs)
+        assert ours < ratio  # a draw can give the number back, so fewer than ratio of them change
+    with pytest.raises(ValueError, match="unit: number"):
+        CorruptDigits(unit="digit", replacement="paper")
+
+
+def test_remove_keywords_per_row_draws_rows_with_probability_ratio() -> None:
+    df = mixed().filter(pl.col("thinking") != "")
+    out = run(RemoveKeywords(ratio=0.5, per="row", seed=3), df)
+    drawn = out.filter(pl.col("corrupt_units") > 0)
+    assert 0.35 * df.height < drawn.height < 0.65 * df.height
+    # a drawn row loses every keyword sentence, an undrawn one keeps its text
+    assert (drawn["corrupt_touched"] == drawn["corrupt_units"]).all()
+    assert all(sum(count_keywords(t)) == 0 for t in drawn["thinking"])
+    rest = out.filter(pl.col("corrupt_units") == 0).join(df.select("id", pl.col("thinking").alias("before")),
+                                                        left_on="original_id", right_on="id")
+    assert (rest["thinking"] == rest["before"]).all()
+    assert RemoveKeywords(per="row").kind() == "remove_keywords:sentence:per_row"
+
+
+def _rewrite_server(replies: dict[str, tuple[int, str, str]], seen: list[str]):  # noqa: ANN202
+    """A loopback OpenAI server answering the reflection-removal prompt with canned rewrites:
+    ``replies`` maps a marker found in the prompt to (status, text, finish_reason)."""
+    from curate.models.serve import make_server, start_in_thread
+
+    def hook(path, body):  # noqa: ANN001, ANN202
+        prompt = body["prompt"]
+        seen.append(prompt)
+        thinking = prompt.split("Reasoning:\n", 1)[1]
+        for marker, (status, text, finish) in replies.items():
+            if marker in thinking:
+                if status != 200:
+                    return status, {"error": {"message": "boom", "type": "server_error"}}, {}
+                return 200, {"choices": [{"index": 0, "text": text, "finish_reason": finish}],
+                             "usage": {"prompt_tokens": 10, "completion_tokens": 5}}, {}
+        # default canned rewrite: keep the paragraphs that hold no reflection keyword
+        kept = [p for p in thinking.split("\n\n") if not sum(count_keywords(p))]
+        return 200, {"choices": [{"index": 0, "text": "\n\n".join(kept) or "Direct.", "finish_reason": "stop"}],
+                     "usage": {"prompt_tokens": 10, "completion_tokens": 5}}, {}
+
+    server = make_server(None, hook=hook)  # type: ignore[arg-type]
+    return server, start_in_thread(server)
+
+
+def test_remove_keywords_model_mode_rewrites_drawn_rows_through_a_cached_backend(tmp_path: Path) -> None:
+    """The paper's method: per row with probability ratio, a model removes the reflections."""
+    from curate.models import clear_backends
+
+    df = mixed().filter(pl.col("thinking") != "").head(40)
+    first_words = df["thinking"].str.slice(0, 60).to_list()
+    bad = {first_words[0]: (500, "", "stop"), first_words[1]: (200, "cut off", "length"), first_words[2]: (200, "", "stop")}
+    seen: list[str] = []
+    server, url = _rewrite_server(bad, seen)
+    model = {"backend": "openai", "name_or_path": "rewriter", "base_url": url, "cache": str(tmp_path / "cache.db"),
+             "max_retries": 0}
+    try:
+        op = RemoveKeywords(ratio=1.0, mode="model", per="row", model=model)
+        result = op.apply(df, 0)
+        calls = len(seen)
+        again = RemoveKeywords(ratio=1.0, mode="auto", per="row", model=model).apply(df, 0)  # cache hits
+    finally:
+        server.shutdown()
+        server.server_close()
+        clear_backends()
+    out = result.kept
+    assert calls == df.height  # every row drawn at ratio 1.0, asked once
+    asked = {p.split("Reasoning:\n", 1)[1] for p in seen[:calls]}
+    assert asked == set(df["thinking"]) and all("Remove every reflection" in p for p in seen)
+    assert len(seen) - calls == 1  # the second run: cache hits, except the error (errors are not cached)
+    assert again.kept.select("thinking").equals(out.select("thinking"))
+    assert set(out["corrupt_kind"]) == {"remove_keywords:model"}
+    by_first = dict(zip(out["original_id"], out["corrupt_touched"], strict=True))
+    failed = [df["id"][i] for i in range(3)]
+    assert [by_first[i] for i in failed] == [0, 0, 0]  # failed, cut at max_tokens, empty: left unchanged
+    assert result.stats["model_failed"] == 3 and result.stats["model_rewritten"] == df.height - 3
+    assert result.stats["corruption"] == {"rows": df.height, "target": df.height, "changed": df.height - 3}
+    rewritten = out.filter(pl.col("corrupt_touched") > 0)
+    assert all(sum(count_keywords(t)) == 0 for t in rewritten["thinking"])
+    solution = dict(zip(df["id"], df["solution"], strict=True))
+    assert all(solution[o] == s for o, s in zip(out["original_id"], out["solution"], strict=True))
+
+
+def test_remove_keywords_model_mode_draws_rows_and_needs_a_model(tmp_path: Path) -> None:
+    from curate.models import clear_backends
+
+    df = mixed().filter(pl.col("thinking") != "")
+    seen: list[str] = []
+    server, url = _rewrite_server({}, seen)
+    model = {"backend": "openai", "name_or_path": "rewriter", "base_url": url, "cache": False}
+    try:
+        op = RemoveKeywords(ratio=0.2, mode="model", per="row", model=model, seed=5)
+        out = op.apply(df, 0).kept
+        requests = op.generation_requests(df)
+    finally:
+        server.shutdown()
+        server.server_close()
+        clear_backends()
+    drawn = out.filter(pl.col("corrupt_units") == 1)
+    assert len(seen) == drawn.height == len(requests) and 0.1 * df.height < drawn.height < 0.3 * df.height
+    # the same rows as the rule-based fallback with per: row draws (same seed, same RNG use)
+    rules = RemoveKeywords(ratio=0.2, per="row", seed=5).apply(df, 0).kept
+    assert set(rules.filter(pl.col("corrupt_units") > 0)["original_id"]) <= set(drawn["original_id"])
+    with pytest.raises(ValueError, match="needs a model"):
+        RemoveKeywords(mode="model", per="row")
+    with pytest.raises(ValueError, match="per: row"):
+        RemoveKeywords(mode="model", model=model)
+    assert RemoveKeywords(mode="auto").method() == "sentence"
+    assert RemoveKeywords(mode="auto", per="row", model=model).method() == "model"
+
+
+def test_recipe_model_block_makes_keywords_the_model_rewrite() -> None:
+    import yaml
+
+    from curate.recipe import load_recipe
+
+    doc = yaml.safe_load((Path(__file__).resolve().parent.parent / "pipelines/structure_vs_content.yaml").read_text())
+    doc["input"]["path"] = str(TRACES)
+    doc["model"] = {"backend": "openai", "name_or_path": "gpt-4o-mini", "base_url": "http://127.0.0.1:9/v1"}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "r.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        with_model = load_recipe(path).pipeline
+        del doc["model"]
+        path.write_text(yaml.safe_dump(doc))
+        without = load_recipe(path).pipeline
+    assert with_model.variants["keywords_50"][-1].method() == "model"
+    assert without.variants["keywords_50"][-1].method() == "sentence"
+
+
+# --- steps: the segmentation already on the row --------------------------------------------------
+
+
+def model_segmented(df: pl.DataFrame) -> pl.DataFrame:
+    """Rows segmented as a model might (every third paragraph opens a step), method recorded."""
+    from curate.structure.segment import paragraph_starts, spans
+
+    starts, ends = [], []
+    for text in df["thinking"]:
+        sp = spans(paragraph_starts(text)[::3], len(text)) if text else []
+        starts.append([a for a, _ in sp])
+        ends.append([b for _, b in sp])
+    return df.with_columns(pl.Series("steps_start", starts, dtype=pl.List(pl.Int32)),
+                           pl.Series("steps_end", ends, dtype=pl.List(pl.Int32)),
+                           pl.Series("steps_count", [len(s) for s in starts], dtype=pl.Int32),
+                           pl.lit("model:openai:splitter", dtype=pl.String).alias("steps_method"))
+
+
+@pytest.mark.parametrize("op", ["shuffle", "delete", "insert_pure"])
+def test_structural_ops_use_the_rows_segmentation(op: str) -> None:
+    df = model_segmented(mixed().filter(pl.col("thinking") != ""))
+    out = run(OPS[op](2, 0.67), df)
+    assert (out["steps_method"] == "model:openai:splitter").all()
+    before = {r["id"]: r for r in df.iter_rows(named=True)}
+    for row in out.iter_rows(named=True):
+        old = before[row["original_id"]]
+        assert row["corrupt_units"] == old["steps_count"]  # the model's steps, not the rules'
+        bodies = [old["thinking"][a:b].rstrip() for a, b in zip(old["steps_start"], old["steps_end"], strict=True)]
+        new = [row["thinking"][a:b].rstrip() for a, b in zip(row["steps_start"], row["steps_end"], strict=True)]
+        kept = [(pos, o) for pos, o in enumerate(row["corrupt_order"]) if o >= 0]
+        assert all(new[pos] == bodies[o] for pos, o in kept)
+    # a row whose offsets no longer tile its thinking falls back to the rules (and says so)
+    stale = df.head(3).with_columns(pl.col("thinking") + " extra")
+    again = run(OPS[op](2, 0.67), stale)
+    assert (again["steps_method"] == "rule:transition+inline").all()
+
+
+def test_content_ops_move_the_rows_step_offsets() -> None:
+    df = model_segmented(mixed().filter(pl.col("thinking") != ""))
+    for op in (CorruptDigits(ratio=1.0, sampling="bernoulli", replacement="paper"), RemoveKeywords(ratio=1.0)):
+        out = run(op, df)
+        assert (out["steps_method"] == "model:openai:splitter").all()
+        for text, s, e in out.select("thinking", "steps_start", "steps_end").iter_rows():
+            assert "".join(text[a:b] for a, b in zip(s, e, strict=True)) == text
+        # digits keep every step (numbers change inside them); keyword cuts may empty a step
+        if isinstance(op, CorruptDigits):
+            assert out["steps_count"].to_list() == df["steps_count"].to_list()

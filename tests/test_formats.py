@@ -151,7 +151,10 @@ def test_harness_real_file_one_trace_per_response(shared_data):
     for k, row in enumerate(head):
         assert row["source_id"] == f"{first['idx']}:{k}"
         assert row["problem"] == first["question"]
-        assert row["solution"] == first["code"][k].strip() and row["thinking"] == ""
+        # markerless: the reasoning is the thinking, the closing answer paragraph the solution
+        text = first["code"][k].strip()
+        assert row["solution"] and text.endswith(row["solution"]) and text.startswith(row["thinking"])
+        assert len(row["thinking"]) + len(row["solution"]) <= len(text)
         assert row["reference_answer"] == first["gt"] == "420"
         extra = json.loads(row["extra"])
         # per-response lists are sliced to this response; everything else is kept whole
@@ -309,8 +312,8 @@ def test_limo_layout(real):
     rec = {"question": r["question"], "solution": long_solution, "answer": r["gt"]}
     assert detect_format(rec).name == "limo"
     (row,), _ = read_rows([rec])
-    # LIMO's solution is the whole long reasoning: it becomes the thinking
-    assert row["thinking"] == long_solution.strip() and row["solution"] == ""
+    # LIMO's solution is the whole long reasoning: the thinking, but for its final answer paragraph
+    assert row["thinking"] == thinking.strip() and row["solution"] == f"**Final Answer**\n\\[ \\boxed{{{r['gt']}}} \\]"
     assert row["reference_answer"] == r["gt"] and row["domain"] == "math" and row["extra"] is None
 
 

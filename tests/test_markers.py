@@ -40,7 +40,12 @@ def test_real_traces_split_by_marker_kind(math500_responses):
         if closed is False:
             assert solution == "" and thinking == text.replace(SKY_BEGIN_THOUGHT, "").strip()
         if style == "none":
-            assert (thinking, solution, closed) == ("", text.strip(), None)
+            # QwQ-style markerless response: the reasoning is the thinking, the answer paragraph the solution
+            assert thinking and solution and closed is None
+            body = text.strip()
+            assert body.startswith(thinking) and body.endswith(solution)
+            assert not body[len(thinking):len(body) - len(solution)].strip()  # no text lost between them
+            assert "\n\n" not in solution or "boxed" in solution or "Final Answer" in solution
     # counted independently from the file: 196 closed, 94 truncated (no end marker), 210 unmarked
     assert kinds == Counter({("sky-t1", True): 196, ("none", None): 210, ("sky-t1", False): 94})
 
@@ -96,3 +101,23 @@ def test_join_then_split_round_trips_real_traces(math500_responses, style):
 def test_join_rejects_unknown_style():
     with pytest.raises(ValueError, match="unknown marker style 'xml'"):
         join_response("a", "b", "xml")
+
+
+def test_markerless_response_is_reasoning_plus_answer_paragraph(math500_responses):
+    """QwQ-style responses carry no markers: the last paragraph with the boxed answer (and its
+    "Final Answer" heading) is the solution, everything before it the thinking."""
+    plain = [t for t in math500_responses if SKY_BEGIN_THOUGHT not in t and SKY_END_THOUGHT not in t]
+    assert len(plain) == 210
+    splits = [split_response(t) for t in plain]
+    assert all(s.thinking and s.solution for s in splits)
+    assert sum(len(s.thinking) for s in splits) > 20 * sum(len(s.solution) for s in splits)
+    boxed = [s for t, s in zip(plain, splits) if "\\boxed" in t.rsplit("\n\n", 3)[-1]]
+    assert boxed and all("\\boxed" in s.solution for s in boxed)
+    heading = [s for s in splits if s.solution.startswith("**Final Answer**")]
+    assert len(heading) > 10 and all(s.solution.count("\n\n") == 1 for s in heading)  # heading + answer
+    # a one-paragraph answer has no reasoning to separate
+    assert split_response("The answer is 4.") == ("", "The answer is 4.", None, "none")
+    # joining back (style none) and splitting again gives the same parts
+    for s in splits[:50]:
+        again = split_response(join_response(s.thinking, s.solution, "none", None))
+        assert (again.thinking, again.solution) == (s.thinking, s.solution)

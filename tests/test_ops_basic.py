@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import polars as pl
 import pytest
@@ -64,14 +65,14 @@ def test_exact_dedup_problem_mode_and_keep_policies(rows, tmp_path):
 def test_filter_reasons_name_the_first_failed_condition(math500_sample, tmp_path):
     result = Pipeline([
         ExtractAnswer(),
-        Filter(min_thinking_chars=1, max_solution_chars=1500, where={"answer_method": {"in": ["boxed"]}}),
+        Filter(min_thinking_chars=3000, max_solution_chars=1500, where={"answer_method": {"in": ["boxed"]}}),
     ]).run(read(math500_sample), out=tmp_path / "f")
     kept = result.to_polars()
     assert kept.height > 0
-    assert (kept["thinking"].str.len_chars() >= 1).all() and (kept["solution"].str.len_chars() <= 1500).all()
+    assert (kept["thinking"].str.len_chars() >= 3000).all() and (kept["solution"].str.len_chars() <= 1500).all()
     assert set(kept["answer_method"]) == {"boxed"}
     reasons = result.rejects("filter")["reject_reason"].to_list()
-    assert any(r.startswith("thinking has 0 chars < min_thinking_chars=1") for r in reasons)
+    assert any(re.match(r"thinking has \d+ chars < min_thinking_chars=3000", r) for r in reasons)
     assert any("chars > max_solution_chars=1500" in r for r in reasons)
     assert result.funnel["rejected"][2] == len(reasons)
 

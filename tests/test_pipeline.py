@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def standard_steps() -> list[Step]:
-    return [ExactDedup(), ExtractAnswer(), Filter(min_thinking_chars=200), Sample(n=40, seed=0, stratify_by="source")]
+    return [ExactDedup(), ExtractAnswer(), Filter(min_thinking_chars=2000), Sample(n=40, seed=0, stratify_by="source")]
 
 
 def test_run_writes_hub_layout_manifest_and_consistent_funnel(samples_dir, tmp_path):
@@ -43,10 +43,10 @@ def test_run_writes_hub_layout_manifest_and_consistent_funnel(samples_dir, tmp_p
     assert funnel["rows_in"][1:].to_list() == funnel["kept"][:-1].to_list()
     assert funnel["rows_in"][0] == 180  # every line of the two sample files
     assert result.rows == 40 == result.to_polars().height
-    # the filter really dropped reasoning-free rows, with a reason naming the parameter
+    # the filter really dropped short-reasoning rows, with a reason naming the parameter
     rejects = result.rejects("filter")
     assert rejects.height == funnel.filter(pl.col("name") == "filter")["rejected"][0] > 0
-    assert all("min_thinking_chars=200" in r for r in rejects["reject_reason"])
+    assert all("min_thinking_chars=2000" in r for r in rejects["reject_reason"])
     assert set(rejects["reject_step"]) == {"filter"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["recipe"]["steps"][3] == {"sample": {"n": 40, "fraction": None, "seed": 0, "stratify_by": "source"}}
@@ -64,7 +64,7 @@ def test_same_seed_same_output_any_batch_size(samples_dir, tmp_path):
     b = Pipeline(standard_steps(), batch_size=7).run(read(samples_dir), out=tmp_path / "b").to_polars()
     assert a["id"].to_list() == b["id"].to_list()
     assert a.equals(b)
-    other = [ExactDedup(), ExtractAnswer(), Filter(min_thinking_chars=200), Sample(n=40, seed=1, stratify_by="source")]
+    other = [ExactDedup(), ExtractAnswer(), Filter(min_thinking_chars=2000), Sample(n=40, seed=1, stratify_by="source")]
     c = Pipeline(other).run(read(samples_dir), out=tmp_path / "c").to_polars()
     assert set(c["id"]) != set(a["id"])
 

@@ -23,7 +23,7 @@ def math500(math500_sample: Path) -> pl.DataFrame:
 
 
 def test_truncate_keeps_verified_prefix_and_saves_tokens(math500: pl.DataFrame, tmp_path: Path) -> None:
-    rows = math500.filter(pl.col("thinking").str.len_chars() > 0).head(30)  # real Sky-T1 MATH-500 traces
+    rows = math500.filter(pl.col("thinking_closed")).head(30)  # real Sky-T1 MATH-500 traces with markers
     run = Pipeline([Shorten(), Verify(keep="all", workers=0)]).run(read(rows), out=tmp_path / "o", progress=False)
     df = run.to_polars().join(math500.select("id", pl.col("thinking").alias("orig")), on="id")
     before = Pipeline([Verify(keep="all", workers=0)]).run(read(rows), out=tmp_path / "v", progress=False)

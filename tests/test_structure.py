@@ -111,9 +111,27 @@ def test_segment_steps_op_offsets_tile_the_thinking() -> None:
 
 
 def test_empty_thinking_has_no_steps() -> None:
-    df = traces("olympiad_short").head(20)  # short CoT without markers: thinking is empty
+    df = traces("olympiad_short").head(20).with_columns(pl.lit("").alias("thinking"))
     out = SegmentSteps().apply(df, 0).kept
     assert out["steps_count"].to_list() == [0] * 20
+
+
+def test_min_steps_splits_a_thinking_without_transitions_by_paragraphs() -> None:
+    """Short CoT without markers (numbered sections, no "Wait"/"But" paragraph) is one transition
+    step; min_steps: 2 splits it by paragraphs, and steps_method says so."""
+    df = traces("olympiad_short").head(40)
+    rules = SegmentSteps().apply(df, 0).kept
+    single = rules.filter(pl.col("steps_count") < 2)
+    assert single.height > 10
+    out = SegmentSteps(min_steps=2).apply(df, 0).kept
+    fell_back = out.filter(pl.col("steps_method") == "rule:transition+inline->rule:paragraph")
+    assert set(fell_back["id"]) == {i for i, t in zip(single["id"], single["thinking"], strict=True)
+                                    if t.count("\n\n") >= 1}
+    assert (fell_back["steps_count"] >= 2).all()
+    kept = out.filter(pl.col("steps_method") == "rule:transition+inline")
+    assert kept.select("id", "steps_start").equals(rules.filter(pl.col("id").is_in(kept["id"].to_list())).select("id", "steps_start"))
+    with pytest.raises(ValueError, match="min_steps"):
+        SegmentSteps(min_steps=0)
 
 
 def test_parameters_are_validated() -> None:
@@ -221,7 +239,7 @@ def test_model_mode_segments_at_the_paragraphs_the_model_names(tmp_path):
     asked = model_rows = fallback = 0
     for text, starts, ends, method in df.select("thinking", "steps_start", "steps_end", "steps_method").iter_rows():
         assert "".join(text[a:b] for a, b in zip(starts, ends)) == text  # steps still tile the thinking
-        paras = [0] + [m.end() for m in _re.finditer(r"\n\s*\n", text) if m.end() < len(text)] if text.strip() else []
+        paras = paragraph_starts(text) if text.strip() else []
         if len(paras) > 1:
             asked += 1
         if method.endswith("->rule:transition+inline"):

@@ -601,17 +601,9 @@ def _body(folder: Folder, figures: dict[str, Any], plot_paths: dict[str, str], p
     out += [f"![Thinking length per source]({plot_paths['lengths']})", ""] if "lengths" in plot_paths else []
 
     if folder.has_variants:
-        out += ["## Variants", "", "Each config is the base rows plus the steps listed (controlled ablations: "
-                "corrupted configs are wrong on purpose).", ""]
-        rows = []
-        for name in folder.configs:
-            vsteps = folder.variant_steps(name)
-            what = "; ".join(f"`{s}` ({_params(_variant_params(s, p))})" for _, s, p in vsteps)
-            doc = " ".join(_operator_doc(s).split(". ")[0].rstrip(".") + "." for _, s, _ in vsteps)
-            rejected = sum(f["rejected"] for f, _, _ in vsteps)
-            rows.append([code(name), figures["configs"][name], rejected, Md(what or "none (the base rows)"),
-                         Md(doc or "unchanged")])
-        out += [_table(["config", "rows", "rejected", "steps", "what it changes"], rows), ""]
+        from curate.card.variants import variants_section
+
+        out += variants_section(folder, figures["configs"])
 
     validation = _validation(folder)
     out += ["## Validation results", ""]

@@ -510,7 +510,8 @@ def _detect_limo(rec: dict) -> bool:
 
 
 def _convert_limo(rec: dict) -> list[Draft]:
-    """LIMO's ``solution`` *is* the long reasoning; markers, if any, split it as usual."""
+    """LIMO's ``solution`` *is* the long reasoning: split like any response (markers if any, else
+    the final answer paragraph is the solution and the rest the thinking)."""
     text = _str(rec, "solution")
     extra = _rest(rec, {"question", "solution", "answer"})
     _keep_reference(rec, "answer", extra)
@@ -521,10 +522,7 @@ def _convert_limo(rec: dict) -> list[Draft]:
         "extra": extra,
         "_fields": {"problem": "question", "response": "solution"},
     }
-    if "</think>" in text or "<|end_of_thought|>" in text or "<|begin_of_thought|>" in text:
-        draft["response"] = text
-    else:
-        draft.update(thinking=text.strip(), solution="", thinking_closed=True if text.strip() else None)
+    draft["response"] = text
     return [draft]
 
 

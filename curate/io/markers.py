@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 SKY_BEGIN_THOUGHT = "<|begin_of_thought|>"
@@ -25,15 +26,43 @@ def split_response(text: str) -> SplitResponse:
     Sky-T1 / OpenThoughts markers and R1 ``<think>`` tags are recognised (R1 output often lacks
     the opening tag, which lives in the chat template). A thinking block that never closes is a
     truncated trace: everything after the opening marker is thinking and ``closed`` is False.
-    Text without markers is all solution. No text is dropped: anything before the opening marker
-    stays at the head of the thinking, anything between or after the solution markers stays in
-    the solution, and stray repeated markers are removed.
+    Text without markers (QwQ-style teachers write none: the whole response is the reasoning) is
+    split by :func:`split_plain`: the final answer paragraph is the solution, the rest the thinking,
+    and ``closed`` is None (no marker tells whether it was cut). No text is dropped: anything before
+    the opening marker stays at the head of the thinking, anything between or after the solution
+    markers stays in the solution, and stray repeated markers are removed.
     """
     if SKY_BEGIN_THOUGHT in text or SKY_END_THOUGHT in text:
         return _split_sky(text)
     if THINK_OPEN in text or THINK_CLOSE in text:
         return _split_think(text)
-    return SplitResponse("", text.strip(), None, "none")
+    return split_plain(text)
+
+
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_ANSWER_HEADING = re.compile(r"^[\s*#_]*(?:final\s+answer|answer)[\s*#_:.]*$", re.IGNORECASE)
+ANSWER_LOOKBACK = 3  # paragraphs from the end where a \boxed answer opens the solution
+
+
+def split_plain(text: str) -> SplitResponse:
+    """A markerless response as reasoning plus its final answer paragraph.
+
+    The solution starts at the last paragraph (blank-line block) holding a ``\\boxed{}`` when it is
+    among the last ``ANSWER_LOOKBACK`` paragraphs, else at the last paragraph; a "Final Answer"
+    heading just before it goes with it. Everything before is the thinking. A one-paragraph
+    response has no reasoning to separate: it is all solution. ``closed`` is None.
+    """
+    body = text.strip()
+    starts = [0] + [m.end() for m in _PARAGRAPH_BREAK.finditer(body) if m.end() < len(body)]
+    if len(starts) < 2:
+        return SplitResponse("", body, None, "none")
+    ends = [*starts[1:], len(body)]
+    boxed = [i for i, (a, b) in enumerate(zip(starts, ends, strict=True)) if _BOXED.search(body, a, b)]
+    k = boxed[-1] if boxed and boxed[-1] >= len(starts) - ANSWER_LOOKBACK else len(starts) - 1
+    if k > 0 and _ANSWER_HEADING.match(body[starts[k - 1]:ends[k - 1]].strip()):
+        k -= 1
+    return SplitResponse(body[:starts[k]].strip(), body[starts[k]:].strip(), None, "none")
 
 
 def _clean(text: str, markers: tuple[str, ...]) -> str:

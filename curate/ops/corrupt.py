@@ -13,6 +13,10 @@ Shared contract of every corruption:
   phrases). With ``sampling: exact`` (the default) exactly ``round_half_up(ratio * units)`` units are
   chosen, uniformly without replacement; with ``sampling: bernoulli`` (where offered) each unit is
   chosen independently with probability ``ratio`` (what the paper's digit script did).
+  ``remove_keywords`` with ``per: row`` (and its model mode) draws whole rows with probability
+  ``ratio`` instead, as the paper's keyword script did.
+- **Steps.** The structural corruptions use the segmentation already on the row (``segment_steps``,
+  rule- or model-made) when its offsets still tile the thinking, and their own rules otherwise.
 - **Audit columns.** ``corrupt_kind``, ``corrupt_ratio``, ``corrupt_seed``, ``corrupt_units`` (units
   in the row), ``corrupt_touched`` (units changed) and per-operator lists of what was touched
   (``corrupt_steps``, ``corrupt_order``, ``corrupt_donors``, ``corrupt_spans``).
@@ -21,7 +25,11 @@ Shared contract of every corruption:
   first one, when corruptions are chained) so every variant joins back to its base row.
 - **Untouched rows** (no unit to corrupt: empty thinking, no number...) are kept unchanged by default
   so all variants of a base share the same rows; ``on_untouched: reject`` drops them instead.
-- **Stale annotations.** When the input has ``steps_*`` columns (segment_steps) they are refreshed;
+- **Coverage.** Each corruption reports ``corruption: {rows, target, changed}`` in its funnel entry;
+  a run where fewer than 99% of the target rows changed says so at the end and in the card
+  (:func:`coverage_warnings`).
+- **Stale annotations.** When the input has ``steps_*`` columns (segment_steps) they follow the edit
+  (offsets moved through it; a model rewrite is re-segmented by rules and ``steps_method`` says so);
   other annotations (``profile_*``, ``verify_*``) describe the clean row: run those steps after the
   corruption when a variant needs them.
 """
@@ -47,7 +55,7 @@ from curate.ops.structure import STEPS_COLUMNS, Segmentation, resegment
 from curate.schema import trace_id
 from curate.step import Step, StepResult, reject_where
 from curate.structure.keywords import REASONING_KEYWORDS, keyword_pattern
-from curate.structure.segment import Steps, join
+from curate.structure.segment import Steps, join, spans
 
 SPAN = pa.struct([("part", pa.string()), ("start", pa.int32()), ("end", pa.int32())])
 _SPAN_PL = pl.Struct({"part": pl.String, "start": pl.Int32, "end": pl.Int32})
@@ -66,6 +74,31 @@ _LIST_PL = {pa.list_(pa.int32()): pl.List(pl.Int32), pa.list_(pa.string()): pl.L
             pa.list_(SPAN): pl.List(_SPAN_PL), pa.string(): pl.String, pa.large_string(): pl.String}
 
 
+#: A corruption that changed fewer of the rows it was meant to change than this is reported loudly.
+MIN_CHANGED_SHARE = 0.99
+
+
+def coverage_warnings(manifest: dict[str, Any]) -> list[str]:
+    """One line per corruption step (base or config) that changed < 99% of the rows it meant to change.
+
+    Reads the ``corruption: {rows, target, changed}`` stats every corruption reports in its funnel
+    entry; unchanged rows are copies of the base rows, so such a variant is partly not a variant.
+    """
+    entries = [(None, f) for f in manifest.get("funnel", [])]
+    entries += [(name, f) for name, c in manifest.get("configs", {}).items() for f in c.get("funnel", [])]
+    out = []
+    for config, f in entries:
+        c = (f.get("stats") or {}).get("corruption")
+        if not c or not c.get("target") or c["changed"] >= MIN_CHANGED_SHARE * c["target"]:
+            continue
+        where = f"config {config}: " if config else ""
+        drawn = f" ({c['target']} drawn)" if c["target"] != c["rows"] else ""
+        out.append(f"{where}step {f['step']} '{f['name']}' changed {c['changed']:,} of {c['target']:,} rows{drawn} "
+                   f"({c['changed'] / c['target']:.1%} < {MIN_CHANGED_SHARE:.0%}): the other rows are unchanged "
+                   "copies of the base rows (on_untouched: reject drops them, with the reason)")
+    return out
+
+
 def row_rng(op: str, seed: int, row_id: str) -> random.Random:
     """The RNG of one row: a function of (operator, seed, row id) only."""
     return random.Random(xxhash.xxh3_64_intdigest(f"{op}\x00{seed}\x00{row_id}".encode()))
@@ -81,6 +114,36 @@ def choose(rng: random.Random, units: int, ratio: float, sampling: str) -> list[
     if sampling == "bernoulli":
         return [i for i in range(units) if rng.random() < ratio]
     return sorted(rng.sample(range(units), share(ratio, units)))
+
+
+def row_segmentations(batch: pl.DataFrame, rules: Segmentation) -> Iterator[tuple[str, str, list[int], str]]:
+    """(id, thinking, step starts, steps_method) per row: the segmentation already on the row.
+
+    A row that ran ``segment_steps`` (any mode, the model's included) keeps its own steps when they
+    still tile its thinking; otherwise (no ``steps_*`` columns, null, or stale offsets) the
+    operator's rules segment it and ``steps_method`` names those rules.
+    """
+    has = "steps_start" in batch.columns and "steps_end" in batch.columns
+    cols = ["id", pl.col("thinking").fill_null("")]
+    if has:
+        cols += ["steps_start", "steps_end",
+                 pl.col("steps_method") if "steps_method" in batch.columns else pl.lit(None, dtype=pl.String)]
+    for row in batch.select(*cols).iter_rows():
+        row_id, text = row[0], row[1]
+        if has:
+            starts, ends, method = row[2], row[3], row[4]
+            if starts is not None and ends is not None and _tiles(list(starts), list(ends), len(text)):
+                yield row_id, text, list(starts), method or "input"
+                continue
+        yield row_id, text, *rules.segment(text)
+
+
+def _tiles(starts: list[int], ends: list[int], length: int) -> bool:
+    """Whether step offsets cover ``[0, length)`` exactly, in order (an empty text has no steps)."""
+    if not starts:
+        return length == 0
+    return (len(starts) == len(ends) and starts[0] == 0 and ends[-1] == length
+            and all(e == s for e, s in zip(ends, starts[1:], strict=False)) and all(s < e for s, e in zip(starts, ends, strict=True)))
 
 
 @dataclass
@@ -107,8 +170,15 @@ class _Corruption(Step):
 
     def _finish(self, batch: pl.DataFrame, new: dict[str, list[Any]], units: list[int], touched: list[int],
                 extra: dict[str, list[Any]], untouched_reason: list[str | None],
-                refresh_steps: bool = True) -> StepResult:
-        """Write the new texts, the audit columns and the new ids; split off untouched rows if asked."""
+                refresh_steps: bool = True, edits: list[list[tuple[int, int, int]]] | None = None,
+                targets: list[bool] | None = None, stats: dict[str, Any] | None = None) -> StepResult:
+        """Write the new texts, the audit columns and the new ids; split off untouched rows if asked.
+
+        ``edits`` (per row, the thinking's replaced spans as (start, end, new length)) lets the
+        row's own step offsets follow the edit; without them changed thinkings are re-segmented
+        by rules. ``targets`` marks the rows the corruption meant to change (default: all): the
+        step reports ``corruption: {rows, target, changed}`` for the end-of-run coverage check.
+        """
         cols = {c: pl.Series(c, v, dtype=pl.String) for c, v in new.items()}
         out = batch.with_columns(*cols.values())
         prev_orig = batch["original_id"] if "original_id" in batch.columns else None
@@ -130,11 +200,56 @@ class _Corruption(Step):
             *[pl.Series(c, v, dtype=_LIST_PL[self.specific[c]]) for c, v in extra.items()],
         )
         if "thinking" in new and refresh_steps:
-            out = resegment(out)
+            out = shift_steps(out, edits) if edits is not None else resegment(out)
+        wanted = targets if targets is not None else [True] * batch.height
+        stats = {**(stats or {}), "corruption": {
+            "rows": batch.height, "target": sum(wanted),
+            "changed": sum(1 for w, t in zip(wanted, touched, strict=True) if w and t > 0)}}
         if getattr(self, "on_untouched", "keep") == "reject":
             reason = pl.Series(untouched_reason, dtype=pl.String)
-            return reject_where(out, reason.is_not_null(), reason)
-        return StepResult(out)
+            kept = reject_where(out, reason.is_not_null(), reason)
+            return StepResult(kept.kept, kept.rejected, stats)
+        return StepResult(out, None, stats)
+
+
+def shift_steps(batch: pl.DataFrame, edits: list[list[tuple[int, int, int]]]) -> pl.DataFrame:
+    """Move each row's step offsets through its thinking edits (start, end, new length), keeping
+    its segmentation (and ``steps_method``); a step whose text was wholly removed disappears."""
+    if "steps_start" not in batch.columns:
+        return batch
+    starts_col, ends_col, counts = [], [], []
+    for text, starts, row_edits in zip(batch["thinking"].fill_null("").to_list(),
+                                       batch["steps_start"].to_list(), edits, strict=True):
+        if starts is None:
+            starts_col.append(None)
+            ends_col.append(None)
+            counts.append(None)
+            continue
+        moved = sorted({_shift(x, row_edits) for x in starts} - {len(text)}) if text else []
+        if moved and moved[0] != 0:
+            moved[0] = 0
+        sp = spans(moved, len(text))
+        starts_col.append([a for a, _ in sp])
+        ends_col.append([b for _, b in sp])
+        counts.append(len(sp))
+    return batch.with_columns(
+        pl.Series("steps_start", starts_col, dtype=pl.List(pl.Int32)),
+        pl.Series("steps_end", ends_col, dtype=pl.List(pl.Int32)),
+        pl.Series("steps_count", counts, dtype=pl.Int32),
+    )
+
+
+def _shift(x: int, edits: list[tuple[int, int, int]]) -> int:
+    """Where old offset ``x`` lands after the edits (sorted, non-overlapping); inside an edit: its start."""
+    delta = 0
+    for s, e, n in edits:
+        if e <= x:
+            delta += n - (e - s)
+        elif s < x:
+            return s + delta
+        else:
+            break
+    return x + delta
 
 
 # --- structure: shuffle, delete, insert ----------------------------------------------------------
@@ -157,9 +272,10 @@ class _StepCorruption(Segmentation, _Corruption):
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         new_thinking, units, touched, touched_idx, orders, donors = [], [], [], [], [], []
-        st_start, st_end, st_count, reasons = [], [], [], []
-        for row_id, text in batch.select("id", pl.col("thinking").fill_null("")).iter_rows():
-            steps = Steps.of(text, self.starts(text))
+        st_start, st_end, st_count, reasons, methods = [], [], [], [], []
+        for row_id, text, starts, method in row_segmentations(batch, self):
+            steps = Steps.of(text, starts)
+            methods.append(method)
             rng = row_rng(self.name, self.seed, row_id)
             bodies, seps, hit, order, donor = self._edit(rng, steps, row_id)
             new_text, s, e = join(bodies, seps)
@@ -182,12 +298,12 @@ class _StepCorruption(Segmentation, _Corruption):
         fix = pl.DataFrame({"steps_start": pl.Series(st_start, dtype=pl.List(pl.Int32)),
                             "steps_end": pl.Series(st_end, dtype=pl.List(pl.Int32)),
                             "steps_count": pl.Series(st_count, dtype=pl.Int32)})
-        method = pl.lit(self.method(), dtype=pl.String).alias("steps_method")
+        fix = fix.with_columns(pl.Series("steps_method", methods, dtype=pl.String))
         if result.rejected is None:
-            return StepResult(result.kept.with_columns(*fix.get_columns(), method))
+            return StepResult(result.kept.with_columns(*fix.get_columns()), None, result.stats)
         keep = pl.Series([r is None for r in reasons])
-        return StepResult(result.kept.with_columns(*fix.filter(keep).get_columns(), method),
-                          result.rejected.with_columns(*fix.filter(~keep).get_columns(), method))
+        return StepResult(result.kept.with_columns(*fix.filter(keep).get_columns()),
+                          result.rejected.with_columns(*fix.filter(~keep).get_columns()), result.stats)
 
 
 @dataclass
@@ -263,17 +379,22 @@ class DeleteSteps(_StepCorruption):
 
 @dataclass
 class InsertSteps(_StepCorruption):
-    """Put random steps from other traces of the dataset into each trace (paper: 67%, mode replace).
+    """Insert steps of other traces of the dataset into each trace (paper: "inserted steps", 33/67/100%).
 
-    ``replace`` (the paper's way): ``round_half_up(ratio * steps)`` chosen steps are replaced by
-    steps of other traces of similar length (within a factor 2 when the pool has one, else the
-    closest), any domain. ``insert``: that many donor steps are inserted at random positions and
-    every original step is kept. Donors come from a pool of up to ``pool_size`` steps drawn from the
-    whole input in a global pass (the steps with the smallest seeded hash, so the pool does not depend
-    on batching); a row never receives its own steps. ``corrupt_donors`` names each donor as
-    ``id:step``; ``corrupt_order`` gives, per new position, the original index or -1 for a donor;
-    ``corrupt_steps`` the replaced original indices (replace) or the inserted steps' new positions
-    (insert).
+    ``insert`` (default): ``round_half_up(ratio * steps)`` donor steps go in at random positions and
+    every original step is kept, so ratio 1.0 doubles the step count. The paper (Li et al. 2025,
+    Table 2) names this perturbation insertion of steps from other samples; its code for it is not
+    public (the ``corrupt`` branch of NovaSky-AI/SkyThought has only the digit and keyword scripts),
+    so position and donor choice here are this toolkit's reading. ``replace``: that many chosen
+    steps are replaced by donor steps instead (an option of this toolkit, not the paper's). Donors
+    are steps of other traces of similar length (within a factor 2 when the pool has one, else the
+    closest), any domain, from a pool of up to ``pool_size`` steps drawn from the whole input in a
+    global pass (the steps with the smallest seeded hash, so the pool does not depend on
+    batching); a row never receives its own steps. Rows keep their own segmentation (segment_steps,
+    model-made included) for both the row and the donor pool. ``corrupt_donors`` names each donor
+    as ``id:step``; ``corrupt_order`` gives, per new position, the original index or -1 for a donor;
+    ``corrupt_steps`` the inserted steps' new positions (insert) or the replaced original indices
+    (replace).
     """
 
     name = "insert_steps"
@@ -281,9 +402,9 @@ class InsertSteps(_StepCorruption):
     specific: ClassVar[dict[str, pa.DataType]] = {
         **_StepCorruption.specific, "corrupt_donors": pa.list_(pa.string())}
 
-    ratio: float = field(default=0.67, metadata={"help": "share of steps replaced (replace) or added (insert), in [0, 1]"})
-    mode: Literal["replace", "insert"] = field(  # type: ignore[assignment]
-        default="replace", metadata={"help": "replace chosen steps with donor steps, or insert donor steps"})
+    ratio: float = field(default=0.67, metadata={"help": "steps added (insert) or replaced (replace), as a share of the row's steps, in [0, 1]"})
+    mode: Literal["insert", "replace"] = field(  # type: ignore[assignment]
+        default="insert", metadata={"help": "insert donor steps (the paper's perturbation), or replace chosen steps with them"})
     seed: int = field(default=0, metadata={"help": "random seed (per row: combined with the row id)"})
     pool_size: int = field(default=50_000, metadata={"help": "donor steps kept from the global pass"})
     min_donor_chars: int = field(default=20, metadata={"help": "ignore donor steps shorter than this"})
@@ -303,7 +424,8 @@ class InsertSteps(_StepCorruption):
             raise ValueError(f"min_donor_chars must be >= 0, got {self.min_donor_chars}")
         self._check_common()
         self._seg = Segmentation(mode=self.split, transitions=self.transitions, split_inline=self.split_inline,
-                                 inline_transitions=self.inline_transitions, min_step_chars=self.min_step_chars)
+                                 inline_transitions=self.inline_transitions, min_step_chars=self.min_step_chars,
+                                 min_steps=self.min_steps)
         self._seg._check_segmentation()
         self._lens: list[int] = []
         self._pool: list[tuple[int, str, str]] = []  # (length, donor "id:step", body), sorted by length
@@ -311,6 +433,9 @@ class InsertSteps(_StepCorruption):
 
     def starts(self, text: str) -> list[int]:
         return self._seg.starts(text)
+
+    def segment(self, text: str) -> tuple[list[int], str]:
+        return self._seg.segment(text)
 
     def method(self) -> str:
         return self._seg.method()
@@ -321,10 +446,10 @@ class InsertSteps(_StepCorruption):
     def fit(self, batches: Iterator[pl.DataFrame]) -> None:
         heap: list[tuple[int, str, str]] = []  # max-heap on key via negation: (-key, donor, body)
         for batch in batches:
-            for row_id, text in batch.select("id", pl.col("thinking").fill_null("")).iter_rows():
+            for row_id, text, starts, _ in row_segmentations(batch, self):
                 if not text:
                     continue
-                steps = Steps.of(text, self.starts(text))
+                steps = Steps.of(text, starts)
                 for i, body in enumerate(steps.bodies):
                     if len(body) < self.min_donor_chars:
                         continue
@@ -358,7 +483,7 @@ class InsertSteps(_StepCorruption):
         n = len(steps)
         if not n or not self._pool:
             return list(steps.bodies), list(steps.seps), [], list(range(n)), []
-        k = share(self.ratio, n)
+        k = max(share(self.ratio, n), 1 if self.ratio > 0 else 0)  # a one-step row still gets one
         bodies, seps, order, donors = list(steps.bodies), list(steps.seps), list(range(n)), []
         if self.mode == "replace":
             hit = sorted(rng.sample(range(n), k))
@@ -409,15 +534,18 @@ def _parts(scope: str) -> tuple[str, ...]:
 
 @dataclass
 class CorruptDigits(_Corruption):
-    """Replace numbers (or single digits) in the response with random different ones (paper: 20/50/70/100%).
+    """Replace numbers (or single digits) in the response with random ones (paper: 20/50/70/100%).
 
-    ``unit: number``: each number token (``\\b\\d+(\\.\\d+)?\\b``, the paper's script) is a unit;
-    ``unit: digit``: each digit (the paper's text). The chosen units get a different random value:
-    ``replacement: same_shape`` keeps the digit count and decimal places (no new leading zero);
-    ``small_int`` draws an integer in 0..10 as the paper's script did (re-drawn until it differs).
-    ``scope: response`` (default, as the paper corrupted whole responses) covers thinking and
-    solution, ``thinking`` the thinking only. Units are counted over the scope; ``corrupt_spans``
-    gives the original (part, start, end) of each changed unit.
+    ``replacement: paper`` with ``unit: number, sampling: bernoulli`` is the paper's rule, from its
+    script (NovaSky-AI/SkyThought, branch ``corrupt``, ``skythought/tools/corrupt_data.py``): every
+    number token ``\\b\\d+(\\.\\d+)?\\b`` of the whole response is, with probability ``ratio``,
+    replaced by ``random.randint(0, 10)``, which may equal the original (the number then stays as it
+    was and does not count as touched). Options of this toolkit: ``small_int`` re-draws 0..10 until it
+    differs; ``same_shape`` keeps the digit count and decimal places (no new leading zero);
+    ``unit: digit`` makes each digit a unit (another digit); ``sampling: exact`` picks exactly
+    ``round_half_up(ratio * units)`` units. ``scope: response`` (default, as the paper corrupted whole
+    responses) covers thinking and solution, ``thinking`` the thinking only. ``corrupt_touched``
+    counts the numbers whose text changed; ``corrupt_spans`` gives their original (part, start, end).
     """
 
     name = "corrupt_digits"
@@ -427,8 +555,9 @@ class CorruptDigits(_Corruption):
     unit: Literal["number", "digit"] = field(default="number", metadata={"help": "what one unit is: a number token or a digit"})
     sampling: Literal["exact", "bernoulli"] = field(
         default="exact", metadata={"help": "exact: round(ratio*units) units; bernoulli: each unit with probability ratio (paper's script)"})
-    replacement: Literal["same_shape", "small_int"] = field(
-        default="same_shape", metadata={"help": "same_shape: same digit count; small_int: an integer 0..10 (paper's script; number unit)"})
+    replacement: Literal["same_shape", "small_int", "paper"] = field(
+        default="same_shape", metadata={"help": "paper: randint(0, 10), may equal the original (corrupt_data.py); "
+                                                "small_int: 0..10 re-drawn until it differs; same_shape: same digit count"})
     scope: Literal["response", "thinking"] = field(
         default="response", metadata={"help": "response: thinking and solution; thinking: thinking only"})
     seed: int = field(default=0, metadata={"help": "random seed (per row: combined with the row id)"})
@@ -439,10 +568,10 @@ class CorruptDigits(_Corruption):
         self._check_common()
         if self.unit not in ("number", "digit"):
             raise ValueError(f"unit must be number or digit, not {self.unit!r}")
-        if self.replacement not in ("same_shape", "small_int"):
-            raise ValueError(f"replacement must be same_shape or small_int, not {self.replacement!r}")
-        if self.replacement == "small_int" and self.unit == "digit":
-            raise ValueError("replacement small_int applies to unit: number")
+        if self.replacement not in ("same_shape", "small_int", "paper"):
+            raise ValueError(f"replacement must be paper, small_int or same_shape, not {self.replacement!r}")
+        if self.replacement in ("small_int", "paper") and self.unit == "digit":
+            raise ValueError(f"replacement {self.replacement} applies to unit: number")
         if self.scope not in ("response", "thinking"):
             raise ValueError(f"scope must be response or thinking, not {self.scope!r}")
 
@@ -450,11 +579,13 @@ class CorruptDigits(_Corruption):
         return ("id", "problem", "thinking", "solution")
 
     def kind(self) -> str:
-        return f"{self.name}:{self.unit}"
+        return f"{self.name}:{self.unit}" + (":paper" if self.replacement == "paper" else "")
 
     def _new_value(self, rng: random.Random, old: str) -> str:
         if self.unit == "digit":
             return _OTHER_DIGITS[old][rng.randrange(9)]
+        if self.replacement == "paper":
+            return str(rng.randint(0, 10))
         if self.replacement == "small_int":
             while True:
                 v = str(rng.randint(0, 10))
@@ -473,29 +604,35 @@ class CorruptDigits(_Corruption):
         parts = _parts(self.scope)
         pattern = _DIGIT if self.unit == "digit" else _NUMBER
         new: dict[str, list[str]] = {p: [] for p in parts}
-        units, touched, spans, reasons = [], [], [], []
+        units, touched, spans, reasons, edits = [], [], [], [], []
         for row in batch.select("id", *[pl.col(p).fill_null("") for p in parts]).iter_rows(named=True):
             rng = row_rng(self.name, self.seed, row["id"])
             found = [(p, m) for p in parts for m in pattern.finditer(row[p])]
             hit = set(choose(rng, len(found), self.ratio, self.sampling))
             texts = {p: [] for p in parts}
             last = dict.fromkeys(parts, 0)
-            row_spans = []
+            row_spans, row_edits = [], []
             for i, (p, m) in enumerate(found):
                 if i not in hit:
                     continue
+                value = self._new_value(rng, m.group(0))
+                if value == m.group(0):  # the paper's draw can give the number back
+                    continue
                 texts[p].append(row[p][last[p]:m.start()])
-                texts[p].append(self._new_value(rng, m.group(0)))
+                texts[p].append(value)
                 last[p] = m.end()
                 row_spans.append({"part": p, "start": m.start(), "end": m.end()})
+                if p == "thinking":
+                    row_edits.append((m.start(), m.end(), len(value)))
             for p in parts:
                 texts[p].append(row[p][last[p]:])
                 new[p].append("".join(texts[p]))
             units.append(len(found))
             touched.append(len(row_spans))
             spans.append(row_spans)
+            edits.append(row_edits)
             reasons.append(None if row_spans else f"{self.name}: nothing corrupted ({len(found)} {self.unit}s)")
-        return self._finish(batch, new, units, touched, {"corrupt_spans": spans}, reasons)
+        return self._finish(batch, new, units, touched, {"corrupt_spans": spans}, reasons, edits=edits)
 
 
 _WS = re.compile(r"\s*")
@@ -519,51 +656,102 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
 
 @dataclass
 class RemoveKeywords(_Corruption):
-    """Delete the sentences (or just the phrases) that carry reflection / backtracking keywords.
+    """Remove reflection from traces: the paper's model rewrite, or deleting keyword sentences / phrases by rules.
 
-    Units: with ``mode: sentence`` the sentences holding at least one keyword; with ``mode: phrase``
-    each keyword occurrence (the phrase and a following comma / colon and spaces go; a sentence that
-    started with it is re-capitalised). ``ratio`` is the share of a row's units removed (paper:
-    100%). A sentence that fills its line is removed with its line break, one inside a line with the
-    space before it, so paragraphs stay separated. ``scope`` as in corrupt_digits.
+    ``mode: model`` is the paper's method (NovaSky-AI/SkyThought, branch ``corrupt``,
+    ``skythought/tools/tag_output.py``): each row is drawn with probability ``ratio`` and a model
+    rewrites a drawn row's reasoning without its reflections (the passage reflected on, the
+    reflection and its revision) and their transition phrases. The prompt is this toolkit's own,
+    with the intent of the paper's ``remove_reflection_prompt`` (``util/prompts.py``); it gets the
+    thinking only (the paper sent whole responses with their markers) and the solution stays as it
+    was. A reply that failed, was cut at ``max_tokens`` or is empty leaves the row unchanged (counted
+    in ``model_failed``). Replies are cached like every generation. ``mode: auto`` is ``model`` when
+    a model is given (a recipe's ``model:`` block) and ``sentence`` otherwise.
+
+    ``sentence`` and ``phrase`` are this toolkit's rule-based methods (a different method from the
+    paper's, for offline use): units are the sentences holding at least one of ``keywords``, or each
+    keyword occurrence (the phrase and a following comma / colon and spaces go; a sentence that
+    started with it is re-capitalised). With ``per: unit`` ``ratio`` is the share of a row's units
+    removed; with ``per: row`` (the paper's sampling) each row is drawn with probability ``ratio``
+    and all its units go. A sentence that fills its line is removed with its line break, one inside
+    a line with the space before it, so paragraphs stay separated. ``scope`` as in corrupt_digits
+    (rule modes).
     """
 
     name = "remove_keywords"
     specific: ClassVar[dict[str, pa.DataType]] = {"corrupt_spans": pa.list_(SPAN)}
 
-    ratio: float = field(default=1.0, metadata={"help": "share of keyword units removed per trace, in [0, 1]"})
-    mode: Literal["sentence", "phrase"] = field(
-        default="sentence", metadata={"help": "delete whole sentences with a keyword, or only the keyword phrases"})
+    ratio: float = field(default=1.0, metadata={"help": "share of keyword units (per: unit) or of rows (per: row) changed, in [0, 1]"})
+    mode: Literal["sentence", "phrase", "model", "auto"] = field(
+        default="sentence", metadata={"help": "model: a model removes reflections (the paper's); sentence / phrase: "
+                                              "delete keyword sentences / phrases by rules; auto: model when a model is given"})
+    per: Literal["unit", "row"] = field(
+        default="unit", metadata={"help": "unit: ratio is a share of each row's keyword units; row: each row is "
+                                          "rewritten with probability ratio (the paper's; mode model needs it)"})
     keywords: list[str] = field(
         default_factory=lambda: list(REASONING_KEYWORDS),
         metadata={"help": "phrases to remove (case-insensitive, whole words); default reflection + backtracking lists"})
     sampling: Literal["exact", "bernoulli"] = field(
-        default="exact", metadata={"help": "exact: round(ratio*units) units; bernoulli: each unit with probability ratio"})
+        default="exact", metadata={"help": "per unit: exact: round(ratio*units) units; bernoulli: each unit with probability ratio"})
     scope: Literal["response", "thinking"] = field(
-        default="response", metadata={"help": "response: thinking and solution; thinking: thinking only"})
+        default="response", metadata={"help": "rule modes: response: thinking and solution; thinking: thinking only"})
     seed: int = field(default=0, metadata={"help": "random seed (per row: combined with the row id)"})
     on_untouched: Literal["keep", "reject"] = field(
-        default="keep", metadata={"help": "rows without keywords: keep unchanged, or reject"})
+        default="keep", metadata={"help": "rows left unchanged (not drawn, no keyword, model failed): keep, or reject"})
+    model: dict[str, Any] | None = field(
+        default=None, metadata={"help": "mode model / auto: {backend: transformers | openai | vllm, name_or_path: ...} "
+                                        "(a recipe-level model: block fills it)"})
+    prompt: str = field(default="", metadata={"help": "mode model: prompt with a {thinking} placeholder (empty: the built-in one)"})
+    max_tokens: int = field(default=16384, metadata={"help": "mode model: tokens the rewrite may take (the paper's script used 16384)"})
+    temperature: float = field(default=0.0, metadata={"help": "mode model: sampling temperature (the paper's script used 0.7)"})
 
     def __post_init__(self) -> None:
         self._check_common()
-        if self.mode not in ("sentence", "phrase"):
-            raise ValueError(f"mode must be sentence or phrase, not {self.mode!r}")
+        if self.mode not in ("sentence", "phrase", "model", "auto"):
+            raise ValueError(f"mode must be model, auto, sentence or phrase, not {self.mode!r}")
+        if self.per not in ("unit", "row"):
+            raise ValueError(f"per must be unit or row, not {self.per!r}")
         if not self.keywords:
             raise ValueError("keywords must not be empty")
         if self.scope not in ("response", "thinking"):
             raise ValueError(f"scope must be response or thinking, not {self.scope!r}")
+        if self.mode == "model" or (self.mode == "auto" and self.model is not None):
+            from curate.models.steps import checked_model
+
+            checked_model(self.model, "model", True)
+            if self.per != "row":
+                raise ValueError("mode model rewrites whole rows: set per: row (each row drawn with probability ratio)")
+            if self.prompt and "{thinking}" not in self.prompt:
+                raise ValueError("prompt must hold a {thinking} placeholder")
+            if self.max_tokens < 1:
+                raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+    def method(self) -> str:
+        """The mode that runs: ``auto`` resolved."""
+        if self.mode == "auto":
+            return "model" if self.model is not None else "sentence"
+        return self.mode
+
+    def worker_resources(self) -> dict[str, float] | None:
+        from curate.models.steps import model_resources
+
+        return model_resources(self.model) if self.method() == "model" else None
 
     def columns_read(self) -> tuple[str, ...]:
         return ("id", "problem", "thinking", "solution")
 
     def kind(self) -> str:
-        return f"{self.name}:{self.mode}"
+        return f"{self.name}:{self.method()}" + (":per_row" if self.per == "row" and self.method() != "model" else "")
+
+    def _drawn(self, row_id: str) -> tuple[random.Random, bool]:
+        """The row's RNG and, per row, whether it is rewritten (probability ratio, as tag_output.py)."""
+        rng = row_rng(self.name, self.seed, row_id)
+        return rng, (self.per != "row" or rng.random() < self.ratio)
 
     def _units(self, text: str) -> list[tuple[int, int]]:
         """One span per unit: a keyword sentence, or a keyword phrase with its trailing , : ; and spaces."""
         pattern = keyword_pattern(tuple(self.keywords))
-        if self.mode == "phrase":
+        if self.method() == "phrase":
             return [(m.start(), _PHRASE_TAIL.match(text, m.end()).end())  # type: ignore[union-attr]
                     for m in pattern.finditer(text)]
         hits = [m.start() for m in pattern.finditer(text)]
@@ -625,10 +813,12 @@ class RemoveKeywords(_Corruption):
                 cuts.append((s, e))
         return cuts
 
-    def _remove(self, text: str, chosen: list[tuple[int, int]]) -> str:
+    def _remove(self, text: str, chosen: list[tuple[int, int]]) -> tuple[str, list[tuple[int, int]]]:
+        """The text without the chosen units, and the spans cut from it."""
         if not chosen:
-            return text
-        cuts = self._sentence_cuts(text, chosen) if self.mode == "sentence" else self._phrase_cuts(text, chosen)
+            return text, []
+        phrase = self.method() == "phrase"
+        cuts = self._phrase_cuts(text, chosen) if phrase else self._sentence_cuts(text, chosen)
         out, last, cap = [], 0, False
         for s, e in cuts:
             piece = text[last:s]
@@ -636,28 +826,115 @@ class RemoveKeywords(_Corruption):
             b = s
             while b > 0 and text[b - 1] in " \t":
                 b -= 1
-            cap = self.mode == "phrase" and ((cap and not piece) or b == 0 or text[b - 1] in ".!?\n")
+            cap = phrase and ((cap and not piece) or b == 0 or text[b - 1] in ".!?\n")
             last = e
         piece = text[last:]
         out.append(piece[:1].upper() + piece[1:] if cap else piece)
-        return "".join(out)
+        return "".join(out), cuts
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
+        if self.method() == "model":
+            return self._apply_model(batch)
         parts = _parts(self.scope)
         new: dict[str, list[str]] = {p: [] for p in parts}
-        units, touched, spans, reasons = [], [], [], []
+        units, touched, spans, reasons, edits, targets = [], [], [], [], [], []
         for row in batch.select("id", *[pl.col(p).fill_null("") for p in parts]).iter_rows(named=True):
-            rng = row_rng(self.name, self.seed, row["id"])
-            found = [(p, s, e) for p in parts for s, e in self._units(row[p])]
-            hit = choose(rng, len(found), self.ratio, self.sampling)
+            rng, drawn = self._drawn(row["id"])
+            found = [(p, s, e) for p in parts for s, e in self._units(row[p])] if drawn else []
+            hit = list(range(len(found))) if self.per == "row" else choose(rng, len(found), self.ratio, self.sampling)
             chosen = [found[i] for i in hit]
+            row_edits: list[tuple[int, int, int]] = []
             for p in parts:
-                new[p].append(self._remove(row[p], [(s, e) for q, s, e in chosen if q == p]))
+                text, cuts = self._remove(row[p], [(s, e) for q, s, e in chosen if q == p])
+                new[p].append(text)
+                if p == "thinking":
+                    row_edits = [(s, e, 0) for s, e in cuts]
             units.append(len(found))
             touched.append(len(chosen))
             spans.append([{"part": p, "start": s, "end": e} for p, s, e in chosen])
-            reasons.append(None if chosen else f"{self.name}: no keyword {self.mode} to remove")
-        return self._finish(batch, new, units, touched, {"corrupt_spans": spans}, reasons)
+            edits.append(row_edits)
+            targets.append(drawn)
+            reasons.append(None if chosen else f"{self.name}: " + (
+                f"no keyword {self.method()} to remove" if drawn else "row not drawn (per row, ratio)"))
+        return self._finish(batch, new, units, touched, {"corrupt_spans": spans}, reasons, edits=edits,
+                            targets=targets)
+
+    # --- mode model -----------------------------------------------------------------------------
+
+    def _sampling(self) -> Any:
+        from curate.models import SamplingParams
+
+        return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, seed=self.seed)
+
+    def _model_prompts(self, batch: pl.DataFrame) -> tuple[list[int], list[str]]:
+        """Rows drawn for a rewrite (with a thinking to rewrite) and their prompts."""
+        rows, prompts = [], []
+        template = self.prompt or REMOVE_REFLECTION_PROMPT
+        for i, (row_id, text) in enumerate(batch.select("id", pl.col("thinking").fill_null("")).iter_rows()):
+            if text.strip() and self._drawn(row_id)[1]:
+                rows.append(i)
+                prompts.append(template.replace("{thinking}", text))
+        return rows, prompts
+
+    def generation_requests(self, batch: pl.DataFrame) -> list[tuple[str, Any]]:
+        if self.method() != "model":
+            return []
+        return [(p, self._sampling()) for p in self._model_prompts(batch)[1]]
+
+    def _apply_model(self, batch: pl.DataFrame) -> StepResult:
+        from curate.models.steps import backend_for
+
+        assert self.model is not None
+        rows, prompts = self._model_prompts(batch)
+        replies = backend_for(self.model).generate(prompts, self._sampling()) if rows else []
+        thinking = batch["thinking"].fill_null("").to_list()
+        new = list(thinking)
+        drawn = [False] * batch.height
+        reasons: list[str | None] = ["remove_keywords: row not drawn (per row, ratio)"] * batch.height
+        failed = 0
+        for i, reply in zip(rows, replies, strict=True):
+            drawn[i] = True
+            c = reply[0] if reply else None
+            text = _strip_markers(c.text) if c is not None and c.ok else ""
+            if c is None or not c.ok:
+                reasons[i] = f"remove_keywords: model failed ({c.error if c is not None else 'no reply'})"
+            elif c.finish_reason == "length":
+                reasons[i] = f"remove_keywords: rewrite cut at max_tokens={self.max_tokens}"
+            elif not text:
+                reasons[i] = "remove_keywords: empty rewrite"
+            elif text == thinking[i].strip():
+                reasons[i] = "remove_keywords: the model returned the thinking unchanged"
+            else:
+                new[i], reasons[i] = text, None
+                continue
+            failed += 1
+        touched = [1 if r is None else 0 for r in reasons]
+        units = [1 if d else 0 for d in drawn]
+        spans: list[list[dict[str, Any]]] = [[] for _ in range(batch.height)]
+        return self._finish(batch, {"thinking": new}, units, touched, {"corrupt_spans": spans}, reasons,
+                            targets=drawn, stats={"model_rewritten": sum(touched), "model_failed": failed})
+
+
+#: The rewrite prompt of ``remove_keywords`` mode model: this toolkit's wording of the intent of the
+#: paper's ``remove_reflection_prompt`` (NovaSky-AI/SkyThought, branch corrupt, skythought/tools/util/prompts.py).
+REMOVE_REFLECTION_PROMPT = """Below is the reasoning part of a long chain-of-thought answer to a problem. \
+It contains reflections: places where the writer stops to doubt, re-check or revise earlier work \
+("Wait", "Let me check", "Hmm", "Alternatively", "But let me verify"...). Each reflection has a target \
+(the earlier content it questions), the reflection itself, and often a revision that follows it.
+
+Remove every reflection together with its target and its revision, and remove the transition phrases \
+that introduce them, so that the reasoning proceeds straight forward. Copy everything else exactly, word \
+for word; do not add, summarise, explain or solve anything. Reply with the edited reasoning only.
+
+Reasoning:
+{thinking}"""
+
+
+def _strip_markers(text: str) -> str:
+    """A rewrite without thinking markers a model may echo back."""
+    for m in ("<|begin_of_thought|>", "<|end_of_thought|>", "<think>", "</think>"):
+        text = text.replace(m, "")
+    return text.strip()
 
 
 # --- content: wrong final answer -----------------------------------------------------------------
@@ -896,7 +1173,7 @@ class CorruptWrongAnswer(_Corruption):
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         assert self._fitted, "fit() must run before apply()"
-        new_th, new_so, new_ans, frm, to, how, units, touched, spans, reasons = ([] for _ in range(10))
+        new_th, new_so, new_ans, frm, to, how, units, touched, spans, reasons, th_edits = ([] for _ in range(11))
         cols = batch.select("id", pl.col("thinking").fill_null(""), pl.col("solution").fill_null(""),
                             "answer", "reference_answer")
         for row_id, th, so, ans, ref in cols.iter_rows():
@@ -929,6 +1206,8 @@ class CorruptWrongAnswer(_Corruption):
                     out_th, out_so, answer_now = out["thinking"], out["solution"], check
             if reason is not None:
                 row_spans = []
+            th_edits.append([(sp["start"], sp["end"], len(got[0])) for sp in row_spans  # type: ignore[index]
+                             if sp["part"] == "thinking"])
             new_th.append(out_th)
             new_so.append(out_so)
             new_ans.append(answer_now)
@@ -941,4 +1220,5 @@ class CorruptWrongAnswer(_Corruption):
             reasons.append(reason)
         extra = {"answer": new_ans, "corrupt_answer_from": frm, "corrupt_answer_to": to,
                  "corrupt_answer_method": how, "corrupt_spans": spans}
-        return self._finish(batch, {"thinking": new_th, "solution": new_so}, units, touched, extra, reasons)
+        return self._finish(batch, {"thinking": new_th, "solution": new_so}, units, touched, extra, reasons,
+                            edits=th_edits)

@@ -50,6 +50,9 @@ class Segmentation:
         metadata={"help": "phrases that open a step mid-paragraph, after a sentence end"})
     min_step_chars: int = field(
         default=0, metadata={"help": "merge a step shorter than this (stripped) into the step before it"})
+    min_steps: int = field(
+        default=1, metadata={"help": "transition mode: a thinking that yields fewer steps (it never opens a "
+                                     "paragraph with a transition word) is split by paragraphs instead"})
 
     def _check_segmentation(self) -> None:
         if self.mode == "model":
@@ -59,12 +62,23 @@ class Segmentation:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.min_step_chars < 0:
             raise ValueError(f"min_step_chars must be >= 0, got {self.min_step_chars}")
+        if self.min_steps < 1:
+            raise ValueError(f"min_steps must be >= 1, got {self.min_steps}")
         if self.mode == "transition" and not self.transitions:
             raise ValueError("transitions must not be empty in transition mode")
 
     def starts(self, text: str) -> list[int]:
         return step_starts(text, self.mode, self.transitions, self.split_inline, self.inline_transitions,
                            self.min_step_chars)
+
+    def segment(self, text: str) -> tuple[list[int], str]:
+        """Step starts of ``text`` and the method that made them (``min_steps``' paragraph fallback named)."""
+        starts = self.starts(text)
+        if self.mode == "transition" and len(starts) < self.min_steps:
+            paragraphs = step_starts(text, "paragraph", min_step_chars=self.min_step_chars)
+            if len(paragraphs) > len(starts):
+                return paragraphs, f"{self.method()}->rule:paragraph"
+        return starts, self.method()
 
     def method(self) -> str:
         if self.mode == "paragraph":
@@ -75,24 +89,28 @@ class Segmentation:
 def resegment(batch: pl.DataFrame) -> pl.DataFrame:
     """Recompute steps_* columns (when the batch has them) after the thinking text changed.
 
-    Uses the default rules of the mode recorded in ``steps_method``.
+    Uses the default rules of the mode recorded in ``steps_method``; a row segmented otherwise (by a
+    model) gets the transition rules, and ``steps_method`` says so.
     """
     if "steps_start" not in batch.columns:
         return batch
-    starts_col, ends_col, counts = [], [], []
+    starts_col, ends_col, counts, used = [], [], [], []
     methods = batch["steps_method"].to_list() if "steps_method" in batch.columns else [None] * batch.height
     for text, method in zip(batch["thinking"].fill_null("").to_list(), methods, strict=True):
-        seg = Segmentation(mode="paragraph" if method == "rule:paragraph" else "transition",
+        paragraph = method is not None and method.endswith("rule:paragraph")
+        seg = Segmentation(mode="paragraph" if paragraph else "transition",
                            split_inline=method != "rule:transition")
         s = seg.starts(text)
         sp = spans(s, len(text))
         starts_col.append([a for a, _ in sp])
         ends_col.append([b for _, b in sp])
         counts.append(len(sp))
+        used.append(seg.method())
     return batch.with_columns(
         pl.Series("steps_start", starts_col, dtype=pl.List(pl.Int32)),
         pl.Series("steps_end", ends_col, dtype=pl.List(pl.Int32)),
         pl.Series("steps_count", counts, dtype=pl.Int32),
+        pl.Series("steps_method", used, dtype=pl.String),
     )
 
 
@@ -150,7 +168,8 @@ class SegmentSteps(Segmentation, Step):
         if self.mode == "model":
             all_starts, methods, stats = self._model_starts(texts)
         else:
-            all_starts, methods, stats = [self.starts(t) for t in texts], [self.method()] * len(texts), None
+            made = [self.segment(t) for t in texts]
+            all_starts, methods, stats = [m[0] for m in made], [m[1] for m in made], None
         starts_col, ends_col, counts = [], [], []
         for text, starts in zip(texts, all_starts, strict=True):
             sp = spans(starts, len(text))
