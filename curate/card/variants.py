@@ -106,7 +106,7 @@ def _changed(entries: list[tuple[dict[str, Any], str, dict[str, Any]]], rows: in
 
 def variants_section(folder: Folder, configs: dict[str, int]) -> list[str]:
     """Markdown lines of the *Variants* section."""
-    from curate.card.card import _table, _variant_params
+    from curate.card.card import Md, _table, _variant_params, code
 
     out = ["## Variants", "", "Each config is the base rows plus the steps listed (controlled ablations: corrupted "
            "configs are wrong on purpose). *changed*: rows whose text the corruption changed, as a share of the "
@@ -130,14 +130,15 @@ def variants_section(folder: Folder, configs: dict[str, int]) -> list[str]:
                 hidden = ("model", "prompt", *(("mode",) if step in ("shuffle_steps", "delete_steps") else ()))
                 shown = {k: v for k, v in shown.items() if k not in hidden}  # their mode: rules unused on segmented rows
                 kinds = sorted({k.split("+")[-1] for k in m["kinds"]} if step == "remove_keywords" else set())
-                what.append(f"`{step}` {_params(shown)}" + (f" (ran as `{', '.join(kinds)}`)" if kinds else ""))
+                what.append(f"{code(step)} {code(_params(shown)) if shown else ''}".rstrip()
+                            + (f" (ran as {code(', '.join(kinds))})" if kinds else ""))
             origin = method_origin(step, params, m["kinds"])
             if origin:
                 origins.append(origin)
         acc = f"{m['accuracy']:.1%}" if m["accuracy"] is not None else "—"
-        rows.append([f"`{name}`", configs[name], _changed(entries, configs[name]),
+        rows.append([code(name), configs[name], _changed(entries, configs[name]),
                      f"{m['steps']:.1f}" if m["steps"] is not None else "—", m["median"], m["p90"], acc,
-                     "; then ".join(what) or "none (the base rows)", "; ".join(origins) or "—"])
+                     Md("; then ".join(what) or "none (the base rows)"), Md("; ".join(origins) or "—")])
     out += [_table(["config", "rows", "changed", "mean steps", "thinking median", "thinking p90",
                     "accuracy", "what it changes", "method"], rows), ""]
     return out
