@@ -24,7 +24,7 @@ components of the verified pairs (scipy), so A~B and B~C put A, B and C in one c
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -39,6 +39,7 @@ from curate.step import Step, StepResult, reject_where
 _M32 = np.uint32(0xFFFFFFFF)
 _CHUNK = 4096  # shingles hashed at once per thread (a num_perm x 4096 uint32 buffer stays in cache)
 _PAIR_WINDOW = 16  # a bucket member is paired with this many next members (all pairs in small buckets)
+_ASY = r"(?s)\[asy\].*?\[/asy\]"  # Asymptote figure code in MATH/AoPS problems
 _SIZES = {"word": 3, "char": 24}  # words: 3 on problems, 5 (datatrove) on problem+response; NeMo: 24 chars
 
 
@@ -147,12 +148,12 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
 def candidate_pairs(keys: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Unique (i, j), i < j, pairs of rows that share a band bucket: array (m, 2) int64."""
     idx = np.flatnonzero(valid)
-    found = []
-    for band in keys:
+    found = np.empty((0, 2), dtype=np.int64)
+    for band in keys:  # merged band by band: memory holds the unique pairs plus one band's
         k = band[idx]
         order = np.argsort(k, kind="stable")
-        found.append(bucket_pairs(k[order], idx[order]))
-    return unique_pairs(np.concatenate(found)) if found else np.empty((0, 2), dtype=np.int64)
+        found = unique_pairs(np.concatenate([found, bucket_pairs(k[order], idx[order])]))
+    return found
 
 
 def bucket_pairs(sk: np.ndarray, members: np.ndarray) -> np.ndarray:
@@ -223,10 +224,16 @@ class MinHashDedup(Step):
     bands: int = field(default=20, metadata={"help": "LSH bands"})
     rows: int = field(default=5, metadata={"help": "signature values per band"})
     threshold: float = field(default=0.72, metadata={"help": "Jaccard a candidate pair must reach to count as duplicates"})
+    max_shingles: int = field(
+        default=256, metadata={"help": "shingles per row kept for the Jaccard check, the smallest hashes: "
+                                      "exact below it, a bottom-k estimate above (8 bytes each per row)"})
+    ignore_asy: bool = field(
+        default=True, metadata={"help": "leave [asy]...[/asy] figure code out of the shingles: problems that "
+                                        "share a figure but ask different questions stay apart"})
     verify: Literal["jaccard", "signature", "none"] = field(
-        default="jaccard", metadata={"help": "check candidates on exact shingle-set Jaccard (keeps 8 bytes per "
-                                             "shingle: use signature for problem_response on millions of rows), "
-                                             "the signature estimate, or not at all (keeps all LSH candidates)"})
+        default="jaccard", metadata={"help": "check candidates on the Jaccard of their shingle sets (see "
+                                             "max_shingles), on the signature estimate, or not at all (every "
+                                             "LSH candidate of a kept row is dropped)"})
     keep: Literal["first", "longest", "shortest", "best"] = field(
         default="first", metadata={"help": "which row of a cluster survives: input order, longest or shortest "
                                            "response, or best by `best_by` then shortest response"})
@@ -251,6 +258,8 @@ class MinHashDedup(Step):
             raise ValueError(f"verify must be jaccard, signature or none, not {self.verify!r}")
         if self.keep not in ("first", "longest", "shortest", "best"):
             raise ValueError(f"keep must be first, longest, shortest or best, not {self.keep!r}")
+        if self.max_shingles < 1:
+            raise ValueError(f"max_shingles must be >= 1, got {self.max_shingles}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         self._rep: np.ndarray | None = None
@@ -271,10 +280,15 @@ class MinHashDedup(Step):
         return tuple(cols)
 
     def _text(self, batch: pl.DataFrame) -> pl.Series:
+        problem = pl.col("problem").cast(pl.String)
+        if self.ignore_asy:  # a problem that is only a figure keeps it (else it would have no shingles)
+            bare = problem.str.replace_all(_ASY, " ")
+            problem = pl.when(bare.str.contains(r"\w")).then(bare).otherwise(problem)
         if self.mode == "problem":
-            return batch["problem"].cast(pl.String)
-        return batch.select(pl.concat_str([pl.col(c).cast(pl.String).fill_null("")
-                                           for c in ("problem", "thinking", "solution")], separator="\n"))[:, 0]
+            return batch.select(problem)[:, 0]
+        return batch.select(pl.concat_str([problem.fill_null(""), *[pl.col(c).cast(pl.String).fill_null("")
+                                                                  for c in ("thinking", "solution")]],
+                                          separator="\n"))[:, 0]
 
     def fit(self, batches: Iterator[pl.DataFrame]) -> None:
         signer = Signer(self.num_perm, self.seed, self.shingle, self.size, self.workers)
@@ -287,26 +301,31 @@ class MinHashDedup(Step):
             lengths.append(response_length(batch))
             if self.keep == "best":
                 best.append(batch[self.best_by])
-            if self.verify == "jaccard":  # sorted unique (row << 32 | shingle hash): each row's shingle set
-                key = ((rows.astype(np.uint64) + np.uint64(base)) << np.uint64(32)) | h.astype(np.uint64)
-                key.sort()
-                shingle_keys.append(key[np.r_[True, key[1:] != key[:-1]]] if len(key) else key)
+            if self.verify == "jaccard":
+                shingle_keys.append(shingle_keys_of(rows, h, base, self.max_shingles))
             base += batch.height
         n = base
         sig = np.concatenate(sigs) if sigs else np.empty((0, self.num_perm), dtype=np.uint32)
+        del sigs
         valid = (sig != _M32).any(axis=1) if n else np.zeros(0, dtype=bool)
         pairs = candidate_pairs(band_keys(sig, self.bands, self.rows), valid)
-        if self.verify == "signature":
-            pairs = pairs[sig_jaccard(sig, pairs) >= self.threshold]
-        elif self.verify == "jaccard" and len(pairs):
-            pairs = pairs[_set_jaccard(np.concatenate(shingle_keys), n, pairs) >= self.threshold]
-        self._rep = representatives(n, pairs, keep_rank(self.keep, n, lengths, best))
+        passes = self.checker(pairs, sig, ShingleSets(np.concatenate(shingle_keys), n, self.max_shingles)
+                              if self.verify == "jaccard" and n else None)
+        self._rep, checked = keep_first(n, pairs, keep_rank(self.keep, n, lengths, best), passes)
         self._jac = np.ones(n, dtype=np.float64)
         dup = np.flatnonzero(self._rep != np.arange(n))
         if len(dup):
             self._jac[dup] = sig_jaccard(sig, np.stack([dup, self._rep[dup]], axis=1))
         self._ids = pl.concat(ids) if ids else pl.Series("id", [], dtype=pl.String)
-        self.stats = {"rows": n, "verified_pairs": len(pairs), "dropped": len(dup)}
+        self.stats = {"rows": n, "candidate_pairs": len(pairs), "checked_pairs": checked, "dropped": len(dup)}
+
+    def checker(self, pairs: np.ndarray, sig: np.ndarray, sets: ShingleSets | None) -> Callable[[np.ndarray], np.ndarray]:
+        """``passes`` for ``keep_first``: which of these candidate pairs (indices) are within the threshold."""
+        if self.verify == "none":
+            return lambda e: np.ones(len(e), dtype=bool)
+        if self.verify == "signature" or sets is None:
+            return lambda e: sig_jaccard(sig, pairs[e]) >= self.threshold
+        return lambda e: sets.jaccard(pairs[e]) >= self.threshold
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         assert self._rep is not None and self._jac is not None and self._ids is not None, "fit() must run first"
@@ -361,33 +380,120 @@ def response_length(batch: pl.DataFrame) -> pl.Series:
                         + pl.col("solution").fill_null("").str.len_chars())[:, 0].cast(pl.Int64)
 
 
-def _set_jaccard(keys: np.ndarray, n: int, pairs: np.ndarray) -> np.ndarray:
-    """Exact Jaccard of the two rows' shingle sets, per pair, vectorised.
+def shingle_keys_of(rows: np.ndarray, h: np.ndarray, base: int, cap: int) -> np.ndarray:
+    """Each row's shingle set as sorted unique ``row << 32 | hash`` keys, cut to the row's ``cap``
+    smallest hashes (a bottom-k sample: 8 bytes x ``cap`` per row at most)."""
+    key = ((rows.astype(np.uint64) + np.uint64(base)) << np.uint64(32)) | h.astype(np.uint64)
+    key.sort()
+    if not len(key):
+        return key
+    key = key[np.r_[True, key[1:] != key[:-1]]]
+    row = key >> np.uint64(32)
+    first = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+    rank = np.arange(len(key)) - np.repeat(first, np.diff(np.r_[first, len(key)]))
+    return key[rank < cap]
 
-    ``keys`` is sorted and unique ``row << 32 | shingle hash``; every shingle of the smaller row
-    of a pair is looked up in the other row with one ``searchsorted``.
+
+class ShingleSets:
+    """Jaccard of rows' shingle sets from their sorted ``row << 32 | hash`` keys (``shingle_keys``).
+
+    Rows with fewer than ``cap`` shingles hold all of them and compare exactly. A row cut at
+    ``cap`` holds every hash up to its largest kept one, so a pair is compared on the hashes up
+    to the smaller of the two rows' largest: a uniform sample of the union by hash value, the
+    bottom-k estimate of Jaccard (exact when neither row was cut).
     """
-    offsets = np.searchsorted(keys, np.arange(n + 1, dtype=np.uint64) << np.uint64(32))
-    size = np.diff(offsets)
-    small = np.where(size[pairs[:, 0]] <= size[pairs[:, 1]], pairs[:, 0], pairs[:, 1])
-    other = np.where(small == pairs[:, 0], pairs[:, 1], pairs[:, 0])
-    out = np.zeros(len(pairs), dtype=np.float64)
-    step = 1 << 16
-    for s in range(0, len(pairs), step):
-        sm, ot = small[s: s + step], other[s: s + step]
-        count = size[sm]
-        pair = np.repeat(np.arange(len(sm)), count)
-        pos = np.repeat(offsets[sm], count) + (np.arange(len(pair)) - np.repeat(np.cumsum(count) - count, count))
-        probe = (np.repeat(ot, count).astype(np.uint64) << np.uint64(32)) | (keys[pos] & np.uint64(0xFFFFFFFF))
-        at = np.minimum(np.searchsorted(keys, probe), len(keys) - 1)
-        inter = np.bincount(pair, weights=keys[at] == probe, minlength=len(sm))
-        union = size[sm] + size[ot] - inter
-        out[s: s + step] = np.divide(inter, union, out=np.zeros(len(sm)), where=union > 0)
-    return out
+
+    def __init__(self, keys: np.ndarray, n: int, cap: int):
+        self.keys = keys
+        self.offsets = np.searchsorted(keys, np.arange(n + 1, dtype=np.uint64) << np.uint64(32))
+        self.size = np.diff(self.offsets)
+        last = keys[np.maximum(self.offsets[1:] - 1, 0)] & np.uint64(0xFFFFFFFF) if len(keys) else np.zeros(n, np.uint64)
+        self.cut = np.where(self.size >= cap, last, np.uint64(1 << 32))  # hashes <= cut are all held
+
+    def _upto(self, rows: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """How many of each row's hashes are <= m."""
+        at = np.searchsorted(self.keys, (rows.astype(np.uint64) << np.uint64(32)) + m, side="right")
+        return np.minimum(at, self.offsets[rows + 1]) - self.offsets[rows]
+
+    def jaccard(self, pairs: np.ndarray) -> np.ndarray:
+        """Jaccard per pair, vectorised: the smaller side's hashes looked up in the other's with one
+        ``searchsorted``."""
+        out = np.zeros(len(pairs), dtype=np.float64)
+        if not len(pairs) or not len(self.keys):
+            return out
+        step = 1 << 16
+        for s in range(0, len(pairs), step):
+            a, b = pairs[s: s + step, 0], pairs[s: s + step, 1]
+            m = np.minimum(self.cut[a], self.cut[b])
+            na, nb = self._upto(a, m), self._upto(b, m)
+            sm, ot = np.where(na <= nb, a, b), np.where(na <= nb, b, a)
+            count = np.minimum(na, nb)
+            pair = np.repeat(np.arange(len(sm)), count)
+            pos = np.repeat(self.offsets[sm], count) + (np.arange(len(pair)) - np.repeat(np.cumsum(count) - count, count))
+            probe = (np.repeat(ot, count).astype(np.uint64) << np.uint64(32)) | (self.keys[pos] & np.uint64(0xFFFFFFFF))
+            at = np.minimum(np.searchsorted(self.keys, probe), len(self.keys) - 1)
+            inter = np.bincount(pair, weights=self.keys[at] == probe, minlength=len(sm))
+            union = na + nb - inter
+            out[s: s + step] = np.divide(inter, union, out=np.zeros(len(sm)), where=union > 0)
+        return out
+
+
+def keep_first(n: int, pairs: np.ndarray, rank: np.ndarray,
+               passes: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, int]:
+    """Each row's kept row (itself when kept) and how many pairs were checked.
+
+    The rule of the plain loop (query the kept rows, then insert; keep the first), over candidate
+    pairs: in ``rank`` order, a row is dropped when a candidate it pairs with is kept and
+    ``passes`` (given indices into ``pairs``) says the two are within the threshold; otherwise it
+    is kept. So every dropped row is within the threshold of the row it names, and a chain
+    A~B~C with A and C far apart keeps C. Rows are decided in rounds, all rows whose
+    better-ranked candidates are all decided at once; a pair is checked only when its better row
+    is kept and the other still undecided (pairs into a dropped row are never checked), so each
+    pair is touched once.
+    """
+    rep = np.arange(n)
+    if n == 0 or len(pairs) == 0:
+        return rep, 0
+    flip = rank[pairs[:, 0]] > rank[pairs[:, 1]]
+    u = np.where(flip, pairs[:, 1], pairs[:, 0])
+    v = np.where(flip, pairs[:, 0], pairs[:, 1])
+    order = np.argsort(u, kind="stable")
+    u, v = u[order], v[order]
+    start = np.searchsorted(u, np.arange(n + 1))
+    waiting = np.bincount(v, minlength=n)  # better-ranked candidates not yet decided or checked
+    state = np.zeros(n, dtype=np.int8)  # 0 undecided, 1 kept, 2 dropped
+    ready = np.flatnonzero((waiting == 0) & (np.diff(start) > 0))
+    checked = 0
+    while len(ready):
+        state[ready] = 1
+        out = _edges(start, ready)
+        live = out[state[v[out]] == 0]
+        checked += len(live)
+        hit = live[passes(order[live])] if len(live) else live
+        dropped = np.empty(0, dtype=np.int64)
+        if len(hit):  # each hit row names its best-ranked kept candidate
+            o = np.lexsort((rank[u[hit]], v[hit]))
+            hv, hu = v[hit][o], u[hit][o]
+            first = np.r_[True, hv[1:] != hv[:-1]]
+            dropped = hv[first]
+            rep[dropped] = hu[first]
+            state[dropped] = 2
+        done = np.concatenate([out, _edges(start, dropped)])
+        touched, times = np.unique(v[done], return_counts=True)
+        waiting[touched] -= times
+        ready = touched[(waiting[touched] == 0) & (state[touched] == 0)]
+    return rep, checked
+
+
+def _edges(start: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Indices of the edges of ``rows`` in a CSR layout with row starts ``start``."""
+    count = start[rows + 1] - start[rows]
+    total = int(count.sum())
+    return np.repeat(start[rows] - np.cumsum(count) + count, count) + np.arange(total)
 
 
 def representatives(n: int, pairs: np.ndarray, rank: np.ndarray) -> np.ndarray:
-    """For each row, the row its cluster keeps (connected components of the verified pairs)."""
+    """For each row, the row its cluster keeps: connected components of the pairs (semantic_dedup)."""
     if n == 0:
         return np.empty(0, dtype=np.int64)
     if len(pairs) == 0:
