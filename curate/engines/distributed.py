@@ -190,7 +190,7 @@ def fit_minhash_dedup(engine: Engine, step: Step, parts: list[Path], counts: lis
                 write_parquet_atomic(pa.table({"key": keys[b][valid], "pos": pos[valid]}),
                                      folder / "bands" / f"b-{b:03d}" / f"part-{k:05d}.parquet")
             meta = {"pos": pos, "id": batch["id"].to_arrow(), "len": response_length(batch).to_arrow(),
-                    "sig": _sig_column(sig)}
+                    "sig": _sig_column(sig), "num": s.numbers(batch)}
             if s.keep == "best":
                 meta["best"] = batch[s.best_by].to_arrow()
             write_parquet_atomic(pa.table(meta), folder / "rows" / f"part-{k:05d}.parquet")
@@ -296,9 +296,12 @@ def _clusters(engine: Engine, step: MinHashDedup, pairs: np.ndarray, ok: np.ndar
     if len(pairs) == 0:
         return empty
     nodes, local = np.unique(pairs, return_inverse=True)  # ascending: rank ties break by position as locally
-    rows = _load_rows(folder, starts, nodes, ["id", "len", *(["best"] if step.keep == "best" else [])])
+    rows = _load_rows(folder, starts, nodes, ["id", "len", "num", *(["best"] if step.keep == "best" else [])])
     rank = keep_rank(step.keep, len(nodes), [rows["len"]], [rows["best"]] if step.keep == "best" else [])
-    rep, _ = keep_first(len(nodes), local.reshape(pairs.shape), rank, lambda e: ok[e])
+    local = local.reshape(pairs.shape)
+    num = rows["num"].to_numpy()
+    ok = ok & (num[local[:, 0]] == num[local[:, 1]])  # the in-memory check's same_numbers rule
+    rep, _ = keep_first(len(nodes), local, rank, lambda e: ok[e])
     dup = np.flatnonzero(rep != np.arange(len(nodes)))
     if not len(dup):
         return empty

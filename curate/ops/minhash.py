@@ -40,6 +40,7 @@ _M32 = np.uint32(0xFFFFFFFF)
 _CHUNK = 4096  # shingles hashed at once per thread (a num_perm x 4096 uint32 buffer stays in cache)
 _PAIR_WINDOW = 16  # a bucket member is paired with this many next members (all pairs in small buckets)
 _ASY = r"(?s)\[asy\].*?\[/asy\]"  # Asymptote figure code in MATH/AoPS problems
+_LEADING_NUMBER = r"^\s*(?i:problem\s*)?\(?[0-9a-z]{1,3}[.):]\s+"  # "3. ", "(a) ", "Problem 12: "
 _SIZES = {"word": 3, "char": 24}  # words: 3 on problems, 5 (datatrove) on problem+response; NeMo: 24 chars
 
 
@@ -230,6 +231,10 @@ class MinHashDedup(Step):
     ignore_asy: bool = field(
         default=True, metadata={"help": "leave [asy]...[/asy] figure code out of the shingles: problems that "
                                         "share a figure but ask different questions stay apart"})
+    same_numbers: bool = field(
+        default=True, metadata={"help": "only problems with the same numbers (as a multiset, a leading "
+                                        "'Problem 3:' ignored) can be duplicates: '4 balls in 3 boxes' and "
+                                        "'5 balls in 3 boxes' are two problems"})
     verify: Literal["jaccard", "signature", "none"] = field(
         default="jaccard", metadata={"help": "check candidates on the Jaccard of their shingle sets (see "
                                              "max_shingles), on the signature estimate, or not at all (every "
@@ -279,11 +284,23 @@ class MinHashDedup(Step):
             cols.append(self.best_by)
         return tuple(cols)
 
-    def _text(self, batch: pl.DataFrame) -> pl.Series:
+    def _problem(self) -> pl.Expr:
         problem = pl.col("problem").cast(pl.String)
         if self.ignore_asy:  # a problem that is only a figure keeps it (else it would have no shingles)
             bare = problem.str.replace_all(_ASY, " ")
             problem = pl.when(bare.str.contains(r"\w")).then(bare).otherwise(problem)
+        return problem
+
+    def numbers(self, batch: pl.DataFrame) -> np.ndarray:
+        """A 64-bit hash of each problem's numbers, sorted (0 for every row unless ``same_numbers``)."""
+        if not self.same_numbers:
+            return np.zeros(batch.height, dtype=np.uint64)
+        nums = (self._problem().fill_null("").str.replace(_LEADING_NUMBER, "").str.extract_all(r"\d+")
+                .list.eval(pl.element().str.strip_chars_start("0")).list.sort().list.join(" "))
+        return batch.select(nums.hash(seed=7))[:, 0].to_numpy()
+
+    def _text(self, batch: pl.DataFrame) -> pl.Series:
+        problem = self._problem()
         if self.mode == "problem":
             return batch.select(problem)[:, 0]
         return batch.select(pl.concat_str([problem.fill_null(""), *[pl.col(c).cast(pl.String).fill_null("")
@@ -292,13 +309,14 @@ class MinHashDedup(Step):
 
     def fit(self, batches: Iterator[pl.DataFrame]) -> None:
         signer = Signer(self.num_perm, self.seed, self.shingle, self.size, self.workers)
-        sigs, ids, lengths, best, shingle_keys = [], [], [], [], []
+        sigs, ids, lengths, best, shingle_keys, nums = [], [], [], [], [], []
         base = 0
         for batch in batches:
             sig, rows, h = signer.sign(self._text(batch))
             sigs.append(sig)
             ids.append(batch["id"])
             lengths.append(response_length(batch))
+            nums.append(self.numbers(batch))
             if self.keep == "best":
                 best.append(batch[self.best_by])
             if self.verify == "jaccard":
@@ -309,8 +327,8 @@ class MinHashDedup(Step):
         del sigs
         valid = (sig != _M32).any(axis=1) if n else np.zeros(0, dtype=bool)
         pairs = candidate_pairs(band_keys(sig, self.bands, self.rows), valid)
-        passes = self.checker(pairs, sig, ShingleSets(np.concatenate(shingle_keys), n, self.max_shingles)
-                              if self.verify == "jaccard" and n else None)
+        sets = ShingleSets(np.concatenate(shingle_keys), n, self.max_shingles) if self.verify == "jaccard" and n else None
+        passes = self.checker(pairs, sig, sets, np.concatenate(nums) if nums else np.zeros(0, np.uint64))
         self._rep, checked = keep_first(n, pairs, keep_rank(self.keep, n, lengths, best), passes)
         self._jac = np.ones(n, dtype=np.float64)
         dup = np.flatnonzero(self._rep != np.arange(n))
@@ -319,13 +337,18 @@ class MinHashDedup(Step):
         self._ids = pl.concat(ids) if ids else pl.Series("id", [], dtype=pl.String)
         self.stats = {"rows": n, "candidate_pairs": len(pairs), "checked_pairs": checked, "dropped": len(dup)}
 
-    def checker(self, pairs: np.ndarray, sig: np.ndarray, sets: ShingleSets | None) -> Callable[[np.ndarray], np.ndarray]:
-        """``passes`` for ``keep_first``: which of these candidate pairs (indices) are within the threshold."""
-        if self.verify == "none":
-            return lambda e: np.ones(len(e), dtype=bool)
-        if self.verify == "signature" or sets is None:
-            return lambda e: sig_jaccard(sig, pairs[e]) >= self.threshold
-        return lambda e: sets.jaccard(pairs[e]) >= self.threshold
+    def checker(self, pairs: np.ndarray, sig: np.ndarray, sets: ShingleSets | None,
+                numbers: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """``passes`` for ``keep_first``: which of these candidate pairs (indices) are duplicates."""
+        def passes(e: np.ndarray) -> np.ndarray:
+            p = pairs[e]
+            ok = numbers[p[:, 0]] == numbers[p[:, 1]]
+            if self.verify == "none":
+                return ok
+            if self.verify == "signature" or sets is None:
+                return ok & (sig_jaccard(sig, p) >= self.threshold)
+            return ok & (sets.jaccard(p) >= self.threshold)
+        return passes
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         assert self._rep is not None and self._jac is not None and self._ids is not None, "fit() must run first"
