@@ -76,14 +76,13 @@ def fmix32(h: np.ndarray) -> np.ndarray:
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """datasketch's own permutation parameters (a, b) for its default affine32 scheme."""
-    from datasketch import MinHash
-
-    m = MinHash(num_perm=num_perm, seed=seed)
-    if getattr(m, "scheme", None) != "affine32":
-        raise RuntimeError("minhash_dedup needs datasketch >= 2.0 (affine32 MinHash scheme)")
-    a, b = m.permutations
-    return np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32)
+    """datasketch's permutation parameters (a, b) for its default affine32 scheme, drawn as
+    ``datasketch/minhash.py`` ``_init_permutations`` draws them (importing datasketch itself costs
+    ~0.7 s of start-up: its LSH pulls in scipy.integrate); tests compare the signatures."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
 
 
 class Signer:
