@@ -276,7 +276,8 @@ def whole(args: argparse.Namespace, work: Path) -> None:
     n = min(args.rows, args.loop_rows)
     want, twin = truth(texts[:n])
     kept_of = {name: pl.read_parquet(work / f"{name}-out.parquet")["id"] for name in SCRIPTS if name in commands}
-    kept_of["curate run --no-card"] = pl.concat([pl.read_parquet(f)["id"] for f in sorted((work / "out" / "data").glob("*.parquet"))])
+    kept_of["curate run --no-card"] = pl.concat([pl.read_parquet(f)["source_id"]  # curate's id is a content hash
+                                                 for f in sorted((work / "out" / "data").glob("*.parquet"))])
     print(f"machine: {platform.node()} {os.cpu_count()} cores (shared: load {os.getloadavg()[0]:.1f}), "
           f"python {platform.python_version()}; {args.rows} rows, {args.repeat} interleaved runs each, median; "
           f"recall on the first {n} rows ({int(want.sum())} true duplicates)")
