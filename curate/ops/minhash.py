@@ -14,11 +14,20 @@ whitespace, LaTeX spacing and punctuation never make two rows different (but nei
 operators alone: ``k < 0`` and ``k > 0`` read the same).
 
 Signatures are those of ``datasketch.MinHash(num_perm, seed, hashfunc=shingle_hash32)`` (its
-default affine32 scheme: ``min((a * fmix32(h) + b) mod 2**32)``, permutations taken from
-datasketch itself), computed for a whole batch at once and kept as one ``uint32`` matrix
+default affine32 scheme: ``min((a * fmix32(h) + b) mod 2**32)``, permutations drawn as
+datasketch draws them), computed for a whole batch at once and kept as one ``uint32`` matrix
 (4 bytes x num_perm per row: 400 MB for 1M rows at 100). Bands are 64-bit hashes of signature
-slices grouped by sorting, candidate pairs are verified, and clusters are the connected
-components of the verified pairs (scipy), so A~B and B~C put A, B and C in one cluster.
+slices grouped by sorting. Rows are then decided as the plain loop decides them (query the kept
+rows, then insert; keep the first), over the candidate pairs (``keep_first``): a row is dropped
+only when a kept row it pairs with is within the threshold, so every dropped row is within the
+threshold of the row it names and a chain A~B~C never drops C for A. A pair is checked only when
+its better row is kept and the other undecided, so a cluster of k copies costs about k checks,
+not k^2. Each row keeps at most ``max_shingles`` shingle hashes for the check (the smallest: a
+bottom-k sample, exact for rows with fewer), so memory per row is bounded on long traces.
+
+What a duplicate is: ``[asy]`` figure code is left out of the shingles (problems that share a
+figure but ask different questions are different problems), and with ``same_numbers`` two
+problems whose numbers differ are never duplicates ("4 balls in 3 boxes" vs "5 balls").
 """
 
 from __future__ import annotations
@@ -202,12 +211,11 @@ def sig_jaccard(sig: np.ndarray, pairs: np.ndarray) -> np.ndarray:
 
 @dataclass
 class MinHashDedup(Step):
-    """Drop near-duplicate rows: MinHash + LSH on normalised problem shingles, exact-Jaccard checked, clustered.
+    """Drop near-duplicate rows: MinHash + LSH on normalised problem shingles, Jaccard checked, keep-first.
 
-    Signatures equal datasketch's; candidate pairs from LSH bands are verified against
-    ``threshold``, clusters are connected components, one row per cluster is kept by ``keep``
-    and the others go to rejects with ``duplicate_of`` (the kept row's id) and the estimated
-    Jaccard to it.
+    Signatures equal datasketch's. In ``keep`` order, a row is dropped when a kept row it shares
+    an LSH band with is within ``threshold`` (and has the same numbers); it goes to rejects with
+    ``duplicate_of`` (that kept row's id) and the estimated Jaccard to it.
     """
 
     name = "minhash_dedup"
