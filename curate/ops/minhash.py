@@ -47,6 +47,7 @@ from curate.step import Step, StepResult, reject_where
 
 _M32 = np.uint32(0xFFFFFFFF)
 _CHUNK = 4096  # shingles hashed at once per thread (a num_perm x 4096 uint32 buffer stays in cache)
+_PROBES = 1 << 20  # shingle lookups per vectorised step of the Jaccard check
 _PAIR_WINDOW = 16  # a bucket member is paired with this many next members (all pairs in small buckets)
 _ASY = r"(?s)\[asy\].*?\[/asy\]"  # Asymptote figure code in MATH/AoPS problems
 _LEADING_NUMBER = r"^\s*(?i:problem\s*)?\(?[0-9a-z]{1,3}[.):]\s+"  # "3. ", "(a) ", "Problem 12: "
@@ -447,24 +448,29 @@ class ShingleSets:
 
     def jaccard(self, pairs: np.ndarray) -> np.ndarray:
         """Jaccard per pair, vectorised: the smaller side's hashes looked up in the other's with one
-        ``searchsorted``."""
+        ``searchsorted``, pairs taken in order of the looked-up row (the probes then walk the keys
+        in order, not at random) and in chunks of ~1M probes (bounded temporaries)."""
         out = np.zeros(len(pairs), dtype=np.float64)
         if not len(pairs) or not len(self.keys):
             return out
-        step = 1 << 16
-        for s in range(0, len(pairs), step):
-            a, b = pairs[s: s + step, 0], pairs[s: s + step, 1]
-            m = np.minimum(self.cut[a], self.cut[b])
-            na, nb = self._upto(a, m), self._upto(b, m)
-            sm, ot = np.where(na <= nb, a, b), np.where(na <= nb, b, a)
-            count = np.minimum(na, nb)
-            pair = np.repeat(np.arange(len(sm)), count)
-            pos = np.repeat(self.offsets[sm], count) + (np.arange(len(pair)) - np.repeat(np.cumsum(count) - count, count))
-            probe = (np.repeat(ot, count).astype(np.uint64) << np.uint64(32)) | (self.keys[pos] & np.uint64(0xFFFFFFFF))
+        a, b = pairs[:, 0], pairs[:, 1]
+        m = np.minimum(self.cut[a], self.cut[b])
+        na, nb = self._upto(a, m), self._upto(b, m)
+        sm, ot = np.where(na <= nb, a, b), np.where(na <= nb, b, a)
+        order = np.argsort(ot, kind="stable")
+        count = np.minimum(na, nb)[order]
+        ends = np.searchsorted(np.cumsum(count), np.arange(1, count.sum() // _PROBES + 1) * _PROBES)
+        for lo, hi in zip(np.r_[0, ends].tolist(), np.r_[ends, len(order)].tolist(), strict=True):
+            idx, c = order[lo:hi], count[lo:hi]
+            if not len(idx):
+                continue
+            pair = np.repeat(np.arange(len(idx)), c)
+            pos = np.repeat(self.offsets[sm[idx]], c) + (np.arange(len(pair)) - np.repeat(np.cumsum(c) - c, c))
+            probe = (np.repeat(ot[idx], c).astype(np.uint64) << np.uint64(32)) | (self.keys[pos] & np.uint64(0xFFFFFFFF))
             at = np.minimum(np.searchsorted(self.keys, probe), len(self.keys) - 1)
-            inter = np.bincount(pair, weights=self.keys[at] == probe, minlength=len(sm))
-            union = na + nb - inter
-            out[s: s + step] = np.divide(inter, union, out=np.zeros(len(sm)), where=union > 0)
+            inter = np.bincount(pair, weights=self.keys[at] == probe, minlength=len(idx))
+            union = na[idx] + nb[idx] - inter
+            out[idx] = np.divide(inter, union, out=np.zeros(len(idx)), where=union > 0)
         return out
 
 
