@@ -201,6 +201,33 @@ def test_pipeline_keeps_one_per_cluster_with_policies(traces, tmp_path):
     assert all(order[r["duplicate_of"]] < order[r["id"]] for r in first.rejects("minhash_dedup").iter_rows(named=True))
 
 
+def test_capped_shingle_sets_estimate_jaccard(traces):
+    """Rows under max_shingles compare exactly; long traces compare on their smallest hashes, a
+    sample of the union, close to the exact Jaccard (and the memory per row is bounded)."""
+    from curate.ops.minhash import ShingleSets, shingle_keys_of
+
+    rng = random.Random(0)
+    base = traces.head(40)
+    copies = base.with_columns(pl.col("thinking").map_elements(  # 2-20% of the words replaced
+        lambda t: " ".join("zzz" if rng.random() < 0.02 + 0.18 * rng.random() else w for w in t.split(" ")),
+        return_dtype=pl.String))
+    frame = pl.concat([base, copies])
+    step = MinHashDedup(mode="problem_response")
+    _, rows, h = Signer(100, 1, "word", 5).sign(step._text(frame))
+    pairs = np.stack([np.arange(40), np.arange(40, 80)], axis=1)
+    exact = ShingleSets(shingle_keys_of(rows, h, 0, 1 << 30), 80, 1 << 30).jaccard(pairs)
+    capped = shingle_keys_of(rows, h, 0, 256)
+    assert len(capped) <= 256 * 80 < len(np.unique(rows.astype(np.uint64) << np.uint64(32) | h))
+    estimate = ShingleSets(capped, 80, 256).jaccard(pairs)
+    assert exact.min() < 0.6 and exact.max() > 0.8  # a spread of similarities
+    assert np.abs(estimate - exact).mean() < 0.03 and np.abs(estimate - exact).max() < 0.1
+    short = MinHashDedup()
+    _, rows, h = Signer(100, 1, "word", 3).sign(short._text(frame))
+    keys = shingle_keys_of(rows, h, 0, 256)  # problems are shorter than 256 shingles: exact
+    assert np.array_equal(ShingleSets(keys, 80, 256).jaccard(pairs),
+                          ShingleSets(shingle_keys_of(rows, h, 0, 1 << 30), 80, 1 << 30).jaccard(pairs))
+
+
 def test_parameters_are_validated():
     with pytest.raises(ValueError, match="exceeds num_perm"):
         MinHashDedup(bands=20, rows=8, num_perm=100)
