@@ -138,8 +138,8 @@ def run_rensa_loop(texts: list[str]) -> np.ndarray:
     return dup
 
 
-def run_curate(texts: list[str], workers: int) -> np.ndarray:
-    step = MinHashDedup(workers=workers)
+def run_curate(texts: list[str], workers: int, **params: bool) -> np.ndarray:
+    step = MinHashDedup(workers=workers, **params)
     frame = pl.DataFrame({"id": [str(i) for i in range(len(texts))], "problem": texts,
                           "thinking": [""] * len(texts), "solution": [""] * len(texts)})
     step.fit(iter(frame.iter_slices(50_000)))
@@ -153,6 +153,8 @@ CANDIDATES = {
     "rensa-loop": run_rensa_loop,
     "curate-1-thread": lambda t: run_curate(t, 1),
     "curate-2-threads": lambda t: run_curate(t, 2),
+    # the loops' definition of a duplicate (Jaccard alone): numbers may differ, [asy] code counts
+    "curate-2-threads-jaccard-only": lambda t: run_curate(t, 2, same_numbers=False, ignore_asy=False),
 }
 
 
@@ -247,9 +249,10 @@ SCRIPTS = {
 RECIPE = """name: bench-minhash
 input: {{path: {data}}}
 steps:
-  - minhash_dedup: {{}}
+  - minhash_dedup: {{{params}}}
 output: {{path: {out}}}
 """
+JACCARD_ONLY = "same_numbers: false, ignore_asy: false"  # the loops' definition of a duplicate
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:
@@ -279,11 +282,11 @@ def whole(args: argparse.Namespace, work: Path) -> None:
         path.write_text(script)
         commands[name] = [sys.executable, str(path), str(data), str(work / f"{name}-out.parquet")]
     curate = [str(Path(sys.executable).parent / "curate")]
-    for card in (True, False):
-        name = "curate run" + ("" if card else " --no-card")
-        out = work / ("out-card" if card else "out")
-        recipe = work / f"recipe-{int(card)}.yaml"
-        recipe.write_text(RECIPE.format(data=data, out=out))
+    for card, params in ((True, ""), (False, ""), (False, JACCARD_ONLY)):
+        name = "curate run" + ("" if card else " --no-card") + (" (Jaccard only)" if params else "")
+        out = work / f"out-{int(card)}-{int(bool(params))}"
+        recipe = work / f"recipe-{int(card)}-{int(bool(params))}.yaml"
+        recipe.write_text(RECIPE.format(data=data, out=out, params=params))
         commands[name] = [*curate, "run", str(recipe), "--overwrite", "--no-progress", *([] if card else ["--no-card"])]
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for r in range(args.repeat):
@@ -293,8 +296,9 @@ def whole(args: argparse.Namespace, work: Path) -> None:
     n = min(args.rows, args.loop_rows)
     want, twin = truth(texts[:n])
     kept_of = {name: pl.read_parquet(work / f"{name}-out.parquet")["id"] for name in SCRIPTS if name in commands}
-    kept_of["curate run --no-card"] = pl.concat([pl.read_parquet(f)["source_id"]  # curate's id is a content hash
-                                                 for f in sorted((work / "out" / "data").glob("*.parquet"))])
+    for name, folder in (("curate run --no-card", "out-0-0"), ("curate run --no-card (Jaccard only)", "out-0-1")):
+        kept_of[name] = pl.concat([pl.read_parquet(f)["source_id"]  # curate's id is a content hash
+                                   for f in sorted((work / folder / "data").glob("*.parquet"))])
     print(f"machine: {platform.node()} {os.cpu_count()} cores (shared: load {os.getloadavg()[0]:.1f}), "
           f"python {platform.python_version()}; {args.rows} rows, {args.repeat} interleaved runs each, median; "
           f"recall on the first {n} rows ({int(want.sum())} true duplicates)")
@@ -398,7 +402,7 @@ def rss(sizes: list[int], work: Path) -> None:
         pl.DataFrame({"id": [f"r{i}" for i in range(n)], "problem": texts, "thinking": ["Let me think."] * n,
                       "solution": ["The answer is 1."] * n}).write_parquet(data)
         recipe = work / f"rss-{n}.yaml"
-        recipe.write_text(RECIPE.format(data=data, out=work / f"rss-out-{n}"))
+        recipe.write_text(RECIPE.format(data=data, out=work / f"rss-out-{n}", params=""))
         seconds, mb = timed([curate, "run", str(recipe), "--overwrite", "--no-progress", "--no-card"])
         print(f"| {n} | {seconds:.1f} | {mb:.0f} | {mb * 1024 / n:.2f} |", flush=True)
 
