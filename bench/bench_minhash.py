@@ -303,6 +303,11 @@ def whole(args: argparse.Namespace, work: Path) -> None:
           f"python {platform.python_version()}; {args.rows} rows, {args.repeat} interleaved runs each, median; "
           f"recall on the first {n} rows ({int(want.sum())} true duplicates)")
     base = {k: float(np.median([s for s, _ in v])) for k, v in runs.items()}
+    for card in (1, 0):  # the last run's own account of its stages
+        m = json.loads((work / f"out-{card}-0" / "manifest.json").read_text())
+        stages = ", ".join(f"{f['name']} {f['seconds']:.1f} s" for f in m["funnel"])
+        print(f"curate run{'' if card else ' --no-card'}, last run: {stages}; pipeline wall {m['wall_seconds']:.1f} s "
+              f"of {runs['curate run' + ('' if card else ' --no-card')][-1][0]:.1f} s for the process")
     planted = planted_pairs(args.rows, work)
     print(f"planted copies at exact Jaccard >= {THRESHOLD} to their source: {len(planted)} of "
           f"{int((pl.read_parquet(work / f'corpus-{args.rows}-0.parquet')['origin'] >= 0).sum())}")
