@@ -105,3 +105,27 @@ def score(rep: np.ndarray, pairs: np.ndarray, jac: np.ndarray, threshold: float)
         "false_drops": int((dropped & ~has_twin).sum()),
         "row_fpr": float((dropped & ~has_twin).sum() / max((~has_twin).sum(), 1)),
     }
+
+
+def held_out(problems: list[str], n: int = 1500, copies: int = 300, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """``n`` distinct real problems drawn at random plus ``copies`` planted near-duplicates of them;
+    returns the texts and each row's origin (the index of the original it was made from)."""
+    rng = random.Random(seed)
+    originals = rng.sample(sorted(set(problems)), n)
+    texts, planted = plant(originals, copies, seed=seed + 1)
+    return texts, np.array(list(range(n)) + [src for src, _ in planted])
+
+
+def merges(rep: np.ndarray, origin: np.ndarray) -> dict[str, int]:
+    """Planted copies kept with their original vs rows dropped as a duplicate of another problem.
+
+    ``false_merges``: dropped rows whose kept row comes from a different original (distinct
+    problems put together); ``copies_caught``: planted copies in their original's cluster.
+    """
+    n0 = int((origin == np.arange(len(origin))[: len(origin)]).sum()) if len(origin) else 0
+    copy = np.arange(len(origin)) >= n0
+    dropped = rep != np.arange(len(rep))
+    same = origin[rep] == origin
+    return {"rows": len(rep), "copies": int(copy.sum()),
+            "copies_caught": int((copy & (rep[origin] == rep)).sum()),
+            "dropped": int(dropped.sum()), "false_merges": int((dropped & ~same).sum())}

@@ -437,3 +437,36 @@ def test_mixed_files_take_the_first_files_columns(real_lines, tmp_path):
     assert mixed["answer_method"].null_count() == 5  # the JSONL rows have no annotation yet
     with pytest.raises(InputError, match=r"train-00000-of-00001.parquet: has column\(s\) answer_method that the first input file lacks"):
         read([more, shard]).to_polars()
+
+
+@pytest.mark.parametrize("options", [{}, {"source": "S", "teacher": "T", "domain": "science", "max_chars": 40}])
+def test_text_columns_convert_as_the_per_row_path_does(tmp_path, monkeypatch, options):
+    """A Parquet of plain text columns in curate's layout is converted column by column; traces and
+    rejects (empty problem, duplicate id, bad domain, over max_chars) equal the per-row adapter's."""
+    reader = importlib.import_module("curate.io.read")  # the module (curate.io.read is also the function)
+    table = pa.table({
+        "id": ["a", "b", None, "d", "e", "a", "g", "h"],
+        "problem": ["P1", "P2 ", "P3", "P4", "P5", "P6", "  ", "P8"],
+        "thinking": ["t", None, "", "x", "y", "z", "w", "v" * 50],
+        "solution": ["s", "s2", "sol", None, "", "q", "r", "u"],
+        "source": ["", None, "src", "s", "s", "s", "s", "s"],
+        "domain": ["math", "", None, "code", "math", "math", "math", "chemistry"],
+        "answer": ["", None, "1", "2", "3", "4", "5", "6"],
+        "teacher": [None, "", "m", "m", "m", "m", "m", "m"],
+        "finish_reason": ["stop", None, "length", None, "unknown", None, None, None],
+    })
+    path = tmp_path / "texts.parquet"
+    pq.write_table(table, path)
+    clean = tmp_path / "clean.parquet"
+    pq.write_table(table.slice(0, 5), clean)
+
+    def batches(p: Path, columnar: bool) -> tuple[pa.Table, pa.Table]:
+        monkeypatch.setattr(reader, "_columnar", reader._columnar if columnar else lambda *a: False)
+        got = list(read(p, **options).batches(4))
+        return pa.concat_tables([b.traces for b in got]), pa.concat_tables([b.rejects for b in got])
+
+    for p in (path, clean):
+        fast, slow = batches(p, True), batches(p, False)
+        assert fast[0].equals(slow[0]) and fast[1].equals(slow[1])
+    assert slow[0].num_rows == 5 and slow[1].num_rows == 0
+    assert batches(path, False)[1].num_rows >= 2

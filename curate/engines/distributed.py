@@ -9,7 +9,7 @@ cluster) and ends with small per-part plans that the apply tasks read; a finishe
   one task per bucket picks each group's survivor.
 - ``minhash_dedup``: signatures per part -> band-partitioned files -> one task per band sorts its
   keys into candidate pairs -> tasks verify chunks of pairs (loading only the parts they touch) ->
-  connected components over the (small) verified pair list on the driver -> keep one per cluster.
+  the in-memory fit's keep-first rule over the checked pairs on the driver.
 - ``sample``: stratum counts per part, then each part's smallest seeded hashes per stratum;
   the driver merges them into one cut per stratum (a few numbers the apply tasks receive).
 """
@@ -34,13 +34,14 @@ from curate.ops.dedup import ExactDedup
 from curate.ops.minhash import (
     _M32,
     MinHashDedup,
+    ShingleSets,
     Signer,
-    _set_jaccard,
     band_keys,
     bucket_pairs,
+    keep_first,
     keep_rank,
-    representatives,
     response_length,
+    shingle_keys_of,
     sig_jaccard,
     unique_pairs,
 )
@@ -189,14 +190,12 @@ def fit_minhash_dedup(engine: Engine, step: Step, parts: list[Path], counts: lis
                 write_parquet_atomic(pa.table({"key": keys[b][valid], "pos": pos[valid]}),
                                      folder / "bands" / f"b-{b:03d}" / f"part-{k:05d}.parquet")
             meta = {"pos": pos, "id": batch["id"].to_arrow(), "len": response_length(batch).to_arrow(),
-                    "sig": _sig_column(sig)}
+                    "sig": _sig_column(sig), "num": s.numbers(batch)}
             if s.keep == "best":
                 meta["best"] = batch[s.best_by].to_arrow()
             write_parquet_atomic(pa.table(meta), folder / "rows" / f"part-{k:05d}.parquet")
             if s.verify == "jaccard":  # each row's shingle set: sorted unique (pos << 32 | hash)
-                key = ((rows.astype(np.uint64) + np.uint64(offset)) << np.uint64(32)) | h.astype(np.uint64)
-                key.sort()
-                key = key[np.r_[True, key[1:] != key[:-1]]] if len(key) else key
+                key = shingle_keys_of(rows, h, offset, s.max_shingles)
                 write_parquet_atomic(pa.table({"key": key}), folder / "shingles" / f"part-{k:05d}.parquet")
             return {"rows": batch.height}
 
@@ -212,12 +211,14 @@ def fit_minhash_dedup(engine: Engine, step: Step, parts: list[Path], counts: lis
         found = [pl.read_parquet(p) for p in sorted((folder / "pairs").glob("*.parquet"))]
         cand = pl.concat(found) if found else pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64})
         pairs = unique_pairs(np.stack([cand["a"].to_numpy(), cand["b"].to_numpy()], axis=1).astype(np.int64))
-        if step.verify != "none" and len(pairs):
-            keep = _score_pairs(engine, step, pairs, starts, folder, step.verify)
-            pairs = pairs[keep >= step.threshold]
-        dups = _clusters(engine, step, pairs, starts, folder)
+        ok = np.ones(len(pairs), dtype=bool)
+        if step.verify != "none" and len(pairs):  # every candidate checked here, in parallel tasks
+            ok = _score_pairs(engine, step, pairs, starts, folder, step.verify) >= step.threshold
+        dups = _clusters(engine, step, pairs, ok, starts, folder)
         _write_plans(dups, counts, folder)
-        done = {"stats": {"rows": int(starts[-1]), "verified_pairs": len(pairs), "dropped": dups.height}}
+        checked = len(pairs) if step.verify != "none" else 0
+        done = {"stats": {"rows": int(starts[-1]), "candidate_pairs": len(pairs), "checked_pairs": checked,
+                          "dropped": dups.height}}
         _finish(folder, done, ["bands", "pairs", "rows", "shingles", "requests", "gathered", "scores"])
     step.stats = done["stats"]
     return apply_duplicates
@@ -273,8 +274,9 @@ def _score_pairs(engine: Engine, step: MinHashDedup, pairs: np.ndarray, starts: 
         if how == "jaccard":  # the rows' shingle keys with the row renumbered into this chunk, still sorted
             key = np.sort(got["key"].to_numpy())
             at = np.searchsorted(nodes, (key >> np.uint64(32)).astype(np.int64))
-            values = _set_jaccard((at.astype(np.uint64) << np.uint64(32)) | (key & np.uint64(0xFFFFFFFF)),
-                                  len(nodes), local)
+            sets = ShingleSets((at.astype(np.uint64) << np.uint64(32)) | (key & np.uint64(0xFFFFFFFF)),
+                               len(nodes), s.max_shingles)
+            values = sets.jaccard(local)
         else:
             got = got.sort("pos")
             values = sig_jaccard(_sig_matrix(got.to_arrow()["sig"], s.num_perm), local)
@@ -286,17 +288,23 @@ def _score_pairs(engine: Engine, step: MinHashDedup, pairs: np.ndarray, starts: 
                            for c in range(len(chunks))])
 
 
-def _clusters(engine: Engine, step: MinHashDedup, pairs: np.ndarray, starts: np.ndarray, folder: Path) -> pl.DataFrame:
-    """Connected components of the verified pairs (rows in no pair are their own cluster), one
-    survivor each by the step's keep rule: (pos, duplicate_of, score) of every other member."""
+def _clusters(engine: Engine, step: MinHashDedup, pairs: np.ndarray, ok: np.ndarray, starts: np.ndarray,
+              folder: Path) -> pl.DataFrame:
+    """The in-memory fit's ``keep_first`` over the candidate pairs (``ok``: within the threshold),
+    rows in no pair kept: (pos, duplicate_of, score) of every dropped row."""
     empty = pl.DataFrame(schema={"pos": pl.Int64, "duplicate_of": pl.String, "score": pl.Float64})
     if len(pairs) == 0:
         return empty
     nodes, local = np.unique(pairs, return_inverse=True)  # ascending: rank ties break by position as locally
-    rows = _load_rows(folder, starts, nodes, ["id", "len", *(["best"] if step.keep == "best" else [])])
+    rows = _load_rows(folder, starts, nodes, ["id", "len", "num", *(["best"] if step.keep == "best" else [])])
     rank = keep_rank(step.keep, len(nodes), [rows["len"]], [rows["best"]] if step.keep == "best" else [])
-    rep = representatives(len(nodes), local.reshape(pairs.shape), rank)
+    local = local.reshape(pairs.shape)
+    num = rows["num"].to_numpy()
+    ok = ok & (num[local[:, 0]] == num[local[:, 1]])  # the in-memory check's same_numbers rule
+    rep, _ = keep_first(len(nodes), local, rank, lambda e: ok[e])
     dup = np.flatnonzero(rep != np.arange(len(nodes)))
+    if not len(dup):
+        return empty
     dup_pairs = np.stack([nodes[dup], nodes[rep[dup]]], axis=1)
     score = _score_pairs(engine, step, dup_pairs, starts, folder, "signature")
     return pl.DataFrame({"pos": nodes[dup], "duplicate_of": rows["id"].gather(rep[dup]), "score": score})

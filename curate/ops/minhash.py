@@ -14,17 +14,26 @@ whitespace, LaTeX spacing and punctuation never make two rows different (but nei
 operators alone: ``k < 0`` and ``k > 0`` read the same).
 
 Signatures are those of ``datasketch.MinHash(num_perm, seed, hashfunc=shingle_hash32)`` (its
-default affine32 scheme: ``min((a * fmix32(h) + b) mod 2**32)``, permutations taken from
-datasketch itself), computed for a whole batch at once and kept as one ``uint32`` matrix
+default affine32 scheme: ``min((a * fmix32(h) + b) mod 2**32)``, permutations drawn as
+datasketch draws them), computed for a whole batch at once and kept as one ``uint32`` matrix
 (4 bytes x num_perm per row: 400 MB for 1M rows at 100). Bands are 64-bit hashes of signature
-slices grouped by sorting, candidate pairs are verified, and clusters are the connected
-components of the verified pairs (scipy), so A~B and B~C put A, B and C in one cluster.
+slices grouped by sorting. Rows are then decided as the plain loop decides them (query the kept
+rows, then insert; keep the first), over the candidate pairs (``keep_first``): a row is dropped
+only when a kept row it pairs with is within the threshold, so every dropped row is within the
+threshold of the row it names and a chain A~B~C never drops C for A. A pair is checked only when
+its better row is kept and the other undecided, so a cluster of k copies costs about k checks,
+not k^2. Each row keeps at most ``max_shingles`` shingle hashes for the check (the smallest: a
+bottom-k sample, exact for rows with fewer), so memory per row is bounded on long traces.
+
+What a duplicate is: ``[asy]`` figure code is left out of the shingles (problems that share a
+figure but ask different questions are different problems), and with ``same_numbers`` two
+problems whose numbers differ are never duplicates ("4 balls in 3 boxes" vs "5 balls").
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -38,7 +47,10 @@ from curate.step import Step, StepResult, reject_where
 
 _M32 = np.uint32(0xFFFFFFFF)
 _CHUNK = 4096  # shingles hashed at once per thread (a num_perm x 4096 uint32 buffer stays in cache)
+_PROBES = 1 << 20  # shingle lookups per vectorised step of the Jaccard check
 _PAIR_WINDOW = 16  # a bucket member is paired with this many next members (all pairs in small buckets)
+_ASY = r"(?s)\[asy\].*?\[/asy\]"  # Asymptote figure code in MATH/AoPS problems
+_LEADING_NUMBER = r"^\s*(?i:problem\s*)?\(?[0-9a-z]{1,3}[.):]\s+"  # "3. ", "(a) ", "Problem 12: "
 _SIZES = {"word": 3, "char": 24}  # words: 3 on problems, 5 (datatrove) on problem+response; NeMo: 24 chars
 
 
@@ -74,14 +86,13 @@ def fmix32(h: np.ndarray) -> np.ndarray:
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """datasketch's own permutation parameters (a, b) for its default affine32 scheme."""
-    from datasketch import MinHash
-
-    m = MinHash(num_perm=num_perm, seed=seed)
-    if getattr(m, "scheme", None) != "affine32":
-        raise RuntimeError("minhash_dedup needs datasketch >= 2.0 (affine32 MinHash scheme)")
-    a, b = m.permutations
-    return np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32)
+    """datasketch's permutation parameters (a, b) for its default affine32 scheme, drawn as
+    ``datasketch/minhash.py`` ``_init_permutations`` draws them (importing datasketch itself costs
+    ~0.7 s of start-up: its LSH pulls in scipy.integrate); tests compare the signatures."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
 
 
 class Signer:
@@ -147,12 +158,12 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
 def candidate_pairs(keys: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Unique (i, j), i < j, pairs of rows that share a band bucket: array (m, 2) int64."""
     idx = np.flatnonzero(valid)
-    found = []
-    for band in keys:
+    found = np.empty((0, 2), dtype=np.int64)
+    for band in keys:  # merged band by band: memory holds the unique pairs plus one band's
         k = band[idx]
         order = np.argsort(k, kind="stable")
-        found.append(bucket_pairs(k[order], idx[order]))
-    return unique_pairs(np.concatenate(found)) if found else np.empty((0, 2), dtype=np.int64)
+        found = unique_pairs(np.concatenate([found, bucket_pairs(k[order], idx[order])]))
+    return found
 
 
 def bucket_pairs(sk: np.ndarray, members: np.ndarray) -> np.ndarray:
@@ -201,12 +212,11 @@ def sig_jaccard(sig: np.ndarray, pairs: np.ndarray) -> np.ndarray:
 
 @dataclass
 class MinHashDedup(Step):
-    """Drop near-duplicate rows: MinHash + LSH on normalised problem shingles, exact-Jaccard checked, clustered.
+    """Drop near-duplicate rows: MinHash + LSH on normalised problem shingles, Jaccard checked, keep-first.
 
-    Signatures equal datasketch's; candidate pairs from LSH bands are verified against
-    ``threshold``, clusters are connected components, one row per cluster is kept by ``keep``
-    and the others go to rejects with ``duplicate_of`` (the kept row's id) and the estimated
-    Jaccard to it.
+    Signatures equal datasketch's. In ``keep`` order, a row is dropped when a kept row it shares
+    an LSH band with is within ``threshold`` (and has the same numbers); it goes to rejects with
+    ``duplicate_of`` (that kept row's id) and the estimated Jaccard to it.
     """
 
     name = "minhash_dedup"
@@ -223,10 +233,20 @@ class MinHashDedup(Step):
     bands: int = field(default=20, metadata={"help": "LSH bands"})
     rows: int = field(default=5, metadata={"help": "signature values per band"})
     threshold: float = field(default=0.72, metadata={"help": "Jaccard a candidate pair must reach to count as duplicates"})
+    max_shingles: int = field(
+        default=256, metadata={"help": "shingles per row kept for the Jaccard check, the smallest hashes: "
+                                      "exact below it, a bottom-k estimate above (8 bytes each per row)"})
+    ignore_asy: bool = field(
+        default=True, metadata={"help": "leave [asy]...[/asy] figure code out of the shingles: problems that "
+                                        "share a figure but ask different questions stay apart"})
+    same_numbers: bool = field(
+        default=True, metadata={"help": "only problems with the same numbers (as a multiset, a leading "
+                                        "'Problem 3:' ignored) can be duplicates: '4 balls in 3 boxes' and "
+                                        "'5 balls in 3 boxes' are two problems"})
     verify: Literal["jaccard", "signature", "none"] = field(
-        default="jaccard", metadata={"help": "check candidates on exact shingle-set Jaccard (keeps 8 bytes per "
-                                             "shingle: use signature for problem_response on millions of rows), "
-                                             "the signature estimate, or not at all (keeps all LSH candidates)"})
+        default="jaccard", metadata={"help": "check candidates on the Jaccard of their shingle sets (see "
+                                             "max_shingles), on the signature estimate, or not at all (every "
+                                             "LSH candidate of a kept row is dropped)"})
     keep: Literal["first", "longest", "shortest", "best"] = field(
         default="first", metadata={"help": "which row of a cluster survives: input order, longest or shortest "
                                            "response, or best by `best_by` then shortest response"})
@@ -251,6 +271,8 @@ class MinHashDedup(Step):
             raise ValueError(f"verify must be jaccard, signature or none, not {self.verify!r}")
         if self.keep not in ("first", "longest", "shortest", "best"):
             raise ValueError(f"keep must be first, longest, shortest or best, not {self.keep!r}")
+        if self.max_shingles < 1:
+            raise ValueError(f"max_shingles must be >= 1, got {self.max_shingles}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         self._rep: np.ndarray | None = None
@@ -270,43 +292,71 @@ class MinHashDedup(Step):
             cols.append(self.best_by)
         return tuple(cols)
 
+    def _problem(self) -> pl.Expr:
+        problem = pl.col("problem").cast(pl.String)
+        if self.ignore_asy:  # a problem that is only a figure keeps it (else it would have no shingles)
+            bare = problem.str.replace_all(_ASY, " ")
+            problem = pl.when(bare.str.contains(r"\w")).then(bare).otherwise(problem)
+        return problem
+
+    def numbers(self, batch: pl.DataFrame) -> np.ndarray:
+        """A 64-bit hash of each problem's numbers, sorted (0 for every row unless ``same_numbers``)."""
+        if not self.same_numbers:
+            return np.zeros(batch.height, dtype=np.uint64)
+        nums = (self._problem().fill_null("").str.replace(_LEADING_NUMBER, "").str.extract_all(r"\d+")
+                .list.eval(pl.element().str.strip_chars_start("0")).list.sort().list.join(" "))
+        return batch.select(nums.hash(seed=7))[:, 0].to_numpy()
+
     def _text(self, batch: pl.DataFrame) -> pl.Series:
+        problem = self._problem()
         if self.mode == "problem":
-            return batch["problem"].cast(pl.String)
-        return batch.select(pl.concat_str([pl.col(c).cast(pl.String).fill_null("")
-                                           for c in ("problem", "thinking", "solution")], separator="\n"))[:, 0]
+            return batch.select(problem)[:, 0]
+        return batch.select(pl.concat_str([problem.fill_null(""), *[pl.col(c).cast(pl.String).fill_null("")
+                                                                  for c in ("thinking", "solution")]],
+                                          separator="\n"))[:, 0]
 
     def fit(self, batches: Iterator[pl.DataFrame]) -> None:
         signer = Signer(self.num_perm, self.seed, self.shingle, self.size, self.workers)
-        sigs, ids, lengths, best, shingle_keys = [], [], [], [], []
+        sigs, ids, lengths, best, shingle_keys, nums = [], [], [], [], [], []
         base = 0
         for batch in batches:
             sig, rows, h = signer.sign(self._text(batch))
             sigs.append(sig)
             ids.append(batch["id"])
             lengths.append(response_length(batch))
+            nums.append(self.numbers(batch))
             if self.keep == "best":
                 best.append(batch[self.best_by])
-            if self.verify == "jaccard":  # sorted unique (row << 32 | shingle hash): each row's shingle set
-                key = ((rows.astype(np.uint64) + np.uint64(base)) << np.uint64(32)) | h.astype(np.uint64)
-                key.sort()
-                shingle_keys.append(key[np.r_[True, key[1:] != key[:-1]]] if len(key) else key)
+            if self.verify == "jaccard":
+                shingle_keys.append(shingle_keys_of(rows, h, base, self.max_shingles))
             base += batch.height
         n = base
         sig = np.concatenate(sigs) if sigs else np.empty((0, self.num_perm), dtype=np.uint32)
+        del sigs
         valid = (sig != _M32).any(axis=1) if n else np.zeros(0, dtype=bool)
         pairs = candidate_pairs(band_keys(sig, self.bands, self.rows), valid)
-        if self.verify == "signature":
-            pairs = pairs[sig_jaccard(sig, pairs) >= self.threshold]
-        elif self.verify == "jaccard" and len(pairs):
-            pairs = pairs[_set_jaccard(np.concatenate(shingle_keys), n, pairs) >= self.threshold]
-        self._rep = representatives(n, pairs, keep_rank(self.keep, n, lengths, best))
+        sets = ShingleSets(np.concatenate(shingle_keys), n, self.max_shingles) if self.verify == "jaccard" and n else None
+        passes = self.checker(pairs, sig, sets, np.concatenate(nums) if nums else np.zeros(0, np.uint64))
+        self._rep, checked = keep_first(n, pairs, keep_rank(self.keep, n, lengths, best), passes)
         self._jac = np.ones(n, dtype=np.float64)
         dup = np.flatnonzero(self._rep != np.arange(n))
         if len(dup):
             self._jac[dup] = sig_jaccard(sig, np.stack([dup, self._rep[dup]], axis=1))
         self._ids = pl.concat(ids) if ids else pl.Series("id", [], dtype=pl.String)
-        self.stats = {"rows": n, "verified_pairs": len(pairs), "dropped": len(dup)}
+        self.stats = {"rows": n, "candidate_pairs": len(pairs), "checked_pairs": checked, "dropped": len(dup)}
+
+    def checker(self, pairs: np.ndarray, sig: np.ndarray, sets: ShingleSets | None,
+                numbers: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """``passes`` for ``keep_first``: which of these candidate pairs (indices) are duplicates."""
+        def passes(e: np.ndarray) -> np.ndarray:
+            p = pairs[e]
+            ok = numbers[p[:, 0]] == numbers[p[:, 1]]
+            if self.verify == "none":
+                return ok
+            if self.verify == "signature" or sets is None:
+                return ok & (sig_jaccard(sig, p) >= self.threshold)
+            return ok & (sets.jaccard(p) >= self.threshold)
+        return passes
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         assert self._rep is not None and self._jac is not None and self._ids is not None, "fit() must run first"
@@ -361,33 +411,125 @@ def response_length(batch: pl.DataFrame) -> pl.Series:
                         + pl.col("solution").fill_null("").str.len_chars())[:, 0].cast(pl.Int64)
 
 
-def _set_jaccard(keys: np.ndarray, n: int, pairs: np.ndarray) -> np.ndarray:
-    """Exact Jaccard of the two rows' shingle sets, per pair, vectorised.
+def shingle_keys_of(rows: np.ndarray, h: np.ndarray, base: int, cap: int) -> np.ndarray:
+    """Each row's shingle set as sorted unique ``row << 32 | hash`` keys, cut to the row's ``cap``
+    smallest hashes (a bottom-k sample: 8 bytes x ``cap`` per row at most)."""
+    key = ((rows.astype(np.uint64) + np.uint64(base)) << np.uint64(32)) | h.astype(np.uint64)
+    key.sort()
+    if not len(key):
+        return key
+    key = key[np.r_[True, key[1:] != key[:-1]]]
+    row = key >> np.uint64(32)
+    first = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+    rank = np.arange(len(key)) - np.repeat(first, np.diff(np.r_[first, len(key)]))
+    return key[rank < cap]
 
-    ``keys`` is sorted and unique ``row << 32 | shingle hash``; every shingle of the smaller row
-    of a pair is looked up in the other row with one ``searchsorted``.
+
+class ShingleSets:
+    """Jaccard of rows' shingle sets from their sorted ``row << 32 | hash`` keys (``shingle_keys``).
+
+    Rows with fewer than ``cap`` shingles hold all of them and compare exactly. A row cut at
+    ``cap`` holds every hash up to its largest kept one, so a pair is compared on the hashes up
+    to the smaller of the two rows' largest: a uniform sample of the union by hash value, the
+    bottom-k estimate of Jaccard (exact when neither row was cut).
     """
-    offsets = np.searchsorted(keys, np.arange(n + 1, dtype=np.uint64) << np.uint64(32))
-    size = np.diff(offsets)
-    small = np.where(size[pairs[:, 0]] <= size[pairs[:, 1]], pairs[:, 0], pairs[:, 1])
-    other = np.where(small == pairs[:, 0], pairs[:, 1], pairs[:, 0])
-    out = np.zeros(len(pairs), dtype=np.float64)
-    step = 1 << 16
-    for s in range(0, len(pairs), step):
-        sm, ot = small[s: s + step], other[s: s + step]
-        count = size[sm]
-        pair = np.repeat(np.arange(len(sm)), count)
-        pos = np.repeat(offsets[sm], count) + (np.arange(len(pair)) - np.repeat(np.cumsum(count) - count, count))
-        probe = (np.repeat(ot, count).astype(np.uint64) << np.uint64(32)) | (keys[pos] & np.uint64(0xFFFFFFFF))
-        at = np.minimum(np.searchsorted(keys, probe), len(keys) - 1)
-        inter = np.bincount(pair, weights=keys[at] == probe, minlength=len(sm))
-        union = size[sm] + size[ot] - inter
-        out[s: s + step] = np.divide(inter, union, out=np.zeros(len(sm)), where=union > 0)
-    return out
+
+    def __init__(self, keys: np.ndarray, n: int, cap: int):
+        self.keys = keys
+        self.offsets = np.searchsorted(keys, np.arange(n + 1, dtype=np.uint64) << np.uint64(32))
+        self.size = np.diff(self.offsets)
+        last = keys[np.maximum(self.offsets[1:] - 1, 0)] & np.uint64(0xFFFFFFFF) if len(keys) else np.zeros(n, np.uint64)
+        self.cut = np.where(self.size >= cap, last, np.uint64(1 << 32))  # hashes <= cut are all held
+
+    def _upto(self, rows: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """How many of each row's hashes are <= m."""
+        at = np.searchsorted(self.keys, (rows.astype(np.uint64) << np.uint64(32)) + m, side="right")
+        return np.minimum(at, self.offsets[rows + 1]) - self.offsets[rows]
+
+    def jaccard(self, pairs: np.ndarray) -> np.ndarray:
+        """Jaccard per pair, vectorised: the smaller side's hashes looked up in the other's with one
+        ``searchsorted``, pairs taken in order of the looked-up row (the probes then walk the keys
+        in order, not at random) and in chunks of ~1M probes (bounded temporaries)."""
+        out = np.zeros(len(pairs), dtype=np.float64)
+        if not len(pairs) or not len(self.keys):
+            return out
+        a, b = pairs[:, 0], pairs[:, 1]
+        m = np.minimum(self.cut[a], self.cut[b])
+        na, nb = self._upto(a, m), self._upto(b, m)
+        sm, ot = np.where(na <= nb, a, b), np.where(na <= nb, b, a)
+        order = np.argsort(ot, kind="stable")
+        count = np.minimum(na, nb)[order]
+        ends = np.searchsorted(np.cumsum(count), np.arange(1, count.sum() // _PROBES + 1) * _PROBES)
+        for lo, hi in zip(np.r_[0, ends].tolist(), np.r_[ends, len(order)].tolist(), strict=True):
+            idx, c = order[lo:hi], count[lo:hi]
+            if not len(idx):
+                continue
+            pair = np.repeat(np.arange(len(idx)), c)
+            pos = np.repeat(self.offsets[sm[idx]], c) + (np.arange(len(pair)) - np.repeat(np.cumsum(c) - c, c))
+            probe = (np.repeat(ot[idx], c).astype(np.uint64) << np.uint64(32)) | (self.keys[pos] & np.uint64(0xFFFFFFFF))
+            at = np.minimum(np.searchsorted(self.keys, probe), len(self.keys) - 1)
+            inter = np.bincount(pair, weights=self.keys[at] == probe, minlength=len(idx))
+            union = na[idx] + nb[idx] - inter
+            out[idx] = np.divide(inter, union, out=np.zeros(len(idx)), where=union > 0)
+        return out
+
+
+def keep_first(n: int, pairs: np.ndarray, rank: np.ndarray,
+               passes: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, int]:
+    """Each row's kept row (itself when kept) and how many pairs were checked.
+
+    The rule of the plain loop (query the kept rows, then insert; keep the first), over candidate
+    pairs: in ``rank`` order, a row is dropped when a candidate it pairs with is kept and
+    ``passes`` (given indices into ``pairs``) says the two are within the threshold; otherwise it
+    is kept. So every dropped row is within the threshold of the row it names, and a chain
+    A~B~C with A and C far apart keeps C. Rows are decided in rounds, all rows whose
+    better-ranked candidates are all decided at once; a pair is checked only when its better row
+    is kept and the other still undecided (pairs into a dropped row are never checked), so each
+    pair is touched once.
+    """
+    rep = np.arange(n)
+    if n == 0 or len(pairs) == 0:
+        return rep, 0
+    flip = rank[pairs[:, 0]] > rank[pairs[:, 1]]
+    u = np.where(flip, pairs[:, 1], pairs[:, 0])
+    v = np.where(flip, pairs[:, 0], pairs[:, 1])
+    order = np.argsort(u, kind="stable")
+    u, v = u[order], v[order]
+    start = np.searchsorted(u, np.arange(n + 1))
+    waiting = np.bincount(v, minlength=n)  # better-ranked candidates not yet decided or checked
+    state = np.zeros(n, dtype=np.int8)  # 0 undecided, 1 kept, 2 dropped
+    ready = np.flatnonzero((waiting == 0) & (np.diff(start) > 0))
+    checked = 0
+    while len(ready):
+        state[ready] = 1
+        out = _edges(start, ready)
+        live = out[state[v[out]] == 0]
+        checked += len(live)
+        hit = live[passes(order[live])] if len(live) else live
+        dropped = np.empty(0, dtype=np.int64)
+        if len(hit):  # each hit row names its best-ranked kept candidate
+            o = np.lexsort((rank[u[hit]], v[hit]))
+            hv, hu = v[hit][o], u[hit][o]
+            first = np.r_[True, hv[1:] != hv[:-1]]
+            dropped = hv[first]
+            rep[dropped] = hu[first]
+            state[dropped] = 2
+        done = np.concatenate([out, _edges(start, dropped)])
+        touched, times = np.unique(v[done], return_counts=True)
+        waiting[touched] -= times
+        ready = touched[(waiting[touched] == 0) & (state[touched] == 0)]
+    return rep, checked
+
+
+def _edges(start: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Indices of the edges of ``rows`` in a CSR layout with row starts ``start``."""
+    count = start[rows + 1] - start[rows]
+    total = int(count.sum())
+    return np.repeat(start[rows] - np.cumsum(count) + count, count) + np.arange(total)
 
 
 def representatives(n: int, pairs: np.ndarray, rank: np.ndarray) -> np.ndarray:
-    """For each row, the row its cluster keeps (connected components of the verified pairs)."""
+    """For each row, the row its cluster keeps: connected components of the pairs (semantic_dedup)."""
     if n == 0:
         return np.empty(0, dtype=np.int64)
     if len(pairs) == 0:

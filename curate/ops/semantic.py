@@ -6,7 +6,7 @@ L2-normalised float32 (384 values, 1.5 KB per row for MiniLM), computed in batch
 when there is one; a text longer than the model's window is embedded from both ends. Pairs at cosine >= ``threshold`` are found by a blocked exact scan
 (``block`` rows against all later rows per matrix product, on the same device), so cost grows
 with n**2: fine for the ~10^5 problems of a reasoning SFT set on a GPU or a few 10^4 on CPU;
-clusters are the connected components of those pairs, as in ``minhash_dedup``.
+clusters are the connected components of those pairs.
 """
 
 from __future__ import annotations
