@@ -146,8 +146,8 @@ def test_variant_card_explains_variants_and_verification(variants: Path) -> None
     assert "## Variants" in text
     for name, config in manifest["configs"].items():
         assert f"| `{name}` | {config['rows']:,} |" in text
-    assert "`shuffle_steps` ratio=0.67 |" in text
-    assert "`corrupt_digits` ratio=0.2," in text
+    assert "`shuffle_steps` `ratio=0.67` |" in text
+    assert "`corrupt_digits` `ratio=0.2," in text
     stats = next(f for f in manifest["funnel"] if f["name"] == "verify")["stats"]["by_source"]
     counts = stats["skythought_correct5k27b_minerva"]
     accuracy = counts["correct"] / sum(counts.values())

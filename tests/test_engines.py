@@ -233,7 +233,7 @@ def test_engine_choice_errors_are_clear(tmp_path: Path, traces: Path) -> None:
 
 def test_ray_engine_without_ray_installed_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
-    with pytest.raises(PipelineError, match=r"pip install 'curate\[ray\]'"):
+    with pytest.raises(PipelineError, match=r"pip install 'curate-cot\[ray\]'"):
         get_engine("ray")
 
 
@@ -482,7 +482,7 @@ def test_ray_data_llm_missing_says_what_to_install(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setitem(sys.modules, "ray.data.llm", None)  # as if aiohttp (or the extra) were missing
     monkeypatch.delattr(ray.data, "llm", raising=False)  # an earlier import left it on the package
-    with pytest.raises(PipelineError, match=r"pip install 'curate\[ray\]'"):
+    with pytest.raises(PipelineError, match=r"pip install 'curate-cot\[ray\]'"):
         llm.build_processor({"backend": "openai", "name_or_path": "m"}, gpus=0)
 
 

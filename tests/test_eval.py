@@ -63,7 +63,7 @@ def test_eval_end_to_end_on_a_trained_adapter(tmp_path):
                                    "--no-progress"])  # gradient checkpointing on (the default)
         assert res.exit_code == 0, res.output
         trained = re.search(r"trained 2 steps on (\d+) traces", res.output)
-        assert trained and 40 <= int(trained.group(1)) <= 50  # of 50: a trace whose prompt fills the cutoff has no target
+        assert trained and 35 <= int(trained.group(1)) <= 50  # of 50: a trace whose prompt fills the cutoff has no target
         res = runner.invoke(main, ["eval", str(tmp_path / "run"), "--benchmarks", "aime24,amc23,gpqa",
                                    "--limit", "3", "--max-tokens", "8", "--out", str(tmp_path / "eval")])
         assert res.exit_code == 0, res.output

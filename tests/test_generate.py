@@ -16,6 +16,7 @@ import yaml
 
 from curate import Pipeline, read
 from curate.errors import PipelineError, RecipeError
+from curate.io.markers import split_response
 from curate.models import Completion, clear_backends
 from curate.models.serve import make_server, start_in_thread
 from curate.ops import Choose, Generate, Reformat, Verify
@@ -55,12 +56,15 @@ def test_generate_expands_problems_into_samples(responses, replay, tmp_path: Pat
     for k, r in enumerate(responses[:6]):  # each row holds one of the problem's real samples, in order
         rows = df[4 * k: 4 * k + 4]
         assert (rows["problem"] == r["question"]).all() and (rows["reference_answer"] == r["gt"]).all()
-        assert rows["solution"].to_list() == [s.strip() for s in r["code"][:4]]
+        splits = [split_response(s) for s in r["code"][:4]]  # markerless: reasoning + answer paragraph
+        assert rows["thinking"].to_list() == [s.thinking for s in splits]
+        assert rows["solution"].to_list() == [s.solution for s in splits]
+        assert all(s.solution and s.solution in c for s, c in zip(splits, r["code"][:4], strict=True))
     assert set(df["teacher"]) == set(df["generate_model"]) == {"openai:replay"}
     assert set(df["finish_reason"]) == {"stop"} and (df["generate_completion_tokens"] == 300).all()
     sampling = json.loads(df["generate_sampling"][0])
     assert (sampling["n"], sampling["temperature"], sampling["seed"]) == (4, 0.6, 3)
-    assert df["id"].n_unique() == df.select("problem", "solution").n_unique()
+    assert df["id"].n_unique() == df.select("problem", "thinking", "solution").n_unique()
 
 
 def test_failed_requests_reject_every_sample_with_the_reason(responses, tmp_path: Path) -> None:

@@ -245,25 +245,25 @@ def test_missing_extras_are_named_before_the_run_in_one_line_each(tmp_path, math
 
 
 def test_cli_run_ends_with_a_table_where_things_are_and_a_log(tmp_path, math500_sample):
-    path = _recipe(tmp_path, math500_sample, "  - extract_answer: {}\n  - filter: {min_thinking_chars: 200}\n")
+    path = _recipe(tmp_path, math500_sample, "  - extract_answer: {}\n  - filter: {min_thinking_chars: 3000}\n")
     out = tmp_path / "o"
     runner = CliRunner()
     res = runner.invoke(main, ["run", str(path), "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "shape: (" not in res.output and "Funnel" in res.output and "│ filter " in res.output
-    assert "[2/2] filter: 120 rows in, 66 kept, 54 rejected;" in res.output  # a line per stage, as it ends
-    assert "  2 filter: thinking has # chars < min_thinking_chars=# (54 of 54)" in res.output
-    assert f"wrote 66 rows to {out} in " in res.output
+    assert "[2/2] filter: 120 rows in, 77 kept, 43 rejected;" in res.output  # a line per stage, as it ends
+    assert "  2 filter: thinking has # chars < min_thinking_chars=# (43 of 43)" in res.output
+    assert f"wrote 77 rows to {out} in " in res.output
     for what, where in (("card:", out / "README.md"), ("log:", out / "run.log"), ("rejects:", out / "rejects")):
         assert any(line.split() [:2] == [what, str(where)] for line in res.output.splitlines()), what
     log = (out / "run.log").read_text()
-    assert "INFO [1/2] extract_answer: 120 rows in, 120 kept, 0 rejected" in log and "DEBUG wrote 66 rows" in log
+    assert "INFO [1/2] extract_answer: 120 rows in, 120 kept, 0 rejected" in log and "DEBUG wrote 77 rows" in log
     # the same command again: a clear note that nothing ran
     res = runner.invoke(main, ["run", str(path), "--out", str(out)])
     assert "already holds this run" in res.output and "nothing was run" in res.output
     assert "nothing was run" in (out / "run.log").read_text()
     # an edited step: the CLI says which stages it computed; --verbose says which it reused
-    edited = _recipe(tmp_path, math500_sample, "  - extract_answer: {}\n  - filter: {min_thinking_chars: 300}\n")
+    edited = _recipe(tmp_path, math500_sample, "  - extract_answer: {}\n  - filter: {min_thinking_chars: 4000}\n")
     res = runner.invoke(main, ["run", str(edited), "--out", str(out), "--verbose"])
     assert res.exit_code == 0, res.output
     assert "starting from the finished stages in .curate-cache" in res.output

@@ -85,8 +85,12 @@ def test_rubric_rules_follow_the_traits(traces: pl.DataFrame, tmp_path: Path) ->
         read(rows), tmp_path / "b", progress=False).to_polars()
     both = scored.join(stripped, on=["source", "source_id"], suffix="_stripped")
     assert both.height > 400
-    assert (both["rubric_self_verification_stripped"] < both["rubric_self_verification"]).mean() > 0.9
-    assert (both["rubric_exploration_stripped"] < both["rubric_exploration"]).mean() > 0.85
+    # of the chains that show a trait at all (short, markerless chains may show none: nothing to lose)
+    verifying = both.filter(pl.col("rubric_self_verification") > 0)
+    exploring = both.filter(pl.col("rubric_exploration") > 0)
+    assert verifying.height > 400 and exploring.height > 400
+    assert (verifying["rubric_self_verification_stripped"] < verifying["rubric_self_verification"]).mean() > 0.9
+    assert (exploring["rubric_exploration_stripped"] < exploring["rubric_exploration"]).mean() > 0.85
     assert both["rubric_score_stripped"].mean() < both["rubric_score"].mean()
     empty = Pipeline([ScoreReasoning()]).run(read(traces.filter(pl.col("thinking") == "").head(5)), tmp_path / "c",
                                              progress=False).to_polars()

@@ -158,7 +158,7 @@ class GradeDifficulty(Step):
         if self.method == "proxy":
             return ("thinking",)
         if self.method == "judge":
-            return ("problem", "thinking") if self.rubric == "omnithought" else ("problem",)
+            return ("problem", "thinking", "solution") if self.rubric == "omnithought" else ("problem",)
         return Verify(workers=0).columns_read()
 
     def columns_written(self) -> dict[str, pa.DataType]:
@@ -224,9 +224,13 @@ class GradeDifficulty(Step):
             template = self.prompt or SOLVE_PROMPT
             return todo, [fill(template, problem=p) for p in batch["problem"][todo].to_list()]
         template = self.prompt or JUDGE_PROMPTS[self.rubric]
-        thinking = batch["thinking"].to_list() if "thinking" in batch.columns else [None] * batch.height
+        def column(name: str) -> list[str | None]:
+            return batch[name].to_list() if name in batch.columns else [None] * batch.height
+
+        # the trace judged: its reasoning, or its solution when it has no separate reasoning
+        traces = [t or s for t, s in zip(column("thinking"), column("solution"), strict=True)]
         return list(range(batch.height)), [fill(template, problem=p, thinking=_clip(t))
-                                           for p, t in zip(batch["problem"].to_list(), thinking, strict=True)]
+                                           for p, t in zip(batch["problem"].to_list(), traces, strict=True)]
 
     def generation_requests(self, batch: pl.DataFrame) -> list[tuple[str, SamplingParams]]:
         if self.method == "proxy" or batch.height == 0:
