@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from curate import __version__
 from curate.errors import CurateError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +53,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="curate")
+@click.version_option(version=__version__, prog_name="curate")  # the distribution is curate-cot
 def main() -> None:
     """curate: turn raw long chain-of-thought traces into clean, verified training sets.
 

@@ -42,7 +42,7 @@ def test_quickstart_recipe_equals_the_python_pipeline(tmp_path):
         ExactDedup(mode="problem_response"),
         Decontaminate(benchmarks="all", action="drop"),
         ExtractAnswer(),
-        Filter(max_solution_chars=4000, require_answer=True),
+        Filter(max_thinking_chars=4000, require_answer=True),
         Verify(domain="math", keep="correct"),
         Sample(n=50, seed=0, stratify_by="source"),
     ]).run(read([REPO / "curate" / "data" / "samples",
