@@ -229,6 +229,23 @@ def plan_text(counts: dict[str, int], cfg: TrainConfig, world: int, accum: int, 
 def train(dataset: str | os.PathLike, model_path: str, out: str | os.PathLike, cfg: TrainConfig | None = None,
           *, config: str | None = None, resume: bool = True, progress: bool = True,
           stop_after: int | None = None, template: Template | None = None) -> TrainResult:
+    """Fine-tune ``model_path`` on a dataset folder's traces (see :func:`_train`). Under torchrun the
+    process group it starts is destroyed before it returns: a gloo group left to the interpreter's
+    exit can abort the process ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    owned = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    try:
+        return _train(dataset, model_path, out, cfg, config=config, resume=resume, progress=progress,
+                      stop_after=stop_after, template=template)
+    finally:
+        if owned and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(dataset: str | os.PathLike, model_path: str, out: str | os.PathLike, cfg: TrainConfig | None = None,
+           *, config: str | None = None, resume: bool = True, progress: bool = True,
+           stop_after: int | None = None, template: Template | None = None) -> TrainResult:
     """Fine-tune ``model_path`` on a dataset folder's traces; the result lands in ``out/final``.
 
     ``resume``: continue from the newest checkpoint in ``out``. ``stop_after``: return after that

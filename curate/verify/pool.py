@@ -238,9 +238,12 @@ class WorkerPool:
                     index, item = todo.popleft()
                     try:
                         w.conn.send((index, item))
-                    except OSError:  # died: its items go back, it is replaced
+                    except OSError:  # died: this item goes back
                         todo.appendleft((index, item))
-                        self._lost(w, todo, results, seconds, None)
+                        if not w.queue:  # died idle: replaced, nothing of its own lost
+                            self._lost(w, todo, results, seconds, None)
+                        # else its running item's death is read below, where a death counts
+                        # against that item's one retry (here it would be retried for free)
                         break
                     now = time.monotonic()
                     if not w.queue:
