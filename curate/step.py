@@ -115,6 +115,11 @@ def reject_where(batch: pl.DataFrame, drop: pl.Series, reason: pl.Series | pl.Ex
 # --- building steps from recipes -----------------------------------------------------------------
 
 
+def param(default: Any, help_: str) -> Any:
+    """A step parameter: its default and the help line `curate ops` and CATALOG.md show."""
+    return dataclasses.field(default=default, metadata={"help": help_})
+
+
 def param_specs(cls: type[Step]) -> list[dict[str, Any]]:
     """Name, type, default and help of each parameter (what `curate ops` and CATALOG.md show)."""
     hints = typing.get_type_hints(cls)

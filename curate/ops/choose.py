@@ -9,20 +9,16 @@ with the reason: not correct, or another correct sample of the problem was chose
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
 
-from curate.step import REJECT_REASON, Step, StepResult
+from curate.step import REJECT_REASON, Step, StepResult, param
 from curate.structure.tokens import approx_expr
 
 KEEP = ("first", "shortest", "all")
 
-
-def _opt(default: Any, help_: str) -> Any:
-    return field(default=default, metadata={"help": help_})
 
 
 def response_tokens(batch: pl.DataFrame) -> pl.Series:
@@ -46,8 +42,8 @@ class Choose(Step):
     needs_global_pass = True
     writes = {"choose_correct": pa.int64(), "choose_tokens": pa.int64()}  # noqa: RUF012
 
-    keep: str = _opt("first", "first | shortest | all (of each problem's correct samples)")
-    by: str = _opt("problem", "column (whitespace-normalised) whose value groups the samples of one problem")
+    keep: str = param("first", "first | shortest | all (of each problem's correct samples)")
+    by: str = param("problem", "column (whitespace-normalised) whose value groups the samples of one problem")
 
     def __post_init__(self) -> None:
         if self.keep not in KEEP:

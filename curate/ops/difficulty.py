@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from statistics import mean
 from typing import Any
 
@@ -36,7 +36,7 @@ from curate.models.steps import (
     verify_samples,
 )
 from curate.ops.verify import Verify
-from curate.step import REJECT_REASON, Step, StepResult
+from curate.step import REJECT_REASON, Step, StepResult, param
 from curate.structure.segment import MODES, step_starts
 from curate.structure.tokens import approx_expr, count_tokens
 
@@ -89,9 +89,6 @@ def parse_judgement(text: str, rubric: str) -> dict[str, float] | None:
     return None if rv is None or cd is None else {"verbosity": rv, "cognitive": cd}
 
 
-def _opt(default: Any, help_: str) -> Any:
-    return field(default=default, metadata={"help": help_})
-
 
 @dataclass
 class GradeDifficulty(Step):
@@ -112,21 +109,21 @@ class GradeDifficulty(Step):
         "difficulty_cognitive": pa.float64(),
     }
 
-    method: str = _opt("proxy", "pass_rate | judge | proxy")
-    model: dict[str, Any] | None = _opt(None, "grader/judge model: {backend: transformers | openai | vllm, name_or_path: ..., ...} (a recipe-level model: block fills it)")
-    n: int | None = _opt(None, "samples per problem (default 8 for pass_rate, 1 for judge; judge scores are averaged)")
-    temperature: float | None = _opt(None, "sampling temperature (default 0.7 for pass_rate, 0 for judge)")
-    top_p: float = _opt(1.0, "nucleus sampling")
-    max_tokens: int = _opt(4096, "generation limit per sample (judge: 1024 is plenty)")
-    seed: int = _opt(0, "sampling seed (part of the cache key)")
-    prompt: str | None = _opt(None, "prompt template; {problem} (and {thinking} for judge) are filled in. Default: the solve prompt, or the rubric's")
-    rubric: str = _opt("difficulty", "judge rubric: difficulty (1-10) | omnithought (verbosity and cognitive difficulty, 0-9)")
-    level_edges: list[float] | None = _opt(None, "ascending cut points on difficulty_score for difficulty_level (defaults: pass_rate [0.2, 0.5, 0.8] on 1-rate, judge [4, 7], proxy [2000, 8000] tokens)")
-    keep_pass_rate: list[float] | None = _opt(None, "pass_rate: keep only lo < rate < hi (strict open band, e.g. [0.1, 0.6]); others are rejected")
-    tokenizer: str | None = _opt(None, "proxy: count thinking tokens with this tokenizer: qwen2, deepseek, a Hugging Face name or tokenizer.json (default: the fast approximation)")
-    step_mode: str = _opt("transition", "proxy: step segmentation (transition | paragraph)")
-    verify_timeout_s: float = _opt(5.0, "pass_rate: per-sample verification limit")
-    verify_workers: int | None = _opt(None, "pass_rate: verifier processes (default: the CPUs; 0 = inline)")
+    method: str = param("proxy", "pass_rate | judge | proxy")
+    model: dict[str, Any] | None = param(None, "grader/judge model: {backend: transformers | openai | vllm, name_or_path: ..., ...} (a recipe-level model: block fills it)")
+    n: int | None = param(None, "samples per problem (default 8 for pass_rate, 1 for judge; judge scores are averaged)")
+    temperature: float | None = param(None, "sampling temperature (default 0.7 for pass_rate, 0 for judge)")
+    top_p: float = param(1.0, "nucleus sampling")
+    max_tokens: int = param(4096, "generation limit per sample (judge: 1024 is plenty)")
+    seed: int = param(0, "sampling seed (part of the cache key)")
+    prompt: str | None = param(None, "prompt template; {problem} (and {thinking} for judge) are filled in. Default: the solve prompt, or the rubric's")
+    rubric: str = param("difficulty", "judge rubric: difficulty (1-10) | omnithought (verbosity and cognitive difficulty, 0-9)")
+    level_edges: list[float] | None = param(None, "ascending cut points on difficulty_score for difficulty_level (defaults: pass_rate [0.2, 0.5, 0.8] on 1-rate, judge [4, 7], proxy [2000, 8000] tokens)")
+    keep_pass_rate: list[float] | None = param(None, "pass_rate: keep only lo < rate < hi (strict open band, e.g. [0.1, 0.6]); others are rejected")
+    tokenizer: str | None = param(None, "proxy: count thinking tokens with this tokenizer: qwen2, deepseek, a Hugging Face name or tokenizer.json (default: the fast approximation)")
+    step_mode: str = param("transition", "proxy: step segmentation (transition | paragraph)")
+    verify_timeout_s: float = param(5.0, "pass_rate: per-sample verification limit")
+    verify_workers: int | None = param(None, "pass_rate: verifier processes (default: the CPUs; 0 = inline)")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from curate.models.steps import (
     model_resources,
     snapshot,
 )
-from curate.step import REJECT_REASON, Step, StepResult
+from curate.step import REJECT_REASON, Step, StepResult, param
 
 MSC_FILE = Path(__file__).resolve().parent.parent / "data" / "msc.json"
 METHODS = ("rules", "model")
@@ -105,9 +105,6 @@ def parse_code(text: str) -> str | None:
     return m.group(1) if m and m.group(1) in msc_areas() else None
 
 
-def _opt(default: Any, help_: str) -> Any:
-    return field(default=default, metadata={"help": help_})
-
 
 @dataclass
 class ClassifyDomain(Step):
@@ -123,11 +120,11 @@ class ClassifyDomain(Step):
     writes = {"domain_msc": pa.string(), "domain_msc_title": pa.string(), "domain_classifier": pa.string(),  # noqa: RUF012
               "domain_msc_raw": pa.large_string()}
 
-    method: str = _opt("rules", "rules (offline keyword cues) | model (s1's prompt through a generation backend)")
-    model: dict[str, Any] | None = _opt(None, "model: {backend: transformers | openai | vllm, name_or_path: ..., ...} (s1: Claude 3.5 Sonnet)")
-    fallback: str = _opt("97", "rules: the MSC code when no cue matches (97: mathematics education, i.e. elementary)")
-    max_tokens: int = _opt(1024, "model: generation limit")
-    seed: int = _opt(0, "model: sampling seed (part of the cache key)")
+    method: str = param("rules", "rules (offline keyword cues) | model (s1's prompt through a generation backend)")
+    model: dict[str, Any] | None = param(None, "model: {backend: transformers | openai | vllm, name_or_path: ..., ...} (s1: Claude 3.5 Sonnet)")
+    fallback: str = param("97", "rules: the MSC code when no cue matches (97: mathematics education, i.e. elementary)")
+    max_tokens: int = param(1024, "model: generation limit")
+    seed: int = param(0, "model: sampling seed (part of the cache key)")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

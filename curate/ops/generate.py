@@ -12,7 +12,7 @@ rejected with the reason (not cached, so a re-run retries them).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -31,15 +31,12 @@ from curate.models.steps import (
 )
 from curate.ops.difficulty import SOLVE_PROMPT
 from curate.schema import TRACE_SCHEMA, trace_id
-from curate.step import REJECT_REASON, Step, StepResult
+from curate.step import REJECT_REASON, Step, StepResult, param
 
 
 class BudgetExhausted(PipelineError):
     """The step's token budget is spent: the run stops; a re-run resumes from the cache."""
 
-
-def _opt(default: Any, help_: str) -> Any:
-    return field(default=default, metadata={"help": help_})
 
 
 _CORE = ("id", "source_id", "thinking", "solution", "answer", "teacher", "finish_reason", "thinking_closed")
@@ -63,15 +60,15 @@ class Generate(Step):
         "generate_prompt_tokens": pa.int64(), "generate_completion_tokens": pa.int64(),
     }
 
-    model: dict[str, Any] | None = _opt(None, "teacher: {backend: transformers | openai | vllm, name_or_path: ..., ...} (a recipe-level model: block fills it)")
-    n: int = _opt(1, "samples per problem (one output row each)")
-    temperature: float = _opt(0.7, "sampling temperature")
-    top_p: float = _opt(1.0, "nucleus sampling")
-    max_tokens: int = _opt(4096, "generation limit per sample (a sample that hits it has finish_reason length)")
-    seed: int = _opt(0, "sampling seed (part of the cache key; sample j of a vLLM request uses seed + j)")
-    prompt: str | None = _opt(None, "prompt template with {problem}; default: the problem and 'put your final answer within \\boxed{}'")
-    chunk: int = _opt(64, "prompts per backend call: each call's completions are cached when it returns")
-    budget_tokens: int | None = _opt(None, "stop the run (cleanly, resumable) once this step has generated this many completion tokens in this process")
+    model: dict[str, Any] | None = param(None, "teacher: {backend: transformers | openai | vllm, name_or_path: ..., ...} (a recipe-level model: block fills it)")
+    n: int = param(1, "samples per problem (one output row each)")
+    temperature: float = param(0.7, "sampling temperature")
+    top_p: float = param(1.0, "nucleus sampling")
+    max_tokens: int = param(4096, "generation limit per sample (a sample that hits it has finish_reason length)")
+    seed: int = param(0, "sampling seed (part of the cache key; sample j of a vLLM request uses seed + j)")
+    prompt: str | None = param(None, "prompt template with {problem}; default: the problem and 'put your final answer within \\boxed{}'")
+    chunk: int = param(64, "prompts per backend call: each call's completions are cached when it returns")
+    budget_tokens: int | None = param(None, "stop the run (cleanly, resumable) once this step has generated this many completion tokens in this process")
 
     def __post_init__(self) -> None:
         checked_model(self.model, "generate", True)

@@ -14,7 +14,7 @@ is rejected with the reason.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -31,7 +31,7 @@ from curate.models.steps import (
     snapshot,
 )
 from curate.ops.shorten import _verified
-from curate.step import REJECT_REASON, Step, StepResult
+from curate.step import REJECT_REASON, Step, StepResult, param
 
 LAYOUTS = {"sky-t1": "sky-t1", "think": "think"}  # layout -> the style split_response reports
 PROMPTS = {
@@ -53,9 +53,6 @@ PROMPTS = {
 }
 
 
-def _opt(default: Any, help_: str) -> Any:
-    return field(default=default, metadata={"help": help_})
-
 
 @dataclass
 class Reformat(Step):
@@ -75,13 +72,13 @@ class Reformat(Step):
         "reformat_prompt_tokens": pa.int64(), "reformat_completion_tokens": pa.int64(),
     }
 
-    model: dict[str, Any] | None = _opt(None, "rewriter: {backend: transformers | openai | vllm, name_or_path: ..., ...} (Sky-T1 used gpt-4o-mini)")
-    layout: str = _opt("sky-t1", "sky-t1 (<|begin_of_thought|> ... <|end_of_solution|>) | think (<think> ... </think> solution)")
-    prompt: str | None = _opt(None, "prompt template with {problem} and {content} (the raw trace)")
-    max_tokens: int = _opt(16384, "generation limit (Sky-T1: 16384)")
-    temperature: float = _opt(0.7, "sampling temperature (Sky-T1: 0.7)")
-    seed: int = _opt(0, "sampling seed (part of the cache key)")
-    timeout_s: float = _opt(10.0, "time limit per row for verifying the rewrite's answer")
+    model: dict[str, Any] | None = param(None, "rewriter: {backend: transformers | openai | vllm, name_or_path: ..., ...} (Sky-T1 used gpt-4o-mini)")
+    layout: str = param("sky-t1", "sky-t1 (<|begin_of_thought|> ... <|end_of_solution|>) | think (<think> ... </think> solution)")
+    prompt: str | None = param(None, "prompt template with {problem} and {content} (the raw trace)")
+    max_tokens: int = param(16384, "generation limit (Sky-T1: 16384)")
+    temperature: float = param(0.7, "sampling temperature (Sky-T1: 0.7)")
+    seed: int = param(0, "sampling seed (part of the cache key)")
+    timeout_s: float = param(10.0, "time limit per row for verifying the rewrite's answer")
 
     def __post_init__(self) -> None:
         checked_model(self.model, "reformat", True)

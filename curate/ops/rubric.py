@@ -20,7 +20,7 @@ weighs them but its exact weights were not available here). ``select_top`` then 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -36,7 +36,7 @@ from curate.models.steps import (
     snapshot,
 )
 from curate.ops.difficulty import JUDGE_THINKING_CHARS
-from curate.step import REJECT_REASON, Step, StepResult
+from curate.step import REJECT_REASON, Step, StepResult, param
 from curate.structure.keywords import BACKTRACK_KEYWORDS, REFLECTION_KEYWORDS, count_keywords_expr
 from curate.structure.segment import step_starts
 from curate.structure.tokens import approx_expr
@@ -69,9 +69,6 @@ def parse_rubric(text: str) -> dict[str, float] | None:
     return out
 
 
-def _opt(default: Any, help_: str) -> Any:
-    return field(default=default, metadata={"help": help_})
-
 
 def _clip(text: str | None) -> str:
     text = text or ""
@@ -97,15 +94,15 @@ class ScoreReasoning(Step):
         "rubric_raw": pa.large_string(),
     }
 
-    method: str = _opt("rules", "rules (offline proxies) | model (a judge rates each trait 0-10)")
-    model: dict[str, Any] | None = _opt(None, "judge: {backend: transformers | openai | vllm, name_or_path: ..., ...}")
-    weights: dict[str, float] | None = _opt(None, "weight per trait (elaboration, self_verification, exploration, granularity); default equal")
-    elaboration_tokens: int = _opt(8000, "rules: thinking tokens that score full elaboration")
-    keyword_rate: float = _opt(20.0, "rules: keywords per 1k tokens that score full self-verification / exploration")
-    step_rate: float = _opt(10.0, "rules: reasoning steps per 1k tokens that score full granularity")
-    prompt: str | None = _opt(None, "model: prompt template with {problem} and {thinking}")
-    max_tokens: int = _opt(1024, "model: generation limit")
-    seed: int = _opt(0, "model: sampling seed (part of the cache key)")
+    method: str = param("rules", "rules (offline proxies) | model (a judge rates each trait 0-10)")
+    model: dict[str, Any] | None = param(None, "judge: {backend: transformers | openai | vllm, name_or_path: ..., ...}")
+    weights: dict[str, float] | None = param(None, "weight per trait (elaboration, self_verification, exploration, granularity); default equal")
+    elaboration_tokens: int = param(8000, "rules: thinking tokens that score full elaboration")
+    keyword_rate: float = param(20.0, "rules: keywords per 1k tokens that score full self-verification / exploration")
+    step_rate: float = param(10.0, "rules: reasoning steps per 1k tokens that score full granularity")
+    prompt: str | None = param(None, "model: prompt template with {problem} and {thinking}")
+    max_tokens: int = param(1024, "model: generation limit")
+    seed: int = param(0, "model: sampling seed (part of the cache key)")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

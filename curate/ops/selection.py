@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,15 +28,12 @@ import polars as pl
 import pyarrow as pa
 
 from curate.ops.filter import Filter
-from curate.step import Step, StepResult, reject_where
+from curate.step import Step, StepResult, param, reject_where
 from curate.structure.tokens import approx_expr
 
 _BOLD_NUMBER = re.compile(r"\*\*(?=.*\d)[^\s\]]*\*\*")  # s1's regex, verbatim (a look-ahead: Python's re)
 _PART_NUMBER = r"p[1-9]\d{0,2}\."  # s1: any of "p1." ... "p999." in the question
 
-
-def _opt(default: Any, help_: str) -> Any:
-    return field(default=default, metadata={"help": help_})
 
 
 @dataclass
@@ -51,9 +48,9 @@ class SelectQuality(Step):
 
     name = "select_quality"
 
-    failed_generations: bool = _opt(True, "drop rows with empty thinking or solution, or a truncated trace")
-    formatting: bool = _opt(True, "drop questions with s1's formatting patterns")
-    asy_sources: list[str] | None = _opt(None, "keep [asy] figures in questions whose source contains one of these (s1: AIME); default ['aime']")
+    failed_generations: bool = param(True, "drop rows with empty thinking or solution, or a truncated trace")
+    formatting: bool = param(True, "drop questions with s1's formatting patterns")
+    asy_sources: list[str] | None = param(None, "keep [asy] figures in questions whose source contains one of these (s1: AIME); default ['aime']")
 
     def __post_init__(self) -> None:
         if self.asy_sources is None:
@@ -114,11 +111,11 @@ class SelectDiverse(Step):
     needs_global_pass = True
     writes = {"select_draw": pa.int64()}  # noqa: RUF012
 
-    n: int = _opt(1000, "rows to keep (all if fewer)")
-    domain: str = _opt("domain_msc", "column whose values are the domains drawn uniformly (classify_domain writes domain_msc)")
-    length: str | None = _opt(None, "numeric column of trace length (default: approximate thinking tokens)")
-    seed: int = _opt(0, "random seed")
-    preselect: dict[str, dict[str, Any]] | None = _opt(None, "rows to keep before drawing: {column: {op: value}} as filter's where")
+    n: int = param(1000, "rows to keep (all if fewer)")
+    domain: str = param("domain_msc", "column whose values are the domains drawn uniformly (classify_domain writes domain_msc)")
+    length: str | None = param(None, "numeric column of trace length (default: approximate thinking tokens)")
+    seed: int = param(0, "random seed")
+    preselect: dict[str, dict[str, Any]] | None = param(None, "rows to keep before drawing: {column: {op: value}} as filter's where")
 
     def __post_init__(self) -> None:
         if self.n < 0:
@@ -186,9 +183,9 @@ class SelectTop(Step):
     needs_global_pass = True
     writes = {"select_rank": pa.int64()}  # noqa: RUF012
 
-    n: int = _opt(817, "rows to keep (LIMO: 817)")
-    by: str = _opt("rubric_score", "numeric column to rank by")
-    descending: bool = _opt(True, "higher is better")
+    n: int = param(817, "rows to keep (LIMO: 817)")
+    by: str = param("rubric_score", "numeric column to rank by")
+    descending: bool = param(True, "higher is better")
 
     def __post_init__(self) -> None:
         if self.n < 0:

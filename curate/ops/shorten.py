@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -36,7 +36,7 @@ from curate.models.steps import (
     model_resources,
     snapshot,
 )
-from curate.step import REJECT_REASON, Step, StepResult
+from curate.step import REJECT_REASON, Step, StepResult, param
 from curate.structure.segment import paragraph_starts, spans
 from curate.structure.tokens import approx_expr, count_tokens
 
@@ -53,9 +53,6 @@ REWRITE_PROMPT = (
     "rewritten reasoning.\n\nProblem:\n{problem}\n\nReasoning:\n{thinking}"
 )
 
-
-def _opt(default: Any, help_: str) -> Any:
-    return field(default=default, metadata={"help": help_})
 
 
 def first_answer_end(thinking: str, reference: str, timeout_s: float = 10.0) -> tuple[int | None, str]:
@@ -112,18 +109,18 @@ class Shorten(Step):
         "shorten_applied": pa.bool_(), "shorten_note": pa.string(),
     }
 
-    method: str = _opt("truncate_after_first_answer", "truncate_after_first_answer | shortest_correct | rewrite")
-    tokenizer: str | None = _opt(None, "count tokens with this tokenizer: qwen2, deepseek, a Hugging Face name or tokenizer.json (default: the fast approximation)")
-    keep_extra_steps: int = _opt(0, "truncate: keep this many paragraphs after the one that concludes the answer")
-    min_saving: float = _opt(0.05, "truncate/rewrite: apply only when the thinking gets at least this much shorter (share of its tokens)")
-    timeout_s: float = _opt(10.0, "truncate: time limit per row for finding the answer")
-    by: str = _opt("problem", "shortest_correct: column (whitespace-normalised) whose value groups traces of one problem")
-    model: dict[str, Any] | None = _opt(None, "rewrite: {backend: transformers | openai | vllm, name_or_path: ..., ...}")
-    target_ratio: float = _opt(0.5, "rewrite: target length as a share of the original thinking")
-    max_tokens: int = _opt(8192, "rewrite: generation limit")
-    temperature: float = _opt(0.0, "rewrite: sampling temperature")
-    seed: int = _opt(0, "rewrite: sampling seed (part of the cache key)")
-    prompt: str | None = _opt(None, "rewrite: prompt template with {problem}, {thinking}, {target_tokens}")
+    method: str = param("truncate_after_first_answer", "truncate_after_first_answer | shortest_correct | rewrite")
+    tokenizer: str | None = param(None, "count tokens with this tokenizer: qwen2, deepseek, a Hugging Face name or tokenizer.json (default: the fast approximation)")
+    keep_extra_steps: int = param(0, "truncate: keep this many paragraphs after the one that concludes the answer")
+    min_saving: float = param(0.05, "truncate/rewrite: apply only when the thinking gets at least this much shorter (share of its tokens)")
+    timeout_s: float = param(10.0, "truncate: time limit per row for finding the answer")
+    by: str = param("problem", "shortest_correct: column (whitespace-normalised) whose value groups traces of one problem")
+    model: dict[str, Any] | None = param(None, "rewrite: {backend: transformers | openai | vllm, name_or_path: ..., ...}")
+    target_ratio: float = param(0.5, "rewrite: target length as a share of the original thinking")
+    max_tokens: int = param(8192, "rewrite: generation limit")
+    temperature: float = param(0.0, "rewrite: sampling temperature")
+    seed: int = param(0, "rewrite: sampling seed (part of the cache key)")
+    prompt: str | None = param(None, "rewrite: prompt template with {problem}, {thinking}, {target_tokens}")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
