@@ -10,40 +10,28 @@ BENCHMARKS.md (verify, agreement).
 
 from __future__ import annotations
 
-import ast
-import json
 import logging
+import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from curate import read
 from curate.ops.verify import Verify
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.bench_verify import labelled as labelled_rows  # noqa: E402
 
 PLAIN_AGREES = 2257  # measured on these rows (BENCHMARKS.md); the run counted 2,255
 DEFAULT_AGREES = 2259
 SLACK = 3  # rows whose parse or comparison runs near the time limits can flip on a loaded machine
 
 
-def _labelled(shared_data: Path) -> pl.DataFrame:
-    files = [shared_data / "responses" / "simplerl_math_cot_100.jsonl",
-             *sorted((shared_data / "traces").glob("*.jsonl"))]
-    frames = []
-    for f in files:
-        df = pl.concat([pl.from_arrow(b.traces) for b in read(f).batches(10_000)])
-        labels = []
-        for e in df["extra"]:
-            s = json.loads(e)["score"]
-            s = ast.literal_eval(s) if isinstance(s, str) else s
-            labels.append(bool(s[0] if isinstance(s, list) else s))
-        frames.append(df.with_columns(pl.Series("label", labels)))
-    return pl.concat(frames)
-
-
 @pytest.fixture(scope="module")
 def labelled(shared_data) -> pl.DataFrame:
-    return _labelled(shared_data)
+    files = [shared_data / "responses" / "simplerl_math_cot_100.jsonl",
+             *sorted((shared_data / "traces").glob("*.jsonl"))]
+    return labelled_rows(files)
 
 
 def test_default_agrees_with_labels_at_least_as_often_as_the_plain_loop(labelled):
