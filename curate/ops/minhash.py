@@ -102,6 +102,10 @@ class Signer:
         self.a, self.b = permutations(num_perm, seed)
         self.num_perm, self.unit, self.size = num_perm, unit, size
         self.workers = workers or min(os.cpu_count() or 1, 8)
+        # one pool and one buffer per thread for the Signer's life: threads made afresh per batch
+        # each leave memory in their own malloc arena (measured: +55% peak RSS on long traces)
+        self._pool: ThreadPoolExecutor | None = None
+        self._buffers: list[np.ndarray] = []
 
     def shingle_hashes(self, texts: pl.Series | list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(row, 32-bit shingle hash) of every shingle of every text."""
@@ -123,10 +127,13 @@ class Signer:
         bounds = np.unique(np.r_[np.searchsorted(rows, rows[cuts], side="left"), len(h)])
         spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
         a, b = self.a[:, None], self.b[:, None]
+        workers = min(self.workers, len(spans))
+        if not self._buffers:
+            self._buffers = [np.empty((self.num_perm, _CHUNK), dtype=np.uint32) for _ in range(self.workers)]
 
-        def work(part: list[tuple[int, int]]) -> None:
-            buf = np.empty((self.num_perm, _CHUNK), dtype=np.uint32)
-            for lo, hi in part:
+        def work(k: int) -> None:
+            buf = self._buffers[k]
+            for lo, hi in spans[k::workers]:
                 block = buf[:, : hi - lo] if hi - lo <= _CHUNK else np.empty((self.num_perm, hi - lo), np.uint32)
                 np.multiply(a, mixed[None, lo:hi], out=block)
                 block += b
@@ -134,12 +141,12 @@ class Signer:
                 starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
                 sig[r[starts]] = np.minimum.reduceat(block, starts, axis=1).T
 
-        workers = min(self.workers, len(spans))
         if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(work, [spans[k::workers] for k in range(workers)]))
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers)
+            list(self._pool.map(work, range(workers)))
         else:
-            work(spans)
+            work(0)
         return sig, rows, h
 
 
