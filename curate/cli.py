@@ -150,7 +150,7 @@ class _BarSafeHandler(logging.Handler):
     """Log lines on stderr that do not break a running progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
         tqdm.write(prefix + record.getMessage(), file=sys.stderr)

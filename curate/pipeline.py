@@ -32,7 +32,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from curate.engines.base import Engine
 from curate.engines.llm import given
@@ -54,6 +54,7 @@ from curate.io.write import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from curate.progress import bar as progress_bar
 from curate.progress import reporting
 from curate.provenance import source_info
 from curate.schema import SCHEMA_VERSION, TRACE_SCHEMA
@@ -528,8 +529,8 @@ class _Run:
         write_json_atomic({"fingerprint": fingerprint, "complete": True, **extra}, folder / "_meta.json")
 
     def _bar(self, desc: str, total: int | None) -> tqdm:
-        return tqdm(total=total, desc=desc, unit=" rows", disable=self.progress_disabled, leave=False,
-                    dynamic_ncols=True, file=sys.stderr)
+        return progress_bar(total=total, desc=desc, unit=" rows", disable=self.progress_disabled, leave=False,
+                            dynamic_ncols=True, file=sys.stderr)
 
     def _done(self, label: str, entry: dict[str, Any], reused: bool) -> dict[str, Any]:
         """Log a finished stage (one line: what it kept and dropped, or that it was reused)."""

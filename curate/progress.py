@@ -8,8 +8,10 @@ worker, a step called directly) the call does nothing and the bar moves once per
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
+from typing import Any
 
 _REPORTER: ContextVar[Callable[[int], None] | None] = ContextVar("curate_row_progress", default=None)
 
@@ -29,3 +31,13 @@ def reporting(reporter: Callable[[int], None]) -> Iterator[None]:
         yield
     finally:
         _REPORTER.reset(token)
+
+
+def bar(**kwargs: Any) -> Any:
+    """A tqdm bar: the notebook widget when IPython runs us, the terminal one otherwise (without
+    importing ``tqdm.auto``, which loads asyncio and costs a CLI run ~0.15 s of start-up)."""
+    if "IPython" in sys.modules:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
+    return tqdm(**kwargs)
