@@ -2,7 +2,7 @@
 
     python bench/bench_minhash.py --whole --rows 100000     # whole processes: curate run vs the plain loops
     python bench/bench_minhash.py --rows 200000             # in process: MinHashDedup.fit vs the loops
-    python bench/bench_minhash.py --heavy 10000 50000 100000  # 99% near-duplicate traces: growth
+    python bench/bench_minhash.py --heavy 10000 50000 100000 200000  # 99% near-duplicate traces: growth
     python bench/bench_minhash.py --planted                 # planted copies and false merges
 
 Every file goes to a fresh temporary folder (``--workdir`` to keep one), so two runs never share paths.
