@@ -600,7 +600,7 @@ def eval_(ctx: click.Context, targets: tuple[str, ...], generations: bool, prese
 @click.option("--model", "model_path", required=True, help="Student model: a local folder or a hub id.")
 @click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True)
 @click.option("--benchmarks", default="math500,aime24,aime25,amc23,gpqa", show_default=True,
-              help="Comma-separated bundled benchmarks (curate.decontam.benchmarks).")
+              help="Comma-separated bundled benchmarks (curate.ops.decontam.benchmarks).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folders, one per config: OUT/<config>/ (training) and OUT/<config>/eval/ "
                    "[default: DATASET-validation beside the dataset].")

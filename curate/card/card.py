@@ -195,7 +195,7 @@ def _decontamination(folder: Folder) -> dict[str, Any] | None:
     params = steps[0][1] if steps else {}
     benchmarks = params.get("benchmarks", "unknown")
     if benchmarks == "all":
-        from curate.decontam.benchmarks import available
+        from curate.ops.decontam.benchmarks import available
 
         benchmarks = available()
     report: dict[str, Any] = {

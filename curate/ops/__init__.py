@@ -10,21 +10,21 @@ from curate.ops.corrupt import (
     RemoveKeywords,
     ShuffleSteps,
 )
-from curate.ops.decontam import Decontaminate
-from curate.ops.dedup import ExactDedup
+from curate.ops.decontam.step import Decontaminate
+from curate.ops.dedup.exact import ExactDedup
+from curate.ops.dedup.minhash import MinHashDedup
+from curate.ops.dedup.semantic import SemanticDedup
 from curate.ops.difficulty import GradeDifficulty
 from curate.ops.domains import ClassifyDomain
 from curate.ops.filter import Filter
 from curate.ops.generate import Generate
-from curate.ops.minhash import MinHashDedup
 from curate.ops.reformat import Reformat
 from curate.ops.rubric import ScoreReasoning
 from curate.ops.select import Sample
 from curate.ops.selection import SelectDiverse, SelectQuality, SelectTop
-from curate.ops.semantic import SemanticDedup
 from curate.ops.shorten import Shorten
-from curate.ops.structure import Profile, SegmentSteps
-from curate.ops.verify import PairPreferences, Verify
+from curate.ops.structure.step import Profile, SegmentSteps
+from curate.ops.verify.step import PairPreferences, Verify
 
 __all__ = [
     "Choose",

@@ -51,11 +51,11 @@ import pyarrow as pa
 import xxhash
 
 from curate.answers import extract_answer
-from curate.ops.structure import STEPS_COLUMNS, Segmentation, resegment
+from curate.ops.structure.keywords import REASONING_KEYWORDS, keyword_pattern
+from curate.ops.structure.segment import Steps, join, spans
+from curate.ops.structure.step import STEPS_COLUMNS, Segmentation, resegment
 from curate.schema import trace_id
 from curate.step import Step, StepResult, reject_where
-from curate.structure.keywords import REASONING_KEYWORDS, keyword_pattern
-from curate.structure.segment import Steps, join, spans
 
 SPAN = pa.struct([("part", pa.string()), ("start", pa.int32()), ("end", pa.int32())])
 _SPAN_PL = pl.Struct({"part": pl.String, "start": pl.Int32, "end": pl.Int32})
