@@ -266,7 +266,7 @@ def test_verify_step_on_code_rows_goes_on_after_hostile_row() -> None:
 
 
 def test_test_layouts_of_real_datasets() -> None:
-    from curate.ops.verify.layouts import tests_from_record
+    from curate.io.formats import tests_from_record
 
     # APPS/TACO and OpenThoughts store the same JSON shape, under input_output / test_cases
     apps = {"input_output": json.dumps({"inputs": [t["input"] for t in APPS_TESTS],
