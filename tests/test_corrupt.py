@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from curate import Pipeline, read
+from curate.answers import same_answer
 from curate.errors import RecipeError
 from curate.ops.corrupt import (
     CorruptDigits,
@@ -20,9 +21,8 @@ from curate.ops.corrupt import (
     InsertSteps,
     RemoveKeywords,
     ShuffleSteps,
-    same_answer,
-    share,
 )
+from curate.ops.corrupt.base import share
 from curate.ops.structure import REASONING_KEYWORDS, count_keywords, step_starts
 from curate.ops.structure.segment import Steps
 from curate.schema import trace_id
