@@ -1,4 +1,5 @@
-"""Helpers behind the structure and corruption operators: segmentation, keywords, token counts."""
+"""The structure family: segment_steps and profile (step) and their helpers, segmentation, keyword
+lists and token counts (which the corruption, filter, selection and difficulty operators use too)."""
 
 from curate.ops.structure.keywords import (
     BACKTRACK_KEYWORDS,
