@@ -43,9 +43,9 @@ from rapidfuzz import fuzz
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.real_traces import rewrite, traces_with_items  # noqa: E402
-from curate.decontam import benchmarks as bench  # noqa: E402
-from curate.decontam.text import normalise  # noqa: E402
 from curate.ops import Decontaminate  # noqa: E402
+from curate.ops.decontam import benchmarks as bench  # noqa: E402
+from curate.text import normalise  # noqa: E402
 
 SHARED = Path(os.environ.get("CURATE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 def problems() -> pl.DataFrame:

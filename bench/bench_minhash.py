@@ -45,8 +45,8 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.planted import VARIANTS, exact_jaccard_pairs, held_out, merges, plant, score  # noqa: E402
 from curate import read  # noqa: E402
-from curate.decontam.text import units  # noqa: E402
-from curate.ops.minhash import MinHashDedup, shingles  # noqa: E402
+from curate.ops.dedup.minhash import MinHashDedup, shingles  # noqa: E402
+from curate.text import units  # noqa: E402
 
 SHARED = Path(os.environ.get("CURATE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 NUM_PERM, BANDS, ROWS, THRESHOLD, SIZE = 100, 20, 5, 0.72, 3

@@ -121,7 +121,7 @@ def band_task_memory(bands: Path) -> None:
     (20 x the rows: a band of a 20x larger corpus), above the process's RSS before it reads."""
     import psutil
 
-    from curate.ops.minhash import bucket_pairs, unique_pairs
+    from curate.ops.dedup.minhash import bucket_pairs, unique_pairs
 
     files = sorted(str(f) for f in bands.rglob("*.parquet"))
     base = psutil.Process().memory_info().rss

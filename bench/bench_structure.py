@@ -28,8 +28,8 @@ from curate.ops.corrupt import (
     RemoveKeywords,
     ShuffleSteps,
 )
-from curate.ops.structure import Profile, SegmentSteps
-from curate.structure.keywords import keyword_pattern
+from curate.ops.structure.keywords import keyword_pattern
+from curate.ops.structure.step import Profile, SegmentSteps
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACES = ROOT.parent / "shared" / "data" / "traces"

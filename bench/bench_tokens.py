@@ -5,7 +5,7 @@ deepseek) on every real trace shipped in curate/data/real/traces (1,547 traces).
 
 Prints, per tokenizer: total real/approx ratio, per-trace error of the raw and the scaled estimate
 (mean and 95th percentile of |estimate - real| / real), per-source ratios, and the seconds each
-counter took. The ratios are curate.structure.tokens.APPROX_RATIO.
+counter took. The ratios are curate.ops.structure.tokens.APPROX_RATIO.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from curate import read
-from curate.structure.tokens import approx_expr, count_tokens
+from curate.ops.structure.tokens import approx_expr, count_tokens
 
 TRACES = Path(__file__).resolve().parents[1] / "curate" / "data" / "real" / "traces"
 

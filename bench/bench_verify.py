@@ -34,8 +34,8 @@ from pathlib import Path
 import polars as pl
 
 from curate import read
-from curate.ops.verify import Verify
-from curate.verify.pool import Failed, default_workers
+from curate.ops.verify.pool import Failed, default_workers
+from curate.ops.verify.step import Verify
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -159,7 +159,7 @@ def worst_case(df: pl.DataFrame, workers: int, timeout_s: float) -> dict:
 
 def hard_hangs(workers: int, timeout_s: float, n: int = 2000) -> dict:
     """1% items that block SIGALRM and sleep (no in-worker timer can end them): the parent kills."""
-    from curate.verify.pool import WorkerPool, probe
+    from curate.ops.verify.pool import WorkerPool, probe
 
     items = [("echo", i) for i in range(n)]
     for k in range(0, n, 100):

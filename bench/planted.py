@@ -13,8 +13,8 @@ import re
 import numpy as np
 from scipy.sparse import csr_matrix
 
-from curate.decontam.text import units
-from curate.ops.minhash import shingles
+from curate.ops.dedup.minhash import shingles
+from curate.text import units
 
 _WORDS = ("Find", "Determine", "Compute", "Calculate", "What", "Suppose", "Let", "If", "How")
 

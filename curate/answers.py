@@ -1,8 +1,10 @@
-"""Final-answer extraction from model text: \\boxed{...}, 'Final Answer:', 'the answer is', last number."""
+"""Final answers: extraction from model text (\\boxed{...}, 'Final Answer:', 'the answer is', last
+number) and a light comparison of two answers (canonical strings, numbers as fractions)."""
 
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 _BOX_CMDS = ("\\boxed", "\\fbox")
 _FINAL = re.compile(r"final\s+answer", re.IGNORECASE)
@@ -12,6 +14,11 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?")
 _TAIL_CHARS = 4000  # the answer lives at the end; scanning 1 MB traces in full is wasted work
 
 METHODS = ("boxed", "final_answer", "answer_is", "last_number")
+# answer shapes the comparison reads as numbers (and corrupt_wrong_answer perturbs)
+INTEGER = re.compile(r"^-?\d{1,3}(?:,\d{3})+$|^-?\d+$")
+DECIMAL = re.compile(r"^-?\d+\.\d+$")
+FRACTION = re.compile(r"^(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}$")
+SLASH_FRACTION = re.compile(r"^(-?)(\d+)/(\d+)$")
 
 
 def extract_boxed(text: str) -> str | None:
@@ -88,3 +95,42 @@ def extract_answer(text: str, methods: tuple[str, ...] | list[str] = METHODS) ->
         if found:
             return found, method
     return None, None
+
+
+def normalise_answer(a: str | None) -> str:
+    """A light canonical form for comparing answers: no $, spaces, \\left/\\right, \\dfrac, trailing dot."""
+    if a is None:
+        return ""
+    s = a.strip().strip("$").strip()
+    s = re.sub(r"\\left|\\right|\\!|\\,|\\;|\\ ", "", s)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = re.sub(r"\\text\{\s*([^{}]*?)\s*\}", r"\1", s)
+    s = re.sub(r"\s+", "", s).rstrip(".")
+    if INTEGER.match(s):
+        s = s.replace(",", "")
+    return s
+
+
+def as_number(s: str) -> Fraction | None:
+    """A canonical answer's value when it is an integer, decimal or fraction, else None."""
+    try:
+        if INTEGER.match(s) or DECIMAL.match(s):
+            return Fraction(s.replace(",", ""))
+        m = FRACTION.match(s) or SLASH_FRACTION.match(s)
+        if m:
+            v = Fraction(int(m.group(2)), int(m.group(3)))
+            return -v if m.group(1) else v
+    except (ValueError, ZeroDivisionError):
+        return None
+    return None
+
+
+def same_answer(a: str | None, b: str | None) -> bool:
+    """Simple equivalence: equal canonical strings, or equal as numbers (ints, decimals, fractions)."""
+    na, nb = normalise_answer(a), normalise_answer(b)
+    if not na or not nb:
+        return False
+    if na == nb:
+        return True
+    x, y = as_number(na), as_number(nb)
+    return x is not None and x == y

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from curate.io.formats import FORMAT_ALIASES, FORMATS
-from curate.step import REGISTRY, Step, param_specs
+from curate.step import Step, param_specs
 
 
 def _default(value: object) -> str:
@@ -47,7 +47,7 @@ def operator_doc(cls: type[Step]) -> str:
 
 
 def render_catalog(pipelines_dir: Path | None = None) -> str:
-    import curate.ops  # noqa: F401  (registers the operators)
+    from curate.ops import builtin_operators
 
     out = [
         "# Catalog",
@@ -58,9 +58,8 @@ def render_catalog(pipelines_dir: Path | None = None) -> str:
         "## Operators",
         "",
     ]
-    for name in sorted(REGISTRY):
-        if REGISTRY[name].__module__.startswith("curate."):  # not steps that tests or users define
-            out.append(operator_doc(REGISTRY[name]))
+    for cls in sorted(builtin_operators(), key=lambda c: c.name):  # not steps that tests or users register
+        out.append(operator_doc(cls))
     out += ["## Input formats", "", "| format | layout |", "|---|---|"]
     for f in FORMATS.values():
         out.append(f"| `{f.name}` | {f.description} |")

@@ -226,17 +226,18 @@ def _echo_summary(result) -> None:
 @click.argument("name", required=False)
 def ops(name: str | None) -> None:
     """List the operators (recipe step names) with their parameters, or show one NAME in full."""
-    import curate.ops  # noqa: F401
     from curate.catalog import operator_doc
-    from curate.step import REGISTRY, param_specs
+    from curate.ops import registry
+    from curate.step import param_specs
 
+    steps = registry()
     if name:
-        if name not in REGISTRY:
-            raise click.UsageError(f"unknown operator {name!r}; known: {', '.join(sorted(REGISTRY))}")
-        click.echo(operator_doc(REGISTRY[name]))
+        if name not in steps:
+            raise click.UsageError(f"unknown operator {name!r}; known: {', '.join(sorted(steps))}")
+        click.echo(operator_doc(steps[name]))
         return
-    for key in sorted(REGISTRY):
-        cls = REGISTRY[key]
+    for key in sorted(steps):
+        cls = steps[key]
         first = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         click.secho(key, bold=True, nl=False)
         click.echo(f"  {first}")
@@ -600,7 +601,7 @@ def eval_(ctx: click.Context, targets: tuple[str, ...], generations: bool, prese
 @click.option("--model", "model_path", required=True, help="Student model: a local folder or a hub id.")
 @click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True)
 @click.option("--benchmarks", default="math500,aime24,aime25,amc23,gpqa", show_default=True,
-              help="Comma-separated bundled benchmarks (curate.decontam.benchmarks).")
+              help="Comma-separated bundled benchmarks (curate.ops.decontam.benchmarks).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folders, one per config: OUT/<config>/ (training) and OUT/<config>/eval/ "
                    "[default: DATASET-validation beside the dataset].")

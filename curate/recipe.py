@@ -187,9 +187,8 @@ def _takes_model(step_name: str) -> bool:
     embedding model's name, which the recipe's ``model:`` block must not fill)."""
     import dataclasses
 
-    import curate.ops  # noqa: F401  (registers the operators)
-    from curate.step import REGISTRY
+    from curate.ops import step_class
 
-    cls = REGISTRY.get(step_name)
+    cls = step_class(step_name)
     return cls is not None and any(f.name == "model" and str(f.type).startswith("dict")
                                    for f in dataclasses.fields(cls))

@@ -18,7 +18,6 @@ import pyarrow as pa
 
 from curate.errors import RecipeError
 
-REGISTRY: dict[str, type[Step]] = {}
 REJECT_REASON = "reject_reason"
 
 
@@ -41,13 +40,6 @@ class Step:
     # what belongs to one process (a worker pool, a loaded model): not copied when the step is
     # shipped to another process, which builds its own on first use
     process_local: ClassVar[tuple[str, ...]] = ()
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.name:
-            if cls.name in REGISTRY and REGISTRY[cls.name].__qualname__ != cls.__qualname__:
-                raise RuntimeError(f"two steps are named {cls.name!r}")
-            REGISTRY[cls.name] = cls
 
     # --- declarations (instances may refine them from their parameters) -------------------------
     def columns_read(self) -> tuple[str, ...]:
@@ -173,13 +165,14 @@ def _check_type(value: Any, t: Any) -> bool:
 
 def build_step(name: str, params: dict[str, Any] | None, where: str = "") -> Step:
     """Instantiate a registered step from a recipe entry, with errors that name the key."""
-    import curate.ops  # noqa: F401  (registers the built-in operators)
+    from curate.ops import registry
 
     at = f"{where}: " if where else ""
-    if name not in REGISTRY:
-        known = ", ".join(sorted(REGISTRY))
+    steps = registry()
+    if name not in steps:
+        known = ", ".join(sorted(steps))
         raise RecipeError(f"{at}unknown step {name!r}; known steps: {known}")
-    cls = REGISTRY[name]
+    cls = steps[name]
     params = params or {}
     if not isinstance(params, dict):
         raise RecipeError(f"{at}{name}: parameters must be a mapping, got {type(params).__name__}")

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from curate import Pipeline, read
+from curate.answers import same_answer
 from curate.errors import RecipeError
 from curate.ops.corrupt import (
     CorruptDigits,
@@ -20,13 +21,12 @@ from curate.ops.corrupt import (
     InsertSteps,
     RemoveKeywords,
     ShuffleSteps,
-    same_answer,
-    share,
 )
+from curate.ops.corrupt.base import share
+from curate.ops.structure import REASONING_KEYWORDS, count_keywords, step_starts
+from curate.ops.structure.segment import Steps
 from curate.schema import trace_id
 from curate.step import build_step
-from curate.structure import REASONING_KEYWORDS, count_keywords, step_starts
-from curate.structure.segment import Steps
 
 TRACES = Path(__file__).resolve().parent.parent / "curate" / "data" / "real" / "traces"  # shipped, gzipped
 
@@ -324,7 +324,7 @@ def test_wrong_answer_rows_fail_and_untouched_rows_keep_their_verdict() -> None:
     untouched = out.filter(pl.col("corrupt_touched") == 0)
     base = df.filter(pl.col("id").is_in(untouched["original_id"].to_list()))
     assert untouched.select(TEXT).equals(base.select(TEXT))
-    verify_mod = pytest.importorskip("curate.ops.verify")
+    verify_mod = pytest.importorskip("curate.ops.verify.step")
     verify = verify_mod.Verify(keep="all", workers=0)
     before = verify.apply(df.with_columns(pl.lit(None, dtype=pl.String).alias("answer")), 0).kept
     after = verify.apply(out.with_columns(pl.lit(None, dtype=pl.String).alias("answer")), 0).kept
@@ -389,7 +389,7 @@ def test_variants_through_the_runner(tmp_path: Path) -> None:
 
 
 def test_steps_columns_follow_the_corrupted_thinking() -> None:
-    from curate.ops.structure import SegmentSteps
+    from curate.ops.structure.step import SegmentSteps
 
     df = SegmentSteps().apply(mixed(), 0).kept
     for op in (CorruptDigits(ratio=1.0), RemoveKeywords(ratio=1.0), DeleteSteps(ratio=0.5), InsertSteps(mode="insert")):
@@ -578,7 +578,7 @@ def test_recipe_model_block_makes_keywords_the_model_rewrite() -> None:
 
 def model_segmented(df: pl.DataFrame) -> pl.DataFrame:
     """Rows segmented as a model might (every third paragraph opens a step), method recorded."""
-    from curate.structure.segment import paragraph_starts, spans
+    from curate.ops.structure.segment import paragraph_starts, spans
 
     starts, ends = [], []
     for text in df["thinking"]:

@@ -13,9 +13,9 @@ import polars as pl
 import pytest
 
 from curate import Pipeline, read
-from curate.decontam import benchmarks as bench
 from curate.errors import RecipeError
 from curate.ops import Decontaminate
+from curate.ops.decontam import benchmarks as bench
 from curate.step import build_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -206,8 +206,8 @@ def test_kernel_hashes_and_membership_match_the_reference_definitions(traces):
     the (window, item) pairs a Python dict of sets finds."""
     import numpy as np
 
-    from curate.decontam.grams import GramSet, Tokens
-    from curate.decontam.text import gram_hash, tokens
+    from curate.ops.decontam.grams import GramSet, Tokens
+    from curate.text import gram_hash, tokens
 
     texts = traces["solution"].head(40)
     toks = Tokens(texts)

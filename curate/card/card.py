@@ -195,7 +195,7 @@ def _decontamination(folder: Folder) -> dict[str, Any] | None:
     params = steps[0][1] if steps else {}
     benchmarks = params.get("benchmarks", "unknown")
     if benchmarks == "all":
-        from curate.decontam.benchmarks import available
+        from curate.ops.decontam.benchmarks import available
 
         benchmarks = available()
     report: dict[str, Any] = {
@@ -413,10 +413,9 @@ def _non_default(step: str, params: dict[str, Any]) -> dict[str, Any]:
     """The parameters that differ from the operator's defaults (what a recipe needs to say)."""
     import dataclasses
 
-    import curate.ops  # noqa: F401
-    from curate.step import REGISTRY
+    from curate.ops import step_class
 
-    cls = REGISTRY.get(step)
+    cls = step_class(step)
     if cls is None or not dataclasses.is_dataclass(cls):
         return dict(params)
     defaults = {}
@@ -458,10 +457,9 @@ def _seeds(seeds: dict[str, Any]) -> list[str]:
 
 
 def _operator_doc(name: str) -> str:
-    import curate.ops  # noqa: F401  (registers the operators)
-    from curate.step import REGISTRY
+    from curate.ops import step_class
 
-    cls = REGISTRY.get(name)
+    cls = step_class(name)
     doc = (cls.__doc__ or "").strip() if cls else ""
     return re.sub(r"\s+", " ", doc.split("\n\n")[0]) if doc else ""
 
@@ -469,13 +467,12 @@ def _operator_doc(name: str) -> str:
 def _column_origin(name: str, folder: Folder) -> str:
     if name in _DESCRIPTIONS:
         return _DESCRIPTIONS[name]
-    import curate.ops  # noqa: F401
-    from curate.step import REGISTRY
+    from curate.ops import step_class
 
     names = [next(iter(s)) for s in folder.manifest["recipe"]["steps"]]
     names += [next(iter(s)) for vs in folder.manifest["recipe"].get("variants", {}).values() for s in vs]
     for step in dict.fromkeys(names):
-        cls = REGISTRY.get(step)
+        cls = step_class(step)
         if cls is not None and name in cls.writes:
             return f"Annotation written by `{step}`."
     return f"Annotation (`{name.split('_', 1)[0]}` family)."

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from curate.answers import METHODS, extract_answer
-from curate.ops.corrupt import coverage_warnings, normalise_answer, same_answer
+from curate.answers import METHODS, extract_answer, normalise_answer, same_answer
+from curate.ops.corrupt import coverage_warnings
 
 if TYPE_CHECKING:
     from curate.card.card import Folder

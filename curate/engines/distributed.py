@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 from curate.engines.base import Engine
 from curate.engines.parts import PlannedApply
 from curate.io.write import remove_tree, write_json_atomic, write_parquet_atomic
-from curate.ops.dedup import ExactDedup
-from curate.ops.minhash import (
+from curate.ops.dedup.exact import ExactDedup
+from curate.ops.dedup.minhash import (
     _M32,
     MinHashDedup,
     ShingleSets,
@@ -315,7 +315,7 @@ def _clusters(engine: Engine, step: MinHashDedup, pairs: np.ndarray, ok: np.ndar
 
 def fit_semantic_dedup(engine: Engine, step: Step, parts: list[Path], counts: list[int], folder: Path,
                        progress: Progress = None) -> PlannedApply:
-    from curate.ops.semantic import Embedder, SemanticDedup
+    from curate.ops.dedup.semantic import Embedder, SemanticDedup
 
     assert isinstance(step, SemanticDedup)
     if _done(folder) is None:

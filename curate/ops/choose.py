@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import polars as pl
 import pyarrow as pa
 
+from curate.ops.structure.tokens import approx_expr
 from curate.step import REJECT_REASON, Step, StepResult, param
-from curate.structure.tokens import approx_expr
 
 KEEP = ("first", "shortest", "all")
 

@@ -35,10 +35,10 @@ from curate.models.steps import (
     snapshot,
     verify_samples,
 )
-from curate.ops.verify import Verify
+from curate.ops.structure.segment import MODES, step_starts
+from curate.ops.structure.tokens import approx_expr, count_tokens
+from curate.ops.verify.step import Verify
 from curate.step import REJECT_REASON, Step, StepResult, param
-from curate.structure.segment import MODES, step_starts
-from curate.structure.tokens import approx_expr, count_tokens
 
 METHODS = ("pass_rate", "judge", "proxy")
 RUBRICS = ("difficulty", "omnithought")

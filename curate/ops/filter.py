@@ -7,9 +7,15 @@ from typing import Any
 
 import polars as pl
 
+from curate.ops.structure.tokens import (
+    NAMED,
+    approx_expr,
+    count_tokens,
+    load_tokenizer,
+    method_name,
+)
 from curate.schema import DOMAINS
 from curate.step import Step, StepResult, reject_where
-from curate.structure.tokens import NAMED, approx_expr, count_tokens, load_tokenizer, method_name
 
 _TOKENS = "__filter_tokens"
 

@@ -10,7 +10,7 @@ toolkit's reading of those four traits:
   1); self-verification = reflection keywords per 1k tokens / ``keyword_rate``; exploration =
   backtracking / alternative-approach keywords per 1k tokens / ``keyword_rate``; granularity =
   reasoning steps per 1k tokens / ``step_rate`` (each capped at 1; keywords and steps are
-  ``curate.structure``'s lists and segmenter).
+  ``curate.ops.structure``'s lists and segmenter).
 - ``method: model``: a judge model rates each trait 0-10 (the raw answer kept); each is scaled to 0-1.
 
 ``rubric_score`` is the ``weights``-weighted mean of the four (default equal weights: the paper
@@ -36,10 +36,14 @@ from curate.models.steps import (
     snapshot,
 )
 from curate.ops.difficulty import JUDGE_THINKING_CHARS
+from curate.ops.structure.keywords import (
+    BACKTRACK_KEYWORDS,
+    REFLECTION_KEYWORDS,
+    count_keywords_expr,
+)
+from curate.ops.structure.segment import step_starts
+from curate.ops.structure.tokens import approx_expr
 from curate.step import REJECT_REASON, Step, StepResult, param
-from curate.structure.keywords import BACKTRACK_KEYWORDS, REFLECTION_KEYWORDS, count_keywords_expr
-from curate.structure.segment import step_starts
-from curate.structure.tokens import approx_expr
 
 TRAITS = ("elaboration", "self_verification", "exploration", "granularity")
 METHODS = ("rules", "model")

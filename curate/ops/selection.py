@@ -28,8 +28,8 @@ import polars as pl
 import pyarrow as pa
 
 from curate.ops.filter import Filter
+from curate.ops.structure.tokens import approx_expr
 from curate.step import Step, StepResult, param, reject_where
-from curate.structure.tokens import approx_expr
 
 _BOLD_NUMBER = re.compile(r"\*\*(?=.*\d)[^\s\]]*\*\*")  # s1's regex, verbatim (a look-ahead: Python's re)
 _PART_NUMBER = r"p[1-9]\d{0,2}\."  # s1: any of "p1." ... "p999." in the question

@@ -36,9 +36,9 @@ from curate.models.steps import (
     model_resources,
     snapshot,
 )
+from curate.ops.structure.segment import paragraph_starts, spans
+from curate.ops.structure.tokens import approx_expr, count_tokens
 from curate.step import REJECT_REASON, Step, StepResult, param
-from curate.structure.segment import paragraph_starts, spans
-from curate.structure.tokens import approx_expr, count_tokens
 
 METHODS = ("truncate_after_first_answer", "shortest_correct", "rewrite")
 CONCLUSION = re.compile(
@@ -66,7 +66,7 @@ def first_answer_end(thinking: str, reference: str, timeout_s: float = 10.0) -> 
     from math_verify import parse, verify
     from math_verify.errors import TimeoutException
 
-    from curate.verify.math import (
+    from curate.ops.verify.math import (
         GOLD_CONFIG,
         PRED_CONFIG,
         PRED_LENIENT,
@@ -340,7 +340,7 @@ def _verified(text: str, task: dict[str, Any], what: str) -> tuple[str | None, s
 
 def verify_math(task: dict[str, Any]) -> dict[str, Any]:
     """math-verify verdict of one trace (imported on first use: math-verify loads sympy)."""
-    from curate.verify.math import verify_math as run
+    from curate.ops.verify.math import verify_math as run
 
     return run(task)
 

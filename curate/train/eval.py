@@ -8,7 +8,7 @@ GPU) sees the same tokens. ``scores.json`` records the template. A LoRA run fold
 merged into its base first (``merge_adapter``) so both backends serve it as a plain model.
 
 Scoring: each completion is split into thinking and solution (``curate.io.markers``), and
-``curate.verify.math.verify_math`` checks the solution's answer (falling back to the end of the
+``curate.ops.verify.math.verify_math`` checks the solution's answer (falling back to the end of the
 thinking) against the reference; an unjudgeable row counts as wrong, with its reason kept.
 Accuracy is pass@1 averaged over the ``n`` samples; its 95% Wilson interval is taken over the
 number of problems (samples of one problem are not independent). Every generation is written to
@@ -58,7 +58,7 @@ def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike) -> Path:
 
 def score(text: str, reference: str | None) -> dict[str, Any]:
     """Verdict for one completion: correct (bool; unjudgeable is False), pred, gold, error, thinking_closed."""
-    from curate.verify.math import verify_math
+    from curate.ops.verify.math import verify_math
 
     thinking, solution, closed, _ = split_response(text)
     verdict = verify_math({"reference": reference, "solution": solution, "thinking": thinking, "timeout_s": 5.0})
@@ -128,8 +128,8 @@ def evaluate(model: str, out: str | os.PathLike, cfg: EvalConfig | None = None) 
     import polars as pl
     from transformers import AutoTokenizer
 
-    from curate.decontam.benchmarks import load
     from curate.models import SamplingParams, get_backend
+    from curate.ops.decontam.benchmarks import load
 
     cfg = cfg or EvalConfig()
     out = Path(out)

@@ -127,7 +127,7 @@ class _Index:
     """Bundled benchmark items by exact text, by exact key and by id."""
 
     def __init__(self, names: list[str]) -> None:
-        from curate.decontam.benchmarks import exact_key, load
+        from curate.ops.decontam.benchmarks import exact_key, load
 
         self.benches = {n: load(n) for n in names}
         self.text: dict[str, list[tuple[str, int]]] = {}
@@ -141,7 +141,7 @@ class _Index:
         self.by_length = sorted((k for k in self.key if len(k) >= 20), key=len, reverse=True)
 
     def match(self, g: Generation) -> list[tuple[str, int]]:
-        from curate.decontam.benchmarks import exact_key
+        from curate.ops.decontam.benchmarks import exact_key
 
         key = exact_key(g.problem)
         hits = self.text.get(g.problem.strip()) or self.key.get(key) or (self.ids.get(g.id) if g.id else None)
@@ -167,7 +167,7 @@ def score_generations(paths: list[str | os.PathLike], out: str | os.PathLike,
     """
     import polars as pl
 
-    from curate.decontam.benchmarks import BUNDLED, load
+    from curate.ops.decontam.benchmarks import BUNDLED, load
 
     names = list(benchmarks) if benchmarks else [n for n in BUNDLED if load(n).has_text]
     no_text = [n for n in names if not load(n).has_text]

@@ -16,15 +16,15 @@ def verify_task(task: dict[str, Any]) -> dict[str, Any]:
     """Verdict for one row (runs inside a pool worker, or inline)."""
     kind = task.get("kind")
     if kind == "math":
-        from curate.verify.math import verify_math
+        from curate.ops.verify.math import verify_math
 
         return verify_math(task)
     if kind == "mcq":
-        from curate.verify.mcq import verify_mcq
+        from curate.ops.verify.mcq import verify_mcq
 
         return verify_mcq(task)
     if kind == "code":
-        from curate.verify.code import verify_code
+        from curate.ops.verify.code import verify_code
 
         return verify_code(task)
     raise ValueError(f"unknown verification kind {kind!r}; use {', '.join(KINDS)}")

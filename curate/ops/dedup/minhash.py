@@ -42,8 +42,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from curate.decontam.text import TokenBatch, fmix64, gram_hash
 from curate.step import Step, StepResult, reject_where
+from curate.text import TokenBatch, fmix64, gram_hash
 
 _M32 = np.uint32(0xFFFFFFFF)
 _CHUNK = 4096  # shingles hashed at once per thread (a num_perm x 4096 uint32 buffer stays in cache)
@@ -65,7 +65,7 @@ def char_shingle_hash32(shingle: bytes) -> int:
 
 
 def shingles(units: list[str], size: int, unit: str = "word") -> list[bytes]:
-    """The shingles of one text's units (see ``curate.decontam.text.units``), as datasketch input.
+    """The shingles of one text's units (see ``curate.text.units``), as datasketch input.
 
     A text shorter than ``size`` units is one shingle; an empty text has none.
     """

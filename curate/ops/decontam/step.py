@@ -10,11 +10,11 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from curate.decontam import benchmarks as bench
-from curate.decontam.grams import Tokens
-from curate.decontam.match import BenchmarkIndex
-from curate.decontam.text import TOKEN_RE
+from curate.ops.decontam import benchmarks as bench
+from curate.ops.decontam.grams import Tokens
+from curate.ops.decontam.match import BenchmarkIndex
 from curate.step import Step, StepResult, reject_where
+from curate.text import TOKEN_RE
 
 METHODS = ("ngram", "exact", "fuzzy", "embedding")
 WHOLE_TEXT_METHODS = ("exact", "fuzzy", "embedding")  # compare the whole problem, not spans
@@ -102,7 +102,7 @@ class Decontaminate(Step):
         if self.action not in ("drop", "flag"):
             raise ValueError(f"action must be drop or flag, not {self.action!r}")
         if "embedding" in methods:
-            from curate.ops.semantic import require_sentence_transformers
+            from curate.ops.dedup.semantic import require_sentence_transformers
 
             require_sentence_transformers()
         self._names = list(names)
@@ -197,7 +197,7 @@ class Decontaminate(Step):
 
     # --- embedding matcher (optional extra) ----------------------------------------------------
     def _embedding_matches(self, texts: pl.Series) -> pl.DataFrame:
-        from curate.ops.semantic import Embedder
+        from curate.ops.dedup.semantic import Embedder
 
         index = self.index
         if self._embedder is None:

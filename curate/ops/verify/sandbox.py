@@ -47,7 +47,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curate.verify._launch import SETUP_FAILED, landlock_abi
+from curate.ops.verify._launch import SETUP_FAILED, landlock_abi
 
 _LAUNCH = str(Path(__file__).with_name("_launch.py"))
 

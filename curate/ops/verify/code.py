@@ -25,7 +25,7 @@ import math
 import re
 from typing import Any
 
-from curate.verify.sandbox import Limits, run_python
+from curate.ops.verify.sandbox import Limits, run_python
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)```", re.DOTALL)
 _NOT_PYTHON = {"cpp", "c++", "c", "java", "javascript", "js", "rust", "go", "bash", "sh", "text",

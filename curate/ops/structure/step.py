@@ -9,9 +9,12 @@ from typing import Any, Literal
 import polars as pl
 import pyarrow as pa
 
-from curate.step import Step, StepResult
-from curate.structure.keywords import BACKTRACK_KEYWORDS, REFLECTION_KEYWORDS, count_keywords_expr
-from curate.structure.segment import (
+from curate.ops.structure.keywords import (
+    BACKTRACK_KEYWORDS,
+    REFLECTION_KEYWORDS,
+    count_keywords_expr,
+)
+from curate.ops.structure.segment import (
     INLINE_TRANSITIONS,
     MODES,
     TRANSITIONS,
@@ -19,7 +22,8 @@ from curate.structure.segment import (
     spans,
     step_starts,
 )
-from curate.structure.tokens import approx_expr, count_tokens, method_name
+from curate.ops.structure.tokens import approx_expr, count_tokens, method_name
+from curate.step import Step, StepResult
 
 STEPS_COLUMNS: dict[str, pa.DataType] = {
     "steps_start": pa.list_(pa.int32()),

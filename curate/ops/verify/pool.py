@@ -83,7 +83,7 @@ _SAFE_PATH = ("-P",) if sys.version_info >= (3, 11) else ()
 # SIGINT (else each prints a KeyboardInterrupt traceback).
 _WORKER_CODE = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
                 "sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
-                "from curate.verify.pool import _serve; _serve(int(sys.argv[1]))")
+                "from curate.ops.verify.pool import _serve; _serve(int(sys.argv[1]))")
 
 
 def _serve(fd: int) -> None:
@@ -163,7 +163,7 @@ class WorkerPool:
     def _start(self) -> _Worker:
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[2])  # the folder holding the curate package
+        root = str(Path(__file__).resolve().parents[3])  # the folder holding the curate package
         env["PYTHONPATH"] = os.pathsep.join([root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
         proc = subprocess.Popen(  # noqa: S603
             [sys.executable, *_SAFE_PATH, "-c", _WORKER_CODE, str(theirs.fileno())],

@@ -6,7 +6,7 @@ only (its authors ask that the questions not be republished in plain text): 64-b
 its word n-grams and of its exact-match key, in ``gpqa_diamond.fingerprint.npz``, so it can be
 matched by the ``ngram`` and ``exact`` methods but not by ``fuzzy`` or ``embedding``.
 
-``python -m curate.decontam.benchmarks SRC_DIR`` rebuilds the folder from the original files.
+``python -m curate.ops.decontam.benchmarks SRC_DIR`` rebuilds the folder from the original files.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from curate.decontam.text import TokenBatch
+from curate.text import TokenBatch
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "benchmarks"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "benchmarks"
 FINGERPRINT_NGRAMS = (8, 13, 32)  # the n-gram sizes GPQA's fingerprint is stored for
 _EXACT_STRIP = re.compile(r"[\W\d_]+")
 

@@ -11,7 +11,7 @@ import polars as pl
 import pyarrow as pa
 import xxhash
 
-from curate.ops.minhash import duplicate_of, split_duplicates
+from curate.ops.dedup.minhash import duplicate_of, split_duplicates
 from curate.step import Step, StepResult
 
 _KEY_COLUMNS = {"problem_response": ("problem", "thinking", "solution"), "problem": ("problem",)}

@@ -2,7 +2,7 @@
 
 The funnel counts rows per step; this splits the verify step's verdicts by ``source`` (kept rows
 and the verify step's rejects together, so it works for keep: correct, all and incorrect).
-``python -m curate.verify.report OUT`` prints it for a finished dataset folder.
+``python -m curate.ops.verify.report OUT`` prints it for a finished dataset folder.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = argv if argv is not None else sys.argv[1:]
     if len(args) != 1:
-        print("usage: python -m curate.verify.report DATASET_FOLDER", file=sys.stderr)
+        print("usage: python -m curate.ops.verify.report DATASET_FOLDER", file=sys.stderr)
         return 2
     folder = Path(args[0])
     manifest = json.loads((folder / MANIFEST).read_text())

@@ -23,11 +23,11 @@ from typing import Any, ClassVar
 import polars as pl
 import pyarrow as pa
 
+from curate.ops.verify import verify_task
+from curate.ops.verify.mcq import gold_letter
+from curate.ops.verify.pool import Failed, WorkerPool, default_workers
 from curate.progress import rows_done
 from curate.step import REJECT_REASON, Step, StepResult
-from curate.verify import verify_task
-from curate.verify.mcq import gold_letter
-from curate.verify.pool import Failed, WorkerPool, default_workers
 
 DOMAINS = ("auto", "math", "code", "mcq")
 KEEP = ("correct", "all", "incorrect")
@@ -54,7 +54,7 @@ def _kind(domain: str, row: dict[str, Any]) -> str:
 @cache
 def _warm_inline() -> None:
     """What the pool's workers do before their first row, once per process for ``workers: 0``."""
-    from curate.verify.math import warmup
+    from curate.ops.verify.math import warmup
 
     warmup()
 
@@ -70,7 +70,7 @@ class Verify(Step):
     ``verify_correct`` is true/false, or null when the row cannot be judged (no reference, a gold
     that does not parse, a timeout) — null never counts as correct. Rows are verified in a
     process pool; each row's deadline is enforced from outside the worker, which is killed and
-    replaced when it runs over. Code runs in a sandbox (see ``curate.verify.sandbox``).
+    replaced when it runs over. Code runs in a sandbox (see ``curate.ops.verify.sandbox``).
     """
 
     name = "verify"
@@ -155,7 +155,7 @@ class Verify(Step):
         if self._pool is None:
             workers = default_workers() if self.workers is None else self.workers
             self._pool = WorkerPool(verify_task, max(1, workers), self.timeout_s + GRACE_S,
-                                    preload=("curate.verify.math", "curate.verify.code"))
+                                    preload=("curate.ops.verify.math", "curate.ops.verify.code"))
             weakref.finalize(self, _shutdown, self._pool)
         return self._pool
 

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from curate.ops.minhash import (
+from curate.ops.dedup.minhash import (
     duplicate_of,
     keep_rank,
     representatives,

@@ -1,7 +1,7 @@
 """Keywords per response by source: the seed paper's Table 4, on any traces curate can read.
 
-    python -m curate.structure.table4 ../shared/data/traces/*.jsonl
-    python -m curate.structure.table4 out/my_dataset/data      # a dataset folder's Parquet files
+    python -m curate.ops.structure.table4 ../shared/data/traces/*.jsonl
+    python -m curate.ops.structure.table4 out/my_dataset/data      # a dataset folder's Parquet files
 
 Runs the ``profile`` step (default keyword lists, approximate tokens unless --tokenizer) and
 prints the mean keyword counts per response, per 1k tokens, tokens and steps, one row per source.
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from curate.io.read import read
-from curate.ops.structure import Profile
+from curate.ops.structure.step import Profile
 
 
 def table4(paths: Sequence[str], tokenizer: str | None = None) -> pl.DataFrame:

@@ -22,9 +22,9 @@ import numpy as np
 import polars as pl
 import xxhash
 
-from curate.decontam.benchmarks import Benchmark, exact_key_hash
-from curate.decontam.grams import GramSet, Tokens
-from curate.decontam.text import TokenBatch, normalise
+from curate.ops.decontam.benchmarks import Benchmark, exact_key_hash
+from curate.ops.decontam.grams import GramSet, Tokens
+from curate.text import TokenBatch, normalise
 
 FUZZY_BLOCK_N = 3  # n of the word n-grams that pick fuzzy candidates
 FUZZY_BLOCK_MAX_ITEMS = 20  # a 3-gram held by more items than this ("what is the") picks no candidates

@@ -2,7 +2,7 @@
 and membership in a benchmark's gram set without a Python set (or loop) per row.
 
 ``Tokens`` cuts a batch of texts into the same lower-cased ``\\w+`` tokens as
-:class:`curate.decontam.text.TokenBatch` and gives the same n-gram hashes (``gram_hash``), but
+:class:`curate.text.TokenBatch` and gives the same n-gram hashes (``gram_hash``), but
 hashes each distinct token once (pyarrow dictionary encoding), takes every window of one width
 from contiguous slices of one prefix-sum array, and lets a caller hash windows at chosen
 positions only. ``GramSet`` answers "which benchmark items hold this hash" for millions of
@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.decontam.text import _BASE, _BASE_INV, fmix64, token_hash, tokenize_series
+from curate.text import _BASE, _BASE_INV, fmix64, token_hash, tokenize_series
 
 FILTER_BITS = 24  # 16 MiB of bools: ~1% of non-member windows pass for 200k benchmark grams
 _SHIFT = np.uint64(64 - FILTER_BITS)
