@@ -182,6 +182,44 @@ class MissingDeclared(Step):
         return StepResult(batch)
 
 
+@dataclass
+class Scored(Step):
+    name = "test_scored"
+    detail: bool = False
+
+    @property
+    def writes(self):  # type: ignore[override]
+        return {"test_score": pa.float64(), **({"test_detail": pa.string()} if self.detail else {})}
+
+    def apply(self, batch, offset):
+        out = batch.with_columns(pl.lit(1.0).alias("test_score"))
+        return StepResult(out.with_columns(pl.lit("d").alias("test_detail")) if self.detail else out)
+
+
+@dataclass
+class Understated(Scored):
+    name = "test_understated"
+    writes = {"test_score": pa.float64()}  # noqa: RUF012 - declares less than it writes
+
+
+def test_columns_a_step_writes_follow_its_parameters(math500_sample, tmp_path):
+    """`writes` read on the instance: the chain check and the output schema see the parameters' columns."""
+    reads_detail = Filter(where={"test_detail": {"eq": "d"}})
+    with pytest.raises(PipelineError, match="reads column.s. test_detail"):
+        Pipeline([Scored(), reads_detail]).plan()
+    out = Pipeline([Scored(detail=True), reads_detail]).run(read(math500_sample), out=tmp_path / "ds")
+    assert {"test_score", "test_detail"} <= set(out.to_polars().columns)
+    with pytest.raises(PipelineError, match="undeclared column"):  # writes more than it declares
+        Pipeline([Understated(detail=True)]).run(read(math500_sample), out=tmp_path / "understated")
+
+
+def test_a_step_with_the_old_columns_written_is_refused_at_definition():
+    with pytest.raises(TypeError, match="columns_written.*declare the output columns as `writes`"):
+        class Old(Step):  # noqa: F841
+            def columns_written(self):
+                return {}
+
+
 @pytest.mark.parametrize(
     ("step", "message"),
     [

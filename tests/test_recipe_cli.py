@@ -14,12 +14,14 @@ from curate.catalog import render_catalog
 from curate.cli import main
 from curate.extras import distribution, missing_extras
 from curate.ops import (
+    ClassifyDomain,
     Decontaminate,
     ExactDedup,
     ExtractAnswer,
     Filter,
     GradeDifficulty,
     Sample,
+    ScoreReasoning,
     SemanticDedup,
     Verify,
 )
@@ -136,6 +138,19 @@ def test_cli_ops_lists_every_operator_with_parameters():
 def test_catalog_matches_the_code():
     current = (REPO / "CATALOG.md").read_text()
     assert current == render_catalog(REPO / "pipelines"), "CATALOG.md drifted: run `curate catalog`"
+
+
+def test_catalog_names_every_column_a_parameter_adds():
+    """Where `writes` follows the parameters, CATALOG.md shows the defaults' columns and names the rest."""
+    model = {"backend": "openai", "name_or_path": "judge"}
+    steps = [ScoreReasoning(method="model", model=model), ClassifyDomain(method="model", model=model),
+             Decontaminate(action="flag"), GradeDifficulty(method="pass_rate", model=model),
+             GradeDifficulty(method="judge", rubric="omnithought", model=model)]
+    catalog = (REPO / "CATALOG.md").read_text()
+    for step in steps:
+        section = catalog.split(f"### `{step.name}`")[1].split("\n### ")[0]
+        assert "- writes (with the default parameters): " in section
+        assert [c for c in step.writes if f"`{c}`" not in section] == [], step.name
 
 
 def test_schema_file_matches_the_code():

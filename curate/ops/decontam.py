@@ -113,7 +113,9 @@ class Decontaminate(Step):
     def columns_read(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(["problem", *self.fields]))
 
-    def columns_written(self) -> dict[str, pa.DataType]:
+    @property
+    def writes(self) -> dict[str, pa.DataType]:  # type: ignore[override]
+        """action flag keeps every row and writes the reject detail columns on it; drop writes none."""
         return dict(COLUMNS) if self.action == "flag" else {}
 
     def prepare(self) -> None:

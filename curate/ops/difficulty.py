@@ -61,6 +61,14 @@ JUDGE_PROMPTS = {
 }
 DEFAULT_EDGES = {"pass_rate": [0.2, 0.5, 0.8], "judge": [4.0, 7.0], "proxy": [2000.0, 8000.0]}
 JUDGE_THINKING_CHARS = 12000  # the judge sees the head and tail of a longer trace
+COLUMNS: dict[str, pa.DataType] = {  # every column a method may write; `writes` picks the method's own
+    "difficulty_method": pa.string(), "difficulty_score": pa.float64(), "difficulty_level": pa.int64(),
+    "difficulty_thinking_tokens": pa.int64(), "difficulty_steps": pa.int64(),
+    "difficulty_pass_rate": pa.float64(), "difficulty_samples": pa.list_(pa.float64()),
+    "difficulty_grader": pa.string(), "difficulty_n": pa.int64(), "difficulty_sample_tokens": pa.float64(),
+    "difficulty_judge_raw": pa.large_string(), "difficulty_verbosity": pa.float64(),
+    "difficulty_cognitive": pa.float64(),
+}
 
 _NUM = r"\**\s*[:=]?\s*\**\s*(\d+(?:\.\d+)?)"
 _DIFF = re.compile(r"difficulty(?:\s+(?:score|rating|level))?" + _NUM, re.IGNORECASE)
@@ -100,15 +108,6 @@ class GradeDifficulty(Step):
     """
 
     name = "grade_difficulty"
-    writes = {  # noqa: RUF012 - the union over methods; columns_written() gives the method's own
-        "difficulty_method": pa.string(), "difficulty_score": pa.float64(), "difficulty_level": pa.int64(),
-        "difficulty_thinking_tokens": pa.int64(), "difficulty_steps": pa.int64(),
-        "difficulty_pass_rate": pa.float64(), "difficulty_samples": pa.list_(pa.float64()),
-        "difficulty_grader": pa.string(), "difficulty_n": pa.int64(), "difficulty_sample_tokens": pa.float64(),
-        "difficulty_judge_raw": pa.large_string(), "difficulty_verbosity": pa.float64(),
-        "difficulty_cognitive": pa.float64(),
-    }
-
     method: str = param("proxy", "pass_rate | judge | proxy")
     model: dict[str, Any] | None = param(None, "grader/judge model: {backend: transformers | openai | vllm, name_or_path: ..., ...} (a recipe-level model: block fills it)")
     n: int | None = param(None, "samples per problem (default 8 for pass_rate, 1 for judge; judge scores are averaged)")
@@ -158,14 +157,19 @@ class GradeDifficulty(Step):
             return ("problem", "thinking", "solution") if self.rubric == "omnithought" else ("problem",)
         return Verify(workers=0).columns_read()
 
-    def columns_written(self) -> dict[str, pa.DataType]:
+    @property
+    def writes(self) -> dict[str, pa.DataType]:  # type: ignore[override]
+        """method pass_rate writes `difficulty_pass_rate`, `difficulty_samples`, `difficulty_grader`,
+        `difficulty_n`, `difficulty_sample_tokens` in place of the proxy's two; judge writes
+        `difficulty_grader`, `difficulty_n`, `difficulty_judge_raw` (rubric omnithought adds
+        `difficulty_verbosity`, `difficulty_cognitive`)."""
         names = ["difficulty_method", "difficulty_score", "difficulty_level"]
         names += {"proxy": ["difficulty_thinking_tokens", "difficulty_steps"],
                   "pass_rate": ["difficulty_pass_rate", "difficulty_samples", "difficulty_grader", "difficulty_n",
                                 "difficulty_sample_tokens"],
                   "judge": ["difficulty_grader", "difficulty_n", "difficulty_judge_raw"]
                   + (["difficulty_verbosity", "difficulty_cognitive"] if self.rubric == "omnithought" else [])}[self.method]
-        return {k: self.writes[k] for k in names}
+        return {k: COLUMNS[k] for k in names}
 
     def sampling(self) -> SamplingParams:
         judge = self.method == "judge"
@@ -187,7 +191,7 @@ class GradeDifficulty(Step):
             return self._proxy(batch)
         if batch.height == 0:
             empty = batch.with_columns(*[pl.lit(None, dtype=pl.from_arrow(pa.array([], t)).dtype).alias(c)
-                                         for c, t in self.columns_written().items()])
+                                         for c, t in self.writes.items()])
             return StepResult(empty, None)
         return self._pass_rate(batch) if self.method == "pass_rate" else self._judge(batch)
 

@@ -117,8 +117,6 @@ class ClassifyDomain(Step):
     """
 
     name = "classify_domain"
-    writes = {"domain_msc": pa.string(), "domain_msc_title": pa.string(), "domain_classifier": pa.string(),  # noqa: RUF012
-              "domain_msc_raw": pa.large_string()}
 
     method: str = param("rules", "rules (offline keyword cues) | model (s1's prompt through a generation backend)")
     model: dict[str, Any] | None = param(None, "model: {backend: transformers | openai | vllm, name_or_path: ..., ...} (s1: Claude 3.5 Sonnet)")
@@ -137,11 +135,11 @@ class ClassifyDomain(Step):
     def columns_read(self) -> tuple[str, ...]:
         return ("problem",)
 
-    def columns_written(self) -> dict[str, pa.DataType]:
-        cols = dict(self.writes)
-        if self.method == "rules":
-            cols.pop("domain_msc_raw")
-        return cols
+    @property
+    def writes(self) -> dict[str, pa.DataType]:  # type: ignore[override]
+        """method model adds `domain_msc_raw` (large_string), the model's answer."""
+        cols = {"domain_msc": pa.string(), "domain_msc_title": pa.string(), "domain_classifier": pa.string()}
+        return cols if self.method == "rules" else {**cols, "domain_msc_raw": pa.large_string()}
 
     def worker_resources(self) -> dict[str, float] | None:
         return model_resources(self.model) if self.method == "model" else None

@@ -89,10 +89,6 @@ class ScoreReasoning(Step):
     """
 
     name = "score_reasoning"
-    writes = {  # noqa: RUF012
-        **{f"rubric_{t}": pa.float64() for t in TRAITS}, "rubric_score": pa.float64(), "rubric_method": pa.string(),
-        "rubric_raw": pa.large_string(),
-    }
 
     method: str = param("rules", "rules (offline proxies) | model (a judge rates each trait 0-10)")
     model: dict[str, Any] | None = param(None, "judge: {backend: transformers | openai | vllm, name_or_path: ..., ...}")
@@ -121,11 +117,12 @@ class ScoreReasoning(Step):
     def columns_read(self) -> tuple[str, ...]:
         return ("problem", "thinking")
 
-    def columns_written(self) -> dict[str, pa.DataType]:
-        cols = dict(self.writes)
-        if self.method == "rules":
-            cols.pop("rubric_raw")
-        return cols
+    @property
+    def writes(self) -> dict[str, pa.DataType]:  # type: ignore[override]
+        """method model adds `rubric_raw` (large_string), the judge's answer."""
+        cols = {**{f"rubric_{t}": pa.float64() for t in TRAITS}, "rubric_score": pa.float64(),
+                "rubric_method": pa.string()}
+        return cols if self.method == "rules" else {**cols, "rubric_raw": pa.large_string()}
 
     def worker_resources(self) -> dict[str, float] | None:
         return model_resources(self.model) if self.method == "model" else None
