@@ -52,7 +52,7 @@ class Step:
                             "declare the output columns as `writes` (a dict, or a property of the parameters)")
         own = vars(cls).get("__post_init__")
         if own is not None:
-            setattr(cls, "__post_init__", _checked_first(own))
+            cls.__post_init__ = _checked_first(own)  # type: ignore[method-assign]
         if cls.name:
             if cls.name in REGISTRY and REGISTRY[cls.name].__qualname__ != cls.__qualname__:
                 raise RuntimeError(f"two steps are named {cls.name!r}")

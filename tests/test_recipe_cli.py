@@ -20,6 +20,7 @@ from curate.ops import (
     ExtractAnswer,
     Filter,
     GradeDifficulty,
+    MinHashDedup,
     Sample,
     ScoreReasoning,
     SemanticDedup,
@@ -82,6 +83,29 @@ def test_recipe_errors_name_the_key(tmp_path, body, message):
         load_recipe(write_recipe(tmp_path, body))
     assert message in str(err.value)
     assert "recipe.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("make", "entry", "message"),
+    [
+        (lambda: ExactDedup(mode="x"), "exact_dedup: {mode: x}",
+         "exact_dedup: mode must be one of problem_response, problem, got 'x'"),
+        (lambda: Verify(keep="some"), "verify: {keep: some}", "verify: keep must be one of correct, all, incorrect, got 'some'"),
+        (lambda: Filter(min_thinking_chars="many"), "filter: {min_thinking_chars: many}",
+         "filter.min_thinking_chars: expected int | None, got 'many'"),
+        (lambda: MinHashDedup(bands="4"), "minhash_dedup: {bands: '4'}", "minhash_dedup.bands: expected int, got '4'"),
+        (lambda: GradeDifficulty(level_edges=[1, "2"]), "grade_difficulty: {level_edges: [1, '2']}",
+         "grade_difficulty.level_edges: expected list[float] | None, got [1, '2']"),
+    ],
+)
+def test_python_and_recipes_check_parameter_types_alike(tmp_path, make, entry, message):
+    """One check from the dataclass types: the same error, naming step and field, before the step's own rules."""
+    with pytest.raises(ValueError) as built:
+        make()
+    assert str(built.value) == message
+    with pytest.raises(RecipeError) as loaded:
+        load_recipe(write_recipe(tmp_path, f"input: {{path: x.jsonl}}\nsteps:\n  - {entry}\n"))
+    assert str(loaded.value) == f"{tmp_path / 'recipe.yaml'}: steps[0]: {message}"
 
 
 def test_input_paths_are_relative_to_the_recipe(tmp_path, math500_sample):

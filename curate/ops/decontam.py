@@ -99,8 +99,6 @@ class Decontaminate(Step):
                 raise ValueError(f"{key} must be in (0, 1], got {value}")
         if self.exact_min_chars < 0:
             raise ValueError(f"exact_min_chars must be >= 0, got {self.exact_min_chars}")
-        if self.action not in ("drop", "flag"):
-            raise ValueError(f"action must be drop or flag, not {self.action!r}")
         if "embedding" in methods:
             from curate.ops.semantic import require_sentence_transformers
 

@@ -20,7 +20,7 @@ import re
 from bisect import bisect_right
 from dataclasses import dataclass
 from statistics import mean
-from typing import Any
+from typing import Any, Literal, get_args
 
 import polars as pl
 import pyarrow as pa
@@ -37,11 +37,12 @@ from curate.models.steps import (
 )
 from curate.ops.verify import Verify
 from curate.step import REJECT_REASON, Step, StepResult, param
-from curate.structure.segment import MODES, step_starts
+from curate.structure.segment import step_starts
 from curate.structure.tokens import approx_expr, count_tokens
 
-METHODS = ("pass_rate", "judge", "proxy")
-RUBRICS = ("difficulty", "omnithought")
+Method = Literal["pass_rate", "judge", "proxy"]
+Rubric = Literal["difficulty", "omnithought"]
+METHODS, RUBRICS = get_args(Method), get_args(Rubric)
 SOLVE_PROMPT = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{}."
 JUDGE_PROMPTS = {
     "difficulty": (
@@ -108,7 +109,7 @@ class GradeDifficulty(Step):
     """
 
     name = "grade_difficulty"
-    method: str = param("proxy", "pass_rate | judge | proxy")
+    method: Method = param("proxy", "pass_rate | judge | proxy")
     model: dict[str, Any] | None = param(None, "grader/judge model: {backend: transformers | openai | vllm, name_or_path: ..., ...} (a recipe-level model: block fills it)")
     n: int | None = param(None, "samples per problem (default 8 for pass_rate, 1 for judge; judge scores are averaged)")
     temperature: float | None = param(None, "sampling temperature (default 0.7 for pass_rate, 0 for judge)")
@@ -116,24 +117,18 @@ class GradeDifficulty(Step):
     max_tokens: int = param(4096, "generation limit per sample (judge: 1024 is plenty)")
     seed: int = param(0, "sampling seed (part of the cache key)")
     prompt: str | None = param(None, "prompt template; {problem} (and {thinking} for judge) are filled in. Default: the solve prompt, or the rubric's")
-    rubric: str = param("difficulty", "judge rubric: difficulty (1-10) | omnithought (verbosity and cognitive difficulty, 0-9)")
+    rubric: Rubric = param("difficulty", "judge rubric: difficulty (1-10) | omnithought (verbosity and cognitive difficulty, 0-9)")
     level_edges: list[float] | None = param(None, "ascending cut points on difficulty_score for difficulty_level (defaults: pass_rate [0.2, 0.5, 0.8] on 1-rate, judge [4, 7], proxy [2000, 8000] tokens)")
     keep_pass_rate: list[float] | None = param(None, "pass_rate: keep only lo < rate < hi (strict open band, e.g. [0.1, 0.6]); others are rejected")
     tokenizer: str | None = param(None, "proxy: count thinking tokens with this tokenizer: qwen2, deepseek, a Hugging Face name or tokenizer.json (default: the fast approximation)")
-    step_mode: str = param("transition", "proxy: step segmentation (transition | paragraph)")
+    step_mode: Literal["transition", "paragraph"] = param("transition", "proxy: step segmentation (transition | paragraph)")
     verify_timeout_s: float = param(5.0, "pass_rate: per-sample verification limit")
     verify_workers: int | None = param(None, "pass_rate: verifier processes (default: the CPUs; 0 = inline)")
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         checked_model(self.model, self.method, self.method != "proxy")
-        if self.rubric not in RUBRICS:
-            raise ValueError(f"rubric must be one of {', '.join(RUBRICS)}, got {self.rubric!r}")
         if self.n is not None and self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
-        if self.step_mode not in MODES:
-            raise ValueError(f"step_mode must be one of {', '.join(MODES)}, got {self.step_mode!r}")
         edges = self.level_edges
         if edges is not None and any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
             raise ValueError(f"level_edges must be strictly ascending, got {edges}")

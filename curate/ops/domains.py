@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import polars as pl
 import pyarrow as pa
@@ -33,7 +33,8 @@ from curate.models.steps import (
 from curate.step import REJECT_REASON, Step, StepResult, param
 
 MSC_FILE = Path(__file__).resolve().parent.parent / "data" / "msc.json"
-METHODS = ("rules", "model")
+Method = Literal["rules", "model"]
+METHODS = get_args(Method)
 SYSTEM_PROMPT = (  # s1's system prompt, data/featurization.py
     "You are a helpful assistant that classifies questions into different subjects based on the provided "
     "classification rubrics. You will be given a question and a list of subjects. You need to classify the "
@@ -118,15 +119,13 @@ class ClassifyDomain(Step):
 
     name = "classify_domain"
 
-    method: str = param("rules", "rules (offline keyword cues) | model (s1's prompt through a generation backend)")
+    method: Method = param("rules", "rules (offline keyword cues) | model (s1's prompt through a generation backend)")
     model: dict[str, Any] | None = param(None, "model: {backend: transformers | openai | vllm, name_or_path: ..., ...} (s1: Claude 3.5 Sonnet)")
     fallback: str = param("97", "rules: the MSC code when no cue matches (97: mathematics education, i.e. elementary)")
     max_tokens: int = param(1024, "model: generation limit")
     seed: int = param(0, "model: sampling seed (part of the cache key)")
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         checked_model(self.model, self.method, self.method == "model")
         if self.fallback not in msc_areas():
             raise ValueError(f"fallback must be an MSC code of curate/data/msc.json, got {self.fallback!r}")

@@ -15,7 +15,7 @@ is rejected with the reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 import pyarrow as pa
@@ -73,7 +73,7 @@ class Reformat(Step):
     }
 
     model: dict[str, Any] | None = param(None, "rewriter: {backend: transformers | openai | vllm, name_or_path: ..., ...} (Sky-T1 used gpt-4o-mini)")
-    layout: str = param("sky-t1", "sky-t1 (<|begin_of_thought|> ... <|end_of_solution|>) | think (<think> ... </think> solution)")
+    layout: Literal["sky-t1", "think"] = param("sky-t1", "sky-t1 (<|begin_of_thought|> ... <|end_of_solution|>) | think (<think> ... </think> solution)")
     prompt: str | None = param(None, "prompt template with {problem} and {content} (the raw trace)")
     max_tokens: int = param(16384, "generation limit (Sky-T1: 16384)")
     temperature: float = param(0.7, "sampling temperature (Sky-T1: 0.7)")
@@ -82,8 +82,6 @@ class Reformat(Step):
 
     def __post_init__(self) -> None:
         checked_model(self.model, "reformat", True)
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         self._sampling()
 
     def worker_resources(self) -> dict[str, float] | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import polars as pl
 import pyarrow as pa
@@ -42,7 +42,8 @@ from curate.structure.segment import step_starts
 from curate.structure.tokens import approx_expr
 
 TRAITS = ("elaboration", "self_verification", "exploration", "granularity")
-METHODS = ("rules", "model")
+Method = Literal["rules", "model"]
+METHODS = get_args(Method)
 EXPLORATION_EXTRA = ("what if", "suppose", "maybe", "perhaps", "let's consider", "let me consider", "consider")
 JUDGE_PROMPT = (
     "Rate the quality of the reasoning chain below on four traits, each from 0 (absent) to 10 (excellent).\n"
@@ -90,7 +91,7 @@ class ScoreReasoning(Step):
 
     name = "score_reasoning"
 
-    method: str = param("rules", "rules (offline proxies) | model (a judge rates each trait 0-10)")
+    method: Method = param("rules", "rules (offline proxies) | model (a judge rates each trait 0-10)")
     model: dict[str, Any] | None = param(None, "judge: {backend: transformers | openai | vllm, name_or_path: ..., ...}")
     weights: dict[str, float] | None = param(None, "weight per trait (elaboration, self_verification, exploration, granularity); default equal")
     elaboration_tokens: int = param(8000, "rules: thinking tokens that score full elaboration")
@@ -101,8 +102,6 @@ class ScoreReasoning(Step):
     seed: int = param(0, "model: sampling seed (part of the cache key)")
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         checked_model(self.model, self.method, self.method == "model")
         bad = set(self.weights or {}) - set(TRAITS)
         if bad:
