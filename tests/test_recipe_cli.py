@@ -123,7 +123,7 @@ def test_cli_run_inspect_export(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "wrote 50 rows to qs" in res.output
     manifest = json.loads((tmp_path / "qs" / "manifest.json").read_text())
-    assert manifest["command"].startswith("curate ") or manifest["command"] is not None
+    assert manifest["command"] == f"curate run {REPO / 'pipelines' / 'long_cot_sample.yaml'} --out qs"
     res = runner.invoke(main, ["inspect", "qs", "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
