@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from dataclasses import dataclass
@@ -257,13 +258,20 @@ _KILLABLE = textwrap.dedent(
 )
 
 
+@pytest.fixture()
+def ray_tmpdir():
+    """A folder for the Ray a run starts (RAY_TMPDIR), so it leaves /tmp/ray alone; short for its sockets."""
+    with tempfile.TemporaryDirectory(prefix="curate-ray-", ignore_cleanup_errors=True) as folder:
+        yield folder
+
+
 @pytest.mark.parametrize("engine", ["local", "ray"])
-def test_killed_run_resumes_without_losing_or_duplicating_rows(engine, samples_dir, tmp_path):
+def test_killed_run_resumes_without_losing_or_duplicating_rows(engine, samples_dir, tmp_path, ray_tmpdir):
     """SIGKILL the whole run mid-stage (for ray: the driver, and with it the Ray it started)."""
     script = tmp_path / "job.py"
     script.write_text(_KILLABLE)
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": ray_tmpdir}
     proc = subprocess.Popen([sys.executable, str(script), str(samples_dir), str(out), "0.3", engine], env=env)
     slow_stage = out / ".curate" / "stage-02-test_slow"
     deadline = time.time() + 120
