@@ -27,12 +27,10 @@ import pyarrow as pa
 
 from curate.models import SamplingParams, model_label
 from curate.models.steps import (
-    backend_counts,
-    backend_for,
     checked_model,
     fill,
+    generate_counted,
     model_resources,
-    snapshot,
     verify_samples,
 )
 from curate.ops.verify import Verify
@@ -205,10 +203,7 @@ class GradeDifficulty(Step):
 
     def _generate(self, prompts: list[str]) -> tuple[list[list[Any]], dict[str, int]]:
         assert self.model is not None
-        backend = backend_for(self.model)
-        before = snapshot(backend)
-        done = backend.generate(prompts, self.sampling())
-        return done, backend_counts(backend, before)
+        return generate_counted(self.model, prompts, self.sampling())
 
     def _prompts(self, batch: pl.DataFrame) -> tuple[list[int], list[str]]:
         """The rows that ask the model and their prompts: pass_rate, the rows with something to

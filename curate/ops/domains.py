@@ -23,14 +23,8 @@ import polars as pl
 import pyarrow as pa
 
 from curate.models import SamplingParams, model_label
-from curate.models.steps import (
-    backend_counts,
-    backend_for,
-    checked_model,
-    model_resources,
-    snapshot,
-)
-from curate.step import REJECT_REASON, Step, StepResult, param
+from curate.models.steps import checked_model, generate_counted, model_resources, read_answers
+from curate.step import REJECT_REASON, Step, StepResult, param, reject_where
 
 MSC_FILE = Path(__file__).resolve().parent.parent / "data" / "msc.json"
 Method = Literal["rules", "model"]
@@ -165,22 +159,13 @@ class ClassifyDomain(Step):
                                      pl.lit("rules").alias("domain_classifier"))
             return StepResult(out, None)
         assert self.model is not None
-        backend = backend_for(self.model)
-        before = snapshot(backend)
-        done = backend.generate(self.prompts(batch), self._sampling()) if batch.height else []
-        raw, found, reasons = [], [], []
-        for comps in done:
-            c = comps[0]
-            raw.append(c.text)
-            code = None if c.error else parse_code(c.text)
-            found.append(code)
-            reasons.append(f"classification failed: {c.error}" if c.error else
-                           None if code else "the classifier's answer ends with no MSC code")
+        done, counts = generate_counted(self.model, self.prompts(batch), self._sampling())
+        raw, found, reasons = read_answers(done, parse_code, "classification failed",
+                                           "the classifier's answer ends with no MSC code")
         out = batch.with_columns(
             pl.Series("domain_msc", found, dtype=pl.String),
             pl.Series("domain_msc_title", [areas[c]["title"] if c else None for c in found], dtype=pl.String),
             pl.lit(model_label(self.model)).alias("domain_classifier"),
             pl.Series("domain_msc_raw", raw, dtype=pl.String))
-        drop = pl.Series([r is not None for r in reasons], dtype=pl.Boolean)
-        tagged = out.with_columns(pl.Series(REJECT_REASON, reasons, dtype=pl.String))
-        return StepResult(out.filter(~drop), tagged.filter(drop), {"generation": backend_counts(backend, before)})
+        reason = pl.Series(REJECT_REASON, reasons, dtype=pl.String)
+        return reject_where(out, reason.is_not_null(), reason)._replace(stats={"generation": counts})

@@ -22,14 +22,7 @@ import pyarrow as pa
 
 from curate.io.markers import join_response, split_response
 from curate.models import SamplingParams
-from curate.models.steps import (
-    backend_counts,
-    backend_for,
-    checked_model,
-    fill,
-    model_resources,
-    snapshot,
-)
+from curate.models.steps import checked_model, fill, generate_counted, model_resources
 from curate.ops.shorten import _verified
 from curate.step import REJECT_REASON, Step, StepResult, param
 
@@ -102,9 +95,7 @@ class Reformat(Step):
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         assert self.model is not None
-        backend = backend_for(self.model)
-        before = snapshot(backend)
-        done = backend.generate(self._prompts(batch), self._sampling()) if batch.height else []
+        done, counts = generate_counted(self.model, self._prompts(batch), self._sampling())
         thinking, solution, reasons, tin, tout = [], [], [], [], []
         for comps, ref, old_t, old_s in zip(done, batch["reference_answer"].to_list(), batch["thinking"].to_list(),
                                             batch["solution"].to_list(), strict=True):
@@ -133,7 +124,7 @@ class Reformat(Step):
         )
         drop = pl.Series([r is not None for r in reasons], dtype=pl.Boolean)
         tagged = annotated.with_columns(pl.Series(REJECT_REASON, reasons, dtype=pl.String))
-        stats = {"generation": backend_counts(backend, before),
+        stats = {"generation": counts,
                  "reformat": {"kept": int((~drop).sum()), "rejected": int(drop.sum())}}
         return StepResult(annotated.filter(~drop), tagged.filter(drop), stats)
 

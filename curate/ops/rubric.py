@@ -27,16 +27,9 @@ import polars as pl
 import pyarrow as pa
 
 from curate.models import SamplingParams, model_label
-from curate.models.steps import (
-    backend_counts,
-    backend_for,
-    checked_model,
-    fill,
-    model_resources,
-    snapshot,
-)
+from curate.models.steps import checked_model, fill, generate_counted, model_resources, read_answers
 from curate.ops.difficulty import JUDGE_THINKING_CHARS
-from curate.step import REJECT_REASON, Step, StepResult, param
+from curate.step import REJECT_REASON, Step, StepResult, param, reject_where
 from curate.structure.keywords import BACKTRACK_KEYWORDS, REFLECTION_KEYWORDS, count_keywords_expr
 from curate.structure.segment import step_starts
 from curate.structure.tokens import approx_expr
@@ -174,21 +167,12 @@ class ScoreReasoning(Step):
 
     def _judge(self, batch: pl.DataFrame) -> StepResult:
         assert self.model is not None
-        backend = backend_for(self.model)
-        before = snapshot(backend)
-        done = backend.generate(self.prompts(batch), self._sampling()) if batch.height else []
-        raw, parsed, reasons = [], [], []
-        for comps in done:
-            c = comps[0]
-            raw.append(c.text)
-            scores = None if c.error else parse_rubric(c.text)
-            parsed.append(scores or {})
-            reasons.append(f"judge failed: {c.error}" if c.error else
-                           None if scores else "the judge's answer lacks one of the four ratings")
-        traits = {t: pl.Series([p.get(t) for p in parsed], dtype=pl.Float64) for t in TRAITS}
+        done, counts = generate_counted(self.model, self.prompts(batch), self._sampling())
+        raw, parsed, reasons = read_answers(done, parse_rubric, "judge failed",
+                                            "the judge's answer lacks one of the four ratings")
+        traits = {t: pl.Series([(p or {}).get(t) for p in parsed], dtype=pl.Float64) for t in TRAITS}
         out = batch.with_columns(*[v.alias(f"rubric_{t}") for t, v in traits.items()], self._score(traits),
                                  pl.lit(model_label(self.model)).alias("rubric_method"),
                                  pl.Series("rubric_raw", raw, dtype=pl.String))
-        drop = pl.Series([r is not None for r in reasons], dtype=pl.Boolean)
-        tagged = out.with_columns(pl.Series(REJECT_REASON, reasons, dtype=pl.String))
-        return StepResult(out.filter(~drop), tagged.filter(drop), {"generation": backend_counts(backend, before)})
+        reason = pl.Series(REJECT_REASON, reasons, dtype=pl.String)
+        return reject_where(out, reason.is_not_null(), reason)._replace(stats={"generation": counts})

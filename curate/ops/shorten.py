@@ -28,14 +28,7 @@ import polars as pl
 import pyarrow as pa
 
 from curate.models import SamplingParams
-from curate.models.steps import (
-    backend_counts,
-    backend_for,
-    checked_model,
-    fill,
-    model_resources,
-    snapshot,
-)
+from curate.models.steps import checked_model, fill, generate_counted, model_resources
 from curate.step import REJECT_REASON, Step, StepResult, param
 from curate.structure.segment import paragraph_starts, spans
 from curate.structure.tokens import approx_expr, count_tokens
@@ -302,9 +295,7 @@ class Shorten(Step):
 
     def _rewrite(self, batch: pl.DataFrame) -> StepResult:
         assert self.model is not None
-        backend = backend_for(self.model)
-        before = snapshot(backend)
-        done = backend.generate(self._rewrite_prompts(batch), self._sampling())
+        done, counts = generate_counted(self.model, self._rewrite_prompts(batch), self._sampling())
         new: list[str | None] = []
         notes: list[str | None] = []
         for comps, ref in zip(done, batch["reference_answer"].to_list(), strict=True):
@@ -326,7 +317,7 @@ class Shorten(Step):
                                           "timeout_s": self.timeout_s}, "rewrite")
             new.append(kept)
             notes.append(note)
-        return self._finish(batch, new, notes, "rewrite", {"generation": backend_counts(backend, before)})
+        return self._finish(batch, new, notes, "rewrite", {"generation": counts})
 
 
 def _verified(text: str, task: dict[str, Any], what: str) -> tuple[str | None, str | None]:
