@@ -47,9 +47,8 @@ class Step:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "columns_written" in vars(cls):  # temporary (#18): catches a step not yet moved to `writes`
-            raise TypeError(f"{cls.__module__}.{cls.__qualname__} defines columns_written(), which is gone: "
-                            "declare the output columns as `writes` (a dict, or a property of the parameters)")
+        if "columns_written" in vars(cls):  # temporary (#18): a step not yet moved to `writes`
+            cls.writes = _columns_written_is_gone(cls)  # type: ignore[assignment]
         own = vars(cls).get("__post_init__")
         if own is not None:
             cls.__post_init__ = _checked_first(own)  # type: ignore[method-assign]
@@ -109,6 +108,17 @@ class Step:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+
+def _columns_written_is_gone(cls: type) -> property:
+    """``writes`` of a step still defining the removed ``columns_written()``: an error, not a guess."""
+    message = (f"{cls.__module__}.{cls.__qualname__} defines columns_written(), which is gone: declare "
+               "the output columns as `writes` (a dict, or a property of the parameters)")
+
+    def fail(self: Step) -> dict[str, pa.DataType]:
+        raise TypeError(message)
+
+    return property(fail)
 
 
 def _checked_first(post_init: Any) -> Any:

@@ -214,11 +214,19 @@ def test_columns_a_step_writes_follow_its_parameters(math500_sample, tmp_path):
         Pipeline([Understated(detail=True)]).run(read(math500_sample), out=tmp_path / "understated")
 
 
-def test_a_step_with_the_old_columns_written_is_refused_at_definition():
-    with pytest.raises(TypeError, match="columns_written.*declare the output columns as `writes`"):
-        class Old(Step):  # noqa: F841
-            def columns_written(self):
-                return {}
+@dataclass
+class OldStyle(Step):
+    name = "test_old_style"
+
+    def columns_written(self):
+        return {"test_score": pa.float64()}
+
+
+def test_a_step_with_the_old_columns_written_is_an_error_not_a_guess():
+    with pytest.raises(TypeError, match="OldStyle defines columns_written.*declare the output columns as `writes`"):
+        OldStyle().writes  # noqa: B018
+    with pytest.raises(TypeError, match="columns_written"):
+        Pipeline([OldStyle()]).plan()
 
 
 @pytest.mark.parametrize(
