@@ -2,8 +2,9 @@
 
 A step is a dataclass whose fields are its parameters (the same names in Python and YAML),
 checked against their type hints when the step is built. It declares the columns it reads and
-the typed columns it writes (``writes``); the runner checks the chain before any work starts. Row-local steps stream; steps with ``needs_global_pass`` get a ``fit``
-over the whole input first (signatures, an index, a plan), then ``apply`` per batch.
+the typed columns it writes (``writes``); the runner checks the chain before any work starts.
+Row-local steps stream; steps with ``needs_global_pass`` get a ``fit`` over the whole input
+first (signatures, an index, a plan), then ``apply`` per batch.
 """
 
 from __future__ import annotations
