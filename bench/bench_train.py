@@ -42,9 +42,9 @@ def build_model(size: str, folder: Path, seq: int) -> Path:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from curate.train.tiny import build_chat_model
+    from curate.models.tiny import build
 
-    tok_dir = build_chat_model(folder / "tok")
+    tok_dir = build(folder / "tok", chat=True)
     tok = AutoTokenizer.from_pretrained(tok_dir)
     tok.model_max_length = 1 << 30
     cfg = Qwen2Config(**SHAPES[size], max_position_embeddings=max(seq, 32768), rope_theta=1e6,

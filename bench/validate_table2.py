@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> Path:
     train_opts, eval_opts = dict(preset.train), dict(preset.eval)
     model = args.model
     if args.dry_run:
-        from curate.train.tiny import build_chat_model
+        from curate.models.tiny import build
 
-        model = model or str(build_chat_model(Path(tempfile.mkdtemp(prefix="tiny-", dir=args.out))))
+        model = model or str(build(Path(tempfile.mkdtemp(prefix="tiny-", dir=args.out)), chat=True))
         # the Sky-T1 system prompt alone is ~560 tokens of the tiny tokenizer
         train_opts.update(cutoff=1024, global_batch=4, max_steps=1, bf16=False, gradient_checkpointing=False)
         eval_opts.update(limit=1, max_tokens=8)

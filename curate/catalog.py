@@ -26,7 +26,9 @@ def operator_doc(cls: type[Step]) -> str:
     with contextlib.suppress(TypeError, ValueError):  # steps with required parameters
         step = cls()  # type: ignore[call-arg]
     reads = step.columns_read() if step else cls.reads
-    writes = step.columns_written() if step else cls.writes
+    by_params = inspect.getattr_static(cls, "writes")  # a property: the columns follow the parameters
+    by_params = by_params if isinstance(by_params, property) else None
+    writes = step.writes if step else {} if by_params else cls.writes
     needs_global: bool | None = cls.needs_global_pass
     if isinstance(inspect.getattr_static(cls, "needs_global_pass"), property):
         needs_global = None  # decided by the parameters
@@ -34,7 +36,12 @@ def operator_doc(cls: type[Step]) -> str:
             None: "streaming or global, depending on the parameters"}[needs_global]
     lines.append(f"- pass: {kind}")
     lines.append(f"- reads: {', '.join(f'`{c}`' for c in reads) or '—'}")
-    lines.append(f"- writes: {', '.join(f'`{c}` ({t})' for c, t in writes.items()) or '—'}")
+    written = ", ".join(f"`{c}` ({t})" for c, t in writes.items()) or "—"
+    if by_params:
+        note = " ".join(inspect.cleandoc(by_params.__doc__ or "").split())
+        lines.append(f"- writes (with the default parameters): {written}" + (f"; {note}" if note else ""))
+    else:
+        lines.append(f"- writes: {written}")
     if cls.reject_columns:
         lines.append(f"- reject detail: {', '.join(f'`{c}`' for c in cls.reject_columns)}")
     specs = param_specs(cls)

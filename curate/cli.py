@@ -35,6 +35,13 @@ class _Group(click.Group):
     """Print curate's own errors as one line (exit 2) instead of a traceback; say so when stopped
     by Ctrl-C (exit 130) or SIGTERM (exit 143)."""
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: object) -> click.Context:
+        argv = list(args)  # the command line as given (sys.argv is another program's under a test runner)
+        ctx = super().make_context(info_name, args, parent=parent, **extra)  # type: ignore[arg-type]
+        ctx.meta["curate.argv"] = argv
+        return ctx
+
     def invoke(self, ctx: click.Context):
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
             signal.signal(signal.SIGTERM, _on_sigterm)
@@ -126,7 +133,7 @@ def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progre
 
     if quiet and verbose:
         raise click.UsageError("--quiet and --verbose contradict each other")
-    command = "curate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "curate " + " ".join(shlex.quote(a) for a in click.get_current_context().meta["curate.argv"])
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     with _console_log(level), warnings.catch_warnings():
         warnings.simplefilter("ignore", EmptyResultWarning)  # said below, after the table

@@ -331,13 +331,13 @@ def _plan_chain(steps: list[Step], current: pa.Schema, first: int, variant: str 
         names = set(current.names)
         missing = [c for c in step.columns_read() if c not in names]
         if missing:
-            writers = [s.name for s in steps[i - first + 1:] if set(missing) & set(s.columns_written())]
+            writers = [s.name for s in steps[i - first + 1:] if set(missing) & set(s.writes)]
             hint = f" ({', '.join(writers)} writes it, but runs later)" if writers else ""
             raise PipelineError(
                 f"{where}step {i} '{step.name}' reads column(s) {', '.join(missing)} that neither the input "
                 f"nor an earlier step provides{hint}"
             )
-        for col, typ in step.columns_written().items():
+        for col, typ in step.writes.items():
             if col in names:
                 old = current.field(col).type
                 if old != typ and not (_is_text(old) and _is_text(typ)):

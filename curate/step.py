@@ -1,14 +1,16 @@
 """The operator protocol: a step sees a polars batch and returns (kept, rejected-with-reason).
 
-A step is a dataclass whose fields are its parameters (the same names in Python and YAML).
-It declares the columns it reads and the typed columns it writes; the runner checks the chain
-before any work starts. Row-local steps stream; steps with ``needs_global_pass`` get a ``fit``
-over the whole input first (signatures, an index, a plan), then ``apply`` per batch.
+A step is a dataclass whose fields are its parameters (the same names in Python and YAML),
+checked against their type hints when the step is built. It declares the columns it reads and
+the typed columns it writes (``writes``); the runner checks the chain before any work starts.
+Row-local steps stream; steps with ``needs_global_pass`` get a ``fit`` over the whole input
+first (signatures, an index, a plan), then ``apply`` per batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from collections.abc import Iterator
 from typing import Any, ClassVar, NamedTuple
@@ -34,6 +36,8 @@ class Step:
 
     name: ClassVar[str] = ""
     reads: ClassVar[tuple[str, ...]] = ()
+    # the typed columns the step adds or overwrites, read on the instance (``step.writes``): a dict
+    # on the class, or a ``@property`` returning one where the columns depend on the parameters
     writes: ClassVar[dict[str, pa.DataType]] = {}
     reject_columns: ClassVar[dict[str, pa.DataType]] = {}  # detail columns on this step's rejects
     needs_global_pass: ClassVar[bool] = False
@@ -41,12 +45,21 @@ class Step:
     # shipped to another process, which builds its own on first use
     process_local: ClassVar[tuple[str, ...]] = ()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "columns_written" in vars(cls):  # a step written for the old API: say so when it is used
+            cls.writes = _columns_written_is_gone(cls)  # type: ignore[assignment]
+        own = vars(cls).get("__post_init__")
+        if own is not None:
+            cls.__post_init__ = _checked_first(own)  # type: ignore[method-assign]
+
+    def __post_init__(self) -> None:
+        """Check every parameter against its type hint (a step's own ``__post_init__`` runs after)."""
+        check_params(self)
+
     # --- declarations (instances may refine them from their parameters) -------------------------
     def columns_read(self) -> tuple[str, ...]:
         return self.reads
-
-    def columns_written(self) -> dict[str, pa.DataType]:
-        return dict(self.writes)
 
     def output_rows(self, rows_in: int) -> int:
         """Rows (kept + rejected) the step returns for a batch of ``rows_in``: the same number for
@@ -91,6 +104,29 @@ class Step:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+
+def _columns_written_is_gone(cls: type) -> property:
+    """``writes`` of a step still defining the removed ``columns_written()``: an error, not a guess."""
+    message = (f"{cls.__module__}.{cls.__qualname__} defines columns_written(), which is gone: declare "
+               "the output columns as `writes` (a dict, or a property of the parameters)")
+
+    def fail(self: Step) -> dict[str, pa.DataType]:
+        raise TypeError(message)
+
+    return property(fail)
+
+
+def _checked_first(post_init: Any) -> Any:
+    """A subclass's ``__post_init__``, run after the type check (once, by the most derived class)."""
+
+    @functools.wraps(post_init)
+    def wrapper(self: Step) -> None:
+        if type(self).__post_init__ is wrapper:
+            check_params(self)
+        post_init(self)
+
+    return wrapper
 
 
 def reject_where(batch: pl.DataFrame, drop: pl.Series, reason: pl.Series | pl.Expr | str) -> StepResult:
@@ -139,11 +175,52 @@ def _type_name(t: Any) -> str:
     return str(t).replace("typing.", "")
 
 
+class ParamError(ValueError):
+    """A parameter whose value does not fit its declared type; the message names step and field."""
+
+
+@functools.cache
+def _hints(cls: type[Step]) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def check_params(step: Step) -> None:
+    """Check each parameter of ``step`` against its type hint (the one check for Python and YAML)."""
+    cls = type(step)
+    hints = _hints(cls)
+    label = cls.name or cls.__name__
+    for f in dataclasses.fields(step):  # type: ignore[arg-type]
+        t = hints.get(f.name, Any)
+        value = getattr(step, f.name)
+        if _check_type(value, t):
+            continue
+        options = _literal_options(t)
+        if options is not None:
+            raise ParamError(f"{label}: {f.name} must be one of {', '.join(map(str, options))}, got {value!r}")
+        raise ParamError(f"{label}.{f.name}: expected {_type_name(t)}, got {value!r}")
+
+
+def _literal_options(t: Any) -> list[Any] | None:
+    """The allowed values of a ``Literal`` hint (``None`` included for an optional one), else None."""
+    if typing.get_origin(t) is typing.Literal:
+        return list(typing.get_args(t))
+    args = typing.get_args(t) if _is_union(t) else ()
+    literals = [a for a in args if typing.get_origin(a) is typing.Literal]
+    if len(literals) == 1 and all(a is type(None) or a in literals for a in args):
+        return [*typing.get_args(literals[0]), *([None] if type(None) in args else [])]
+    return None
+
+
+def _is_union(t: Any) -> bool:
+    origin = typing.get_origin(t)
+    return origin is typing.Union or str(origin) == "<class 'types.UnionType'>"
+
+
 def _check_type(value: Any, t: Any) -> bool:
     origin = typing.get_origin(t)
     if t is Any:
         return True
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+    if _is_union(t):
         return any(_check_type(value, a) for a in typing.get_args(t))
     if origin is typing.Literal:
         return value in typing.get_args(t)
@@ -164,7 +241,11 @@ def _check_type(value: Any, t: Any) -> bool:
 
 
 def build_step(name: str, params: dict[str, Any] | None, where: str = "") -> Step:
-    """Instantiate a registered step from a recipe entry, with errors that name the key."""
+    """Instantiate a registered step from a recipe entry, with errors that name the key.
+
+    Only the keys are checked here; the values are checked where every construction is, on the
+    step (types from the dataclass hints, then the step's own rules), and reported at ``where``.
+    """
     from curate.ops import registry
 
     at = f"{where}: " if where else ""
@@ -177,16 +258,15 @@ def build_step(name: str, params: dict[str, Any] | None, where: str = "") -> Ste
     if not isinstance(params, dict):
         raise RecipeError(f"{at}{name}: parameters must be a mapping, got {type(params).__name__}")
     specs = {s["name"]: s for s in param_specs(cls)}
-    hints = typing.get_type_hints(cls)
-    for key, value in params.items():
+    for key in params:
         if key not in specs:
             raise RecipeError(f"{at}{name}: unknown parameter {key!r}; valid: {', '.join(specs) or '(none)'}")
-        if not _check_type(value, hints.get(key, Any)):
-            raise RecipeError(f"{at}{name}.{key}: expected {specs[key]['type']}, got {value!r}")
     missing = [k for k, s in specs.items() if s["required"] and k not in params]
     if missing:
         raise RecipeError(f"{at}{name}: missing required parameter(s) {', '.join(missing)}")
     try:
         return cls(**params)
+    except ParamError as e:  # already names the step
+        raise RecipeError(f"{at}{e}") from None
     except (ValueError, TypeError) as e:
         raise RecipeError(f"{at}{name}: {e}") from None

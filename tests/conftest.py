@@ -82,6 +82,8 @@ def replay(responses: list[dict]):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random model (curate.models.tiny); its tests skip where torch is not installed."""
+    pytest.importorskip("torch", reason="the tiny model needs torch (pip install 'curate-cot[train]')")
     from curate.models.tiny import build
 
     return build(tmp_path_factory.mktemp("tiny") / "model")

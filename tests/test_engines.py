@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,12 +31,29 @@ from curate.step import Step, StepResult, build_step
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import the test module
 
 
+# Ray keeps its sessions, and `ray start` the address later ray.init() calls join (ray_current_cluster),
+# in /tmp/ray unless told another temporary folder (`ray.init(_temp_dir=...)`, `ray start --temp-dir`;
+# Ray's "Configuring Logging" guide): the tests give it their own, so they leave the machine's Ray alone.
+MACHINE_RAY_ADDRESS = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+
+
+@contextlib.contextmanager
+def ray_temp_dir():
+    """A fresh folder for Ray's files, short enough for its unix sockets (107 bytes), removed after."""
+    folder = tempfile.mkdtemp(prefix="curate-ray-")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """A real Ray cluster on this machine (2 CPUs), shared by the module's tests."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    with ray_temp_dir() as folder:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=folder)
+        yield
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -234,15 +253,16 @@ def test_ray_engine_without_ray_installed_says_what_to_install(monkeypatch: pyte
         get_engine("ray")
 
 
-@pytest.fixture()
-def head_node():
-    """A separate Ray cluster started the way one is on real machines, `ray start --head`, on loopback."""
+@contextlib.contextmanager
+def started_head(folder: str):
+    """`ray start --head` on loopback, its files (and the address it leaves) in ``folder``."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # loopback only; a real cluster may use token auth
     head = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+                             f"--temp-dir={folder}"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 60
@@ -257,10 +277,33 @@ def head_node():
     finally:
         os.killpg(head.pid, signal.SIGKILL)  # the head, its raylet and workers share the process group
         head.wait()
-        # `ray start` left its address for later ray.init() calls to join: forget the dead cluster
-        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-        if current.exists() and current.read_text().strip().endswith(f":{port}"):
-            current.unlink()
+
+
+@pytest.fixture()
+def head_node():
+    """A separate Ray cluster started the way one is on real machines, `ray start --head`, on loopback."""
+    with ray_temp_dir() as folder, started_head(folder) as (address, env):
+        yield address, env
+
+
+def _state(path: Path) -> tuple[int, bytes] | None:
+    return (path.stat().st_mtime_ns, path.read_bytes()) if path.exists() else None
+
+
+def test_the_ray_fixtures_leave_the_machines_ray_folder_alone(cluster) -> None:
+    """The in-process cluster keeps its files in its own folder; `ray start` writes the address later
+    ray.init() calls join (ray_current_cluster) there too, not in /tmp/ray."""
+    assert Path(ray.get_runtime_context().get_temp_dir()).name.startswith("curate-ray-")
+    before = _state(MACHINE_RAY_ADDRESS)
+    with ray_temp_dir() as folder:
+        with started_head(folder) as (address, _):
+            own, deadline = Path(folder) / "ray_current_cluster", time.time() + 60
+            while not own.exists() and time.time() < deadline:  # written once the head is up
+                time.sleep(0.2)
+            written = own.read_text().strip()
+            during = _state(MACHINE_RAY_ADDRESS)
+        assert written.endswith(address.rsplit(":", 1)[1])
+    assert during == before and _state(MACHINE_RAY_ADDRESS) == before
 
 
 def test_cli_runs_a_recipe_on_an_existing_cluster(head_node, tmp_path: Path) -> None:

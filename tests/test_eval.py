@@ -48,12 +48,12 @@ def test_eval_end_to_end_on_a_trained_adapter(tmp_path):
 
     import curate
     from curate.cli import main
-    from curate.train.tiny import build_chat_model
+    from curate.models.tiny import build
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        tiny = build_chat_model(tmp_path / "tiny")
+        tiny = build(tmp_path / "tiny", chat=True)
         data = tmp_path / "data"
         curate.run_recipe(REPO / "pipelines" / "long_cot_sample.yaml", out=data)
         runner = CliRunner()

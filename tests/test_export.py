@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -9,9 +10,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
 from curate import InputError, Pipeline, export, read
-from curate.io.export import DEFAULT_SKY_T1_SYSTEM
+from curate.cli import main
+from curate.prompts import SKY_T1_SYSTEM
 
 FILES = ("skythought_correct5k27b_math500.jsonl", "skythought_reflection10_32b_aime24.jsonl")
 
@@ -55,12 +58,29 @@ def test_sky_t1_export_layout(dataset, tmp_path):
     export(folder, out, to="sky-t1")
     first = json.loads(out.open().readline())
     assert set(first) == {"id", "system", "conversations"}
-    assert first["system"] == DEFAULT_SKY_T1_SYSTEM
+    assert first["system"] == SKY_T1_SYSTEM
     user, asst = first["conversations"]
     assert user == {"from": "user", "value": df["problem"][0]}
     assert asst["from"] == "assistant"
     assert asst["value"].startswith("<|begin_of_thought|>\n\n" + df["thinking"][0][:50])
     assert asst["value"].endswith(df["solution"][0] + "\n\n<|end_of_solution|>")
+
+
+def test_sky_t1_export_uses_sky_t1s_own_system_prompt(dataset, tmp_path):
+    """`curate export --to sky-t1` writes the Sky-T1 system prompt verbatim (SkyThought@corrupt
+    skythought/Qwen2.5-Math/evaluation/utils.py, "Sky-T1"), the one training and evaluation use."""
+    folder, _ = dataset
+    res = CliRunner().invoke(main, ["export", str(folder), str(tmp_path / "sky.jsonl"), "--to", "sky-t1"])
+    assert res.exit_code == 0, res.output
+    systems = {json.loads(line)["system"] for line in (tmp_path / "sky.jsonl").open()}
+    assert systems == {SKY_T1_SYSTEM}
+    assert SKY_T1_SYSTEM.startswith("Your role as an assistant involves thoroughly exploring questions")
+    assert SKY_T1_SYSTEM.endswith("Now, try to solve the following question through the above guidelines:")
+    assert hashlib.sha256(SKY_T1_SYSTEM.encode()).hexdigest() == \
+        "7487b599a02fb6be689c19dec29c8fbb4933031de76dfe1fb546f2ef69a720d8"  # of the source's text
+    from curate.train.template import SKY_T1
+
+    assert SKY_T1.system_prompt == SKY_T1_SYSTEM
 
 
 def test_messages_export_with_think_tags(dataset, tmp_path):

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from dataclasses import dataclass
@@ -182,6 +183,52 @@ class MissingDeclared(Step):
         return StepResult(batch)
 
 
+@dataclass
+class Scored(Step):
+    name = "test_scored"
+    detail: bool = False
+
+    @property
+    def writes(self):  # type: ignore[override]
+        return {"test_score": pa.float64(), **({"test_detail": pa.string()} if self.detail else {})}
+
+    def apply(self, batch, offset):
+        out = batch.with_columns(pl.lit(1.0).alias("test_score"))
+        return StepResult(out.with_columns(pl.lit("d").alias("test_detail")) if self.detail else out)
+
+
+@dataclass
+class Understated(Scored):
+    name = "test_understated"
+    writes = {"test_score": pa.float64()}  # noqa: RUF012 - declares less than it writes
+
+
+def test_columns_a_step_writes_follow_its_parameters(math500_sample, tmp_path):
+    """`writes` read on the instance: the chain check and the output schema see the parameters' columns."""
+    reads_detail = Filter(where={"test_detail": {"eq": "d"}})
+    with pytest.raises(PipelineError, match="reads column.s. test_detail"):
+        Pipeline([Scored(), reads_detail]).plan()
+    out = Pipeline([Scored(detail=True), reads_detail]).run(read(math500_sample), out=tmp_path / "ds")
+    assert {"test_score", "test_detail"} <= set(out.to_polars().columns)
+    with pytest.raises(PipelineError, match="undeclared column"):  # writes more than it declares
+        Pipeline([Understated(detail=True)]).run(read(math500_sample), out=tmp_path / "understated")
+
+
+@dataclass
+class OldStyle(Step):
+    name = "test_old_style"
+
+    def columns_written(self):
+        return {"test_score": pa.float64()}
+
+
+def test_a_step_with_the_old_columns_written_is_an_error_not_a_guess():
+    with pytest.raises(TypeError, match="OldStyle defines columns_written.*declare the output columns as `writes`"):
+        OldStyle().writes  # noqa: B018
+    with pytest.raises(TypeError, match="columns_written"):
+        Pipeline([OldStyle()]).plan()
+
+
 @pytest.mark.parametrize(
     ("step", "message"),
     [
@@ -219,13 +266,20 @@ _KILLABLE = textwrap.dedent(
 )
 
 
+@pytest.fixture()
+def ray_tmpdir():
+    """A folder for the Ray a run starts (RAY_TMPDIR), so it leaves /tmp/ray alone; short for its sockets."""
+    with tempfile.TemporaryDirectory(prefix="curate-ray-", ignore_cleanup_errors=True) as folder:
+        yield folder
+
+
 @pytest.mark.parametrize("engine", ["local", "ray"])
-def test_killed_run_resumes_without_losing_or_duplicating_rows(engine, samples_dir, tmp_path):
+def test_killed_run_resumes_without_losing_or_duplicating_rows(engine, samples_dir, tmp_path, ray_tmpdir):
     """SIGKILL the whole run mid-stage (for ray: the driver, and with it the Ray it started)."""
     script = tmp_path / "job.py"
     script.write_text(_KILLABLE)
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": ray_tmpdir}
     proc = subprocess.Popen([sys.executable, str(script), str(samples_dir), str(out), "0.3", engine], env=env)
     slow_stage = out / ".curate" / "stage-02-test_slow"
     deadline = time.time() + 120

@@ -14,12 +14,15 @@ from curate.catalog import render_catalog
 from curate.cli import main
 from curate.extras import distribution, missing_extras
 from curate.ops import (
+    ClassifyDomain,
     Decontaminate,
     ExactDedup,
     ExtractAnswer,
     Filter,
     GradeDifficulty,
+    MinHashDedup,
     Sample,
+    ScoreReasoning,
     SemanticDedup,
     Verify,
 )
@@ -82,6 +85,29 @@ def test_recipe_errors_name_the_key(tmp_path, body, message):
     assert "recipe.yaml" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("make", "entry", "message"),
+    [
+        (lambda: ExactDedup(mode="x"), "exact_dedup: {mode: x}",
+         "exact_dedup: mode must be one of problem_response, problem, got 'x'"),
+        (lambda: Verify(keep="some"), "verify: {keep: some}", "verify: keep must be one of correct, all, incorrect, got 'some'"),
+        (lambda: Filter(min_thinking_chars="many"), "filter: {min_thinking_chars: many}",
+         "filter.min_thinking_chars: expected int | None, got 'many'"),
+        (lambda: MinHashDedup(bands="4"), "minhash_dedup: {bands: '4'}", "minhash_dedup.bands: expected int, got '4'"),
+        (lambda: GradeDifficulty(level_edges=[1, "2"]), "grade_difficulty: {level_edges: [1, '2']}",
+         "grade_difficulty.level_edges: expected list[float] | None, got [1, '2']"),
+    ],
+)
+def test_python_and_recipes_check_parameter_types_alike(tmp_path, make, entry, message):
+    """One check from the dataclass types: the same error, naming step and field, before the step's own rules."""
+    with pytest.raises(ValueError) as built:
+        make()
+    assert str(built.value) == message
+    with pytest.raises(RecipeError) as loaded:
+        load_recipe(write_recipe(tmp_path, f"input: {{path: x.jsonl}}\nsteps:\n  - {entry}\n"))
+    assert str(loaded.value) == f"{tmp_path / 'recipe.yaml'}: steps[0]: {message}"
+
+
 def test_input_paths_are_relative_to_the_recipe(tmp_path, math500_sample):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "t.jsonl").write_bytes(math500_sample.read_bytes())
@@ -97,7 +123,7 @@ def test_cli_run_inspect_export(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "wrote 50 rows to qs" in res.output
     manifest = json.loads((tmp_path / "qs" / "manifest.json").read_text())
-    assert manifest["command"].startswith("curate ") or manifest["command"] is not None
+    assert manifest["command"] == f"curate run {REPO / 'pipelines' / 'long_cot_sample.yaml'} --out qs"
     res = runner.invoke(main, ["inspect", "qs", "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output)
@@ -136,6 +162,19 @@ def test_cli_ops_lists_every_operator_with_parameters():
 def test_catalog_matches_the_code():
     current = (REPO / "CATALOG.md").read_text()
     assert current == render_catalog(REPO / "pipelines"), "CATALOG.md drifted: run `curate catalog`"
+
+
+def test_catalog_names_every_column_a_parameter_adds():
+    """Where `writes` follows the parameters, CATALOG.md shows the defaults' columns and names the rest."""
+    model = {"backend": "openai", "name_or_path": "judge"}
+    steps = [ScoreReasoning(method="model", model=model), ClassifyDomain(method="model", model=model),
+             Decontaminate(action="flag"), GradeDifficulty(method="pass_rate", model=model),
+             GradeDifficulty(method="judge", rubric="omnithought", model=model)]
+    catalog = (REPO / "CATALOG.md").read_text()
+    for step in steps:
+        section = catalog.split(f"### `{step.name}`")[1].split("\n### ")[0]
+        assert "- writes (with the default parameters): " in section
+        assert [c for c in step.writes if f"`{c}`" not in section] == [], step.name
 
 
 def test_schema_file_matches_the_code():

@@ -256,6 +256,19 @@ def test_limo_recipe_with_a_model_block(teacher, tmp_path: Path) -> None:
     assert kept["rubric_score"].to_list() == sorted(kept["rubric_score"].to_list(), reverse=True)
 
 
+def test_a_models_answers_are_read_with_their_reject_reasons() -> None:
+    """The judge / classifier plumbing: a parsed answer keeps its row, a failed call or an answer
+    without a code is rejected with the reason, and the raw text is kept either way."""
+    from curate.models import Completion
+    from curate.models.base import failed
+    from curate.models.steps import read_answers
+
+    done = [[Completion("Primes.\n11")], failed("HTTP 500 from the server", 1), [Completion("No idea.")]]
+    raw, codes, reasons = read_answers(done, parse_code, "classification failed", "no MSC code")
+    assert raw == ["Primes.\n11", "", "No idea."] and codes == ["11", None, None]
+    assert reasons == [None, "classification failed: HTTP 500 from the server", "no MSC code"]
+
+
 def test_parsers_and_parameters() -> None:
     assert parse_code("The question is about primes.\n11") == "11"
     assert parse_code("Subject: 05 (Combinatorics).") == "05" and parse_code("No idea.") is None

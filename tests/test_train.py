@@ -17,6 +17,7 @@ pytest.importorskip("peft")
 pytest.importorskip("tokenizers")
 
 import curate  # noqa: E402
+from curate.models.tiny import build  # noqa: E402
 from curate.train.data import (  # noqa: E402
     IGNORE,
     block_causal_mask,
@@ -27,7 +28,6 @@ from curate.train.data import (  # noqa: E402
     tokenize_chat,
 )
 from curate.train.sft import TrainConfig, train  # noqa: E402
-from curate.train.tiny import build_chat_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 # Small and fast: 288 tokens of each trace (the longest prompt is 263), 2 traces to a 576-token pack,
@@ -48,7 +48,7 @@ def dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    return build_chat_model(tmp_path_factory.mktemp("tiny"))
+    return build(tmp_path_factory.mktemp("tiny"), chat=True)
 
 
 @pytest.fixture(scope="module")

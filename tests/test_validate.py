@@ -41,9 +41,9 @@ def variants(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    from curate.train.tiny import build_chat_model
+    from curate.models.tiny import build
 
-    return build_chat_model(tmp_path_factory.mktemp("tiny"))
+    return build(tmp_path_factory.mktemp("tiny"), chat=True)
 
 
 def test_validate_trains_and_scores_every_config_then_resumes(variants: Path, tiny: Path, tmp_path: Path,

@@ -9,6 +9,7 @@ computed from the folder, nothing is typed by hand.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -467,14 +468,16 @@ def _operator_doc(name: str) -> str:
 def _column_origin(name: str, folder: Folder) -> str:
     if name in _DESCRIPTIONS:
         return _DESCRIPTIONS[name]
-    from curate.ops import step_class
+    from curate.errors import RecipeError
+    from curate.step import build_step
 
-    names = [next(iter(s)) for s in folder.manifest["recipe"]["steps"]]
-    names += [next(iter(s)) for vs in folder.manifest["recipe"].get("variants", {}).values() for s in vs]
-    for step in dict.fromkeys(names):
-        cls = step_class(step)
-        if cls is not None and name in cls.writes:
-            return f"Annotation written by `{step}`."
+    recipe = folder.manifest["recipe"]
+    entries = [*recipe["steps"], *(s for vs in recipe.get("variants", {}).values() for s in vs)]
+    for entry in entries:
+        ((step, params),) = entry.items()
+        with contextlib.suppress(RecipeError):  # a step this install cannot build (an extra missing)
+            if name in build_step(step, params).writes:
+                return f"Annotation written by `{step}`."
     return f"Annotation (`{name.split('_', 1)[0]}` family)."
 
 

@@ -151,5 +151,5 @@ def conform_rejects(rejected: pl.DataFrame, schema: pa.Schema, step: Step) -> pa
     if REJECT_REASON not in rejected.columns:
         raise PipelineError(f"step '{step.name}' rejected rows without a {REJECT_REASON} column")
     rejected = rejected.with_columns(pl.lit(step.name).alias("reject_step"))
-    fill = set(step.columns_written()) | set(step.reject_columns)
+    fill = set(step.writes) | set(step.reject_columns)
     return _to_schema(rejected, schema, step, "rejected rows", fill)

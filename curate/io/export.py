@@ -13,15 +13,7 @@ import pyarrow.parquet as pq
 
 from curate.errors import InputError
 from curate.io.markers import join_response
-
-# Our own wording of what the Sky-T1 system prompt asks for; pass `system_prompt=` for the exact one.
-DEFAULT_SKY_T1_SYSTEM = (
-    "You are an assistant that reasons carefully before answering. Think through the problem step by "
-    "step inside <|begin_of_thought|> and <|end_of_thought|>, separating steps with blank lines and "
-    "revisiting earlier steps when needed. Then give the final, self-contained solution inside "
-    "<|begin_of_solution|> and <|end_of_solution|>."
-)
-
+from curate.prompts import SKY_T1_SYSTEM
 
 _TURN = pa.struct([("role", pa.string()), ("content", pa.large_string())])
 MESSAGES_SCHEMA = pa.schema([("id", pa.string()), ("messages", pa.list_(_TURN))])
@@ -85,7 +77,8 @@ def export(
 
     ``to="messages"``: ``{"id", "messages": [system?, user, assistant]}`` with the thinking wrapped
     in ``<think>`` tags (``style="think"``, default) or Sky-T1 markers. ``to="sky-t1"``:
-    ``{"system", "conversations": [{"from": "user"}, {"from": "assistant"}]}`` with Sky-T1 markers.
+    ``{"system", "conversations": [{"from": "user"}, {"from": "assistant"}]}`` with Sky-T1 markers and,
+    unless ``system_prompt`` is given, Sky-T1's own system prompt (:data:`curate.prompts.SKY_T1_SYSTEM`).
     Truncated traces (``thinking_closed`` false) keep their open thinking block, so reading the
     export back gives the same problem, thinking, solution and flag.
     """
@@ -105,7 +98,7 @@ def export(
             msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
             msgs += [{"role": "user", "content": row["problem"]}, {"role": "assistant", "content": response}]
             return {"id": row["id"], "messages": msgs}
-        return {"id": row["id"], "system": system_prompt or DEFAULT_SKY_T1_SYSTEM,
+        return {"id": row["id"], "system": system_prompt or SKY_T1_SYSTEM,
                 "conversations": [{"from": "user", "value": row["problem"]},
                                   {"from": "assistant", "value": response}]}
 

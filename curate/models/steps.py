@@ -1,12 +1,14 @@
-"""Shared plumbing of the model-backed steps (grade_difficulty, shorten): settings validation, prompt filling, sample verification."""
+"""Shared plumbing of the model-backed steps: settings validation, prompt filling, counted
+generation, answers read back, sample verification."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import polars as pl
 
-from curate.models import Backend, check_settings, get_backend
+from curate.models import Backend, Completion, SamplingParams, check_settings, get_backend
 
 THINK_CLOSE = ("</think>", "<|end_of_thought|>")
 
@@ -82,3 +84,29 @@ def backend_counts(backend: Backend, before: tuple[int, int, int]) -> dict[str, 
 
 def snapshot(backend: Backend) -> tuple[int, int, int]:
     return backend.stats.cache_hits, backend.stats.generated, backend.stats.errors
+
+
+def generate_counted(settings: dict[str, Any], prompts: list[str],
+                     params: SamplingParams) -> tuple[list[list[Completion]], dict[str, int]]:
+    """The completions of ``prompts`` from this process's backend, and what they cost (cache hits,
+    generated, errors: the step's ``generation`` stats)."""
+    backend = get_backend(settings)
+    before = snapshot(backend)
+    done = backend.generate(prompts, params) if prompts else []
+    return done, backend_counts(backend, before)
+
+
+def read_answers(done: list[list[Completion]], parse: Callable[[str], Any], failed: str,
+                 unparsed: str) -> tuple[list[str], list[Any], list[str | None]]:
+    """Each prompt's first completion through ``parse``: the raw texts, the parsed values (None where
+    the call failed or ``parse`` found nothing) and the reject reasons (None where it parsed)."""
+    raw: list[str] = []
+    parsed: list[Any] = []
+    reasons: list[str | None] = []
+    for comps in done:
+        c = comps[0]
+        value = None if c.error else parse(c.text)
+        raw.append(c.text)
+        parsed.append(value)
+        reasons.append(f"{failed}: {c.error}" if c.error else None if value else unparsed)
+    return raw, parsed, reasons

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import polars as pl
 import pyarrow as pa
@@ -17,7 +18,8 @@ import pyarrow as pa
 from curate.ops.structure.tokens import approx_expr
 from curate.step import REJECT_REASON, Step, StepResult, param
 
-KEEP = ("first", "shortest", "all")
+Keep = Literal["first", "shortest", "all"]
+KEEP = get_args(Keep)
 
 
 
@@ -42,12 +44,10 @@ class Choose(Step):
     needs_global_pass = True
     writes = {"choose_correct": pa.int64(), "choose_tokens": pa.int64()}  # noqa: RUF012
 
-    keep: str = param("first", "first | shortest | all (of each problem's correct samples)")
+    keep: Keep = param("first", "first | shortest | all (of each problem's correct samples)")
     by: str = param("problem", "column (whitespace-normalised) whose value groups the samples of one problem")
 
     def __post_init__(self) -> None:
-        if self.keep not in KEEP:
-            raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
         self._best: dict[str, tuple[int, int]] = {}  # problem -> (tokens or 0, global row) of the kept one
         self._count: dict[str, int] = {}
 

@@ -20,28 +20,27 @@ import re
 from bisect import bisect_right
 from dataclasses import dataclass
 from statistics import mean
-from typing import Any
+from typing import Any, Literal, get_args
 
 import polars as pl
 import pyarrow as pa
 
 from curate.models import SamplingParams, model_label
 from curate.models.steps import (
-    backend_counts,
-    backend_for,
     checked_model,
     fill,
+    generate_counted,
     model_resources,
-    snapshot,
     verify_samples,
 )
-from curate.ops.structure.segment import MODES, step_starts
+from curate.ops.structure.segment import step_starts
 from curate.ops.structure.tokens import approx_expr, count_tokens
 from curate.ops.verify.step import Verify
 from curate.step import REJECT_REASON, Step, StepResult, param
 
-METHODS = ("pass_rate", "judge", "proxy")
-RUBRICS = ("difficulty", "omnithought")
+Method = Literal["pass_rate", "judge", "proxy"]
+Rubric = Literal["difficulty", "omnithought"]
+METHODS, RUBRICS = get_args(Method), get_args(Rubric)
 SOLVE_PROMPT = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{}."
 JUDGE_PROMPTS = {
     "difficulty": (
@@ -61,6 +60,14 @@ JUDGE_PROMPTS = {
 }
 DEFAULT_EDGES = {"pass_rate": [0.2, 0.5, 0.8], "judge": [4.0, 7.0], "proxy": [2000.0, 8000.0]}
 JUDGE_THINKING_CHARS = 12000  # the judge sees the head and tail of a longer trace
+COLUMNS: dict[str, pa.DataType] = {  # every column a method may write; `writes` picks the method's own
+    "difficulty_method": pa.string(), "difficulty_score": pa.float64(), "difficulty_level": pa.int64(),
+    "difficulty_thinking_tokens": pa.int64(), "difficulty_steps": pa.int64(),
+    "difficulty_pass_rate": pa.float64(), "difficulty_samples": pa.list_(pa.float64()),
+    "difficulty_grader": pa.string(), "difficulty_n": pa.int64(), "difficulty_sample_tokens": pa.float64(),
+    "difficulty_judge_raw": pa.large_string(), "difficulty_verbosity": pa.float64(),
+    "difficulty_cognitive": pa.float64(),
+}
 
 _NUM = r"\**\s*[:=]?\s*\**\s*(\d+(?:\.\d+)?)"
 _DIFF = re.compile(r"difficulty(?:\s+(?:score|rating|level))?" + _NUM, re.IGNORECASE)
@@ -100,16 +107,7 @@ class GradeDifficulty(Step):
     """
 
     name = "grade_difficulty"
-    writes = {  # noqa: RUF012 - the union over methods; columns_written() gives the method's own
-        "difficulty_method": pa.string(), "difficulty_score": pa.float64(), "difficulty_level": pa.int64(),
-        "difficulty_thinking_tokens": pa.int64(), "difficulty_steps": pa.int64(),
-        "difficulty_pass_rate": pa.float64(), "difficulty_samples": pa.list_(pa.float64()),
-        "difficulty_grader": pa.string(), "difficulty_n": pa.int64(), "difficulty_sample_tokens": pa.float64(),
-        "difficulty_judge_raw": pa.large_string(), "difficulty_verbosity": pa.float64(),
-        "difficulty_cognitive": pa.float64(),
-    }
-
-    method: str = param("proxy", "pass_rate | judge | proxy")
+    method: Method = param("proxy", "pass_rate | judge | proxy")
     model: dict[str, Any] | None = param(None, "grader/judge model: {backend: transformers | openai | vllm, name_or_path: ..., ...} (a recipe-level model: block fills it)")
     n: int | None = param(None, "samples per problem (default 8 for pass_rate, 1 for judge; judge scores are averaged)")
     temperature: float | None = param(None, "sampling temperature (default 0.7 for pass_rate, 0 for judge)")
@@ -117,24 +115,18 @@ class GradeDifficulty(Step):
     max_tokens: int = param(4096, "generation limit per sample (judge: 1024 is plenty)")
     seed: int = param(0, "sampling seed (part of the cache key)")
     prompt: str | None = param(None, "prompt template; {problem} (and {thinking} for judge) are filled in. Default: the solve prompt, or the rubric's")
-    rubric: str = param("difficulty", "judge rubric: difficulty (1-10) | omnithought (verbosity and cognitive difficulty, 0-9)")
+    rubric: Rubric = param("difficulty", "judge rubric: difficulty (1-10) | omnithought (verbosity and cognitive difficulty, 0-9)")
     level_edges: list[float] | None = param(None, "ascending cut points on difficulty_score for difficulty_level (defaults: pass_rate [0.2, 0.5, 0.8] on 1-rate, judge [4, 7], proxy [2000, 8000] tokens)")
     keep_pass_rate: list[float] | None = param(None, "pass_rate: keep only lo < rate < hi (strict open band, e.g. [0.1, 0.6]); others are rejected")
     tokenizer: str | None = param(None, "proxy: count thinking tokens with this tokenizer: qwen2, deepseek, a Hugging Face name or tokenizer.json (default: the fast approximation)")
-    step_mode: str = param("transition", "proxy: step segmentation (transition | paragraph)")
+    step_mode: Literal["transition", "paragraph"] = param("transition", "proxy: step segmentation (transition | paragraph)")
     verify_timeout_s: float = param(5.0, "pass_rate: per-sample verification limit")
     verify_workers: int | None = param(None, "pass_rate: verifier processes (default: the CPUs; 0 = inline)")
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         checked_model(self.model, self.method, self.method != "proxy")
-        if self.rubric not in RUBRICS:
-            raise ValueError(f"rubric must be one of {', '.join(RUBRICS)}, got {self.rubric!r}")
         if self.n is not None and self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
-        if self.step_mode not in MODES:
-            raise ValueError(f"step_mode must be one of {', '.join(MODES)}, got {self.step_mode!r}")
         edges = self.level_edges
         if edges is not None and any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
             raise ValueError(f"level_edges must be strictly ascending, got {edges}")
@@ -158,14 +150,19 @@ class GradeDifficulty(Step):
             return ("problem", "thinking", "solution") if self.rubric == "omnithought" else ("problem",)
         return Verify(workers=0).columns_read()
 
-    def columns_written(self) -> dict[str, pa.DataType]:
+    @property
+    def writes(self) -> dict[str, pa.DataType]:  # type: ignore[override]
+        """method pass_rate writes `difficulty_pass_rate`, `difficulty_samples`, `difficulty_grader`,
+        `difficulty_n`, `difficulty_sample_tokens` in place of the proxy's two; judge writes
+        `difficulty_grader`, `difficulty_n`, `difficulty_judge_raw` (rubric omnithought adds
+        `difficulty_verbosity`, `difficulty_cognitive`)."""
         names = ["difficulty_method", "difficulty_score", "difficulty_level"]
         names += {"proxy": ["difficulty_thinking_tokens", "difficulty_steps"],
                   "pass_rate": ["difficulty_pass_rate", "difficulty_samples", "difficulty_grader", "difficulty_n",
                                 "difficulty_sample_tokens"],
                   "judge": ["difficulty_grader", "difficulty_n", "difficulty_judge_raw"]
                   + (["difficulty_verbosity", "difficulty_cognitive"] if self.rubric == "omnithought" else [])}[self.method]
-        return {k: self.writes[k] for k in names}
+        return {k: COLUMNS[k] for k in names}
 
     def sampling(self) -> SamplingParams:
         judge = self.method == "judge"
@@ -187,7 +184,7 @@ class GradeDifficulty(Step):
             return self._proxy(batch)
         if batch.height == 0:
             empty = batch.with_columns(*[pl.lit(None, dtype=pl.from_arrow(pa.array([], t)).dtype).alias(c)
-                                         for c, t in self.columns_written().items()])
+                                         for c, t in self.writes.items()])
             return StepResult(empty, None)
         return self._pass_rate(batch) if self.method == "pass_rate" else self._judge(batch)
 
@@ -206,10 +203,7 @@ class GradeDifficulty(Step):
 
     def _generate(self, prompts: list[str]) -> tuple[list[list[Any]], dict[str, int]]:
         assert self.model is not None
-        backend = backend_for(self.model)
-        before = snapshot(backend)
-        done = backend.generate(prompts, self.sampling())
-        return done, backend_counts(backend, before)
+        return generate_counted(self.model, prompts, self.sampling())
 
     def _prompts(self, batch: pl.DataFrame) -> tuple[list[int], list[str]]:
         """The rows that ask the model and their prompts: pass_rate, the rows with something to

@@ -17,23 +17,18 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import polars as pl
 import pyarrow as pa
 
 from curate.models import SamplingParams, model_label
-from curate.models.steps import (
-    backend_counts,
-    backend_for,
-    checked_model,
-    model_resources,
-    snapshot,
-)
-from curate.step import REJECT_REASON, Step, StepResult, param
+from curate.models.steps import checked_model, generate_counted, model_resources, read_answers
+from curate.step import REJECT_REASON, Step, StepResult, param, reject_where
 
 MSC_FILE = Path(__file__).resolve().parent.parent / "data" / "msc.json"
-METHODS = ("rules", "model")
+Method = Literal["rules", "model"]
+METHODS = get_args(Method)
 SYSTEM_PROMPT = (  # s1's system prompt, data/featurization.py
     "You are a helpful assistant that classifies questions into different subjects based on the provided "
     "classification rubrics. You will be given a question and a list of subjects. You need to classify the "
@@ -117,18 +112,14 @@ class ClassifyDomain(Step):
     """
 
     name = "classify_domain"
-    writes = {"domain_msc": pa.string(), "domain_msc_title": pa.string(), "domain_classifier": pa.string(),  # noqa: RUF012
-              "domain_msc_raw": pa.large_string()}
 
-    method: str = param("rules", "rules (offline keyword cues) | model (s1's prompt through a generation backend)")
+    method: Method = param("rules", "rules (offline keyword cues) | model (s1's prompt through a generation backend)")
     model: dict[str, Any] | None = param(None, "model: {backend: transformers | openai | vllm, name_or_path: ..., ...} (s1: Claude 3.5 Sonnet)")
     fallback: str = param("97", "rules: the MSC code when no cue matches (97: mathematics education, i.e. elementary)")
     max_tokens: int = param(1024, "model: generation limit")
     seed: int = param(0, "model: sampling seed (part of the cache key)")
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         checked_model(self.model, self.method, self.method == "model")
         if self.fallback not in msc_areas():
             raise ValueError(f"fallback must be an MSC code of curate/data/msc.json, got {self.fallback!r}")
@@ -137,11 +128,11 @@ class ClassifyDomain(Step):
     def columns_read(self) -> tuple[str, ...]:
         return ("problem",)
 
-    def columns_written(self) -> dict[str, pa.DataType]:
-        cols = dict(self.writes)
-        if self.method == "rules":
-            cols.pop("domain_msc_raw")
-        return cols
+    @property
+    def writes(self) -> dict[str, pa.DataType]:  # type: ignore[override]
+        """method model adds `domain_msc_raw` (large_string), the model's answer."""
+        cols = {"domain_msc": pa.string(), "domain_msc_title": pa.string(), "domain_classifier": pa.string()}
+        return cols if self.method == "rules" else {**cols, "domain_msc_raw": pa.large_string()}
 
     def worker_resources(self) -> dict[str, float] | None:
         return model_resources(self.model) if self.method == "model" else None
@@ -168,22 +159,13 @@ class ClassifyDomain(Step):
                                      pl.lit("rules").alias("domain_classifier"))
             return StepResult(out, None)
         assert self.model is not None
-        backend = backend_for(self.model)
-        before = snapshot(backend)
-        done = backend.generate(self.prompts(batch), self._sampling()) if batch.height else []
-        raw, found, reasons = [], [], []
-        for comps in done:
-            c = comps[0]
-            raw.append(c.text)
-            code = None if c.error else parse_code(c.text)
-            found.append(code)
-            reasons.append(f"classification failed: {c.error}" if c.error else
-                           None if code else "the classifier's answer ends with no MSC code")
+        done, counts = generate_counted(self.model, self.prompts(batch), self._sampling())
+        raw, found, reasons = read_answers(done, parse_code, "classification failed",
+                                           "the classifier's answer ends with no MSC code")
         out = batch.with_columns(
             pl.Series("domain_msc", found, dtype=pl.String),
             pl.Series("domain_msc_title", [areas[c]["title"] if c else None for c in found], dtype=pl.String),
             pl.lit(model_label(self.model)).alias("domain_classifier"),
             pl.Series("domain_msc_raw", raw, dtype=pl.String))
-        drop = pl.Series([r is not None for r in reasons], dtype=pl.Boolean)
-        tagged = out.with_columns(pl.Series(REJECT_REASON, reasons, dtype=pl.String))
-        return StepResult(out.filter(~drop), tagged.filter(drop), {"generation": backend_counts(backend, before)})
+        reason = pl.Series(REJECT_REASON, reasons, dtype=pl.String)
+        return reject_where(out, reason.is_not_null(), reason)._replace(stats={"generation": counts})

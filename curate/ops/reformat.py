@@ -15,21 +15,14 @@ is rejected with the reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 import pyarrow as pa
 
 from curate.io.markers import join_response, split_response
 from curate.models import SamplingParams
-from curate.models.steps import (
-    backend_counts,
-    backend_for,
-    checked_model,
-    fill,
-    model_resources,
-    snapshot,
-)
+from curate.models.steps import checked_model, fill, generate_counted, model_resources
 from curate.ops.shorten import _verified
 from curate.step import REJECT_REASON, Step, StepResult, param
 
@@ -73,7 +66,7 @@ class Reformat(Step):
     }
 
     model: dict[str, Any] | None = param(None, "rewriter: {backend: transformers | openai | vllm, name_or_path: ..., ...} (Sky-T1 used gpt-4o-mini)")
-    layout: str = param("sky-t1", "sky-t1 (<|begin_of_thought|> ... <|end_of_solution|>) | think (<think> ... </think> solution)")
+    layout: Literal["sky-t1", "think"] = param("sky-t1", "sky-t1 (<|begin_of_thought|> ... <|end_of_solution|>) | think (<think> ... </think> solution)")
     prompt: str | None = param(None, "prompt template with {problem} and {content} (the raw trace)")
     max_tokens: int = param(16384, "generation limit (Sky-T1: 16384)")
     temperature: float = param(0.7, "sampling temperature (Sky-T1: 0.7)")
@@ -82,8 +75,6 @@ class Reformat(Step):
 
     def __post_init__(self) -> None:
         checked_model(self.model, "reformat", True)
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         self._sampling()
 
     def worker_resources(self) -> dict[str, float] | None:
@@ -104,9 +95,7 @@ class Reformat(Step):
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         assert self.model is not None
-        backend = backend_for(self.model)
-        before = snapshot(backend)
-        done = backend.generate(self._prompts(batch), self._sampling()) if batch.height else []
+        done, counts = generate_counted(self.model, self._prompts(batch), self._sampling())
         thinking, solution, reasons, tin, tout = [], [], [], [], []
         for comps, ref, old_t, old_s in zip(done, batch["reference_answer"].to_list(), batch["thinking"].to_list(),
                                             batch["solution"].to_list(), strict=True):
@@ -135,7 +124,7 @@ class Reformat(Step):
         )
         drop = pl.Series([r is not None for r in reasons], dtype=pl.Boolean)
         tagged = annotated.with_columns(pl.Series(REJECT_REASON, reasons, dtype=pl.String))
-        stats = {"generation": backend_counts(backend, before),
+        stats = {"generation": counts,
                  "reformat": {"kept": int((~drop).sum()), "rejected": int(drop.sum())}}
         return StepResult(annotated.filter(~drop), tagged.filter(drop), stats)
 

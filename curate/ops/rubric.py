@@ -21,20 +21,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import polars as pl
 import pyarrow as pa
 
 from curate.models import SamplingParams, model_label
-from curate.models.steps import (
-    backend_counts,
-    backend_for,
-    checked_model,
-    fill,
-    model_resources,
-    snapshot,
-)
+from curate.models.steps import checked_model, fill, generate_counted, model_resources, read_answers
 from curate.ops.difficulty import JUDGE_THINKING_CHARS
 from curate.ops.structure.keywords import (
     BACKTRACK_KEYWORDS,
@@ -43,10 +36,11 @@ from curate.ops.structure.keywords import (
 )
 from curate.ops.structure.segment import step_starts
 from curate.ops.structure.tokens import approx_expr
-from curate.step import REJECT_REASON, Step, StepResult, param
+from curate.step import REJECT_REASON, Step, StepResult, param, reject_where
 
 TRAITS = ("elaboration", "self_verification", "exploration", "granularity")
-METHODS = ("rules", "model")
+Method = Literal["rules", "model"]
+METHODS = get_args(Method)
 EXPLORATION_EXTRA = ("what if", "suppose", "maybe", "perhaps", "let's consider", "let me consider", "consider")
 JUDGE_PROMPT = (
     "Rate the quality of the reasoning chain below on four traits, each from 0 (absent) to 10 (excellent).\n"
@@ -93,12 +87,8 @@ class ScoreReasoning(Step):
     """
 
     name = "score_reasoning"
-    writes = {  # noqa: RUF012
-        **{f"rubric_{t}": pa.float64() for t in TRAITS}, "rubric_score": pa.float64(), "rubric_method": pa.string(),
-        "rubric_raw": pa.large_string(),
-    }
 
-    method: str = param("rules", "rules (offline proxies) | model (a judge rates each trait 0-10)")
+    method: Method = param("rules", "rules (offline proxies) | model (a judge rates each trait 0-10)")
     model: dict[str, Any] | None = param(None, "judge: {backend: transformers | openai | vllm, name_or_path: ..., ...}")
     weights: dict[str, float] | None = param(None, "weight per trait (elaboration, self_verification, exploration, granularity); default equal")
     elaboration_tokens: int = param(8000, "rules: thinking tokens that score full elaboration")
@@ -109,8 +99,6 @@ class ScoreReasoning(Step):
     seed: int = param(0, "model: sampling seed (part of the cache key)")
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         checked_model(self.model, self.method, self.method == "model")
         bad = set(self.weights or {}) - set(TRAITS)
         if bad:
@@ -125,11 +113,12 @@ class ScoreReasoning(Step):
     def columns_read(self) -> tuple[str, ...]:
         return ("problem", "thinking")
 
-    def columns_written(self) -> dict[str, pa.DataType]:
-        cols = dict(self.writes)
-        if self.method == "rules":
-            cols.pop("rubric_raw")
-        return cols
+    @property
+    def writes(self) -> dict[str, pa.DataType]:  # type: ignore[override]
+        """method model adds `rubric_raw` (large_string), the judge's answer."""
+        cols = {**{f"rubric_{t}": pa.float64() for t in TRAITS}, "rubric_score": pa.float64(),
+                "rubric_method": pa.string()}
+        return cols if self.method == "rules" else {**cols, "rubric_raw": pa.large_string()}
 
     def worker_resources(self) -> dict[str, float] | None:
         return model_resources(self.model) if self.method == "model" else None
@@ -182,21 +171,12 @@ class ScoreReasoning(Step):
 
     def _judge(self, batch: pl.DataFrame) -> StepResult:
         assert self.model is not None
-        backend = backend_for(self.model)
-        before = snapshot(backend)
-        done = backend.generate(self.prompts(batch), self._sampling()) if batch.height else []
-        raw, parsed, reasons = [], [], []
-        for comps in done:
-            c = comps[0]
-            raw.append(c.text)
-            scores = None if c.error else parse_rubric(c.text)
-            parsed.append(scores or {})
-            reasons.append(f"judge failed: {c.error}" if c.error else
-                           None if scores else "the judge's answer lacks one of the four ratings")
-        traits = {t: pl.Series([p.get(t) for p in parsed], dtype=pl.Float64) for t in TRAITS}
+        done, counts = generate_counted(self.model, self.prompts(batch), self._sampling())
+        raw, parsed, reasons = read_answers(done, parse_rubric, "judge failed",
+                                            "the judge's answer lacks one of the four ratings")
+        traits = {t: pl.Series([(p or {}).get(t) for p in parsed], dtype=pl.Float64) for t in TRAITS}
         out = batch.with_columns(*[v.alias(f"rubric_{t}") for t, v in traits.items()], self._score(traits),
                                  pl.lit(model_label(self.model)).alias("rubric_method"),
                                  pl.Series("rubric_raw", raw, dtype=pl.String))
-        drop = pl.Series([r is not None for r in reasons], dtype=pl.Boolean)
-        tagged = out.with_columns(pl.Series(REJECT_REASON, reasons, dtype=pl.String))
-        return StepResult(out.filter(~drop), tagged.filter(drop), {"generation": backend_counts(backend, before)})
+        reason = pl.Series(REJECT_REASON, reasons, dtype=pl.String)
+        return reject_where(out, reason.is_not_null(), reason)._replace(stats={"generation": counts})

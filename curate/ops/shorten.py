@@ -22,25 +22,19 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import polars as pl
 import pyarrow as pa
 
 from curate.models import SamplingParams
-from curate.models.steps import (
-    backend_counts,
-    backend_for,
-    checked_model,
-    fill,
-    model_resources,
-    snapshot,
-)
+from curate.models.steps import checked_model, fill, generate_counted, model_resources
 from curate.ops.structure.segment import paragraph_starts, spans
 from curate.ops.structure.tokens import approx_expr, count_tokens
 from curate.step import REJECT_REASON, Step, StepResult, param
 
-METHODS = ("truncate_after_first_answer", "shortest_correct", "rewrite")
+Method = Literal["truncate_after_first_answer", "shortest_correct", "rewrite"]
+METHODS = get_args(Method)
 CONCLUSION = re.compile(
     r"\b(?:so|therefore|thus|hence|the answer|final answer|answer is|we get|gives|equals|is equal to|"
     r"conclude|in conclusion|that means|which means)\b|\\boxed|=", re.IGNORECASE)
@@ -109,7 +103,7 @@ class Shorten(Step):
         "shorten_applied": pa.bool_(), "shorten_note": pa.string(),
     }
 
-    method: str = param("truncate_after_first_answer", "truncate_after_first_answer | shortest_correct | rewrite")
+    method: Method = param("truncate_after_first_answer", "truncate_after_first_answer | shortest_correct | rewrite")
     tokenizer: str | None = param(None, "count tokens with this tokenizer: qwen2, deepseek, a Hugging Face name or tokenizer.json (default: the fast approximation)")
     keep_extra_steps: int = param(0, "truncate: keep this many paragraphs after the one that concludes the answer")
     min_saving: float = param(0.05, "truncate/rewrite: apply only when the thinking gets at least this much shorter (share of its tokens)")
@@ -123,8 +117,6 @@ class Shorten(Step):
     prompt: str | None = param(None, "rewrite: prompt template with {problem}, {thinking}, {target_tokens}")
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         checked_model(self.model, self.method, self.method == "rewrite")
         if self.keep_extra_steps < 0:
             raise ValueError(f"keep_extra_steps must be >= 0, got {self.keep_extra_steps}")
@@ -303,9 +295,7 @@ class Shorten(Step):
 
     def _rewrite(self, batch: pl.DataFrame) -> StepResult:
         assert self.model is not None
-        backend = backend_for(self.model)
-        before = snapshot(backend)
-        done = backend.generate(self._rewrite_prompts(batch), self._sampling())
+        done, counts = generate_counted(self.model, self._rewrite_prompts(batch), self._sampling())
         new: list[str | None] = []
         notes: list[str | None] = []
         for comps, ref in zip(done, batch["reference_answer"].to_list(), strict=True):
@@ -327,7 +317,7 @@ class Shorten(Step):
                                           "timeout_s": self.timeout_s}, "rewrite")
             new.append(kept)
             notes.append(note)
-        return self._finish(batch, new, notes, "rewrite", {"generation": backend_counts(backend, before)})
+        return self._finish(batch, new, notes, "rewrite", {"generation": counts})
 
 
 def _verified(text: str, task: dict[str, Any], what: str) -> tuple[str | None, str | None]:

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from curate.io.export import DEFAULT_SKY_T1_SYSTEM  # noqa: F401  (re-exported for older callers)
 from curate.io.markers import split_response
 from curate.train.template import SKY_T1, Template, run_template
 

@@ -99,8 +99,6 @@ class Decontaminate(Step):
                 raise ValueError(f"{key} must be in (0, 1], got {value}")
         if self.exact_min_chars < 0:
             raise ValueError(f"exact_min_chars must be >= 0, got {self.exact_min_chars}")
-        if self.action not in ("drop", "flag"):
-            raise ValueError(f"action must be drop or flag, not {self.action!r}")
         if "embedding" in methods:
             from curate.ops.dedup.semantic import require_sentence_transformers
 
@@ -113,7 +111,9 @@ class Decontaminate(Step):
     def columns_read(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(["problem", *self.fields]))
 
-    def columns_written(self) -> dict[str, pa.DataType]:
+    @property
+    def writes(self) -> dict[str, pa.DataType]:  # type: ignore[override]
+        """action flag keeps every row and writes the reject detail columns on it; drop writes none."""
         return dict(COLUMNS) if self.action == "flag" else {}
 
     def prepare(self) -> None:

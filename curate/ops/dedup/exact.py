@@ -40,10 +40,6 @@ class ExactDedup(Step):
         default="first", metadata={"help": "which row of a duplicate group survives (by input order or response length)"})
 
     def __post_init__(self) -> None:
-        if self.mode not in _KEY_COLUMNS:
-            raise ValueError(f"mode must be one of {', '.join(_KEY_COLUMNS)}, not {self.mode!r}")
-        if self.keep not in ("first", "longest", "shortest"):
-            raise ValueError(f"keep must be first, longest or shortest, not {self.keep!r}")
         self._rep: np.ndarray | None = None
         self._ids: pl.Series | None = None
 

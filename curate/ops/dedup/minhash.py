@@ -262,10 +262,6 @@ class MinHashDedup(Step):
     workers: int = field(default=0, metadata={"help": "threads hashing signatures (0: one per core)"})
 
     def __post_init__(self) -> None:
-        if self.mode not in ("problem", "problem_response"):
-            raise ValueError(f"mode must be problem or problem_response, not {self.mode!r}")
-        if self.shingle not in _SIZES:
-            raise ValueError(f"shingle must be word or char, not {self.shingle!r}")
         if self.shingle_size is not None and self.shingle_size < 1:
             raise ValueError(f"shingle_size must be >= 1, got {self.shingle_size}")
         if self.bands < 1 or self.rows < 1:
@@ -274,10 +270,6 @@ class MinHashDedup(Step):
             raise ValueError(f"bands x rows = {self.bands * self.rows} exceeds num_perm={self.num_perm}")
         if not 0 < self.threshold <= 1:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
-        if self.verify not in ("jaccard", "signature", "none"):
-            raise ValueError(f"verify must be jaccard, signature or none, not {self.verify!r}")
-        if self.keep not in ("first", "longest", "shortest", "best"):
-            raise ValueError(f"keep must be first, longest, shortest or best, not {self.keep!r}")
         if self.max_shingles < 1:
             raise ValueError(f"max_shingles must be >= 1, got {self.max_shingles}")
         if self.workers < 0:

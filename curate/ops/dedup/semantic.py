@@ -142,10 +142,6 @@ class SemanticDedup(Step):
     def __post_init__(self) -> None:
         if not 0 < self.threshold <= 1:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
-        if self.mode not in ("problem", "problem_response"):
-            raise ValueError(f"mode must be problem or problem_response, not {self.mode!r}")
-        if self.keep not in ("first", "longest", "shortest", "best"):
-            raise ValueError(f"keep must be first, longest, shortest or best, not {self.keep!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         require_sentence_transformers()

@@ -16,7 +16,6 @@ from curate.ops.structure.keywords import (
 )
 from curate.ops.structure.segment import (
     INLINE_TRANSITIONS,
-    MODES,
     TRANSITIONS,
     paragraph_starts,
     spans,
@@ -62,8 +61,6 @@ class Segmentation:
         if self.mode == "model":
             raise ValueError("mode 'model' is segment_steps' own (it asks a model once per trace); run "
                              "segment_steps with mode: model, or use mode: transition or paragraph here")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.min_step_chars < 0:
             raise ValueError(f"min_step_chars must be >= 0, got {self.min_step_chars}")
         if self.min_steps < 1:
@@ -286,8 +283,6 @@ class Profile(Segmentation, Step):
 
     def __post_init__(self) -> None:
         self._check_segmentation()
-        if self.keywords_in not in ("response", "thinking"):
-            raise ValueError(f"keywords_in must be response or thinking, not {self.keywords_in!r}")
         if self.tokenizer is not None and not self.tokenizer.strip():
             raise ValueError("tokenizer must be a name or path, or unset")
 

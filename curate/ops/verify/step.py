@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import polars as pl
 import pyarrow as pa
@@ -29,8 +29,9 @@ from curate.ops.verify.pool import Failed, WorkerPool, default_workers
 from curate.progress import rows_done
 from curate.step import REJECT_REASON, Step, StepResult
 
-DOMAINS = ("auto", "math", "code", "mcq")
-KEEP = ("correct", "all", "incorrect")
+Domain = Literal["auto", "math", "code", "mcq"]
+Keep = Literal["correct", "all", "incorrect"]
+DOMAINS, KEEP = get_args(Domain), get_args(Keep)
 _OPTIONS = re.compile(r"^\s*\(?[A-J][.):]\s+\S", re.MULTILINE)
 GRACE_S = 0.5  # the pool kills a worker this long after a row's own timer should have fired
 THINKING_SENT = 4000  # math/mcq read at most the last 3000 characters of the thinking
@@ -83,8 +84,8 @@ class Verify(Step):
         "verify_pass_rate": pa.float64(),
     }
 
-    domain: str = field(default="auto", metadata={"help": "auto | math | code | mcq (auto: code when the row has tests, mcq for lettered options, else math)"})
-    keep: str = field(default="correct", metadata={"help": "correct (rejection sampling) | all (annotate only) | incorrect (negatives)"})
+    domain: Domain = field(default="auto", metadata={"help": "auto | math | code | mcq (auto: code when the row has tests, mcq for lettered options, else math)"})
+    keep: Keep = field(default="correct", metadata={"help": "correct (rejection sampling) | all (annotate only) | incorrect (negatives)"})
     timeout_s: float = field(default=5.0, metadata={"help": "CPU-time limit of one math/mcq row (a timer in the worker; the parent kills the worker 0.5 s of CPU later, or after a roomy wall-clock guard). Code rows have their own limits: code_test_timeout_s and code_row_timeout_s"})
     workers: int | None = field(default=None, metadata={"help": "worker processes (default: the CPUs available; 0 = inline, no pool)"})
     lenient: bool = field(default=True, metadata={"help": "math: when the response states no anchored answer (boxed, 'final answer is'), parse it as plain math-verify does (any expression) instead of judging it wrong; false = strict"})
@@ -97,10 +98,6 @@ class Verify(Step):
     process_local = ("_pool",)
 
     def __post_init__(self) -> None:
-        if self.domain not in DOMAINS:
-            raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, got {self.domain!r}")
-        if self.keep not in KEEP:
-            raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         if self.workers is not None and self.workers < 0:
