@@ -27,7 +27,7 @@ Shared contract of every corruption:
   so all variants of a base share the same rows; ``on_untouched: reject`` drops them instead.
 - **Coverage.** Each corruption reports ``corruption: {rows, target, changed}`` in its funnel entry;
   a run where fewer than 99% of the target rows changed says so at the end and in the card
-  (:func:`coverage_warnings`).
+  (``coverage_warnings``).
 - **Stale annotations.** When the input has ``steps_*`` columns (segment_steps) they follow the edit
   (offsets moved through it; a model rewrite is re-segmented by rules and ``steps_method`` says so);
   other annotations (``profile_*``, ``verify_*``) describe the clean row: run those steps after the
@@ -44,7 +44,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import polars as pl
 import pyarrow as pa
@@ -56,6 +56,9 @@ from curate.schema import trace_id
 from curate.step import Step, StepResult, reject_where
 from curate.structure.keywords import REASONING_KEYWORDS, keyword_pattern
 from curate.structure.segment import Steps, join, spans
+
+if TYPE_CHECKING:
+    from curate.card.section import VariantNote, VariantStep
 
 SPAN = pa.struct([("part", pa.string()), ("start", pa.int32()), ("end", pa.int32())])
 _SPAN_PL = pl.Struct({"part": pl.String, "start": pl.Int32, "end": pl.Int32})
@@ -76,27 +79,10 @@ _LIST_PL = {pa.list_(pa.int32()): pl.List(pl.Int32), pa.list_(pa.string()): pl.L
 
 #: A corruption that changed fewer of the rows it was meant to change than this is reported loudly.
 MIN_CHANGED_SHARE = 0.99
-
-
-def coverage_warnings(manifest: dict[str, Any]) -> list[str]:
-    """One line per corruption step (base or config) that changed < 99% of the rows it meant to change.
-
-    Reads the ``corruption: {rows, target, changed}`` stats every corruption reports in its funnel
-    entry; unchanged rows are copies of the base rows, so such a variant is partly not a variant.
-    """
-    entries = [(None, f) for f in manifest.get("funnel", [])]
-    entries += [(name, f) for name, c in manifest.get("configs", {}).items() for f in c.get("funnel", [])]
-    out = []
-    for config, f in entries:
-        c = (f.get("stats") or {}).get("corruption")
-        if not c or not c.get("target") or c["changed"] >= MIN_CHANGED_SHARE * c["target"]:
-            continue
-        where = f"config {config}: " if config else ""
-        drawn = f" ({c['target']} drawn)" if c["target"] != c["rows"] else ""
-        out.append(f"{where}step {f['step']} '{f['name']}' changed {c['changed']:,} of {c['target']:,} rows{drawn} "
-                   f"({c['changed'] / c['target']:.1%} < {MIN_CHANGED_SHARE:.0%}): the other rows are unchanged "
-                   "copies of the base rows (on_untouched: reject drops them, with the reason)")
-    return out
+# whose method a corruption is, as the card's *Variants* table says it
+_PAPER = "Li et al. 2025"
+_NOT_PUBLIC = ("the paper's perturbation; its code is not public, so the steps (`segment_steps`) and the "
+               "choice of steps are this toolkit's reading")
 
 
 def row_rng(op: str, seed: int, row_id: str) -> random.Random:
@@ -210,6 +196,40 @@ class _Corruption(Step):
             kept = reject_where(out, reason.is_not_null(), reason)
             return StepResult(kept.kept, kept.rejected, stats)
         return StepResult(out, None, stats)
+
+    # --- the end of a run and the dataset card ---------------------------------------------------
+    def coverage_warnings(self, stats: dict[str, Any]) -> list[str]:
+        """A line when the step changed < 99% of the rows it meant to change (``corruption: {rows,
+        target, changed}`` in its stats): the other rows are copies of the base, partly not a variant."""
+        c = stats.get("corruption")
+        if not c or not c.get("target") or c["changed"] >= MIN_CHANGED_SHARE * c["target"]:
+            return []
+        drawn = f" ({c['target']} drawn)" if c["target"] != c["rows"] else ""
+        return [f"changed {c['changed']:,} of {c['target']:,} rows{drawn} "
+                f"({c['changed'] / c['target']:.1%} < {MIN_CHANGED_SHARE:.0%}): the other rows are unchanged "
+                "copies of the base rows (on_untouched: reject drops them, with the reason)"]
+
+    @classmethod
+    def card_variant(cls, step: VariantStep) -> VariantNote:
+        """The *Variants* cell: what the step did, whose method it is, the share of rows it changed."""
+        from curate.card.section import VariantNote
+
+        c = step.stats.get("corruption")
+        changed = None
+        if c:
+            changed = f"{c['changed'] / step.rows:.1%}" if step.rows else "—"
+            changed += (f" ({c['changed'] / c['target']:.1%} of {c['target']:,} drawn)"
+                        if c["target"] != c["rows"] and c["target"] else "")
+        return VariantNote(cls.card_what(step), cls.method_origin(step), changed)
+
+    @classmethod
+    def card_what(cls, step: VariantStep) -> str:
+        return step.describe()
+
+    @classmethod
+    def method_origin(cls, step: VariantStep) -> str:
+        """Whose method this is: the paper's own (with the file followed) or this toolkit's."""
+        return ""
 
 
 def shift_steps(batch: pl.DataFrame, edits: list[list[tuple[int, int, int]]]) -> pl.DataFrame:
@@ -327,6 +347,14 @@ class ShuffleSteps(_StepCorruption):
         self._check_segmentation()
         self._check_common()
 
+    @classmethod
+    def card_what(cls, step: VariantStep) -> str:
+        return step.describe(hidden=("mode",))  # segmentation rules, unused on segmented rows
+
+    @classmethod
+    def method_origin(cls, step: VariantStep) -> str:
+        return _NOT_PUBLIC
+
     def _edit(self, rng, steps, row_id):  # type: ignore[no-untyped-def]
         n = len(steps)
         k = share(self.ratio, n)
@@ -364,6 +392,14 @@ class DeleteSteps(_StepCorruption):
     def __post_init__(self) -> None:
         self._check_segmentation()
         self._check_common()
+
+    @classmethod
+    def card_what(cls, step: VariantStep) -> str:
+        return step.describe(hidden=("mode",))  # segmentation rules, unused on segmented rows
+
+    @classmethod
+    def method_origin(cls, step: VariantStep) -> str:
+        return _NOT_PUBLIC
 
     def _edit(self, rng, steps, row_id):  # type: ignore[no-untyped-def]
         n = len(steps)
@@ -430,6 +466,10 @@ class InsertSteps(_StepCorruption):
         self._lens: list[int] = []
         self._pool: list[tuple[int, str, str]] = []  # (length, donor "id:step", body), sorted by length
         self._fitted = False
+
+    @classmethod
+    def method_origin(cls, step: VariantStep) -> str:
+        return _NOT_PUBLIC if step.params.get("mode", "insert") == "insert" else "this toolkit's option (replace)"
 
     def starts(self, text: str) -> list[int]:
         return self._seg.starts(text)
@@ -574,6 +614,13 @@ class CorruptDigits(_Corruption):
             raise ValueError(f"replacement {self.replacement} applies to unit: number")
         if self.scope not in ("response", "thinking"):
             raise ValueError(f"scope must be response or thinking, not {self.scope!r}")
+
+    @classmethod
+    def method_origin(cls, step: VariantStep) -> str:
+        p = step.params
+        if (p.get("replacement"), p.get("unit"), p.get("sampling")) == ("paper", "number", "bernoulli"):
+            return f"{_PAPER}'s rule (`skythought/tools/corrupt_data.py`)"
+        return "this toolkit's option (not the paper's rule)"
 
     def columns_read(self) -> tuple[str, ...]:
         return ("id", "problem", "thinking", "solution")
@@ -725,6 +772,16 @@ class RemoveKeywords(_Corruption):
                 raise ValueError("prompt must hold a {thinking} placeholder")
             if self.max_tokens < 1:
                 raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+    @classmethod
+    def card_what(cls, step: VariantStep) -> str:
+        return step.describe(ran_as=sorted({k.split("+")[-1] for k in step.distinct("corrupt_kind")}))
+
+    @classmethod
+    def method_origin(cls, step: VariantStep) -> str:
+        if any(":model" in k for k in step.distinct("corrupt_kind")):
+            return f"{_PAPER}'s method, a model rewrite (`tag_output.py`), with this toolkit's prompt"
+        return "this toolkit's rule-based keyword deletion: a different method from the paper's model rewrite"
 
     def method(self) -> str:
         """The mode that runs: ``auto`` resolved."""
@@ -1064,6 +1121,10 @@ class CorruptWrongAnswer(_Corruption):
         self._symbolic: list[str] = []
         self._any: list[str] = []
         self._fitted = False
+
+    @classmethod
+    def method_origin(cls, step: VariantStep) -> str:
+        return "this toolkit's synthetic wrong answers (the paper used the teacher's incorrect traces)"
 
     def columns_read(self) -> tuple[str, ...]:
         return ("id", "problem", "thinking", "solution", "answer", "reference_answer")

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import polars as pl
 import pyarrow as pa
@@ -28,6 +28,9 @@ from curate.step import REJECT_REASON, Step, StepResult
 from curate.verify import verify_task
 from curate.verify.mcq import gold_letter
 from curate.verify.pool import Failed, WorkerPool, default_workers
+
+if TYPE_CHECKING:
+    from curate.card.section import CardContext, CardSection
 
 DOMAINS = ("auto", "math", "code", "mcq")
 KEEP = ("correct", "all", "incorrect")
@@ -215,6 +218,13 @@ class Verify(Step):
         if self.keep == "incorrect" and correct:
             return "correct (keep=incorrect keeps only wrong answers)"
         return None
+
+    # --- the dataset card ------------------------------------------------------------------------
+    @classmethod
+    def card_section(cls, ctx: CardContext) -> CardSection:
+        from curate.verify.report import card_section
+
+        return card_section(ctx)
 
 
 def _verdict_counts(sources: list[str | None], verdicts: list[dict[str, Any]]) -> dict[str, Any]:
