@@ -109,7 +109,8 @@ class Step:
 
     def coverage_warnings(self, stats: dict[str, Any]) -> list[str]:
         """Lines saying the step changed fewer rows than it was meant to (``stats``: its funnel
-        entry's); the runner prints them, records them in the manifest and the card shows them."""
+        entry's); the runner prefixes each with where it ran (``config C: step N 'name' ``), prints
+        them, records them in the manifest (``coverage_warnings``) and the card shows them."""
         return []
 
     def __getstate__(self) -> dict[str, Any]:
