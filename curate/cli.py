@@ -255,12 +255,14 @@ def ops(name: str | None) -> None:
 
 def _echo_accuracy(funnel: list[dict]) -> None:
     """Per-source verdicts a verify step reported: accuracy = correct / (correct + incorrect)."""
+    from curate.ops.verify.report import source_accuracy
+
     for entry in funnel:
-        for source, c in sorted(entry.get("stats", {}).get("by_source", {}).items()):
-            judged = c.get("correct", 0) + c.get("incorrect", 0)
-            acc = f"{c.get('correct', 0) / judged:.1%}" if judged else "n/a"
-            click.echo(f"  {entry['name']} [{source}]: accuracy {acc} ({c.get('correct', 0)} correct, "
-                       f"{c.get('incorrect', 0)} incorrect, {c.get('unverifiable', 0)} unverifiable)")
+        by_source = entry.get("stats", {}).get("by_source", {})
+        for r in source_accuracy(by_source).iter_rows(named=True) if by_source else ():
+            acc = f"{r['accuracy']:.1%}" if r["correct"] + r["incorrect"] else "n/a"
+            click.echo(f"  {entry['name']} [{r['source']}]: accuracy {acc} ({r['correct']} correct, "
+                       f"{r['incorrect']} incorrect, {r['unverifiable']} unverifiable)")
 
 
 @main.command()

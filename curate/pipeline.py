@@ -678,9 +678,7 @@ class _Run:
         if configs:
             manifest["configs"] = configs
         manifest["rejects"] = rejects
-        from curate.ops.corrupt import coverage_warnings
-
-        if coverage := coverage_warnings(manifest):  # variants that are partly copies of the base
+        if coverage := _coverage_warnings(manifest, self.p):  # variants that are partly copies of the base
             manifest["coverage_warnings"] = coverage
             for line in coverage:
                 warnings.warn(f"low corruption coverage: {line}", stacklevel=3)
@@ -830,6 +828,23 @@ def _add_stats(total: dict[str, Any], part: dict[str, Any]) -> None:
             _add_stats(total.setdefault(key, {}), value)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             total[key] = total.get(key, 0) + value
+
+
+def _coverage_warnings(manifest: dict[str, Any], p: Pipeline) -> list[str]:
+    """Each stage's own coverage warnings (``Step.coverage_warnings`` on its funnel stats), base
+    steps first, then each config's, with where they ran."""
+    first = len(p.steps) + 1
+    chains = [(None, manifest["funnel"], dict(enumerate(p.steps, 1)))]
+    chains += [(name, c["funnel"], dict(enumerate(p.variants[name], first)))
+               for name, c in manifest.get("configs", {}).items()]
+    out = []
+    for config, funnel, steps in chains:
+        for f in funnel:
+            step = steps.get(f["step"])
+            lines = step.coverage_warnings(f.get("stats") or {}) if step is not None else []
+            where = f"config {config}: " if config else ""
+            out += [f"{where}step {f['step']} '{f['name']}' {line}" for line in lines]
+    return out
 
 
 def _public(stats: dict[str, Any]) -> dict[str, Any]:

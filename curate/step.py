@@ -13,12 +13,15 @@ import dataclasses
 import functools
 import typing
 from collections.abc import Iterator
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import polars as pl
 import pyarrow as pa
 
 from curate.errors import RecipeError
+
+if TYPE_CHECKING:
+    from curate.card.section import CardContext, CardSection, VariantNote, VariantStep
 
 REJECT_REASON = "reject_reason"
 
@@ -92,6 +95,27 @@ class Step:
         """The (prompt, ``SamplingParams``) pairs ``apply`` sends the step's ``model`` for this batch,
         so a distributed engine can generate every part's in one batch job ahead of the apply and
         hand them in (``curate.engines.llm``); [] for a step that asks no model."""
+        return []
+
+    # --- what the dataset card and the end of a run ask of a step --------------------------------
+    @classmethod
+    def card_section(cls, ctx: CardContext) -> CardSection | None:
+        """This step's part of a dataset card (a Markdown section, figures, tags, limitations).
+
+        Asked of every registered step, ran or not (``ctx.stages()`` says where it ran), so a step
+        can describe annotations the input already carried, or say what was not done; None: nothing.
+        """
+        return None
+
+    @classmethod
+    def card_variant(cls, step: VariantStep) -> VariantNote | None:
+        """How the card's *Variants* table shows this step in a variant; None: ``step.describe()``."""
+        return None
+
+    def coverage_warnings(self, stats: dict[str, Any]) -> list[str]:
+        """Lines saying the step changed fewer rows than it was meant to (``stats``: its funnel
+        entry's); the runner prefixes each with where it ran (``config C: step N 'name' ``), prints
+        them, records them in the manifest (``coverage_warnings``) and the card shows them."""
         return []
 
     def __getstate__(self) -> dict[str, Any]:

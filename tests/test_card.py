@@ -7,9 +7,11 @@ import hashlib
 import json
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pytest
 
 pytest.importorskip("matplotlib")
@@ -18,10 +20,13 @@ hub = pytest.importorskip("huggingface_hub")
 
 from click.testing import CliRunner  # noqa: E402
 
-from curate import run_recipe  # noqa: E402
+from curate import Pipeline, read, run_recipe  # noqa: E402
 from curate.card import key_figures, write_card  # noqa: E402
 from curate.card.card import escape  # noqa: E402
+from curate.card.section import CardContext, CardSection, VariantNote, VariantStep  # noqa: E402
 from curate.cli import main  # noqa: E402
+from curate.ops import register, registry  # noqa: E402
+from curate.step import Step, StepResult, reject_where  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -230,3 +235,72 @@ def test_difficulty_annotation_gets_a_section_and_histogram(quickstart: Path, tm
     mean = frame["difficulty_pass_rate"].mean()
     assert "## Difficulty" in text and f"`difficulty_pass_rate`: 50 rows, mean {mean:.3g}" in text
     assert (folder / "plots" / "difficulty_pass_rate.png").exists()
+
+
+@dataclass
+class WordCount(Step):
+    """A step defined here, not built in: counts the thinking's words, rejects rows with fewer than
+    ``min_words``, and describes itself in the card through the Step hooks alone."""
+
+    name = "_test_word_count"
+    writes = {"words_thinking": pa.int64()}  # noqa: RUF012
+    min_words: int = 0
+
+    def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
+        words = batch["thinking"].fill_null("").str.split(" ").list.len().cast(pl.Int64)
+        result = reject_where(batch.with_columns(words.alias("words_thinking")), words < self.min_words,
+                              "too few words")
+        return StepResult(result.kept, result.rejected, {"words": {"rows": batch.height, "short": int(
+            (words < self.min_words).sum())}})
+
+    def coverage_warnings(self, stats: dict) -> list[str]:
+        w = stats.get("words") or {}
+        return [f"rejected {w['short']} of {w['rows']} rows as short"] if w.get("short") else []
+
+    @classmethod
+    def card_section(cls, ctx: CardContext) -> CardSection | None:
+        if not ctx.stages(configs=False):
+            return None
+        total = int(ctx.rows()["words_thinking"].sum())
+        return CardSection(key="words", figures={"total": total}, tags=["word-counted"], order=15,
+                           markdown=["## Word counts", "", f"{total:,} words of thinking in the kept rows.", ""],
+                           limitations=["Words are counted at spaces."])
+
+    @classmethod
+    def card_variant(cls, step: VariantStep) -> VariantNote:
+        return VariantNote(f"words counted (at least {step.params['min_words']})", "a test's own method")
+
+
+@pytest.fixture
+def word_count():
+    register(WordCount)  # registered only while the test runs: not an operator `curate ops` lists
+    yield WordCount
+    registry().pop(WordCount.name)
+
+
+def test_a_step_defined_outside_curate_adds_its_own_section_tag_and_variant_row(
+        word_count, math500_sample: Path, tmp_path: Path) -> None:
+    """No edit to the card: a user's step adds a section, a tag, a limitation, key figures, its
+    *Variants* cell and a coverage warning through the Step hooks."""
+    out = tmp_path / "words"
+    result = Pipeline([WordCount()], variants={"all": [], "long": [WordCount(min_words=400)]}).run(
+        read(math500_sample), out=out, progress=False)
+    total = int(result.to_polars("all")["words_thinking"].sum())
+    card = hub.DatasetCard.load(out / "README.md")
+    assert "word-counted" in card.data.tags
+    text = card.text
+    section = f"## Word counts\n\n{total:,} words of thinking in the kept rows.\n"
+    assert section in text
+    assert text.index("## Pipeline as run") < text.index(section) < text.index("## Length statistics")
+    assert "- Words are counted at spaces.\n" in text.split("## Limitations", 1)[1]
+    assert key_figures(out)["words"] == {"total": total}
+    long = result.manifest["configs"]["long"]
+    short = long["funnel"][0]["rejected"]
+    assert 0 < short < long["funnel"][0]["rows_in"]
+    warning = f"config long: step 2 '_test_word_count' rejected {short} of {long['funnel'][0]['rows_in']} rows as short"
+    assert result.manifest["coverage_warnings"] == [warning]
+    variants = text.split("## Variants", 1)[1].split("\n## ", 1)[0]
+    assert f"**Warning: low corruption coverage.** {warning}" in variants
+    row = next(line for line in variants.splitlines() if line.startswith("| `long` |"))
+    assert f"| `long` | {long['rows']:,} | — (not corrupted) |" in row
+    assert row.endswith("| words counted (at least 400) | a test's own method |")

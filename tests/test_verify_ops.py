@@ -237,3 +237,48 @@ def test_recipe_file_and_accuracy_report(shared_data, tmp_path) -> None:
     frame = _frame(shared_data / "traces" / "skythought_corrupt07_32b_amc23.jsonl")
     labels = [json.loads(e)["score"] for e in frame["extra"]]
     assert row["correct"] == sum(bool(s[0] if isinstance(s, list) else s) for s in labels)  # all 40 agree
+
+
+def test_accuracy_per_source_is_one_computation_for_summary_report_and_card(shared_data, tmp_path) -> None:
+    """`curate run`'s summary, the verify report and the dataset card show the same per-source
+    counts and accuracies, all from ``source_accuracy``; nothing judged prints n/a, not a number."""
+    pytest.importorskip("huggingface_hub")
+    import io
+    from contextlib import redirect_stdout
+
+    from click.testing import CliRunner
+
+    from curate.cli import _echo_accuracy, main
+    from curate.ops.verify.report import source_accuracy, verify_report
+    from curate.pipeline import RunResult
+
+    traces = shared_data / "traces"
+    recipe = tmp_path / "v.yaml"
+    recipe.write_text(f"input: {{path: [{traces / 'skythought_corrupt07_32b_amc23.jsonl'}, "
+                      f"{traces / 'skythought_correct5k32b_ckpt140_aime24.jsonl'}]}}\n"
+                      "steps:\n  - verify: {domain: math, keep: correct, workers: 0}\n")
+    out = tmp_path / "v"
+    res = CliRunner().invoke(main, ["run", str(recipe), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    result = RunResult(out, json.loads((out / "manifest.json").read_text()))
+    verdicts = pl.concat([result.to_polars().select("source", "verify_correct"),
+                          result.rejects("verify").select("source", "verify_correct")])
+    card = (out / "README.md").read_text()
+    report = verify_report(result)
+    assert report["source"].to_list() == sorted(set(verdicts["source"])) and report.height == 2
+    for source, rows in verdicts.group_by("source"):
+        c, i = int(rows["verify_correct"].sum()), int((~rows["verify_correct"]).sum())
+        u = rows["verify_correct"].null_count()
+        assert 0 < c < rows.height  # a real mix of right and wrong answers
+        assert (f"  verify [{source[0]}]: accuracy {c / (c + i):.1%} ({c} correct, {i} incorrect, "
+                f"{u} unverifiable)") in res.output
+        assert report.filter(pl.col("source") == source[0]).row(0)[1:] == (rows.height, c, i, u, round(c / (c + i), 4))
+        assert f"| step 1 | {source[0]} | {rows.height} | {c} | {i} | {u} | {c / rows.height:.1%} |" in card
+    both = source_accuracy({"b": {"correct": 1, "incorrect": 3}, None: {"unverifiable": 2}})
+    assert both["source"].to_list() == [None, "b"] and both["rows"].to_list() == [2, 4]
+    assert both["accuracy"][1] == 0.25 and both["correct_share"].to_list() == [0.0, 0.25]
+    buf = io.StringIO()
+    with redirect_stdout(buf):  # click.echo writes to sys.stdout
+        _echo_accuracy([{"name": "verify", "stats": {"by_source": {"s": {"correct": 0, "incorrect": 0,
+                                                                          "unverifiable": 3}}}}])
+    assert buf.getvalue() == "  verify [s]: accuracy n/a (0 correct, 0 incorrect, 3 unverifiable)\n"

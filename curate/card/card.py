@@ -23,12 +23,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
+from curate.card.markdown import Md, code, escape, fmt, params_text, table  # noqa: F401 (escape: re-exported)
+from curate.card.section import PLOTS_DIR, CardContext, CardSection, step_classes
 from curate.errors import InputError
 from curate.provenance import install_line
 from curate.schema import FIELDS
 
 CARD = "README.md"
-PLOTS_DIR = "plots"
 DEFAULT_CONFIG = "default"
 _LONG_TEXT = ("problem", "thinking", "solution")
 _DESCRIPTIONS = {f.name: f.description for f in FIELDS}
@@ -153,98 +154,42 @@ def _lengths(frame: pl.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def _verification(folder: Folder) -> list[dict[str, Any]]:
-    """Accuracy per source from the verify steps' funnel stats (all rows they saw), else from the
-    ``verify_correct`` column of the kept rows."""
-    rows = []
-    entries = [(None, f) for f, _ in folder.steps()]
-    entries += [(c, f) for c in folder.configs for f, _, _ in folder.variant_steps(c)]
-    for config, entry in entries:
-        by_source = entry.get("stats", {}).get("by_source", {})
-        if entry["name"] != "verify" or not by_source:
-            continue
-        for source, counts in sorted(by_source.items()):
-            n = sum(counts.values())
-            rows.append({"where": f"step {entry['step']}" + (f" (config {config})" if config else ""),
-                         "source": source, "rows": n, "correct": counts.get("correct", 0),
-                         "incorrect": counts.get("incorrect", 0),
-                         "unverifiable": counts.get("unverifiable", 0),
-                         "accuracy": counts.get("correct", 0) / n if n else None})
-    if rows:
-        return rows
-    frame = folder.stats_frame()
-    if "verify_correct" not in frame.columns or not frame.height:
-        return []
-    stats = frame.group_by("source").agg(
-        pl.len().alias("rows"), (pl.col("verify_correct") == True).sum().alias("correct"),  # noqa: E712
-        (pl.col("verify_correct") == False).sum().alias("incorrect"),  # noqa: E712
-        pl.col("verify_correct").is_null().sum().alias("unverifiable")).sort("source")
-    return [{"where": "kept rows", **r, "accuracy": r["correct"] / r["rows"]} for r in stats.to_dicts()]
+def step_sections(folder: Folder, *, plots: bool = False) -> list[CardSection]:
+    """What each registered step contributes to the card (``Step.card_section``), in their order;
+    with ``plots``, the sections write their PNGs under ``plots/``."""
+    found = []
+    for name, cls in step_classes().items():
+        section = cls.card_section(CardContext(folder, name, plots=plots))
+        if section is not None:
+            found.append((section.order, name, section))
+    return [s for _, _, s in sorted(found, key=lambda t: t[:2])]
 
 
-def _decontamination(folder: Folder) -> dict[str, Any] | None:
-    """Benchmarks and methods checked, rows removed or flagged by benchmark and method, examples."""
-    steps = [(f, p) for f, p in folder.steps() if f["name"] == "decontaminate"]
-    reject_files = [folder.root / r["path"] for r in folder.manifest.get("rejects", [])
-                    if "decontaminate" in r["path"]]
-    flagged = (folder.scan().filter(pl.col("decontam_benchmark").is_not_null()).collect()
-               if "decontam_benchmark" in folder.schema().names else None)
-    if not steps and not reject_files and flagged is None:
-        return None
-    frames = [pl.read_parquet(p) for p in reject_files]
-    removed = pl.concat(frames, how="diagonal_relaxed") if frames else None
-    params = steps[0][1] if steps else {}
-    benchmarks = params.get("benchmarks", "unknown")
-    if benchmarks == "all":
-        from curate.ops.decontam.benchmarks import available
+class KeyFigures(dict):
+    """The numbers a card shows, as plain data; ``sections`` are the steps' parts they came from."""
 
-        benchmarks = available()
-    report: dict[str, Any] = {
-        "benchmarks": benchmarks if isinstance(benchmarks, list) else [benchmarks],
-        "method": params.get("method"), "fields": params.get("fields"), "action": params.get("action"),
-        "thresholds": {k: v for k, v in params.items()
-                       if k.split("_", 1)[0] in _as_list(params.get("method")) and k.split("_", 1)[0] in _MATCHERS},
-        "rows_in": steps[0][0]["rows_in"] if steps else None,
-        "removed": removed.height if removed is not None else 0,
-        "flagged": flagged.height if flagged is not None else 0,
-    }
-    hits = pl.concat([f for f in (removed, flagged) if f is not None and f.height], how="diagonal_relaxed") \
-        if (removed is not None and removed.height) or (flagged is not None and flagged.height) else None
-    if hits is not None and "decontam_benchmark" in hits.columns:
-        report["by_benchmark"] = hits.group_by("decontam_benchmark", "decontam_method").len().sort(
-            "len", "decontam_benchmark", descending=[True, False]).rows()
-        cols = [c for c in ("problem", "decontam_benchmark", "decontam_item", "decontam_method", "decontam_score")
-                if c in hits.columns]
-        report["examples"] = hits.sort("id").head(3).select(cols).to_dicts()
-    return report
+    sections: list[CardSection]
 
 
-_MATCHERS = ("ngram", "fuzzy", "exact", "embedding")  # decontaminate's methods; their settings are prefixed
-
-
-def _as_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return [str(value)] if isinstance(value, str) else [str(v) for v in value]
-
-
-def key_figures(folder: str | Path | Folder) -> dict[str, Any]:
-    """The numbers a card shows, as plain data (also what `curate card --show` prints)."""
+def key_figures(folder: str | Path | Folder, sections: list[CardSection] | None = None) -> KeyFigures:
+    """The numbers a card shows, as plain data (also what `curate card --show` prints); each step
+    section's figures under its key (``verification``, ``decontamination``, ``difficulty``...)."""
     f = folder if isinstance(folder, Folder) else Folder.open(folder)
+    sections = step_sections(f) if sections is None else sections
     frame = f.stats_frame()
     n = frame.height
     by = ["source", "teacher", "domain"]
     mix = frame.group_by(by).len().sort(["len", *by], descending=[True, False, False, False], nulls_last=True)
     configs = {name: sum(pq.ParquetFile(p).metadata.num_rows for p in f.files(name)) for name in f.configs}
-    difficulty = {c: frame[c].drop_nulls().to_list() for c in frame.columns
-                  if c.startswith("difficulty_") and frame[c].dtype.is_numeric()}
-    return {
+    figures = KeyFigures({
         "rows": n, "base_config": f.base_config, "configs": configs, "funnel": f.manifest["funnel"],
         "mix": mix.rows(named=True), "lengths": _lengths(frame),
         "truncated": int((~frame["thinking_closed"].fill_null(True)).sum()) if n else 0,
         "teacher_unknown": int(frame["teacher"].is_null().sum()) if n else 0,
-        "verification": _verification(f), "decontamination": _decontamination(f), "difficulty": difficulty,
-    }
+        **{s.key: s.figures for s in sections if s.key},
+    })
+    figures.sections = sections
+    return figures
 
 
 def render_key_figures(figures: dict[str, Any]) -> None:
@@ -262,7 +207,7 @@ def render_key_figures(figures: dict[str, Any]) -> None:
         for h in headers:
             t.add_column(h)
         for r in rows:  # text as it is (rich markup escaped), numbers as the card prints them
-            t.add_row(*(markup_escape(c) if isinstance(c, str) else _fmt(c) for c in r))
+            t.add_row(*(markup_escape(c) if isinstance(c, str) else fmt(c) for c in r))
         console.print(t)
 
     if len(figures["configs"]) > 1:
@@ -271,14 +216,9 @@ def render_key_figures(figures: dict[str, Any]) -> None:
           [[f["step"], f["name"], f["rows_in"], f["kept"], f["rejected"]] for f in figures["funnel"]])
     table("Sources", ["source", "teacher", "domain", "rows"],
           [[r["source"], r["teacher"] or "unknown", r["domain"], r["len"]] for r in figures["mix"]])
-    if figures["verification"]:
-        table("Verification", ["where", "source", "rows", "correct", "accuracy"],
-              [[r["where"], r["source"], r["rows"], r["correct"],
-                f"{r['accuracy']:.1%}" if r["accuracy"] is not None else None] for r in figures["verification"]])
-    dc = figures["decontamination"]
-    if dc:
-        table(f"Decontamination: {dc['removed']:,} removed, {dc['flagged']:,} flagged", ["benchmark", "method", "rows"],
-              [list(r) for r in dc.get("by_benchmark", [])])
+    for section in getattr(figures, "sections", []):
+        for title, headers, rows in section.tables:
+            table(title, headers, rows)
     table("Lengths (characters)", ["field", "min", "median", "mean", "p90", "max"],
           [[r["column"], r["min"], r["median"], r["mean"], r["p90"], r["max"]] for r in figures["lengths"]])
 
@@ -286,7 +226,8 @@ def render_key_figures(figures: dict[str, Any]) -> None:
 # --- plots -----------------------------------------------------------------------------------------
 
 def write_plots(folder: Folder, figures: dict[str, Any]) -> dict[str, str]:
-    """Write the card's PNGs under ``plots/``; returns {kind: path relative to the folder}."""
+    """Write the card's own PNGs under ``plots/`` (the step sections write theirs); returns {kind:
+    path relative to the folder}."""
     from curate.card import plots
 
     out: dict[str, str] = {}
@@ -299,10 +240,6 @@ def write_plots(folder: Folder, figures: dict[str, Any]) -> dict[str, str]:
     rel = f"{PLOTS_DIR}/funnel.png"
     plots.funnel(figures["funnel"], folder.root / rel)
     out["funnel"] = rel
-    for col, values in figures["difficulty"].items():
-        rel = f"{PLOTS_DIR}/{col}.png"
-        plots.value_histogram(values, folder.root / rel, title=f"{col} distribution", xlabel=col)
-        out[col] = rel
     validation = _validation(folder)
     metric = _validation_metric(validation)
     if metric:
@@ -353,63 +290,6 @@ def _validation_metric(rows: list[dict[str, Any]]) -> str | None:
     return None
 
 
-# --- markdown ------------------------------------------------------------------------------------
-
-class Md(str):
-    """Text that is already Markdown (a code span, a link): a table cell keeps it as is."""
-
-
-def code(text: Any) -> Md:
-    """``text`` as a code span, never cut (a fence longer than any backtick run inside)."""
-    text = str(text).replace("\n", " ")
-    ticks = "`" * (max((len(r) for r in re.findall(r"`+", text)), default=0) + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return Md(f"{ticks}{pad}{text}{pad}{ticks}")
-
-
-# what inline Markdown (a table cell holds no blocks) would interpret: escapes, code, emphasis,
-# links, strikethrough, math, the cell separator; "_" only where it can open or close emphasis
-_MD_SPECIAL = re.compile(r"([\\`*\[\]~$|]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
-
-
-def escape(text: str) -> str:
-    """Plain text for a Markdown table cell: HTML and Markdown syntax shown, not interpreted
-    (a LaTeX problem keeps its ``\\frac``, ``$`` and ``*``, with no italics)."""
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _MD_SPECIAL.sub(r"\\\1", text)
-
-
-def _number(v: float) -> str:
-    """Thousands separators; no ``.0`` on a whole number (a median of 3948 prints 3,948)."""
-    if v != v or v in (float("inf"), float("-inf")):
-        return str(v)
-    if v == int(v):
-        return f"{int(v):,}"
-    return f"{v:,.1f}" if abs(v) >= 10 else f"{v:.3g}"
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, float):
-        return _number(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, Md):
-        return str(v).replace("|", "\\|")
-    text = " ".join(str(v).split())
-    text = text if len(text) <= 200 else text[:199] + "…"
-    return escape(text)
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _non_default(step: str, params: dict[str, Any]) -> dict[str, Any]:
     """The parameters that differ from the operator's defaults (what a recipe needs to say)."""
     import dataclasses
@@ -435,13 +315,9 @@ def _variant_params(step: str, params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k in changed or k in ("ratio", "mode")}
 
 
-def _params(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in params.items()) or "—"
-
-
 def _param_cell(params: dict[str, Any]) -> Any:
     """Parameters for a table cell: a code span (values hold `_`, `*`, `$` as typed), or a dash."""
-    return code(_params(params)) if params else None
+    return code(params_text(params)) if params else None
 
 
 def _seeds(seeds: dict[str, Any]) -> list[str]:
@@ -481,8 +357,8 @@ def _column_origin(name: str, folder: Folder) -> str:
     return f"Annotation (`{name.split('_', 1)[0]}` family)."
 
 
-def _yaml_header(folder: Folder, figures: dict[str, Any], *, license: str, pretty_name: str,
-                 language: list[str]):
+def _yaml_header(folder: Folder, figures: dict[str, Any], sections: list[CardSection], *, license: str,
+                 pretty_name: str, language: list[str]):
     from datasets import Features
     from huggingface_hub import DatasetCardData
 
@@ -496,10 +372,8 @@ def _yaml_header(folder: Folder, figures: dict[str, Any], *, license: str, prett
         features = Features.from_arrow_schema(folder.schema(name))
         infos.append({"config_name": name, "features": features._to_yaml_list()})
     domains = sorted({str(r["domain"]) for r in figures["mix"] if r["domain"]})
-    step_names = [next(iter(s)) for s in folder.manifest["recipe"]["steps"]]
     tags = ["curate", "reasoning", "long-cot", "chain-of-thought", "synthetic", *domains]
-    tags += [t for t, step in (("verified", "verify"), ("decontaminated", "decontaminate"), ("deduplicated", "exact_dedup"))
-             if step in step_names]
+    tags += [t for s in sections for t in s.tags]
     if folder.has_variants:
         tags.append("ablation")
     sources = sorted({str(r["source"]) for r in figures["mix"] if r["source"]})
@@ -513,8 +387,8 @@ def _yaml_header(folder: Folder, figures: dict[str, Any], *, license: str, prett
     )
 
 
-def _body(folder: Folder, figures: dict[str, Any], plot_paths: dict[str, str], pretty_name: str,
-          license: str) -> str:
+def _body(folder: Folder, figures: dict[str, Any], sections: list[CardSection], plot_paths: dict[str, str],
+          pretty_name: str, license: str) -> str:
     m = folder.manifest
     out: list[str] = [f"# {pretty_name}", ""]
     if m.get("description"):
@@ -546,57 +420,30 @@ def _body(folder: Folder, figures: dict[str, Any], plot_paths: dict[str, str], p
     schema = folder.schema()
     out += ["## Schema", "", f"Columns of `{folder.base_config}` (other configs may add annotation columns; "
             "see *Variants*).", ""]
-    out += [_table(["column", "type", "description"],
+    out += [table(["column", "type", "description"],
                    [[code(fl.name), code(fl.type), Md(_column_origin(fl.name, folder))] for fl in schema]), ""]
 
     out += ["## Sources and teachers", "", f"Rows of `{folder.base_config}` by source, teacher and domain.", ""]
-    out += [_table(["source", "teacher", "domain", "rows"],
+    out += [table(["source", "teacher", "domain", "rows"],
                    [[r["source"], r["teacher"] or "unknown", r["domain"], r["len"]] for r in figures["mix"]]), ""]
 
     out += ["## Pipeline as run", "", "Every step with its parameters and what it kept and rejected. Rejected "
             "rows are kept in `rejects/` with `reject_step` and `reject_reason`.", ""]
     rows = [[f["step"], code(f["name"]), _param_cell(_non_default(f["name"], p)), f["rows_in"], f["kept"],
              f["rejected"], f["seconds"]] for f, p in folder.steps()]
-    out += [_table(["#", "step", "parameters (non-default)", "rows in", "kept", "rejected", "seconds"], rows), ""]
+    out += [table(["#", "step", "parameters (non-default)", "rows in", "kept", "rejected", "seconds"], rows), ""]
     out += [f"![Funnel]({plot_paths['funnel']})", ""] if "funnel" in plot_paths else []
     reasons = _reject_reasons(folder)
     if reasons:
         out += ["Most frequent reject reasons:", "",
-                _table(["step", "reason", "rows"], reasons), ""]
+                table(["step", "reason", "rows"], reasons), ""]
 
-    if figures["verification"]:
-        out += ["## Verification", "", "Answers checked against the reference answers (`verify`); accuracy is "
-                "correct / all rows the step saw.", ""]
-        out += [_table(["where", "source", "rows", "correct", "incorrect", "unverifiable", "accuracy"],
-                       [[r["where"], r["source"], r["rows"], r["correct"], r["incorrect"], r["unverifiable"],
-                         f"{r['accuracy']:.1%}" if r["accuracy"] is not None else None]
-                        for r in figures["verification"]]), ""]
-
-    dc = figures["decontamination"]
-    if dc:
-        out += ["## Decontamination", "",
-                f"Benchmarks checked: {', '.join(map(str, dc['benchmarks']))}. Method(s): "
-                f"{', '.join(_as_list(dc['method'])) or 'unknown'} on field(s) {', '.join(_as_list(dc['fields'])) or 'unknown'}"
-                + (f" ({code(_params(dc['thresholds']))})" if dc["thresholds"] else "")
-                + f"; action `{dc['action']}`.", "",
-                f"Rows removed: **{dc['removed']:,}**" + (f" of {dc['rows_in']:,}" if dc["rows_in"] is not None else "")
-                + (f"; rows flagged and kept: **{dc['flagged']:,}**" if dc["flagged"] else "") + ".", ""]
-        if dc.get("by_benchmark"):
-            out += [_table(["benchmark", "method", "rows"], [list(r) for r in dc["by_benchmark"]]), ""]
-        if dc.get("examples"):
-            out += ["Examples of matched rows:", "",
-                    _table(list(dc["examples"][0]), [list(e.values()) for e in dc["examples"]]), ""]
-
-    if figures["difficulty"]:
-        out += ["## Difficulty", ""]
-        for col, values in figures["difficulty"].items():
-            s = pl.Series(values, dtype=pl.Float64)
-            out += [f"`{col}`: {s.len():,} rows, mean {_fmt(s.mean())}, median {_fmt(s.median())}.", ""]
-            out += [f"![{col}]({plot_paths[col]})", ""] if col in plot_paths else []
+    for section in sections:  # what each step says: verification, decontamination, difficulty...
+        out += section.markdown
 
     out += ["## Length statistics", "", f"Characters per field in `{folder.base_config}`; "
             f"{figures['truncated']:,} rows have an unclosed (truncated) thinking block.", ""]
-    out += [_table(["field", "min", "median", "mean", "p90", "max"],
+    out += [table(["field", "min", "median", "mean", "p90", "max"],
                    [[r["column"], r["min"], r["median"], r["mean"], r["p90"], r["max"]] for r in figures["lengths"]]), ""]
     out += [f"![Thinking length per source]({plot_paths['lengths']})", ""] if "lengths" in plot_paths else []
 
@@ -609,7 +456,7 @@ def _body(folder: Folder, figures: dict[str, Any], plot_paths: dict[str, str], p
     out += ["## Validation results", ""]
     if validation:
         keys = list(dict.fromkeys(k for r in validation for k in r))
-        out += [_table(keys, [[r.get(k) for k in keys] for r in validation]), ""]
+        out += [table(keys, [[r.get(k) for k in keys] for r in validation]), ""]
         out += _validation_notes(folder)
         out += [f"![Variants]({plot_paths['variants']})", ""] if "variants" in plot_paths else []
     else:
@@ -622,9 +469,9 @@ def _body(folder: Folder, figures: dict[str, Any], plot_paths: dict[str, str], p
             "`manifest.json`; input paths as recorded there):", "", "```yaml", _recipe_yaml(folder).rstrip(), "```", ""]
     out += [f"Input fingerprint `{m['input'].get('fingerprint')}`.", ""]
     out += _seeds(m.get("seeds") or {})
-    out += [_table(["library", "version"], [[k, v] for k, v in sorted(m.get("libraries", {}).items())]), ""]
+    out += [table(["library", "version"], [[k, v] for k, v in sorted(m.get("libraries", {}).items())]), ""]
 
-    out += ["## Limitations", ""] + [f"- {t}" for t in _limitations(folder, figures, license)] + [""]
+    out += ["## Limitations", ""] + [f"- {t}" for t in _limitations(folder, figures, sections, license)] + [""]
     return "\n".join(out)
 
 
@@ -655,23 +502,8 @@ def _recipe_yaml(folder: Folder) -> str:
     return yaml.safe_dump(doc, sort_keys=False, width=100)
 
 
-def _limitations(folder: Folder, figures: dict[str, Any], license: str) -> list[str]:
-    steps = {f["name"] for f, _ in folder.steps()}
-    variant_steps = {s for c in folder.configs for _, s, _ in folder.variant_steps(c)}
-    out = []
-    if "verify" not in steps:
-        out.append("Final answers were not checked against reference answers in the base rows"
-                   + (" (only some variants ran `verify`)." if "verify" in variant_steps else "."))
-    else:
-        unverifiable = sum(r["unverifiable"] for r in figures["verification"])
-        out.append(f"Verification is automatic (math-verify / tests); {unverifiable:,} rows were unverifiable "
-                   "and a checker can be wrong on unusual answer formats.")
-    if figures["decontamination"] is None:
-        out.append("Not decontaminated against evaluation benchmarks: check overlap before evaluating a model "
-                   "trained on it.")
-    else:
-        out.append("Decontamination covers only the benchmarks and methods listed; paraphrased or translated "
-                   "benchmark items below the thresholds can remain.")
+def _limitations(folder: Folder, figures: dict[str, Any], sections: list[CardSection], license: str) -> list[str]:
+    out = [line for s in sections for line in s.limitations]
     if figures["teacher_unknown"]:
         out.append(f"The teacher model is unknown for {figures['teacher_unknown']:,} rows (the input did not say).")
     if figures["truncated"]:
@@ -724,11 +556,12 @@ def build_card(folder: str | Path, *, license: str | None = None, pretty_name: s
     from huggingface_hub import DatasetCard
 
     f = Folder.open(folder)
-    figures = key_figures(f)
+    sections = step_sections(f, plots=plots)
+    figures = key_figures(f, sections)
     opts = card_options(f, license=license, pretty_name=pretty_name, language=language)
     plot_paths = write_plots(f, figures) if plots else {}
-    data = _yaml_header(f, figures, **opts)
-    body = _body(f, figures, plot_paths, opts["pretty_name"], opts["license"])
+    data = _yaml_header(f, figures, sections, **opts)
+    body = _body(f, figures, sections, plot_paths, opts["pretty_name"], opts["license"])
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 

@@ -20,7 +20,7 @@ import re
 from bisect import bisect_right
 from dataclasses import dataclass
 from statistics import mean
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import polars as pl
 import pyarrow as pa
@@ -37,6 +37,9 @@ from curate.ops.structure.segment import step_starts
 from curate.ops.structure.tokens import approx_expr, count_tokens
 from curate.ops.verify.step import Verify
 from curate.step import REJECT_REASON, Step, StepResult, param
+
+if TYPE_CHECKING:
+    from curate.card.section import CardContext, CardSection
 
 Method = Literal["pass_rate", "judge", "proxy"]
 Rubric = Literal["difficulty", "omnithought"]
@@ -321,6 +324,11 @@ class GradeDifficulty(Step):
                      pl.Series("difficulty_cognitive", cog, dtype=pl.Float64)]
         return _split(batch.with_columns(cols), reasons, {"generation": gen_stats})
 
+    # --- the dataset card ------------------------------------------------------------------------
+    @classmethod
+    def card_section(cls, ctx: CardContext) -> CardSection:
+        return _card_section(ctx)
+
 
 def _clip(text: str | None) -> str:
     text = text or ""
@@ -336,3 +344,25 @@ def _split(annotated: pl.DataFrame, reasons: list[str | None], stats: dict[str, 
         return StepResult(annotated, None, stats)
     tagged = annotated.with_columns(pl.Series(REJECT_REASON, reasons, dtype=pl.String))
     return StepResult(annotated.filter(~drop), tagged.filter(drop), stats)
+
+
+# --- the dataset card -----------------------------------------------------------------------------
+
+def _card_section(ctx: CardContext) -> CardSection:
+    """The card's *Difficulty* section: count, mean and median of each numeric ``difficulty_*``
+    column of the kept rows (this step's or the input's), each with a histogram."""
+    from curate.card.section import CardSection, fmt
+
+    frame = ctx.rows()
+    columns = {c: frame[c].drop_nulls().to_list() for c in frame.columns
+               if c.startswith("difficulty_") and frame[c].dtype.is_numeric()}
+    section = CardSection(key="difficulty", figures=columns, order=30)
+    if columns:
+        out = ["## Difficulty", ""]
+        for col, values in columns.items():
+            s = pl.Series(values, dtype=pl.Float64)
+            out += [f"`{col}`: {s.len():,} rows, mean {fmt(s.mean())}, median {fmt(s.median())}.", ""]
+            plot = ctx.histogram(col, values, title=f"{col} distribution", xlabel=col)
+            out += [f"![{col}]({plot})", ""] if plot else []
+        section.markdown = out
+    return section

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -16,6 +16,9 @@ from curate.ops.structure.tokens import (
 )
 from curate.schema import DOMAINS
 from curate.step import Step, StepResult, reject_where
+
+if TYPE_CHECKING:
+    from curate.card.section import VariantNote, VariantStep
 
 _TOKENS = "__filter_tokens"
 
@@ -87,6 +90,21 @@ class Filter(Step):
                     raise ValueError(f"where.{col}: unknown operator {op!r}; use {', '.join(_OPS)}")
                 if op in ("in", "not_in") and not isinstance(value, list):
                     raise ValueError(f"where.{col}.{op} needs a list")
+
+    @classmethod
+    def card_variant(cls, step: VariantStep) -> VariantNote:
+        """A variant that keeps the base's correct or incorrect traces says so; the incorrect ones
+        are the seed paper's wrong-answer set (Li et al. 2025: the same teacher's incorrect traces)."""
+        from curate.card.section import VariantNote
+
+        shown = step.shown
+        what = step.describe()
+        if set(shown) == {"where"} and set(shown["where"]) == {"verify_correct"}:
+            eq = shown["where"]["verify_correct"].get("eq")
+            what = "the base's " + ("correct" if eq else "incorrect") + " traces (`verify_correct`)"
+        origin = ("Li et al. 2025's: the same teacher's traces whose answer verified incorrect"
+                  if (step.params.get("where") or {}).get("verify_correct") == {"eq": False} else "")
+        return VariantNote(what, origin)
 
     def columns_read(self) -> tuple[str, ...]:
         cols = ["problem", "thinking", "solution", "domain", "thinking_closed"]

@@ -27,14 +27,14 @@ Shared contract of every corruption:
   so all variants of a base share the same rows; ``on_untouched: reject`` drops them instead.
 - **Coverage.** Each corruption reports ``corruption: {rows, target, changed}`` in its funnel entry;
   a run where fewer than 99% of the target rows changed says so at the end and in the card
-  (:func:`coverage_warnings`).
+  (``Corruption.coverage_warnings``).
 - **Stale annotations.** When the input has ``steps_*`` columns (segment_steps) they follow the edit
   (offsets moved through it; a model rewrite is re-segmented by rules and ``steps_method`` says so);
   other annotations (``profile_*``, ``verify_*``) describe the clean row: run those steps after the
   corruption when a variant needs them.
 """
 
-from curate.ops.corrupt.coverage import MIN_CHANGED_SHARE, coverage_warnings
+from curate.ops.corrupt.coverage import MIN_CHANGED_SHARE
 from curate.ops.corrupt.digits import CorruptDigits
 from curate.ops.corrupt.keywords import RemoveKeywords
 from curate.ops.corrupt.steps import DeleteSteps, InsertSteps, ShuffleSteps
@@ -48,5 +48,4 @@ __all__ = [
     "InsertSteps",
     "RemoveKeywords",
     "ShuffleSteps",
-    "coverage_warnings",
 ]

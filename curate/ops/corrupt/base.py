@@ -9,16 +9,25 @@ import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import polars as pl
 import pyarrow as pa
 import xxhash
 
+from curate.ops.corrupt.coverage import coverage_warnings
 from curate.ops.structure.segment import spans
 from curate.ops.structure.step import Segmentation, resegment
 from curate.schema import trace_id
 from curate.step import Step, StepResult, reject_where
+
+if TYPE_CHECKING:
+    from curate.card.section import VariantNote, VariantStep
+
+# whose method a corruption is, as the card's *Variants* table says it
+PAPER = "Li et al. 2025"
+NOT_PUBLIC = ("the paper's perturbation; its code is not public, so the steps (`segment_steps`) and the "
+              "choice of steps are this toolkit's reading")
 
 SPAN = pa.struct([("part", pa.string()), ("start", pa.int32()), ("end", pa.int32())])
 _SPAN_PL = pl.Struct({"part": pl.String, "start": pl.Int32, "end": pl.Int32})
@@ -145,6 +154,34 @@ class Corruption(Step):
             kept = reject_where(out, reason.is_not_null(), reason)
             return StepResult(kept.kept, kept.rejected, stats)
         return StepResult(out, None, stats)
+
+    # --- the end of a run and the dataset card ---------------------------------------------------
+    def coverage_warnings(self, stats: dict[str, Any]) -> list[str]:
+        """A line when the step changed < 99% of the rows it meant to change (``corruption: {rows,
+        target, changed}`` in its stats): the other rows are copies of the base, partly not a variant."""
+        return coverage_warnings(stats)
+
+    @classmethod
+    def card_variant(cls, step: VariantStep) -> VariantNote:
+        """The *Variants* cell: what the step did, whose method it is, the share of rows it changed."""
+        from curate.card.section import VariantNote
+
+        c = step.stats.get("corruption")
+        changed = None
+        if c:
+            changed = f"{c['changed'] / step.rows:.1%}" if step.rows else "—"
+            changed += (f" ({c['changed'] / c['target']:.1%} of {c['target']:,} drawn)"
+                        if c["target"] != c["rows"] and c["target"] else "")
+        return VariantNote(cls.card_what(step), cls.method_origin(step), changed)
+
+    @classmethod
+    def card_what(cls, step: VariantStep) -> str:
+        return step.describe()
+
+    @classmethod
+    def method_origin(cls, step: VariantStep) -> str:
+        """Whose method this is: the paper's own (with the file followed) or this toolkit's."""
+        return ""
 
 
 def shift_steps(batch: pl.DataFrame, edits: list[list[tuple[int, int, int]]]) -> pl.DataFrame:

@@ -8,22 +8,13 @@ from typing import Any
 MIN_CHANGED_SHARE = 0.99
 
 
-def coverage_warnings(manifest: dict[str, Any]) -> list[str]:
-    """One line per corruption step (base or config) that changed < 99% of the rows it meant to change.
-
-    Reads the ``corruption: {rows, target, changed}`` stats every corruption reports in its funnel
-    entry; unchanged rows are copies of the base rows, so such a variant is partly not a variant.
-    """
-    entries = [(None, f) for f in manifest.get("funnel", [])]
-    entries += [(name, f) for name, c in manifest.get("configs", {}).items() for f in c.get("funnel", [])]
-    out = []
-    for config, f in entries:
-        c = (f.get("stats") or {}).get("corruption")
-        if not c or not c.get("target") or c["changed"] >= MIN_CHANGED_SHARE * c["target"]:
-            continue
-        where = f"config {config}: " if config else ""
-        drawn = f" ({c['target']} drawn)" if c["target"] != c["rows"] else ""
-        out.append(f"{where}step {f['step']} '{f['name']}' changed {c['changed']:,} of {c['target']:,} rows{drawn} "
-                   f"({c['changed'] / c['target']:.1%} < {MIN_CHANGED_SHARE:.0%}): the other rows are unchanged "
-                   "copies of the base rows (on_untouched: reject drops them, with the reason)")
-    return out
+def coverage_warnings(stats: dict[str, Any]) -> list[str]:
+    """A line when a corruption changed < 99% of the rows it meant to change (``corruption: {rows,
+    target, changed}`` in its stats): the other rows are copies of the base, partly not a variant."""
+    c = stats.get("corruption")
+    if not c or not c.get("target") or c["changed"] >= MIN_CHANGED_SHARE * c["target"]:
+        return []
+    drawn = f" ({c['target']} drawn)" if c["target"] != c["rows"] else ""
+    return [f"changed {c['changed']:,} of {c['target']:,} rows{drawn} "
+            f"({c['changed'] / c['target']:.1%} < {MIN_CHANGED_SHARE:.0%}): the other rows are unchanged "
+            "copies of the base rows (on_untouched: reject drops them, with the reason)"]

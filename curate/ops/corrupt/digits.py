@@ -5,13 +5,24 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import polars as pl
 import pyarrow as pa
 
-from curate.ops.corrupt.base import COMMON_COLUMNS, SPAN, Corruption, choose, row_rng, scope_parts
+from curate.ops.corrupt.base import (
+    COMMON_COLUMNS,
+    PAPER,
+    SPAN,
+    Corruption,
+    choose,
+    row_rng,
+    scope_parts,
+)
 from curate.step import StepResult
+
+if TYPE_CHECKING:
+    from curate.card.section import VariantStep
 
 _NUMBER = re.compile(r"\b\d+(?:\.\d+)?\b", re.ASCII)  # the paper's script's number token (ASCII digits)
 _DIGIT = re.compile(r"\d", re.ASCII)
@@ -60,6 +71,13 @@ class CorruptDigits(Corruption):
             raise ValueError(f"replacement {self.replacement} applies to unit: number")
         if self.scope not in ("response", "thinking"):
             raise ValueError(f"scope must be response or thinking, not {self.scope!r}")
+
+    @classmethod
+    def method_origin(cls, step: VariantStep) -> str:
+        p = step.params
+        if (p.get("replacement"), p.get("unit"), p.get("sampling")) == ("paper", "number", "bernoulli"):
+            return f"{PAPER}'s rule (`skythought/tools/corrupt_data.py`)"
+        return "this toolkit's option (not the paper's rule)"
 
     def columns_read(self) -> tuple[str, ...]:
         return ("id", "problem", "thinking", "solution")

@@ -5,14 +5,25 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import polars as pl
 import pyarrow as pa
 
-from curate.ops.corrupt.base import COMMON_COLUMNS, SPAN, Corruption, choose, row_rng, scope_parts
+from curate.ops.corrupt.base import (
+    COMMON_COLUMNS,
+    PAPER,
+    SPAN,
+    Corruption,
+    choose,
+    row_rng,
+    scope_parts,
+)
 from curate.ops.structure.keywords import REASONING_KEYWORDS, keyword_pattern
 from curate.step import StepResult
+
+if TYPE_CHECKING:
+    from curate.card.section import VariantStep
 
 _WS = re.compile(r"\s*")
 _PHRASE_TAIL = re.compile(r"[,:;]?[ \t]*")
@@ -104,6 +115,16 @@ class RemoveKeywords(Corruption):
                 raise ValueError("prompt must hold a {thinking} placeholder")
             if self.max_tokens < 1:
                 raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+    @classmethod
+    def card_what(cls, step: VariantStep) -> str:
+        return step.describe(ran_as=sorted({k.split("+")[-1] for k in step.distinct("corrupt_kind")}))
+
+    @classmethod
+    def method_origin(cls, step: VariantStep) -> str:
+        if any(":model" in k for k in step.distinct("corrupt_kind")):
+            return f"{PAPER}'s method, a model rewrite (`tag_output.py`), with this toolkit's prompt"
+        return "this toolkit's rule-based keyword deletion: a different method from the paper's model rewrite"
 
     def method(self) -> str:
         """The mode that runs: ``auto`` resolved."""

@@ -7,16 +7,26 @@ import heapq
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import polars as pl
 import pyarrow as pa
 import xxhash
 
-from curate.ops.corrupt.base import COMMON_COLUMNS, Corruption, row_rng, row_segmentations, share
+from curate.ops.corrupt.base import (
+    COMMON_COLUMNS,
+    NOT_PUBLIC,
+    Corruption,
+    row_rng,
+    row_segmentations,
+    share,
+)
 from curate.ops.structure.segment import Steps, join
 from curate.ops.structure.step import STEPS_COLUMNS, Segmentation
 from curate.step import StepResult
+
+if TYPE_CHECKING:
+    from curate.card.section import VariantStep
 
 
 @dataclass
@@ -92,6 +102,14 @@ class ShuffleSteps(_StepCorruption):
         self._check_segmentation()
         self._check_common()
 
+    @classmethod
+    def card_what(cls, step: VariantStep) -> str:
+        return step.describe(hidden=("mode",))  # segmentation rules, unused on segmented rows
+
+    @classmethod
+    def method_origin(cls, step: VariantStep) -> str:
+        return NOT_PUBLIC
+
     def _edit(self, rng, steps, row_id):  # type: ignore[no-untyped-def]
         n = len(steps)
         k = share(self.ratio, n)
@@ -129,6 +147,14 @@ class DeleteSteps(_StepCorruption):
     def __post_init__(self) -> None:
         self._check_segmentation()
         self._check_common()
+
+    @classmethod
+    def card_what(cls, step: VariantStep) -> str:
+        return step.describe(hidden=("mode",))  # segmentation rules, unused on segmented rows
+
+    @classmethod
+    def method_origin(cls, step: VariantStep) -> str:
+        return NOT_PUBLIC
 
     def _edit(self, rng, steps, row_id):  # type: ignore[no-untyped-def]
         n = len(steps)
@@ -195,6 +221,10 @@ class InsertSteps(_StepCorruption):
         self._lens: list[int] = []
         self._pool: list[tuple[int, str, str]] = []  # (length, donor "id:step", body), sorted by length
         self._fitted = False
+
+    @classmethod
+    def method_origin(cls, step: VariantStep) -> str:
+        return NOT_PUBLIC if step.params.get("mode", "insert") == "insert" else "this toolkit's option (replace)"
 
     def starts(self, text: str) -> list[int]:
         return self._seg.starts(text)

@@ -7,7 +7,7 @@ import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import polars as pl
 import pyarrow as pa
@@ -25,6 +25,9 @@ from curate.answers import (
 )
 from curate.ops.corrupt.base import COMMON_COLUMNS, SPAN, Corruption, row_rng
 from curate.step import StepResult
+
+if TYPE_CHECKING:
+    from curate.card.section import VariantStep
 
 _CHOICE = re.compile(r"^(\(?)([A-E])(\)?)$")
 _TEXT_CHOICE = re.compile(r"^\\text\{\s*\(?([A-E])\)?\s*\}$")
@@ -110,6 +113,10 @@ class CorruptWrongAnswer(Corruption):
         self._symbolic: list[str] = []
         self._any: list[str] = []
         self._fitted = False
+
+    @classmethod
+    def method_origin(cls, step: VariantStep) -> str:
+        return "this toolkit's synthetic wrong answers (the paper used the teacher's incorrect traces)"
 
     def columns_read(self) -> tuple[str, ...]:
         return ("id", "problem", "thinking", "solution", "answer", "reference_answer")

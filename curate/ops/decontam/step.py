@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import polars as pl
@@ -15,6 +15,9 @@ from curate.ops.decontam.grams import Tokens
 from curate.ops.decontam.match import BenchmarkIndex
 from curate.step import Step, StepResult, reject_where
 from curate.text import TOKEN_RE
+
+if TYPE_CHECKING:
+    from curate.card.section import CardContext, CardSection
 
 METHODS = ("ngram", "exact", "fuzzy", "embedding")
 WHOLE_TEXT_METHODS = ("exact", "fuzzy", "embedding")  # compare the whole problem, not spans
@@ -215,6 +218,11 @@ class Decontaminate(Step):
                             schema={"row": pl.Int64, "item": pl.Int64, "score": pl.Float64,
                                     "start": pl.Int64, "end": pl.Int64})
 
+    # --- the dataset card ------------------------------------------------------------------------
+    @classmethod
+    def card_section(cls, ctx: CardContext) -> CardSection:
+        return _card_section(ctx)
+
 
 def _chunks(batch: pl.DataFrame, cols: list[str]) -> list[tuple[int, int]]:
     """Row ranges of at most CHUNK_CHARS characters (at least one row each): the kernel's arrays
@@ -238,3 +246,76 @@ def _span(text: str, start: int | None, end: int | None) -> str:
         if end <= len(spans):
             text = text[spans[start].start(): spans[end - 1].end()]
     return text if len(text) <= SPAN_CHARS else text[: SPAN_CHARS - 1] + "…"
+
+
+# --- the dataset card -----------------------------------------------------------------------------
+
+def _card_section(ctx: CardContext) -> CardSection:
+    """The card's *Decontamination* section (benchmarks, methods, rows removed or flagged by
+    benchmark, examples), the tag ``decontaminated`` and what it does not cover, as a limitation."""
+    from curate.card.section import CardSection, code, params_text, table
+
+    dc = _report(ctx)
+    section = CardSection(key="decontamination", figures=dc, order=20,
+                          tags=["decontaminated"] if ctx.stages(configs=False) else [])
+    if dc is None:
+        section.limitations = ["Not decontaminated against evaluation benchmarks: check overlap before "
+                               "evaluating a model trained on it."]
+        return section
+    section.limitations = ["Decontamination covers only the benchmarks and methods listed; paraphrased or "
+                           "translated benchmark items below the thresholds can remain."]
+    out = ["## Decontamination", "",
+           f"Benchmarks checked: {', '.join(map(str, dc['benchmarks']))}. Method(s): "
+           f"{', '.join(_as_list(dc['method'])) or 'unknown'} on field(s) {', '.join(_as_list(dc['fields'])) or 'unknown'}"
+           + (f" ({code(params_text(dc['thresholds']))})" if dc["thresholds"] else "")
+           + f"; action `{dc['action']}`.", "",
+           f"Rows removed: **{dc['removed']:,}**" + (f" of {dc['rows_in']:,}" if dc["rows_in"] is not None else "")
+           + (f"; rows flagged and kept: **{dc['flagged']:,}**" if dc["flagged"] else "") + ".", ""]
+    if dc.get("by_benchmark"):
+        out += [table(["benchmark", "method", "rows"], [list(r) for r in dc["by_benchmark"]]), ""]
+    if dc.get("examples"):
+        out += ["Examples of matched rows:", "",
+                table(list(dc["examples"][0]), [list(e.values()) for e in dc["examples"]]), ""]
+    section.markdown = out
+    section.tables = [(f"Decontamination: {dc['removed']:,} removed, {dc['flagged']:,} flagged",
+                       ["benchmark", "method", "rows"], [list(r) for r in dc.get("by_benchmark", [])])]
+    return section
+
+
+def _report(ctx: CardContext) -> dict[str, Any] | None:
+    """Benchmarks and methods checked, rows removed or flagged by benchmark and method, examples:
+    from the base stages' parameters, every stage's rejects and the kept rows' ``decontam_*``."""
+    stages = ctx.stages(configs=False)
+    removed = ctx.rejects()
+    flagged = (ctx.scan().filter(pl.col("decontam_benchmark").is_not_null()).collect()
+               if "decontam_benchmark" in ctx.schema().names else None)
+    if not stages and removed is None and flagged is None:
+        return None
+    params = stages[0].params if stages else {}
+    benchmarks = params.get("benchmarks", "unknown")
+    if benchmarks == "all":
+        benchmarks = bench.available()
+    report: dict[str, Any] = {
+        "benchmarks": benchmarks if isinstance(benchmarks, list) else [benchmarks],
+        "method": params.get("method"), "fields": params.get("fields"), "action": params.get("action"),
+        "thresholds": {k: v for k, v in params.items()  # the settings of the matchers that ran
+                       if k.split("_", 1)[0] in _as_list(params.get("method")) and k.split("_", 1)[0] in METHODS},
+        "rows_in": stages[0].entry["rows_in"] if stages else None,
+        "removed": removed.height if removed is not None else 0,
+        "flagged": flagged.height if flagged is not None else 0,
+    }
+    hits = pl.concat([f for f in (removed, flagged) if f is not None and f.height], how="diagonal_relaxed") \
+        if (removed is not None and removed.height) or (flagged is not None and flagged.height) else None
+    if hits is not None and "decontam_benchmark" in hits.columns:
+        report["by_benchmark"] = hits.group_by("decontam_benchmark", "decontam_method").len().sort(
+            "len", "decontam_benchmark", descending=[True, False]).rows()
+        cols = [c for c in ("problem", "decontam_benchmark", "decontam_item", "decontam_method", "decontam_score")
+                if c in hits.columns]
+        report["examples"] = hits.sort("id").head(3).select(cols).to_dicts()
+    return report
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(value)] if isinstance(value, str) else [str(v) for v in value]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import polars as pl
@@ -13,6 +13,9 @@ import xxhash
 
 from curate.ops.dedup.minhash import duplicate_of, split_duplicates
 from curate.step import Step, StepResult
+
+if TYPE_CHECKING:
+    from curate.card.section import CardContext, CardSection
 
 _KEY_COLUMNS = {"problem_response": ("problem", "thinking", "solution"), "problem": ("problem",)}
 
@@ -45,6 +48,13 @@ class ExactDedup(Step):
 
     def columns_read(self) -> tuple[str, ...]:
         return ("id", *_KEY_COLUMNS[self.mode])
+
+    @classmethod
+    def card_section(cls, ctx: CardContext) -> CardSection | None:
+        """The dataset is tagged ``deduplicated`` when the base rows went through this step."""
+        from curate.card.section import CardSection
+
+        return CardSection(tags=["deduplicated"], order=40) if ctx.stages(configs=False) else None
 
     def keep_order(self) -> list[pl.Expr]:
         """Sort keys over (pos, len) that put each duplicate group's survivor first."""

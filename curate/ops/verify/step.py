@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, ClassVar, Literal, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 import polars as pl
 import pyarrow as pa
@@ -28,6 +28,9 @@ from curate.ops.verify.mcq import gold_letter
 from curate.ops.verify.pool import Failed, WorkerPool, default_workers
 from curate.progress import rows_done
 from curate.step import REJECT_REASON, Step, StepResult
+
+if TYPE_CHECKING:
+    from curate.card.section import CardContext, CardSection
 
 Domain = Literal["auto", "math", "code", "mcq"]
 Keep = Literal["correct", "all", "incorrect"]
@@ -212,6 +215,13 @@ class Verify(Step):
         if self.keep == "incorrect" and correct:
             return "correct (keep=incorrect keeps only wrong answers)"
         return None
+
+    # --- the dataset card ------------------------------------------------------------------------
+    @classmethod
+    def card_section(cls, ctx: CardContext) -> CardSection:
+        from curate.ops.verify.report import card_section
+
+        return card_section(ctx)
 
 
 def _verdict_counts(sources: list[str | None], verdicts: list[dict[str, Any]]) -> dict[str, Any]:
