@@ -11,12 +11,15 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Iterator
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import polars as pl
 import pyarrow as pa
 
 from curate.errors import RecipeError
+
+if TYPE_CHECKING:
+    from curate.globalpass import PassContext, PlannedApply
 
 REGISTRY: dict[str, type[Step]] = {}
 REJECT_REASON = "reject_reason"
@@ -66,8 +69,16 @@ class Step:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
     # --- work ------------------------------------------------------------------------------------
+    def plan(self, ctx: PassContext) -> PlannedApply | None:
+        """A global step's pass over the whole stage (``curate.globalpass``), run by every engine.
+        Return None when ``apply`` is then used as it is, or a planned apply (``fn(step, batch,
+        offset, plan file)``) that reads the per-part plans the pass wrote. By default: ``fit``
+        over every part in order, in this process (for passes small enough to need no split)."""
+        self.fit(ctx.frames())
+        return None
+
     def fit(self, batches: Iterator[pl.DataFrame]) -> None:
-        """Global pass over the whole input, batch by batch, in order (global steps only)."""
+        """The default ``plan``'s in-memory pass over the whole input, batch by batch, in order."""
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         """Process one batch; ``offset`` is the global position of its first row."""
@@ -88,6 +99,17 @@ class Step:
         so a distributed engine can generate every part's in one batch job ahead of the apply and
         hand them in (``curate.engines.llm``); [] for a step that asks no model."""
         return []
+
+    def model_settings(self) -> dict[str, Any] | None:
+        """The generation model's settings (the step's ``model`` block, resolved) when ``apply``
+        asks one; None otherwise. Engines read it to batch generations ahead (``engines/llm``)."""
+        model = getattr(self, "model", None)
+        return model if isinstance(model, dict) else None
+
+    def token_budget(self) -> int | None:
+        """Completion tokens the step may generate in one process (its ``budget_tokens``), None
+        when unbounded: an engine that makes every generation in one batch job refuses a budget."""
+        return getattr(self, "budget_tokens", None)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

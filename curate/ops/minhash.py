@@ -25,6 +25,11 @@ its better row is kept and the other undecided, so a cluster of k copies costs a
 not k^2. Each row keeps at most ``max_shingles`` shingle hashes for the check (the smallest: a
 bottom-k sample, exact for rows with fewer), so memory per row is bounded on long traces.
 
+The pass (``plan``) runs on any engine as units of work: each part's signatures, band keys and
+shingle sets go to one file each; tasks over groups of bands sort the keys into candidate pairs;
+the driver loads what it needs of the rows in pairs only (a few ints, the signature and at most
+``max_shingles`` shingle hashes each) and runs ``keep_first`` with its lazy check.
+
 What a duplicate is: ``[asy]`` figure code is left out of the shingles (problems that share a
 figure but ask different questions are different problems), and with ``same_numbers`` two
 problems whose numbers differ are never duplicates ("4 balls in 3 boxes" vs "5 balls").
@@ -33,16 +38,19 @@ problems whose numbers differ are never duplicates ("4 balls in 3 boxes" vs "5 b
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
 from curate.decontam.text import TokenBatch, fmix64, gram_hash
+from curate.globalpass import PassContext, PlannedApply, no_duplicates, read_duplicates
+from curate.io.write import WORK_COMPRESSION, write_parquet_atomic
 from curate.step import Step, StepResult, reject_where
 
 _M32 = np.uint32(0xFFFFFFFF)
@@ -52,6 +60,7 @@ _PAIR_WINDOW = 16  # a bucket member is paired with this many next members (all 
 _ASY = r"(?s)\[asy\].*?\[/asy\]"  # Asymptote figure code in MATH/AoPS problems
 _LEADING_NUMBER = r"^\s*(?i:problem\s*)?\(?[0-9a-z]{1,3}[.):]\s+"  # "3. ", "(a) ", "Problem 12: "
 _SIZES = {"word": 3, "char": 24}  # words: 3 on problems, 5 (datatrove) on problem+response; NeMo: 24 chars
+_KEYS_PER_TASK = 5_000_000  # band keys one candidate-pair task sorts (rows x its bands)
 
 
 def shingle_hash32(shingle: bytes) -> int:
@@ -153,17 +162,6 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
                 acc = (acc ^ sig[:, j].astype(np.uint64)) * np.uint64(0x100000001B3)
             keys[b] = fmix64(acc)
     return keys
-
-
-def candidate_pairs(keys: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Unique (i, j), i < j, pairs of rows that share a band bucket: array (m, 2) int64."""
-    idx = np.flatnonzero(valid)
-    found = np.empty((0, 2), dtype=np.int64)
-    for band in keys:  # merged band by band: memory holds the unique pairs plus one band's
-        k = band[idx]
-        order = np.argsort(k, kind="stable")
-        found = unique_pairs(np.concatenate([found, bucket_pairs(k[order], idx[order])]))
-    return found
 
 
 def bucket_pairs(sk: np.ndarray, members: np.ndarray) -> np.ndarray:
@@ -275,10 +273,6 @@ class MinHashDedup(Step):
             raise ValueError(f"max_shingles must be >= 1, got {self.max_shingles}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
-        self._rep: np.ndarray | None = None
-        self._jac: np.ndarray | None = None
-        self._ids: pl.Series | None = None
-        self.stats: dict[str, int] = {}
 
     @property
     def size(self) -> int:
@@ -315,35 +309,102 @@ class MinHashDedup(Step):
                                                                   for c in ("thinking", "solution")]],
                                           separator="\n"))[:, 0]
 
-    def fit(self, batches: Iterator[pl.DataFrame]) -> None:
-        signer = Signer(self.num_perm, self.seed, self.shingle, self.size, self.workers)
-        sigs, ids, lengths, best, shingle_keys, nums = [], [], [], [], [], []
-        base = 0
-        for batch in batches:
-            sig, rows, h = signer.sign(self._text(batch))
-            sigs.append(sig)
-            ids.append(batch["id"])
-            lengths.append(response_length(batch))
-            nums.append(self.numbers(batch))
-            if self.keep == "best":
-                best.append(batch[self.best_by])
-            if self.verify == "jaccard":
-                shingle_keys.append(shingle_keys_of(rows, h, base, self.max_shingles))
-            base += batch.height
-        n = base
-        sig = np.concatenate(sigs) if sigs else np.empty((0, self.num_perm), dtype=np.uint32)
-        del sigs
-        valid = (sig != _M32).any(axis=1) if n else np.zeros(0, dtype=bool)
-        pairs = candidate_pairs(band_keys(sig, self.bands, self.rows), valid)
-        sets = ShingleSets(np.concatenate(shingle_keys), n, self.max_shingles) if self.verify == "jaccard" and n else None
-        passes = self.checker(pairs, sig, sets, np.concatenate(nums) if nums else np.zeros(0, np.uint64))
-        self._rep, checked = keep_first(n, pairs, keep_rank(self.keep, n, lengths, best), passes)
-        self._jac = np.ones(n, dtype=np.float64)
-        dup = np.flatnonzero(self._rep != np.arange(n))
-        if len(dup):
-            self._jac[dup] = sig_jaccard(sig, np.stack([dup, self._rep[dup]], axis=1))
-        self._ids = pl.concat(ids) if ids else pl.Series("id", [], dtype=pl.String)
-        self.stats = {"rows": n, "candidate_pairs": len(pairs), "checked_pairs": checked, "dropped": len(dup)}
+    def plan(self, ctx: PassContext) -> PlannedApply:
+        """Signatures per part, candidate pairs per group of bands, then ``keep_first`` on the driver
+        over the rows in pairs; records rows, candidate and checked pairs, and drops."""
+        if ctx.done() is None:
+            pairs = self._candidates(ctx, self._sign(ctx))
+            dups, checked = self._decide(ctx, pairs)
+            ctx.write_plans(dups)
+            stats = {"rows": ctx.rows, "candidate_pairs": len(pairs), "checked_pairs": checked, "dropped": dups.height}
+            ctx.finish({"stats": stats}, ["rows", "shingles", "pairs"])
+        return MinHashDedup.apply_plan
+
+    def _sign(self, ctx: PassContext) -> list[Path]:
+        """One unit per part: ``rows/part-K`` (pos, id, len, number hash, signature, band keys,
+        ``best``) and, to check on Jaccard, ``shingles/part-K`` (sorted ``pos << 32 | hash``)."""
+        folder = ctx.folder
+        cols = list(dict.fromkeys(["id", "problem", "thinking", "solution"]
+                                  + ([self.best_by] if self.keep == "best" else [])))
+
+        def sign_part(s: MinHashDedup, item: tuple[int, str, int]) -> dict[str, int]:
+            k, path, offset = item
+            batch = pl.read_parquet(path, columns=cols)
+            sig, rows, h = Signer(s.num_perm, s.seed, s.shingle, s.size, s.workers).sign(s._text(batch))
+            table: dict[str, Any] = {"pos": np.arange(offset, offset + batch.height, dtype=np.int64),
+                                     "id": batch["id"].to_arrow(), "len": response_length(batch).to_arrow(),
+                                     "num": s.numbers(batch), "valid": (sig != _M32).any(axis=1),
+                                     "sig": _sig_column(sig)}
+            if s.keep == "best":
+                table["best"] = batch[s.best_by].to_arrow()
+            for b, keys in enumerate(band_keys(sig, s.bands, s.rows)):
+                table[f"band-{b:03d}"] = keys
+            write_parquet_atomic(pa.table(table), folder / "rows" / f"part-{k:05d}.parquet", None, WORK_COMPRESSION)
+            if s.verify == "jaccard":
+                key = shingle_keys_of(rows, h, offset, s.max_shingles)
+                write_parquet_atomic(pa.table({"key": key}), folder / "shingles" / f"part-{k:05d}.parquet", None,
+                                     WORK_COMPRESSION)
+            return {"rows": batch.height}
+
+        ctx.map(sign_part, ctx.items(), state=self, on_result=ctx.told())
+        return [folder / "rows" / f"part-{k:05d}.parquet" for k, _, _ in ctx.items()]
+
+    def _candidates(self, ctx: PassContext, files: list[Path]) -> np.ndarray:
+        """Candidate pairs: one task per group of bands reads those band columns of every part and
+        pairs the rows that share a bucket (``bucket_pairs``); unique (low, high) pairs, sorted."""
+        if not files:
+            return np.empty((0, 2), dtype=np.int64)
+        out = ctx.folder / "pairs"
+        groups = [g.tolist() for g in np.array_split(np.arange(self.bands), ctx.groups(self.bands, ctx.rows, _KEYS_PER_TASK))]
+
+        def band_task(_: Any, item: tuple[int, list[int]]) -> dict[str, int]:
+            g, bands = item
+            names = [f"band-{b:03d}" for b in bands]
+            t = pl.read_parquet(files, columns=["pos", "valid", *names]).filter(pl.col("valid"))
+            pos, found = t["pos"].to_numpy(), np.empty((0, 2), dtype=np.int64)
+            for name in names:  # rows are in position order: a stable sort by key ties by position
+                k = t[name].to_numpy()
+                order = np.argsort(k, kind="stable")
+                found = unique_pairs(np.concatenate([found, bucket_pairs(k[order], pos[order])]))
+            write_parquet_atomic(pa.table({"a": found[:, 0], "b": found[:, 1]}), out / f"group-{g:03d}.parquet")
+            return {"rows": t.height}
+
+        ctx.map(band_task, list(enumerate(groups)))
+        found = [pl.read_parquet(p) for p in sorted(out.glob("group-*.parquet"))]
+        cand = pl.concat(found)
+        return unique_pairs(np.stack([cand["a"].to_numpy(), cand["b"].to_numpy()], axis=1).astype(np.int64))
+
+    def _decide(self, ctx: PassContext, pairs: np.ndarray) -> tuple[pl.DataFrame, int]:
+        """``keep_first`` over the candidate pairs, on the rows in pairs only (rows in none are
+        kept): (pos, duplicate_of, score) of each dropped row, and the pairs checked."""
+        if len(pairs) == 0:
+            return no_duplicates(), 0
+        nodes, local = np.unique(pairs, return_inverse=True)  # ascending: rank ties break by position
+        local = local.reshape(pairs.shape)
+        best = ["best"] if self.keep == "best" else []
+        rows = ctx.load_rows("rows", nodes, ["id", "len", "num", "sig", *best])
+        rank = keep_rank(self.keep, len(nodes), [rows["len"]], [rows["best"]] if best else [])
+        sig = _sig_matrix(rows.to_arrow()["sig"], self.num_perm)
+        sets = ShingleSets(self._shingles(ctx, nodes), len(nodes), self.max_shingles) if self.verify == "jaccard" else None
+        passes = self.checker(local, sig, sets, rows["num"].to_numpy())
+        rep, checked = keep_first(len(nodes), local, rank, passes)
+        dup = np.flatnonzero(rep != np.arange(len(nodes)))
+        score = sig_jaccard(sig, np.stack([dup, rep[dup]], axis=1))
+        return pl.DataFrame({"pos": nodes[dup], "duplicate_of": rows["id"].gather(rep[dup]), "score": score},
+                            schema=no_duplicates().schema), checked
+
+    @staticmethod
+    def _shingles(ctx: PassContext, nodes: np.ndarray) -> np.ndarray:
+        """The shingle keys of these rows (ascending positions), renumbered to their index in
+        ``nodes`` and still sorted: at most ``max_shingles`` per row, read part by part."""
+        keys = []
+        for k in np.unique(ctx.part_of(nodes)):
+            key = pl.read_parquet(ctx.folder / "shingles" / f"part-{k:05d}.parquet")["key"].to_numpy()
+            pos = (key >> np.uint64(32)).astype(np.int64)
+            at = np.minimum(np.searchsorted(nodes, pos), len(nodes) - 1)
+            hit = nodes[at] == pos
+            keys.append((at[hit].astype(np.uint64) << np.uint64(32)) | (key[hit] & np.uint64(0xFFFFFFFF)))
+        return np.concatenate(keys) if keys else np.empty(0, dtype=np.uint64)
 
     def checker(self, pairs: np.ndarray, sig: np.ndarray, sets: ShingleSets | None,
                 numbers: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -358,16 +419,27 @@ class MinHashDedup(Step):
             return ok & (sets.jaccard(p) >= self.threshold)
         return passes
 
+    def apply_plan(self, batch: pl.DataFrame, offset: int, plan: Path) -> StepResult:
+        """The apply of one part from its plan (the rows to drop, the id each duplicates, the Jaccard)."""
+        return self.reject_duplicates(batch, *read_duplicates(plan, batch.height))
+
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
-        assert self._rep is not None and self._jac is not None and self._ids is not None, "fit() must run first"
-        dup_of = duplicate_of(self._ids, self._rep, offset, batch.height)
-        return self.reject_duplicates(batch, dup_of, pl.Series(self._jac[offset: offset + batch.height]))
+        raise RuntimeError("minhash_dedup applies from its plan: run it in a Pipeline (or curate.globalpass.run_here)")
 
     def reject_duplicates(self, batch: pl.DataFrame, duplicate_of: pl.Series, score: pl.Series) -> StepResult:
         """Reject the rows whose ``duplicate_of`` (the kept row's id) is set, with their Jaccard ``score``."""
         reason = pl.format("near duplicate (MinHash, est. Jaccard {}) of {}", pl.col("minhash_jaccard").round(3),
                            pl.col("duplicate_of"))
         return split_duplicates(batch, duplicate_of, reason, "minhash_jaccard", score)
+
+
+def _sig_column(sig: np.ndarray) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel(), pa.uint32()), sig.shape[1])
+
+
+def _sig_matrix(col: pa.ChunkedArray, num_perm: int) -> np.ndarray:
+    flat = col.combine_chunks().flatten() if col.num_chunks else pa.array([], pa.uint32())
+    return np.asarray(flat, dtype=np.uint32).reshape(-1, num_perm)
 
 
 def split_duplicates(batch: pl.DataFrame, duplicate_of: pl.Series, reason: pl.Expr,
@@ -379,13 +451,6 @@ def split_duplicates(batch: pl.DataFrame, duplicate_of: pl.Series, reason: pl.Ex
         detail.append(score.cast(pl.Float64).alias(score_name))
     result = reject_where(batch.with_columns(detail), duplicate_of.is_not_null(), reason)
     return StepResult(result.kept.drop([c.name for c in detail]), result.rejected)
-
-
-def duplicate_of(ids: pl.Series, rep: np.ndarray, offset: int, height: int) -> pl.Series:
-    """The kept row's id for each row of a batch that is a duplicate, null for the rows kept."""
-    reps = rep[offset: offset + height]
-    dup = pl.Series(reps != np.arange(offset, offset + height))
-    return pl.select(pl.when(dup).then(ids.gather(reps)).otherwise(None)).to_series().alias("duplicate_of")
 
 
 def keep_rank(keep: str, n: int, lengths: list[pl.Series], best: list[pl.Series]) -> np.ndarray:
