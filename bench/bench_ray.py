@@ -86,9 +86,9 @@ class PeakTreeRSS:
 
 def child(engine: str, src: Path, out: Path) -> None:
     """One engine's run (in its own process): wall time, start-up, peak tree RSS, MinHash scratch sizes."""
+    import curate.engines.distributed as dist
     import pyarrow.parquet as pq
 
-    import curate.engines.distributed as dist
     from curate import Pipeline
     from curate.engines import get_engine
     from curate.step import build_step
@@ -138,6 +138,7 @@ def measure_band_task(src: Path, work: Path) -> dict:
     import shutil
 
     import curate.engines.distributed as dist
+
     from curate import Pipeline
     from curate.engines import LocalEngine
     from curate.step import build_step

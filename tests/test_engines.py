@@ -463,15 +463,14 @@ def test_ray_data_llm_failures_reject_or_stop_and_resume(cluster, responses, fla
 def test_generation_requests_are_what_apply_asks(name: str, params: dict, samples_dir: Path) -> None:
     """Every model step's ``generation_requests`` lists exactly the requests its apply sends: given
     those (and nothing else), the apply never reaches the (dead) server."""
-    from curate.models import Completion
-    from curate.models.steps import backend_for
+    from curate.models import Completion, get_backend
 
     model = {"backend": "openai", "name_or_path": "m", "base_url": "http://127.0.0.1:9/v1", "cache": False,
              "max_retries": 0}
     step = build_step(name, {**params, "model": model})
     batch = read(samples_dir).to_polars()[:12]
     requests = step.generation_requests(batch)
-    backend = backend_for(model)
+    backend = get_backend(model)
     answer = "[1] [2]\nDifficulty: 5\n\\boxed{1}"
     made = {backend.key(p, s): [Completion(answer, 10, 5)] * s.n for p, s in requests}
     assert len(made) == len(requests) > 0
@@ -496,13 +495,13 @@ def test_ray_data_llm_keeps_the_openai_settings(cluster) -> None:
     """Ray's HTTP processor gets the openai backend's own endpoint, key, retries and request shape,
     chat included."""
     from curate.engines import llm
-    from curate.models.steps import backend_for
+    from curate.models import get_backend
 
     model = {"backend": "openai", "name_or_path": "m", "base_url": "http://127.0.0.1:9/v1", "chat": True,
              "api_key": "k", "concurrency": 3, "max_retries": 2, "cache": False, "ray_data_llm": True}
     try:
         config = llm.build_processor(model, gpus=0).config
-        body = backend_for(model).body("2+2?", GradeDifficulty(method="judge", model=model).sampling())
+        body = get_backend(model).body("2+2?", GradeDifficulty(method="judge", model=model).sampling())
     finally:
         clear_backends()
     assert config.url == "http://127.0.0.1:9/v1/chat/completions" and config.headers == {"Authorization": "Bearer k"}

@@ -6,7 +6,7 @@ from typing import Any
 
 import polars as pl
 
-from curate.models import Backend, check_settings, get_backend
+from curate.models import Backend, check_settings
 
 THINK_CLOSE = ("</think>", "<|end_of_thought|>")
 
@@ -29,11 +29,6 @@ def model_resources(settings: dict[str, Any] | None) -> dict[str, float] | None:
     if settings["backend"] == "transformers" and str(settings.get("device", "cpu")).startswith("cuda"):
         return {"num_gpus": 1.0}
     return {}
-
-
-def backend_for(settings: dict[str, Any]) -> Backend:
-    """The process-wide backend of these settings (a model loads once per process)."""
-    return get_backend(settings)
 
 
 def fill(template: str, **values: str | None) -> str:
@@ -68,7 +63,7 @@ def verify_samples(verifier: Any, rows: pl.DataFrame, texts: list[list[str]]) ->
         pl.Series("solution", list(solution), dtype=pl.String),
         pl.lit(None, dtype=pl.String).alias("answer"),
     )
-    verdicts = verifier.run_tasks(verifier._tasks(frame))
+    verdicts = verifier.run_tasks(verifier.tasks(frame))
     out: list[list[bool | None]] = [[] for _ in texts]
     for i, v in zip(idx, verdicts, strict=True):
         out[i].append(v["correct"])

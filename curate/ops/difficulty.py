@@ -25,10 +25,9 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from curate.models import SamplingParams, model_label
+from curate.models import SamplingParams, get_backend, model_label
 from curate.models.steps import (
     backend_counts,
-    backend_for,
     checked_model,
     fill,
     model_resources,
@@ -206,7 +205,7 @@ class GradeDifficulty(Step):
 
     def _generate(self, prompts: list[str]) -> tuple[list[list[Any]], dict[str, int]]:
         assert self.model is not None
-        backend = backend_for(self.model)
+        backend = get_backend(self.model)
         before = snapshot(backend)
         done = backend.generate(prompts, self.sampling())
         return done, backend_counts(backend, before)

@@ -22,10 +22,9 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from curate.models import SamplingParams, model_label
+from curate.models import SamplingParams, get_backend, model_label
 from curate.models.steps import (
     backend_counts,
-    backend_for,
     checked_model,
     model_resources,
     snapshot,
@@ -168,7 +167,7 @@ class ClassifyDomain(Step):
                                      pl.lit("rules").alias("domain_classifier"))
             return StepResult(out, None)
         assert self.model is not None
-        backend = backend_for(self.model)
+        backend = get_backend(self.model)
         before = snapshot(backend)
         done = backend.generate(self.prompts(batch), self._sampling()) if batch.height else []
         raw, found, reasons = [], [], []

@@ -21,10 +21,9 @@ import polars as pl
 import pyarrow as pa
 
 from curate.io.markers import join_response, split_response
-from curate.models import SamplingParams
+from curate.models import SamplingParams, get_backend
 from curate.models.steps import (
     backend_counts,
-    backend_for,
     checked_model,
     fill,
     model_resources,
@@ -104,7 +103,7 @@ class Reformat(Step):
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         assert self.model is not None
-        backend = backend_for(self.model)
+        backend = get_backend(self.model)
         before = snapshot(backend)
         done = backend.generate(self._prompts(batch), self._sampling()) if batch.height else []
         thinking, solution, reasons, tin, tout = [], [], [], [], []

@@ -26,10 +26,9 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from curate.models import SamplingParams, model_label
+from curate.models import SamplingParams, get_backend, model_label
 from curate.models.steps import (
     backend_counts,
-    backend_for,
     checked_model,
     fill,
     model_resources,
@@ -178,7 +177,7 @@ class ScoreReasoning(Step):
 
     def _judge(self, batch: pl.DataFrame) -> StepResult:
         assert self.model is not None
-        backend = backend_for(self.model)
+        backend = get_backend(self.model)
         before = snapshot(backend)
         done = backend.generate(self.prompts(batch), self._sampling()) if batch.height else []
         raw, parsed, reasons = [], [], []

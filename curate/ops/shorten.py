@@ -27,10 +27,9 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from curate.models import SamplingParams
+from curate.models import SamplingParams, get_backend
 from curate.models.steps import (
     backend_counts,
-    backend_for,
     checked_model,
     fill,
     model_resources,
@@ -303,7 +302,7 @@ class Shorten(Step):
 
     def _rewrite(self, batch: pl.DataFrame) -> StepResult:
         assert self.model is not None
-        backend = backend_for(self.model)
+        backend = get_backend(self.model)
         before = snapshot(backend)
         done = backend.generate(self._rewrite_prompts(batch), self._sampling())
         new: list[str | None] = []
