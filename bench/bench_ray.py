@@ -7,7 +7,7 @@ The corpus: problems from ../shared/data/problems made distinct by swapping a qu
 words (bench/bench_minhash.py's corpus, 5% planted near-duplicates), each given the thinking and
 solution of a real trace from ../shared/data/traces (cycled, so texts are real-length). The recipe:
 exact_dedup -> extract_answer -> minhash_dedup -> sample: row-local steps and every
-distributed global pass. Each engine runs in its own process; memory is the peak of the summed RSS
+global pass split into units of work. Each engine runs in its own process; memory is the peak of the summed RSS
 of that process and all its descendants (the Ray head, raylet and workers), sampled every 0.2 s.
 Both engines must write the same rows (checked). Then, from the ray run, the measured bytes per
 row of the MinHash pass's intermediate files, the basis of the 10M-row estimate in BENCHMARKS.md.
@@ -86,24 +86,25 @@ class PeakTreeRSS:
 
 def child(engine: str, src: Path, out: Path) -> None:
     """One engine's run (in its own process): wall time, start-up, peak tree RSS, MinHash scratch sizes."""
-    import curate.engines.distributed as dist
     import pyarrow.parquet as pq
 
     from curate import Pipeline
     from curate.engines import get_engine
+    from curate.globalpass import PassContext
     from curate.step import build_step
 
     scratch: dict[str, list[int]] = {}
-    finish = dist._finish
+    finish = PassContext.finish
 
-    def measured(folder: Path, state: dict, names: list[str]) -> None:  # sizes before the cleanup
+    def measured(ctx: PassContext, state: dict, names: list[str]) -> None:  # sizes before the cleanup
         for name in names:
+            folder = ctx.folder
             files = list((folder / name).rglob("*.parquet")) if (folder / name).exists() else []
             scratch[f"{folder.parent.name}/{name}"] = [sum(f.stat().st_size for f in files),
                                                        sum(pq.ParquetFile(f).metadata.num_rows for f in files)]
-        finish(folder, state, names)
+        finish(ctx, state, names)
 
-    dist._finish = measured
+    PassContext.finish = measured  # type: ignore[method-assign]
     rss = PeakTreeRSS()
     t0 = time.perf_counter()
     runner = get_engine(engine, None) if engine == "local" else get_engine("ray")
@@ -116,17 +117,18 @@ def child(engine: str, src: Path, out: Path) -> None:
                       "rows": result.rows, "funnel": result.funnel.drop("seconds").rows(), "scratch": scratch}))
 
 
-def band_task_memory(bands: Path) -> None:
-    """Peak memory of one MinHash band task on all the band files of a run taken as ONE band
+def band_task_memory(rows: Path) -> None:
+    """Peak memory of one MinHash band task on all the band keys of a run taken as ONE band
     (20 x the rows: a band of a 20x larger corpus), above the process's RSS before it reads."""
     import psutil
 
     from curate.ops.minhash import bucket_pairs, unique_pairs
 
-    files = sorted(str(f) for f in bands.rglob("*.parquet"))
+    files = sorted(str(f) for f in rows.rglob("*.parquet"))
     base = psutil.Process().memory_info().rss
     rss = PeakTreeRSS(every=0.005)
-    t = pl.read_parquet(files).sort(["key", "pos"])  # what band_task does, on 20 bands' records at once
+    t = pl.read_parquet(files, columns=["pos", "valid", *[f"band-{b:03d}" for b in range(20)]]).filter("valid")
+    t = t.unpivot(index="pos", value_name="key").sort(["key", "pos"])  # 20 bands' keys as one band
     pairs = unique_pairs(bucket_pairs(t["key"].to_numpy(), t["pos"].to_numpy()))
     peak = rss.stop()
     print(json.dumps({"records": t.height, "pairs": int(len(pairs)), "peak_above_base_kib": (peak - base) // 1024,
@@ -134,28 +136,28 @@ def band_task_memory(bands: Path) -> None:
 
 
 def measure_band_task(src: Path, work: Path) -> dict:
-    """Run the MinHash pass unit by unit, keep its band files, measure a band task in a fresh process."""
+    """Run the MinHash pass unit by unit, keep its per-part row files (with the band keys), measure
+    a band task in a fresh process."""
     import shutil
-
-    import curate.engines.distributed as dist
 
     from curate import Pipeline
     from curate.engines import LocalEngine
+    from curate.globalpass import PassContext
     from curate.step import build_step
 
     kept = work / "bands"
-    finish = dist._finish
+    finish = PassContext.finish
 
-    def keep_bands(folder: Path, state: dict, names: list[str]) -> None:
-        if (folder / "bands").exists():
+    def keep_bands(ctx: PassContext, state: dict, names: list[str]) -> None:
+        if (ctx.folder / "rows").exists() and "stats" in state:
             shutil.rmtree(kept, ignore_errors=True)
-            shutil.copytree(folder / "bands", kept)
-        finish(folder, state, names)
+            shutil.copytree(ctx.folder / "rows", kept)
+        finish(ctx, state, names)
 
-    dist._finish = keep_bands
+    PassContext.finish = keep_bands  # type: ignore[method-assign]
     Pipeline([build_step("minhash_dedup", {})], batch_size=4096).run(
-        src, work / "out-bands", engine=LocalEngine(distributed_fits=True), progress=False, card=False, overwrite=True)
-    dist._finish = finish
+        src, work / "out-bands", engine=LocalEngine(), progress=False, card=False, overwrite=True)
+    PassContext.finish = finish  # type: ignore[method-assign]
     done = subprocess.run([sys.executable, __file__, "--band-task", str(kept)], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
