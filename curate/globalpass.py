@@ -140,16 +140,31 @@ class PassContext:
             write_parquet_atomic(frame.select("row", "duplicate_of", "score").cast(dict(PLAN_SCHEMA)).to_arrow(),
                                  self.plan_file(int(k)))
 
+    def part_files(self, what: str) -> PartFiles:
+        """The per-part files ``folder/what/part-KKKKK.parquet`` of a pass (picklable: a unit of
+        work may take it along to read some rows back)."""
+        return PartFiles(self.folder / what, self.starts)
+
+
+@dataclass(frozen=True)
+class PartFiles:
+    """One file per part under ``folder``, each with the global position ``pos`` of its rows."""
+
+    folder: Path
+    starts: np.ndarray  # global position of each part's first row, and the total at the end
+
+    def path(self, k: int) -> Path:
+        return self.folder / f"part-{k:05d}.parquet"
+
     def part_of(self, positions: np.ndarray) -> np.ndarray:
         """The part each global row position falls in."""
         return np.searchsorted(self.starts, positions, side="right") - 1
 
-    def load_rows(self, what: str, positions: np.ndarray, columns: list[str]) -> pl.DataFrame:
-        """``columns`` of the per-part files ``folder/what/part-KKKKK.parquet`` (each with a ``pos``
-        column) for these global positions, in their order (only the parts they fall in are read)."""
+    def load(self, positions: np.ndarray, columns: list[str]) -> pl.DataFrame:
+        """``columns`` of these global positions, in their order (only the parts they fall in are read)."""
         wanted = pl.DataFrame({"pos": positions.astype(np.int64)})
-        frames = [pl.read_parquet(self.folder / what / f"part-{k:05d}.parquet", columns=["pos", *columns])
-                  .join(wanted, on="pos", how="semi") for k in np.unique(self.part_of(positions))]
+        frames = [pl.read_parquet(self.path(k), columns=["pos", *columns]).join(wanted, on="pos", how="semi")
+                  for k in np.unique(self.part_of(positions))]
         if not frames:
             return wanted.with_columns(pl.lit(None).alias(c) for c in columns)
         return wanted.join(pl.concat(frames), on="pos", how="left", maintain_order="left")

@@ -27,8 +27,9 @@ bottom-k sample, exact for rows with fewer), so memory per row is bounded on lon
 
 The pass (``plan``) runs on any engine as units of work: each part's signatures, band keys and
 shingle sets go to one file each; tasks over groups of bands sort the keys into candidate pairs;
-the driver loads what it needs of the rows in pairs only (a few ints, the signature and at most
-``max_shingles`` shingle hashes each) and runs ``keep_first`` with its lazy check.
+the clusters of candidate pairs go to tasks of ~250k rows, each loading what it needs of its rows
+only (a few ints, the signature and at most ``max_shingles`` shingle hashes each) and running
+``keep_first`` with its lazy check.
 
 What a duplicate is: ``[asy]`` figure code is left out of the shingles (problems that share a
 figure but ask different questions are different problems), and with ``same_numbers`` two
@@ -49,7 +50,7 @@ import polars as pl
 import pyarrow as pa
 
 from curate.decontam.text import TokenBatch, fmix64, gram_hash
-from curate.globalpass import PassContext, PlannedApply, no_duplicates, read_duplicates
+from curate.globalpass import PartFiles, PassContext, PlannedApply, no_duplicates, read_duplicates
 from curate.io.write import WORK_COMPRESSION, write_parquet_atomic
 from curate.step import Step, StepResult, reject_where
 
@@ -61,6 +62,7 @@ _ASY = r"(?s)\[asy\].*?\[/asy\]"  # Asymptote figure code in MATH/AoPS problems
 _LEADING_NUMBER = r"^\s*(?i:problem\s*)?\(?[0-9a-z]{1,3}[.):]\s+"  # "3. ", "(a) ", "Problem 12: "
 _SIZES = {"word": 3, "char": 24}  # words: 3 on problems, 5 (datatrove) on problem+response; NeMo: 24 chars
 _KEYS_PER_TASK = 5_000_000  # band keys one candidate-pair task sorts (rows x its bands)
+_ROWS_PER_CHECK = 250_000  # rows in pairs one keep-first task loads (whole clusters: a bigger one is whole)
 
 
 def shingle_hash32(shingle: bytes) -> int:
@@ -310,14 +312,14 @@ class MinHashDedup(Step):
                                           separator="\n"))[:, 0]
 
     def plan(self, ctx: PassContext) -> PlannedApply:
-        """Signatures per part, candidate pairs per group of bands, then ``keep_first`` on the driver
-        over the rows in pairs; records rows, candidate and checked pairs, and drops."""
+        """Signatures per part, candidate pairs per group of bands, then ``keep_first`` per group of
+        clusters; records rows, candidate and checked pairs, and drops."""
         if ctx.done() is None:
             pairs = self._candidates(ctx, self._sign(ctx))
             dups, checked = self._decide(ctx, pairs)
             ctx.write_plans(dups)
             stats = {"rows": ctx.rows, "candidate_pairs": len(pairs), "checked_pairs": checked, "dropped": dups.height}
-            ctx.finish({"stats": stats}, ["rows", "shingles", "pairs"])
+            ctx.finish({"stats": stats}, ["rows", "shingles", "pairs", "check"])
         return MinHashDedup.apply_plan
 
     def _sign(self, ctx: PassContext) -> list[Path]:
@@ -375,36 +377,54 @@ class MinHashDedup(Step):
         return unique_pairs(np.stack([cand["a"].to_numpy(), cand["b"].to_numpy()], axis=1).astype(np.int64))
 
     def _decide(self, ctx: PassContext, pairs: np.ndarray) -> tuple[pl.DataFrame, int]:
-        """``keep_first`` over the candidate pairs, on the rows in pairs only (rows in none are
-        kept): (pos, duplicate_of, score) of each dropped row, and the pairs checked."""
+        """``keep_first`` over the candidate pairs: (pos, duplicate_of, score) of each dropped row,
+        and the pairs checked. Rows in no pair are kept; a cluster (connected component of the
+        pairs) is decided on its own, so clusters go to tasks of ~``_ROWS_PER_CHECK`` rows each,
+        which load only their rows (``_check``)."""
         if len(pairs) == 0:
             return no_duplicates(), 0
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        nodes, local = np.unique(pairs, return_inverse=True)
+        local = local.reshape(pairs.shape)
+        graph = coo_matrix((np.ones(len(local), dtype=np.int8), (local[:, 0], local[:, 1])), shape=(len(nodes),) * 2)
+        _, label = connected_components(graph, directed=False)
+        size = np.bincount(label)
+        task = ((np.cumsum(size) - size) // _ROWS_PER_CHECK)[label]  # whole clusters, in label order
+        folder = ctx.folder / "check"
+        of_pair = task[local[:, 0]]
+        order = np.argsort(of_pair, kind="stable")
+        tasks, first = np.unique(of_pair[order], return_index=True)
+        for t, chunk in zip(tasks.tolist(), np.split(order, first[1:]), strict=True):
+            write_parquet_atomic(pa.table({"a": pairs[chunk, 0], "b": pairs[chunk, 1]}), folder / f"pairs-{t:05d}.parquet")
+        rows, shingles = ctx.part_files("rows"), ctx.part_files("shingles")
+
+        def check(s: MinHashDedup, t: int) -> dict[str, int]:
+            got = pl.read_parquet(folder / f"pairs-{t:05d}.parquet")
+            dups, checked = s._check(np.stack([got["a"].to_numpy(), got["b"].to_numpy()], axis=1), rows, shingles)
+            write_parquet_atomic(dups.to_arrow(), folder / f"dups-{t:05d}.parquet")
+            return {"rows": got.height, "checked": checked}
+
+        results = ctx.map(check, tasks.tolist(), state=self)
+        dups = pl.concat([pl.read_parquet(f) for f in sorted(folder.glob("dups-*.parquet"))])
+        return dups, sum(r["checked"] for r in results)
+
+    def _check(self, pairs: np.ndarray, rows: PartFiles, shingles: PartFiles) -> tuple[pl.DataFrame, int]:
+        """``keep_first`` over these pairs (whole clusters), with the lazy check: the rows in them
+        loaded from the per-part files (a few ints, the signature, at most ``max_shingles`` hashes)."""
         nodes, local = np.unique(pairs, return_inverse=True)  # ascending: rank ties break by position
         local = local.reshape(pairs.shape)
         best = ["best"] if self.keep == "best" else []
-        rows = ctx.load_rows("rows", nodes, ["id", "len", "num", "sig", *best])
-        rank = keep_rank(self.keep, len(nodes), [rows["len"]], [rows["best"]] if best else [])
-        sig = _sig_matrix(rows.to_arrow()["sig"], self.num_perm)
-        sets = ShingleSets(self._shingles(ctx, nodes), len(nodes), self.max_shingles) if self.verify == "jaccard" else None
-        passes = self.checker(local, sig, sets, rows["num"].to_numpy())
-        rep, checked = keep_first(len(nodes), local, rank, passes)
+        got = rows.load(nodes, ["id", "len", "num", "sig", *best])
+        rank = keep_rank(self.keep, len(nodes), [got["len"]], [got["best"]] if best else [])
+        sig = _sig_matrix(got.to_arrow()["sig"], self.num_perm)
+        sets = ShingleSets(_shingles(shingles, nodes), len(nodes), self.max_shingles) if self.verify == "jaccard" else None
+        rep, checked = keep_first(len(nodes), local, rank, self.checker(local, sig, sets, got["num"].to_numpy()))
         dup = np.flatnonzero(rep != np.arange(len(nodes)))
         score = sig_jaccard(sig, np.stack([dup, rep[dup]], axis=1))
-        return pl.DataFrame({"pos": nodes[dup], "duplicate_of": rows["id"].gather(rep[dup]), "score": score},
+        return pl.DataFrame({"pos": nodes[dup], "duplicate_of": got["id"].gather(rep[dup]), "score": score},
                             schema=no_duplicates().schema), checked
-
-    @staticmethod
-    def _shingles(ctx: PassContext, nodes: np.ndarray) -> np.ndarray:
-        """The shingle keys of these rows (ascending positions), renumbered to their index in
-        ``nodes`` and still sorted: at most ``max_shingles`` per row, read part by part."""
-        keys = []
-        for k in np.unique(ctx.part_of(nodes)):
-            key = pl.read_parquet(ctx.folder / "shingles" / f"part-{k:05d}.parquet")["key"].to_numpy()
-            pos = (key >> np.uint64(32)).astype(np.int64)
-            at = np.minimum(np.searchsorted(nodes, pos), len(nodes) - 1)
-            hit = nodes[at] == pos
-            keys.append((at[hit].astype(np.uint64) << np.uint64(32)) | (key[hit] & np.uint64(0xFFFFFFFF)))
-        return np.concatenate(keys) if keys else np.empty(0, dtype=np.uint64)
 
     def checker(self, pairs: np.ndarray, sig: np.ndarray, sets: ShingleSets | None,
                 numbers: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -431,6 +451,19 @@ class MinHashDedup(Step):
         reason = pl.format("near duplicate (MinHash, est. Jaccard {}) of {}", pl.col("minhash_jaccard").round(3),
                            pl.col("duplicate_of"))
         return split_duplicates(batch, duplicate_of, reason, "minhash_jaccard", score)
+
+
+def _shingles(files: PartFiles, nodes: np.ndarray) -> np.ndarray:
+    """The shingle keys of these rows (ascending positions), renumbered to their index in
+    ``nodes`` and still sorted: at most ``max_shingles`` per row, read part by part."""
+    keys = []
+    for k in np.unique(files.part_of(nodes)):
+        key = pl.read_parquet(files.path(k))["key"].to_numpy()
+        pos = (key >> np.uint64(32)).astype(np.int64)
+        at = np.minimum(np.searchsorted(nodes, pos), len(nodes) - 1)
+        hit = nodes[at] == pos
+        keys.append((at[hit].astype(np.uint64) << np.uint64(32)) | (key[hit] & np.uint64(0xFFFFFFFF)))
+    return np.concatenate(keys) if keys else np.empty(0, dtype=np.uint64)
 
 
 def _sig_column(sig: np.ndarray) -> pa.Array:
