@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from curate.io.write import remove_tree, write_json_atomic, write_parquet_atomic
+from curate.io.write import remove_tree, replacing, write_json_atomic, write_parquet_atomic
 
 if TYPE_CHECKING:
     from curate.step import Step, StepResult
@@ -156,6 +156,13 @@ class PartFiles:
     def path(self, k: int) -> Path:
         return self.folder / f"part-{k:05d}.parquet"
 
+    def array_path(self, k: int) -> Path:
+        return self.folder / f"part-{k:05d}.npy"
+
+    def array(self, k: int) -> np.ndarray:
+        """Part ``k``'s array (``save_array``), memory-mapped: reading a slice reads only it."""
+        return np.load(self.array_path(k), mmap_mode="r")
+
     def part_of(self, positions: np.ndarray) -> np.ndarray:
         """The part each global row position falls in."""
         return np.searchsorted(self.starts, positions, side="right") - 1
@@ -168,6 +175,14 @@ class PartFiles:
         if not frames:
             return wanted.with_columns(pl.lit(None).alias(c) for c in columns)
         return wanted.join(pl.concat(frames), on="pos", how="left", maintain_order="left")
+
+
+def save_array(array: np.ndarray, path: Path) -> None:
+    """A numpy array to ``path`` (.npy), atomically: a pass's fixed-width scratch (signatures, hash
+    keys) is written and read back as raw memory, several times faster than as Parquet columns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array))
 
 
 DUPLICATES = pl.Schema({"pos": pl.Int64, "duplicate_of": pl.String, "score": pl.Float64})

@@ -2,8 +2,9 @@
 
 A step is a dataclass whose fields are its parameters (the same names in Python and YAML).
 It declares the columns it reads and the typed columns it writes; the runner checks the chain
-before any work starts. Row-local steps stream; steps with ``needs_global_pass`` get a ``fit``
-over the whole input first (signatures, an index, a plan), then ``apply`` per batch.
+before any work starts. Row-local steps stream; a step with ``needs_global_pass`` first runs its
+``plan`` over the whole stage (signatures, an index, a cut: its own units of work over the parts,
+run by whichever engine runs the pipeline; ``curate.globalpass``), then ``apply`` per batch.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ class ExactDedup(Step):
     def columns_read(self) -> tuple[str, ...]:
         return ("id", *_KEY_COLUMNS[self.mode])
 
-    def keep_order(self) -> list[pl.Expr]:
+    def _keep_order(self) -> list[pl.Expr]:
         """Sort keys over (pos, len) that put each duplicate group's survivor first."""
         return {"first": [pl.col("pos")], "longest": [-pl.col("len"), pl.col("pos")],
                 "shortest": [pl.col("len"), pl.col("pos")]}[self.keep]
@@ -91,7 +91,7 @@ class ExactDedup(Step):
                 return {"rows": batch.height}
 
             ctx.map(hash_part, ctx.items(), state=self, on_result=ctx.told())
-            order = self.keep_order()
+            order = self._keep_order()
 
             def reduce_bucket(_: Any, bucket: Path) -> dict[str, int]:
                 table = pl.read_parquet(str(bucket / "*.parquet"))
@@ -111,12 +111,12 @@ class ExactDedup(Step):
 
     def apply_plan(self, batch: pl.DataFrame, offset: int, plan: Path) -> StepResult:
         """The apply of one part from its plan (the rows to drop and the id each duplicates)."""
-        return self.reject_duplicates(batch, read_duplicates(plan, batch.height)[0])
+        return self._reject_duplicates(batch, read_duplicates(plan, batch.height)[0])
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         raise RuntimeError("exact_dedup applies from its plan: run it in a Pipeline (or curate.globalpass.run_here)")
 
-    def reject_duplicates(self, batch: pl.DataFrame, duplicate_of: pl.Series, score: pl.Series | None = None) -> StepResult:
+    def _reject_duplicates(self, batch: pl.DataFrame, duplicate_of: pl.Series, score: pl.Series | None = None) -> StepResult:
         """Reject the rows whose ``duplicate_of`` (the kept row's id) is set; the rest are kept."""
         what = "problem" if self.mode == "problem" else "problem+response"
         return split_duplicates(batch, duplicate_of,

@@ -25,8 +25,8 @@ its better row is kept and the other undecided, so a cluster of k copies costs a
 not k^2. Each row keeps at most ``max_shingles`` shingle hashes for the check (the smallest: a
 bottom-k sample, exact for rows with fewer), so memory per row is bounded on long traces.
 
-The pass (``plan``) runs on any engine as units of work: each part's signatures, band keys and
-shingle sets go to one file each; tasks over groups of bands sort the keys into candidate pairs;
+The pass (``plan``) runs on any engine as units of work: each part's row facts (Parquet), signatures,
+band keys and shingle sets (raw numpy arrays) go to one file each; tasks over groups of bands sort the keys into candidate pairs;
 the clusters of candidate pairs go to tasks of ~250k rows, each loading what it needs of its rows
 only (a few ints, the signature and at most ``max_shingles`` shingle hashes each) and running
 ``keep_first`` with its lazy check.
@@ -50,7 +50,14 @@ import polars as pl
 import pyarrow as pa
 
 from curate.decontam.text import TokenBatch, fmix64, gram_hash
-from curate.globalpass import PartFiles, PassContext, PlannedApply, no_duplicates, read_duplicates
+from curate.globalpass import (
+    PartFiles,
+    PassContext,
+    PlannedApply,
+    no_duplicates,
+    read_duplicates,
+    save_array,
+)
 from curate.io.write import WORK_COMPRESSION, write_parquet_atomic
 from curate.step import Step, StepResult, reject_where
 
@@ -315,16 +322,19 @@ class MinHashDedup(Step):
         """Signatures per part, candidate pairs per group of bands, then ``keep_first`` per group of
         clusters; records rows, candidate and checked pairs, and drops."""
         if ctx.done() is None:
-            pairs = self._candidates(ctx, self._sign(ctx))
+            self._sign(ctx)
+            pairs = self._candidates(ctx)
             dups, checked = self._decide(ctx, pairs)
             ctx.write_plans(dups)
             stats = {"rows": ctx.rows, "candidate_pairs": len(pairs), "checked_pairs": checked, "dropped": dups.height}
-            ctx.finish({"stats": stats}, ["rows", "shingles", "pairs", "check"])
+            ctx.finish({"stats": stats}, ["rows", "sig", "bands", "shingles", "pairs", "check"])
         return MinHashDedup.apply_plan
 
-    def _sign(self, ctx: PassContext) -> list[Path]:
-        """One unit per part: ``rows/part-K`` (pos, id, len, number hash, signature, band keys,
-        ``best``) and, to check on Jaccard, ``shingles/part-K`` (sorted ``pos << 32 | hash``)."""
+    def _sign(self, ctx: PassContext) -> None:
+        """One unit per part: ``rows/part-K.parquet`` (pos, id, len, number hash, ``best``), and as
+        raw arrays ``sig/part-K.npy`` (the signatures), ``bands/part-K.npy`` (the positions of the
+        rows with shingles, then their band keys: bands + 1 rows) and, to check on Jaccard,
+        ``shingles/part-K.npy`` (sorted ``pos << 32 | hash`` keys)."""
         folder = ctx.folder
         cols = list(dict.fromkeys(["id", "problem", "thinking", "solution"]
                                   + ([self.best_by] if self.keep == "best" else [])))
@@ -333,48 +343,46 @@ class MinHashDedup(Step):
             k, path, offset = item
             batch = pl.read_parquet(path, columns=cols)
             sig, rows, h = Signer(s.num_perm, s.seed, s.shingle, s.size, s.workers).sign(s._text(batch))
-            table: dict[str, Any] = {"pos": np.arange(offset, offset + batch.height, dtype=np.int64),
-                                     "id": batch["id"].to_arrow(), "len": response_length(batch).to_arrow(),
-                                     "num": s.numbers(batch), "valid": (sig != _M32).any(axis=1),
-                                     "sig": _sig_column(sig)}
+            pos = np.arange(offset, offset + batch.height, dtype=np.int64)
+            table: dict[str, Any] = {"pos": pos, "id": batch["id"].to_arrow(),
+                                     "len": response_length(batch).to_arrow(), "num": s.numbers(batch)}
             if s.keep == "best":
                 table["best"] = batch[s.best_by].to_arrow()
-            for b, keys in enumerate(band_keys(sig, s.bands, s.rows)):
-                table[f"band-{b:03d}"] = keys
             write_parquet_atomic(pa.table(table), folder / "rows" / f"part-{k:05d}.parquet", None, WORK_COMPRESSION)
+            name = f"part-{k:05d}.npy"
+            save_array(sig, folder / "sig" / name)
+            valid = (sig != _M32).any(axis=1)
+            keys = band_keys(sig[valid], s.bands, s.rows)
+            save_array(np.concatenate([pos[valid].astype(np.uint64)[None, :], keys]), folder / "bands" / name)
             if s.verify == "jaccard":
-                key = shingle_keys_of(rows, h, offset, s.max_shingles)
-                write_parquet_atomic(pa.table({"key": key}), folder / "shingles" / f"part-{k:05d}.parquet", None,
-                                     WORK_COMPRESSION)
+                save_array(shingle_keys_of(rows, h, offset, s.max_shingles), folder / "shingles" / name)
             return {"rows": batch.height}
 
         ctx.map(sign_part, ctx.items(), state=self, on_result=ctx.told())
-        return [folder / "rows" / f"part-{k:05d}.parquet" for k, _, _ in ctx.items()]
 
-    def _candidates(self, ctx: PassContext, files: list[Path]) -> np.ndarray:
-        """Candidate pairs: one task per group of bands reads those band columns of every part and
+    def _candidates(self, ctx: PassContext) -> np.ndarray:
+        """Candidate pairs: one task per group of bands reads those bands' keys of every part and
         pairs the rows that share a bucket (``bucket_pairs``); unique (low, high) pairs, sorted."""
-        if not files:
+        if not ctx.parts:
             return np.empty((0, 2), dtype=np.int64)
-        out = ctx.folder / "pairs"
+        out, bands = ctx.folder / "pairs", ctx.part_files("bands")
+        parts = range(len(ctx.parts))
         groups = [g.tolist() for g in np.array_split(np.arange(self.bands), ctx.groups(self.bands, ctx.rows, _KEYS_PER_TASK))]
 
         def band_task(_: Any, item: tuple[int, list[int]]) -> dict[str, int]:
-            g, bands = item
-            names = [f"band-{b:03d}" for b in bands]
-            t = pl.read_parquet(files, columns=["pos", "valid", *names]).filter(pl.col("valid"))
-            pos, found = t["pos"].to_numpy(), np.empty((0, 2), dtype=np.int64)
-            for name in names:  # rows are in position order: a stable sort by key ties by position
-                k = t[name].to_numpy()
-                order = np.argsort(k, kind="stable")
-                found = unique_pairs(np.concatenate([found, bucket_pairs(k[order], pos[order])]))
-            write_parquet_atomic(pa.table({"a": found[:, 0], "b": found[:, 1]}), out / f"group-{g:03d}.parquet")
-            return {"rows": t.height}
+            g, group = item
+            pos = np.concatenate([bands.array(k)[0] for k in parts]).astype(np.int64)
+            found = np.empty((0, 2), dtype=np.int64)
+            for b in group:  # rows are in position order: a stable sort by key ties by position
+                key = np.concatenate([bands.array(k)[1 + b] for k in parts])
+                order = np.argsort(key, kind="stable")
+                found = unique_pairs(np.concatenate([found, bucket_pairs(key[order], pos[order])]))
+            save_array(found, out / f"group-{g:03d}.npy")
+            return {"rows": len(pos)}
 
         ctx.map(band_task, list(enumerate(groups)))
-        found = [pl.read_parquet(p) for p in sorted(out.glob("group-*.parquet"))]
-        cand = pl.concat(found)
-        return unique_pairs(np.stack([cand["a"].to_numpy(), cand["b"].to_numpy()], axis=1).astype(np.int64))
+        found = np.concatenate([np.load(p) for p in sorted(out.glob("group-*.npy"))])
+        return unique_pairs(found)
 
     def _decide(self, ctx: PassContext, pairs: np.ndarray) -> tuple[pl.DataFrame, int]:
         """``keep_first`` over the candidate pairs: (pos, duplicate_of, score) of each dropped row,
@@ -398,11 +406,11 @@ class MinHashDedup(Step):
         tasks, first = np.unique(of_pair[order], return_index=True)
         for t, chunk in zip(tasks.tolist(), np.split(order, first[1:]), strict=True):
             write_parquet_atomic(pa.table({"a": pairs[chunk, 0], "b": pairs[chunk, 1]}), folder / f"pairs-{t:05d}.parquet")
-        rows, shingles = ctx.part_files("rows"), ctx.part_files("shingles")
+        rows, sigs, shingles = ctx.part_files("rows"), ctx.part_files("sig"), ctx.part_files("shingles")
 
         def check(s: MinHashDedup, t: int) -> dict[str, int]:
             got = pl.read_parquet(folder / f"pairs-{t:05d}.parquet")
-            dups, checked = s._check(np.stack([got["a"].to_numpy(), got["b"].to_numpy()], axis=1), rows, shingles)
+            dups, checked = s._check(np.stack([got["a"].to_numpy(), got["b"].to_numpy()], axis=1), rows, sigs, shingles)
             write_parquet_atomic(dups.to_arrow(), folder / f"dups-{t:05d}.parquet")
             return {"rows": got.height, "checked": checked}
 
@@ -410,15 +418,15 @@ class MinHashDedup(Step):
         dups = pl.concat([pl.read_parquet(f) for f in sorted(folder.glob("dups-*.parquet"))])
         return dups, sum(r["checked"] for r in results)
 
-    def _check(self, pairs: np.ndarray, rows: PartFiles, shingles: PartFiles) -> tuple[pl.DataFrame, int]:
+    def _check(self, pairs: np.ndarray, rows: PartFiles, sigs: PartFiles, shingles: PartFiles) -> tuple[pl.DataFrame, int]:
         """``keep_first`` over these pairs (whole clusters), with the lazy check: the rows in them
         loaded from the per-part files (a few ints, the signature, at most ``max_shingles`` hashes)."""
         nodes, local = np.unique(pairs, return_inverse=True)  # ascending: rank ties break by position
         local = local.reshape(pairs.shape)
         best = ["best"] if self.keep == "best" else []
-        got = rows.load(nodes, ["id", "len", "num", "sig", *best])
+        got = rows.load(nodes, ["id", "len", "num", *best])
         rank = keep_rank(self.keep, len(nodes), [got["len"]], [got["best"]] if best else [])
-        sig = _sig_matrix(got.to_arrow()["sig"], self.num_perm)
+        sig = _rows_of(sigs, nodes)
         sets = ShingleSets(_shingles(shingles, nodes), len(nodes), self.max_shingles) if self.verify == "jaccard" else None
         rep, checked = keep_first(len(nodes), local, rank, self.checker(local, sig, sets, got["num"].to_numpy()))
         dup = np.flatnonzero(rep != np.arange(len(nodes)))
@@ -441,16 +449,22 @@ class MinHashDedup(Step):
 
     def apply_plan(self, batch: pl.DataFrame, offset: int, plan: Path) -> StepResult:
         """The apply of one part from its plan (the rows to drop, the id each duplicates, the Jaccard)."""
-        return self.reject_duplicates(batch, *read_duplicates(plan, batch.height))
+        return self._reject_duplicates(batch, *read_duplicates(plan, batch.height))
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         raise RuntimeError("minhash_dedup applies from its plan: run it in a Pipeline (or curate.globalpass.run_here)")
 
-    def reject_duplicates(self, batch: pl.DataFrame, duplicate_of: pl.Series, score: pl.Series) -> StepResult:
+    def _reject_duplicates(self, batch: pl.DataFrame, duplicate_of: pl.Series, score: pl.Series) -> StepResult:
         """Reject the rows whose ``duplicate_of`` (the kept row's id) is set, with their Jaccard ``score``."""
         reason = pl.format("near duplicate (MinHash, est. Jaccard {}) of {}", pl.col("minhash_jaccard").round(3),
                            pl.col("duplicate_of"))
         return split_duplicates(batch, duplicate_of, reason, "minhash_jaccard", score)
+
+
+def _rows_of(files: PartFiles, nodes: np.ndarray) -> np.ndarray:
+    """Rows of the per-part arrays (one row per input row) at these ascending global positions."""
+    part = files.part_of(nodes)
+    return np.concatenate([files.array(k)[nodes[part == k] - files.starts[k]] for k in np.unique(part)])
 
 
 def _shingles(files: PartFiles, nodes: np.ndarray) -> np.ndarray:
@@ -458,21 +472,12 @@ def _shingles(files: PartFiles, nodes: np.ndarray) -> np.ndarray:
     ``nodes`` and still sorted: at most ``max_shingles`` per row, read part by part."""
     keys = []
     for k in np.unique(files.part_of(nodes)):
-        key = pl.read_parquet(files.path(k))["key"].to_numpy()
+        key = np.asarray(files.array(k))
         pos = (key >> np.uint64(32)).astype(np.int64)
         at = np.minimum(np.searchsorted(nodes, pos), len(nodes) - 1)
         hit = nodes[at] == pos
         keys.append((at[hit].astype(np.uint64) << np.uint64(32)) | (key[hit] & np.uint64(0xFFFFFFFF)))
     return np.concatenate(keys) if keys else np.empty(0, dtype=np.uint64)
-
-
-def _sig_column(sig: np.ndarray) -> pa.Array:
-    return pa.FixedSizeListArray.from_arrays(pa.array(sig.ravel(), pa.uint32()), sig.shape[1])
-
-
-def _sig_matrix(col: pa.ChunkedArray, num_perm: int) -> np.ndarray:
-    flat = col.combine_chunks().flatten() if col.num_chunks else pa.array([], pa.uint32())
-    return np.asarray(flat, dtype=np.uint32).reshape(-1, num_perm)
 
 
 def split_duplicates(batch: pl.DataFrame, duplicate_of: pl.Series, reason: pl.Expr,

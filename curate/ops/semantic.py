@@ -215,7 +215,7 @@ class SemanticDedup(Step):
 
     def apply_plan(self, batch: pl.DataFrame, offset: int, plan: Path) -> StepResult:
         """The apply of one part from its plan (the rows to drop, the id each duplicates, the cosine)."""
-        return self.reject_duplicates(batch, *read_duplicates(plan, batch.height))
+        return self._reject_duplicates(batch, *read_duplicates(plan, batch.height))
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         raise RuntimeError("semantic_dedup applies from its plan: run it in a Pipeline (or curate.globalpass.run_here)")
@@ -224,7 +224,7 @@ class SemanticDedup(Step):
         """``model`` here names an embedding model, not a generation model."""
         return None
 
-    def reject_duplicates(self, batch: pl.DataFrame, duplicate_of: pl.Series, score: pl.Series) -> StepResult:
+    def _reject_duplicates(self, batch: pl.DataFrame, duplicate_of: pl.Series, score: pl.Series) -> StepResult:
         """Reject the rows whose ``duplicate_of`` (the kept row's id) is set, with their cosine ``score``."""
         reason = pl.format("semantic duplicate (cosine {}) of {}", pl.col("semantic_cosine").round(3), pl.col("duplicate_of"))
         return split_duplicates(batch, duplicate_of, reason, "semantic_cosine", score)
