@@ -16,7 +16,7 @@ import pyarrow as pa
 import xxhash
 
 from curate.globalpass import PassContext, PlannedApply, no_duplicates, read_duplicates
-from curate.io.write import write_parquet_atomic
+from curate.io.write import WORK_COMPRESSION, write_parquet_atomic
 from curate.ops.minhash import split_duplicates
 from curate.step import Step, StepResult
 
@@ -86,8 +86,8 @@ class ExactDedup(Step):
                                                    batch["id"].alias("id"))
                 keys = keys.with_columns((pl.col("hi") % buckets).alias("bucket"))
                 for (b,), frame in keys.group_by("bucket"):
-                    write_parquet_atomic(frame.drop("bucket").to_arrow(),
-                                         folder / "keys" / f"b-{int(b):04d}" / f"part-{k:05d}.parquet")
+                    write_parquet_atomic(frame.drop("bucket").to_arrow(), folder / "keys" / f"b-{int(b):04d}"
+                                         / f"part-{k:05d}.parquet", None, WORK_COMPRESSION)
                 return {"rows": batch.height}
 
             ctx.map(hash_part, ctx.items(), state=self, on_result=ctx.told())

@@ -371,10 +371,11 @@ class MinHashDedup(Step):
 
         def band_task(_: Any, item: tuple[int, list[int]]) -> dict[str, int]:
             g, group = item
-            pos = np.concatenate([bands.array(k)[0] for k in parts]).astype(np.int64)
+            arrays = [bands.array(k) for k in parts]  # memory-mapped: a band reads only its row
+            pos = np.concatenate([a[0] for a in arrays]).astype(np.int64)
             found = np.empty((0, 2), dtype=np.int64)
             for b in group:  # rows are in position order: a stable sort by key ties by position
-                key = np.concatenate([bands.array(k)[1 + b] for k in parts])
+                key = np.concatenate([a[1 + b] for a in arrays])
                 order = np.argsort(key, kind="stable")
                 found = unique_pairs(np.concatenate([found, bucket_pairs(key[order], pos[order])]))
             save_array(found, out / f"group-{g:03d}.npy")
