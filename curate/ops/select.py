@@ -1,7 +1,7 @@
 """Seeded sampling: n rows or a fraction, optionally stratified by a column.
 
-The pass (``plan``) counts each part's rows per stratum, then keeps each part's smallest seeded
-keys per stratum; the driver merges them into one cut per stratum, a few numbers every apply gets.
+The pass (``plan``) counts each part's rows per stratum and keeps its smallest seeded keys per
+stratum; the driver merges them into one cut per stratum, a few numbers every apply gets.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import polars as pl
 import xxhash
 
 from curate.globalpass import PassContext
-from curate.io.write import write_parquet_atomic
+from curate.io.write import WORK_COMPRESSION, write_parquet_atomic
 from curate.step import Step, StepResult, reject_where
 
 
@@ -58,34 +58,28 @@ class Sample(Step):
                              "pos": pl.Series(np.arange(offset, offset + batch.height), dtype=pl.Int64)})
 
     def plan(self, ctx: PassContext) -> None:
-        """Rows per stratum from every part, then each part's smallest keys per stratum (at most
-        its quota): the cut of each stratum is the quota-th smallest of those."""
+        """One unit per part: its rows per stratum, and its smallest keys per stratum, at most the
+        sample size (known from the stage's row count: no stratum's quota exceeds it). The cut of
+        each stratum is then its quota-th smallest key among those."""
         done = ctx.done()
         if done is None:
-            cols, items = list(self.columns_read()), ctx.items()
+            cols, smallest = list(self.columns_read()), ctx.folder / "smallest"
+            target = self._quotas([ctx.rows])[0]
 
-            def count(s: Sample, item: tuple[int, str, int]) -> dict[str, Any]:
+            def count_and_keep(s: Sample, item: tuple[int, str, int]) -> dict[str, Any]:
                 keys = s.keys(pl.read_parquet(item[1], columns=cols), item[2])
+                best = s._ranked(keys, {}).filter(pl.col("rank") < target).drop("rank", "quota")
+                write_parquet_atomic(best.to_arrow(), smallest / f"part-{item[0]:05d}.parquet", None, WORK_COMPRESSION)
                 return {"rows": keys.height, "strata": keys.group_by("stratum").len().rows()}
 
             totals: dict[str | None, int] = {}
-            for result in ctx.map(count, items, state=self, on_result=ctx.told()):
+            for result in ctx.map(count_and_keep, ctx.items(), state=self, on_result=ctx.told()):
                 for stratum, n in result["strata"]:
                     totals[stratum] = totals.get(stratum, 0) + n
-            quotas = self._quotas_of(totals)
-            smallest = ctx.folder / "smallest"
-
-            def keep_smallest(s: Sample, item: tuple[int, str, int]) -> dict[str, int]:
-                keys = s.keys(pl.read_parquet(item[1], columns=cols), item[2])
-                best = s._ranked(keys, quotas).filter(pl.col("rank") < pl.col("quota")).drop("rank", "quota")
-                write_parquet_atomic(best.to_arrow(), smallest / f"part-{item[0]:05d}.parquet")
-                return {"rows": keys.height}
-
-            ctx.map(keep_smallest, items, state=self)
             found = sorted(smallest.glob("*.parquet"))
             candidates = (pl.concat([pl.read_parquet(f) for f in found]) if found
                           else self.keys(pl.DataFrame({"id": []}, schema={"id": pl.String}), 0))
-            last = self._ranked(candidates, quotas).filter(pl.col("rank") == pl.col("quota") - 1)
+            last = self._ranked(candidates, self._quotas_of(totals)).filter(pl.col("rank") == pl.col("quota") - 1)
             done = {"total": sum(totals.values()), "cuts": last.select("stratum", "key", "pos").rows()}
             ctx.finish(done, ["smallest"])
         self._total = done["total"]
