@@ -140,41 +140,47 @@ class PassContext:
             write_parquet_atomic(frame.select("row", "duplicate_of", "score").cast(dict(PLAN_SCHEMA)).to_arrow(),
                                  self.plan_file(int(k)))
 
-    def part_files(self, what: str) -> PartFiles:
-        """The per-part files ``folder/what/part-KKKKK.parquet`` of a pass (picklable: a unit of
-        work may take it along to read some rows back)."""
-        return PartFiles(self.folder / what, self.starts)
+    def part_files(self, what: str, ext: str = "npy") -> PartFiles:
+        """One scratch file per part, ``folder/what/part-KKKKK.ext`` (picklable: a unit of work may
+        take it along to write its part's file or read rows back)."""
+        return PartFiles(tuple(str(self.folder / what / f"part-{k:05d}.{ext}") for k in range(len(self.parts))),
+                         self.starts)
+
+    def inputs(self) -> PartFiles:
+        """The stage's input parts, to read some rows' columns back (``PartFiles.load``)."""
+        return PartFiles(tuple(map(str, self.parts)), self.starts)
 
 
 @dataclass(frozen=True)
 class PartFiles:
-    """One file per part under ``folder``, each with the global position ``pos`` of its rows."""
+    """One file per part, row for row: the stage's parts, or a pass's per-part scratch."""
 
-    folder: Path
+    paths: tuple[str, ...]
     starts: np.ndarray  # global position of each part's first row, and the total at the end
 
     def path(self, k: int) -> Path:
-        return self.folder / f"part-{k:05d}.parquet"
-
-    def array_path(self, k: int) -> Path:
-        return self.folder / f"part-{k:05d}.npy"
+        return Path(self.paths[k])
 
     def array(self, k: int) -> np.ndarray:
         """Part ``k``'s array (``save_array``), memory-mapped: reading a slice reads only it."""
-        return np.load(self.array_path(k), mmap_mode="r")
+        return np.load(self.paths[k], mmap_mode="r")
 
     def part_of(self, positions: np.ndarray) -> np.ndarray:
         """The part each global row position falls in."""
         return np.searchsorted(self.starts, positions, side="right") - 1
 
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """Rows of the parts' arrays at these global positions (ascending), one array."""
+        part = self.part_of(positions)
+        return np.concatenate([self.array(k)[positions[part == k] - self.starts[k]] for k in np.unique(part)])
+
     def load(self, positions: np.ndarray, columns: list[str]) -> pl.DataFrame:
-        """``columns`` of these global positions, in their order (only the parts they fall in are read)."""
-        wanted = pl.DataFrame({"pos": positions.astype(np.int64)})
-        frames = [pl.read_parquet(self.path(k), columns=["pos", *columns]).join(wanted, on="pos", how="semi")
-                  for k in np.unique(self.part_of(positions))]
-        if not frames:
-            return wanted.with_columns(pl.lit(None).alias(c) for c in columns)
-        return wanted.join(pl.concat(frames), on="pos", how="left", maintain_order="left")
+        """``columns`` of the Parquet parts at these global positions (ascending), in their order;
+        only the parts they fall in are read."""
+        part = self.part_of(positions)
+        frames = [pl.read_parquet(self.path(k), columns=columns)[positions[part == k] - self.starts[k]]
+                  for k in np.unique(part)]
+        return pl.concat(frames) if frames else pl.DataFrame({c: [] for c in columns})
 
 
 def save_array(array: np.ndarray, path: Path) -> None:

@@ -25,11 +25,11 @@ its better row is kept and the other undecided, so a cluster of k copies costs a
 not k^2. Each row keeps at most ``max_shingles`` shingle hashes for the check (the smallest: a
 bottom-k sample, exact for rows with fewer), so memory per row is bounded on long traces.
 
-The pass (``plan``) runs on any engine as units of work: each part's row facts (Parquet), signatures,
-band keys and shingle sets (raw numpy arrays) go to one file each; tasks over groups of bands sort the keys into candidate pairs;
-the clusters of candidate pairs go to tasks of ~250k rows, each loading what it needs of its rows
-only (a few ints, the signature and at most ``max_shingles`` shingle hashes each) and running
-``keep_first`` with its lazy check.
+The pass (``plan``) runs on any engine as units of work: each part's signatures, row facts, band
+keys and shingle sets go to one raw numpy array each; tasks over groups of bands sort the keys
+into candidate pairs; the clusters of candidate pairs go to tasks of ~250k rows, each loading
+what it needs of its rows only (two ints, the signature and at most ``max_shingles`` shingle
+hashes each) and running ``keep_first`` with its lazy check.
 
 What a duplicate is: ``[asy]`` figure code is left out of the shingles (problems that share a
 figure but ask different questions are different problems), and with ``same_numbers`` two
@@ -58,7 +58,7 @@ from curate.globalpass import (
     read_duplicates,
     save_array,
 )
-from curate.io.write import WORK_COMPRESSION, write_parquet_atomic
+from curate.io.write import write_parquet_atomic
 from curate.step import Step, StepResult, reject_where
 
 _M32 = np.uint32(0xFFFFFFFF)
@@ -327,35 +327,29 @@ class MinHashDedup(Step):
             dups, checked = self._decide(ctx, pairs)
             ctx.write_plans(dups)
             stats = {"rows": ctx.rows, "candidate_pairs": len(pairs), "checked_pairs": checked, "dropped": dups.height}
-            ctx.finish({"stats": stats}, ["rows", "sig", "bands", "shingles", "pairs", "check"])
+            ctx.finish({"stats": stats}, ["sig", "facts", "bands", "shingles", "pairs", "check"])
         return MinHashDedup.apply_plan
 
     def _sign(self, ctx: PassContext) -> None:
-        """One unit per part: ``rows/part-K.parquet`` (pos, id, len, number hash, ``best``), and as
-        raw arrays ``sig/part-K.npy`` (the signatures), ``bands/part-K.npy`` (the positions of the
-        rows with shingles, then their band keys: bands + 1 rows) and, to check on Jaccard,
-        ``shingles/part-K.npy`` (sorted ``pos << 32 | hash`` keys)."""
-        folder = ctx.folder
-        cols = list(dict.fromkeys(["id", "problem", "thinking", "solution"]
-                                  + ([self.best_by] if self.keep == "best" else [])))
+        """One unit per part, writing raw arrays (``save_array``): ``sig`` (the signatures),
+        ``facts`` (response length and number hash per row), ``bands`` (the positions of the rows
+        with shingles, then their band keys: bands + 1 rows) and, to check on Jaccard,
+        ``shingles`` (sorted ``pos << 32 | hash`` keys). Ids are read back from the parts."""
+        sigs, facts, bands, shingles = (ctx.part_files(w) for w in ("sig", "facts", "bands", "shingles"))
+        cols = ["id", "problem", "thinking", "solution"]
 
         def sign_part(s: MinHashDedup, item: tuple[int, str, int]) -> dict[str, int]:
             k, path, offset = item
             batch = pl.read_parquet(path, columns=cols)
             sig, rows, h = Signer(s.num_perm, s.seed, s.shingle, s.size, s.workers).sign(s._text(batch))
-            pos = np.arange(offset, offset + batch.height, dtype=np.int64)
-            table: dict[str, Any] = {"pos": pos, "id": batch["id"].to_arrow(),
-                                     "len": response_length(batch).to_arrow(), "num": s.numbers(batch)}
-            if s.keep == "best":
-                table["best"] = batch[s.best_by].to_arrow()
-            write_parquet_atomic(pa.table(table), folder / "rows" / f"part-{k:05d}.parquet", None, WORK_COMPRESSION)
-            name = f"part-{k:05d}.npy"
-            save_array(sig, folder / "sig" / name)
+            save_array(sig, sigs.path(k))
+            save_array(np.stack([response_length(batch).to_numpy().astype(np.int64),
+                                 s.numbers(batch).view(np.int64)], axis=1), facts.path(k))
             valid = (sig != _M32).any(axis=1)
-            keys = band_keys(sig[valid], s.bands, s.rows)
-            save_array(np.concatenate([pos[valid].astype(np.uint64)[None, :], keys]), folder / "bands" / name)
+            pos = np.arange(offset, offset + batch.height, dtype=np.uint64)[valid]
+            save_array(np.concatenate([pos[None, :], band_keys(sig[valid], s.bands, s.rows)]), bands.path(k))
             if s.verify == "jaccard":
-                save_array(shingle_keys_of(rows, h, offset, s.max_shingles), folder / "shingles" / name)
+                save_array(shingle_keys_of(rows, h, offset, s.max_shingles), shingles.path(k))
             return {"rows": batch.height}
 
         ctx.map(sign_part, ctx.items(), state=self, on_result=ctx.told())
@@ -407,11 +401,11 @@ class MinHashDedup(Step):
         tasks, first = np.unique(of_pair[order], return_index=True)
         for t, chunk in zip(tasks.tolist(), np.split(order, first[1:]), strict=True):
             write_parquet_atomic(pa.table({"a": pairs[chunk, 0], "b": pairs[chunk, 1]}), folder / f"pairs-{t:05d}.parquet")
-        rows, sigs, shingles = ctx.part_files("rows"), ctx.part_files("sig"), ctx.part_files("shingles")
+        files = {w: ctx.part_files(w) for w in ("sig", "facts", "shingles")} | {"inputs": ctx.inputs()}
 
         def check(s: MinHashDedup, t: int) -> dict[str, int]:
             got = pl.read_parquet(folder / f"pairs-{t:05d}.parquet")
-            dups, checked = s._check(np.stack([got["a"].to_numpy(), got["b"].to_numpy()], axis=1), rows, sigs, shingles)
+            dups, checked = s._check(np.stack([got["a"].to_numpy(), got["b"].to_numpy()], axis=1), files)
             write_parquet_atomic(dups.to_arrow(), folder / f"dups-{t:05d}.parquet")
             return {"rows": got.height, "checked": checked}
 
@@ -419,21 +413,24 @@ class MinHashDedup(Step):
         dups = pl.concat([pl.read_parquet(f) for f in sorted(folder.glob("dups-*.parquet"))])
         return dups, sum(r["checked"] for r in results)
 
-    def _check(self, pairs: np.ndarray, rows: PartFiles, sigs: PartFiles, shingles: PartFiles) -> tuple[pl.DataFrame, int]:
-        """``keep_first`` over these pairs (whole clusters), with the lazy check: the rows in them
-        loaded from the per-part files (a few ints, the signature, at most ``max_shingles`` hashes)."""
+    def _check(self, pairs: np.ndarray, files: dict[str, PartFiles]) -> tuple[pl.DataFrame, int]:
+        """``keep_first`` over these pairs (whole clusters), with the lazy check, on the rows in them
+        only: their facts, signatures and at most ``max_shingles`` shingle hashes, read back."""
         nodes, local = np.unique(pairs, return_inverse=True)  # ascending: rank ties break by position
         local = local.reshape(pairs.shape)
-        best = ["best"] if self.keep == "best" else []
-        got = rows.load(nodes, ["id", "len", "num", *best])
-        rank = keep_rank(self.keep, len(nodes), [got["len"]], [got["best"]] if best else [])
-        sig = _rows_of(sigs, nodes)
-        sets = ShingleSets(_shingles(shingles, nodes), len(nodes), self.max_shingles) if self.verify == "jaccard" else None
-        rep, checked = keep_first(len(nodes), local, rank, self.checker(local, sig, sets, got["num"].to_numpy()))
+        facts = files["facts"].rows(nodes)
+        best = [files["inputs"].load(nodes, [self.best_by])[self.best_by]] if self.keep == "best" else []
+        rank = keep_rank(self.keep, len(nodes), [pl.Series(facts[:, 0])], best)
+        sig = files["sig"].rows(nodes)
+        sets = ShingleSets(_shingles(files["shingles"], nodes), len(nodes), self.max_shingles) if self.verify == "jaccard" else None
+        rep, checked = keep_first(len(nodes), local, rank, self.checker(local, sig, sets, facts[:, 1]))
         dup = np.flatnonzero(rep != np.arange(len(nodes)))
+        if not len(dup):
+            return no_duplicates(), checked
+        kept = np.unique(rep[dup])
+        ids = files["inputs"].load(nodes[kept], ["id"])["id"].gather(np.searchsorted(kept, rep[dup]))
         score = sig_jaccard(sig, np.stack([dup, rep[dup]], axis=1))
-        return pl.DataFrame({"pos": nodes[dup], "duplicate_of": got["id"].gather(rep[dup]), "score": score},
-                            schema=no_duplicates().schema), checked
+        return pl.DataFrame({"pos": nodes[dup], "duplicate_of": ids, "score": score}, schema=no_duplicates().schema), checked
 
     def checker(self, pairs: np.ndarray, sig: np.ndarray, sets: ShingleSets | None,
                 numbers: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -460,12 +457,6 @@ class MinHashDedup(Step):
         reason = pl.format("near duplicate (MinHash, est. Jaccard {}) of {}", pl.col("minhash_jaccard").round(3),
                            pl.col("duplicate_of"))
         return split_duplicates(batch, duplicate_of, reason, "minhash_jaccard", score)
-
-
-def _rows_of(files: PartFiles, nodes: np.ndarray) -> np.ndarray:
-    """Rows of the per-part arrays (one row per input row) at these ascending global positions."""
-    part = files.part_of(nodes)
-    return np.concatenate([files.array(k)[nodes[part == k] - files.starts[k]] for k in np.unique(part)])
 
 
 def _shingles(files: PartFiles, nodes: np.ndarray) -> np.ndarray:
