@@ -177,10 +177,14 @@ class PartFiles:
     def load(self, positions: np.ndarray, columns: list[str]) -> pl.DataFrame:
         """``columns`` of the Parquet parts at these global positions (ascending), in their order;
         only the parts they fall in are read."""
-        part = self.part_of(positions)
-        frames = [pl.read_parquet(self.path(k), columns=columns)[positions[part == k] - self.starts[k]]
-                  for k in np.unique(part)]
-        return pl.concat(frames) if frames else pl.DataFrame({c: [] for c in columns})
+        parts = np.unique(self.part_of(positions))
+        if not len(parts):
+            return pl.DataFrame({c: [] for c in columns})
+        sizes = np.diff(self.starts)[parts]
+        first = np.cumsum(sizes) - sizes  # where each part read starts in the table of them all
+        table = pl.read_parquet([self.paths[k] for k in parts], columns=columns)
+        at = np.searchsorted(self.starts[parts], positions, side="right") - 1
+        return table[positions - self.starts[parts][at] + first[at]]
 
 
 def save_array(array: np.ndarray, path: Path) -> None:
