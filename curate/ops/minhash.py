@@ -365,7 +365,7 @@ class MinHashDedup(Step):
 
         def band_task(_: Any, item: tuple[int, list[int]]) -> dict[str, int]:
             g, group = item
-            arrays = [bands.array(k) for k in parts]  # memory-mapped: a band reads only its row
+            arrays = [np.load(bands.path(k)) for k in parts]
             pos = np.concatenate([a[0] for a in arrays]).astype(np.int64)
             found = np.empty((0, 2), dtype=np.int64)
             for b in group:  # rows are in position order: a stable sort by key ties by position
@@ -462,12 +462,15 @@ class MinHashDedup(Step):
 def _shingles(files: PartFiles, nodes: np.ndarray) -> np.ndarray:
     """The shingle keys of these rows (ascending positions), renumbered to their index in
     ``nodes`` and still sorted: at most ``max_shingles`` per row, read part by part."""
-    keys = []
-    for k in np.unique(files.part_of(nodes)):
-        key = np.asarray(files.array(k))
-        pos = (key >> np.uint64(32)).astype(np.int64)
-        at = np.minimum(np.searchsorted(nodes, pos), len(nodes) - 1)
-        hit = nodes[at] == pos
+    keys, part = [], files.part_of(nodes)
+    for k in np.unique(part):
+        key = np.load(files.path(k))
+        start = files.starts[k]
+        index = np.full(files.starts[k + 1] - start, -1, dtype=np.int64)  # row in part -> index in nodes
+        mine = np.flatnonzero(part == k)
+        index[nodes[mine] - start] = mine
+        at = index[(key >> np.uint64(32)).astype(np.int64) - start]
+        hit = at >= 0
         keys.append((at[hit].astype(np.uint64) << np.uint64(32)) | (key[hit] & np.uint64(0xFFFFFFFF)))
     return np.concatenate(keys) if keys else np.empty(0, dtype=np.uint64)
 
