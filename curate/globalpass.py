@@ -1,11 +1,11 @@
-"""What a global step's pass is given: the stage's parts, a way to run work over them, a scratch folder.
+"""What a global step's pass is given: the stage's parts, a way to run work over them, a scratch.
 
 A step with ``needs_global_pass`` writes its pass once, in ``Step.plan(ctx)``, as units of work over
 the stage's parts (``ctx.map``): the local engine runs them one after another in this process, the
-ray engine on its workers; the files, and so the dataset, are the same. Intermediate files go under
-``ctx.folder`` (the stage's ``_fit/``, shared storage on a cluster); a pass ends with small per-part
-plans (``ctx.write_plans``) that its planned apply reads, and with ``ctx.finish``, which marks it done
-so a killed run does not redo it.
+ray engine on its workers; the dataset is the same. What the units hand each other goes to
+``ctx.scratch`` (files under the stage's ``_fit/`` on shared storage, or this process's memory on
+the local engine). A pass ends with small per-part plans (``ctx.write_plans``) that its planned
+apply reads, and with ``ctx.finish``, which marks it done so a killed run does not redo it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from curate.io.write import remove_tree, replacing, write_json_atomic, write_parquet_atomic
+from curate.io.write import (
+    WORK_COMPRESSION,
+    remove_tree,
+    replacing,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 
 if TYPE_CHECKING:
     from curate.step import Step, StepResult
@@ -50,6 +56,9 @@ class Runner:
     def width(self) -> int:
         raise NotImplementedError
 
+    def scratch(self, folder: Path) -> Scratch:
+        raise NotImplementedError
+
 
 @dataclass
 class PassContext:
@@ -61,6 +70,9 @@ class PassContext:
     folder: Path
     read_all: Callable[[], Iterator[pl.DataFrame]]
     progress: Callable[[int], Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.scratch = self.engine.scratch(self.folder)  # what the pass's units hand each other
 
     # --- the engine ------------------------------------------------------------------------------
     def map(self, fn: WorkFn, items: list[Any], *, state: Any = None, workers: dict[str, float] | None = None,
@@ -122,10 +134,11 @@ class PassContext:
         return None
 
     def finish(self, state: dict[str, Any], scratch: list[str]) -> None:
-        """Mark the pass done with ``state`` (a few numbers: read back by ``done``) and remove its
-        intermediate folders; the plans stay for the apply tasks."""
+        """Mark the pass done with ``state`` (a few numbers: read back by ``done``) and drop its
+        intermediate scratch (these names); the plans stay for the apply tasks."""
         write_json_atomic(state, self.folder / "done.json")
         for name in scratch:
+            self.scratch.drop(name)
             remove_tree(self.folder / name)
 
     def plan_file(self, k: int) -> Path:
@@ -140,30 +153,96 @@ class PassContext:
             write_parquet_atomic(frame.select("row", "duplicate_of", "score").cast(dict(PLAN_SCHEMA)).to_arrow(),
                                  self.plan_file(int(k)))
 
-    def part_files(self, what: str, ext: str = "npy") -> PartFiles:
-        """One scratch file per part, ``folder/what/part-KKKKK.ext`` (picklable: a unit of work may
-        take it along to write its part's file or read rows back)."""
-        return PartFiles(tuple(str(self.folder / what / f"part-{k:05d}.{ext}") for k in range(len(self.parts))),
-                         self.starts)
+    def arrays(self, what: str) -> PartArrays:
+        """The per-part arrays a pass keeps in its scratch under ``what/KKKKK`` (picklable)."""
+        return PartArrays(self.scratch, what, self.starts)
 
     def inputs(self) -> PartFiles:
         """The stage's input parts, to read some rows' columns back (``PartFiles.load``)."""
         return PartFiles(tuple(map(str, self.parts)), self.starts)
 
 
-@dataclass(frozen=True)
-class PartFiles:
-    """One file per part, row for row: the stage's parts, or a pass's per-part scratch."""
+class Scratch:
+    """What a pass's units hand each other, by name (``a/b/c``): numpy arrays or polars frames."""
 
-    paths: tuple[str, ...]
+    def put(self, key: str, value: np.ndarray | pl.DataFrame) -> None:
+        raise NotImplementedError
+
+    def get(self, key: str) -> Any:
+        raise NotImplementedError
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix/``, sorted."""
+        raise NotImplementedError
+
+    def drop(self, prefix: str) -> None:
+        """Forget every key under ``prefix/``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class FileScratch(Scratch):
+    """Scratch as files under the pass's folder (every worker of a cluster reads them): arrays as
+    .npy (raw memory, several times faster than Parquet columns), frames as Parquet."""
+
+    folder: Path
+
+    def put(self, key: str, value: np.ndarray | pl.DataFrame) -> None:
+        if isinstance(value, pl.DataFrame):
+            write_parquet_atomic(value.to_arrow(), self.folder / f"{key}.parquet", None, WORK_COMPRESSION)
+        else:
+            save_array(value, self.folder / f"{key}.npy")
+
+    def get(self, key: str) -> Any:
+        path = self.folder / f"{key}.npy"
+        return np.load(path) if path.exists() else pl.read_parquet(self.folder / f"{key}.parquet")
+
+    def keys(self, prefix: str) -> list[str]:
+        base = self.folder / prefix
+        found = [p for p in base.rglob("*") if p.suffix in (".npy", ".parquet")] if base.exists() else []
+        return sorted(str(p.relative_to(self.folder).with_suffix("")) for p in found)
+
+    def drop(self, prefix: str) -> None:
+        remove_tree(self.folder / prefix)
+
+
+class MemoryScratch(Scratch):
+    """Scratch in this process's memory (the local engine, whose units all run here: a killed
+    pass restarts whole, so files would buy nothing)."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, Any] = {}
+
+    def put(self, key: str, value: np.ndarray | pl.DataFrame) -> None:
+        self.items[key] = value
+
+    def get(self, key: str) -> Any:
+        return self.items[key]
+
+    def keys(self, prefix: str) -> list[str]:
+        return sorted(k for k in self.items if k.startswith(prefix + "/"))
+
+    def drop(self, prefix: str) -> None:
+        for key in self.keys(prefix):
+            del self.items[key]
+
+
+@dataclass(frozen=True)
+class PartArrays:
+    """One array per part in a pass's scratch (``what/KKKKK``), row for row with the part."""
+
+    scratch: Scratch
+    what: str
     starts: np.ndarray  # global position of each part's first row, and the total at the end
 
-    def path(self, k: int) -> Path:
-        return Path(self.paths[k])
+    def key(self, k: int) -> str:
+        return f"{self.what}/{k:05d}"
+
+    def put(self, k: int, array: np.ndarray) -> None:
+        self.scratch.put(self.key(k), array)
 
     def array(self, k: int) -> np.ndarray:
-        """Part ``k``'s array (``save_array``), memory-mapped: reading a slice reads only it."""
-        return np.load(self.paths[k], mmap_mode="r")
+        return self.scratch.get(self.key(k))
 
     def part_of(self, positions: np.ndarray) -> np.ndarray:
         """The part each global row position falls in."""
@@ -173,6 +252,18 @@ class PartFiles:
         """Rows of the parts' arrays at these global positions (ascending), one array."""
         part = self.part_of(positions)
         return np.concatenate([self.array(k)[positions[part == k] - self.starts[k]] for k in np.unique(part)])
+
+
+@dataclass(frozen=True)
+class PartFiles:
+    """The stage's Parquet parts, with the global position of each part's first row."""
+
+    paths: tuple[str, ...]
+    starts: np.ndarray  # and the total at the end
+
+    def part_of(self, positions: np.ndarray) -> np.ndarray:
+        """The part each global row position falls in."""
+        return np.searchsorted(self.starts, positions, side="right") - 1
 
     def load(self, positions: np.ndarray, columns: list[str]) -> pl.DataFrame:
         """``columns`` of the Parquet parts at these global positions (ascending), in their order;
@@ -188,8 +279,7 @@ class PartFiles:
 
 
 def save_array(array: np.ndarray, path: Path) -> None:
-    """A numpy array to ``path`` (.npy), atomically: a pass's fixed-width scratch (signatures, hash
-    keys) is written and read back as raw memory, several times faster than as Parquet columns."""
+    """A numpy array to ``path`` (.npy), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as tmp, open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(array))

@@ -123,8 +123,9 @@ def test_ray_engine_writes_the_local_dataset(cluster, traces: Path, tmp_path: Pa
     {"semantic_dedup": {"threshold": 0.9, "keep": "longest"}},
 ])
 def test_global_passes_do_not_depend_on_how_the_input_is_split(step: dict, traces: Path, tmp_path: Path) -> None:
-    """A step's pass over parts of 23 rows (3 shuffle buckets) gives the answer of its pass over
-    the whole input in one part: same kept rows, rejects and counts."""
+    """A step's pass over parts of 23 rows (3 shuffle buckets, scratch in files as on Ray) gives the
+    answer of its pass over the whole input in one part (scratch in memory): same kept rows,
+    rejects and counts."""
     (name, params), = step.items()
 
     def run(engine: LocalEngine, batch_size: int, out: str) -> RunResult:
@@ -132,7 +133,7 @@ def test_global_passes_do_not_depend_on_how_the_input_is_split(step: dict, trace
             traces, tmp_path / out, engine=engine, progress=False, card=False)
 
     whole = run(LocalEngine(), 10**6, "whole")
-    split = run(LocalEngine(buckets=3), 23, "split")
+    split = run(LocalEngine(buckets=3, scratch="files"), 23, "split")
     if name == "semantic_dedup":  # embeddings of other batches differ in the last float bit
         assert_frame_equal(whole.rejects(), split.rejects(), check_exact=False, abs_tol=1e-6)
         for result in (whole, split):

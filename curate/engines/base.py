@@ -9,7 +9,15 @@ from typing import Any
 import polars as pl
 
 from curate.engines.parts import PartTask
-from curate.globalpass import PassContext, PlannedApply, Runner, WorkFn
+from curate.globalpass import (
+    FileScratch,
+    MemoryScratch,
+    PassContext,
+    PlannedApply,
+    Runner,
+    Scratch,
+    WorkFn,
+)
 from curate.step import Step
 
 
@@ -48,6 +56,11 @@ class Engine(Runner):
         """Units of work the engine runs side by side (a pass splits its work into at least as many)."""
         return 1
 
+    def scratch(self, folder: Path) -> Scratch:
+        """Where a global pass's units hand each other data: files under ``folder``, which every
+        worker must see."""
+        return FileScratch(folder)
+
     def close(self) -> None:
         """Release what the engine started."""
 
@@ -57,10 +70,17 @@ class LocalEngine(Engine):
 
     name = "local"
 
-    def __init__(self, *, buckets: int | None = None):
+    def __init__(self, *, buckets: int | None = None, scratch: str = "memory"):
         """``buckets`` fixes the width of a global pass's hash shuffle (exact dedup); its units of
-        work run here one after another."""
+        work run here one after another, handing each other data in memory (``scratch="files"``:
+        as the ray engine does, through files under the stage's ``_fit/``)."""
+        if scratch not in ("memory", "files"):
+            raise ValueError(f"scratch must be memory or files, not {scratch!r}")
         self.buckets = buckets
+        self.scratch_kind = scratch
+
+    def scratch(self, folder: Path) -> Scratch:
+        return MemoryScratch() if self.scratch_kind == "memory" else FileScratch(folder)
 
     def map(self, fn: WorkFn, items: list[Any], *, state: Any = None, workers: dict[str, float] | None = None,
             on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """Exact deduplication on normalised text (near-duplicates are MinHash's job).
 
-The pass is a hash shuffle (``plan``): each part's 128-bit text hashes go to hash-bucket files,
+The pass is a hash shuffle (``plan``): each part's 128-bit text hashes go to hash buckets,
 one task per bucket picks each group's survivor, and each part's apply reads its own plan.
 """
 
@@ -16,7 +16,6 @@ import pyarrow as pa
 import xxhash
 
 from curate.globalpass import PassContext, PlannedApply, no_duplicates, read_duplicates
-from curate.io.write import WORK_COMPRESSION, write_parquet_atomic
 from curate.ops.minhash import split_duplicates
 from curate.step import Step, StepResult
 
@@ -73,10 +72,10 @@ class ExactDedup(Step):
         })
 
     def plan(self, ctx: PassContext) -> PlannedApply:
-        """Hash shuffle: each part's keys go to ``ctx.buckets()`` files by hash; one task per bucket
+        """Hash shuffle: each part's keys go to ``ctx.buckets()`` buckets by hash; one task per bucket
         keeps each group's first row in ``keep`` order; the rest are the plan's duplicates."""
         if ctx.done() is None:
-            buckets, folder = ctx.buckets(), ctx.folder
+            buckets, store = ctx.buckets(), ctx.scratch
             cols = list(dict.fromkeys(["id", *self.columns_read()[1:], "thinking", "solution"]))
 
             def hash_part(s: ExactDedup, item: tuple[int, str, int]) -> dict[str, int]:
@@ -86,24 +85,23 @@ class ExactDedup(Step):
                                                    batch["id"].alias("id"))
                 keys = keys.with_columns((pl.col("hi") % buckets).alias("bucket"))
                 for (b,), frame in keys.group_by("bucket"):
-                    write_parquet_atomic(frame.drop("bucket").to_arrow(), folder / "keys" / f"b-{int(b):04d}"
-                                         / f"part-{k:05d}.parquet", None, WORK_COMPRESSION)
+                    store.put(f"keys/b-{int(b):04d}/{k:05d}", frame.drop("bucket"))
                 return {"rows": batch.height}
 
             ctx.map(hash_part, ctx.items(), state=self, on_result=ctx.told())
             order = self._keep_order()
 
-            def reduce_bucket(_: Any, bucket: Path) -> dict[str, int]:
-                table = pl.read_parquet(str(bucket / "*.parquet"))
+            def reduce_bucket(_: Any, bucket: str) -> dict[str, int]:
+                table = pl.concat([store.get(key) for key in store.keys(bucket)])
                 reps = (table.sort(order).group_by(["hi", "lo"], maintain_order=True)
                         .agg(pl.col("pos").first().alias("rep"), pl.col("id").first().alias("duplicate_of")))
                 dups = table.join(reps, on=["hi", "lo"]).filter(pl.col("pos") != pl.col("rep"))
-                write_parquet_atomic(dups.select("pos", "duplicate_of", pl.lit(None, pl.Float64).alias("score"))
-                                     .to_arrow(), folder / "dups" / f"{bucket.name}.parquet")
+                store.put(f"dups/{bucket[5:]}", dups.select("pos", "duplicate_of",
+                                                            pl.lit(None, pl.Float64).alias("score")))
                 return {"rows": table.height}
 
-            ctx.map(reduce_bucket, sorted((folder / "keys").glob("b-*")))
-            found = [pl.read_parquet(p) for p in sorted((folder / "dups").glob("*.parquet"))]
+            ctx.map(reduce_bucket, sorted({key.rsplit("/", 1)[0] for key in store.keys("keys")}))
+            found = [store.get(key) for key in store.keys("dups")]
             dups = pl.concat(found) if found else no_duplicates()
             ctx.write_plans(dups)
             ctx.finish({"dropped": dups.height}, ["keys", "dups"])

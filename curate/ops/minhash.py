@@ -51,14 +51,13 @@ import pyarrow as pa
 
 from curate.decontam.text import TokenBatch, fmix64, gram_hash
 from curate.globalpass import (
+    PartArrays,
     PartFiles,
     PassContext,
     PlannedApply,
     no_duplicates,
     read_duplicates,
-    save_array,
 )
-from curate.io.write import write_parquet_atomic
 from curate.step import Step, StepResult, reject_where
 
 _M32 = np.uint32(0xFFFFFFFF)
@@ -331,25 +330,25 @@ class MinHashDedup(Step):
         return MinHashDedup.apply_plan
 
     def _sign(self, ctx: PassContext) -> None:
-        """One unit per part, writing raw arrays (``save_array``): ``sig`` (the signatures),
+        """One unit per part, keeping arrays in the pass's scratch: ``sig`` (the signatures),
         ``facts`` (response length and number hash per row), ``bands`` (the positions of the rows
         with shingles, then their band keys: bands + 1 rows) and, to check on Jaccard,
         ``shingles`` (sorted ``pos << 32 | hash`` keys). Ids are read back from the parts."""
-        sigs, facts, bands, shingles = (ctx.part_files(w) for w in ("sig", "facts", "bands", "shingles"))
+        sigs, facts, bands, shingles = (ctx.arrays(w) for w in ("sig", "facts", "bands", "shingles"))
         cols = ["id", "problem", "thinking", "solution"]
 
         def sign_part(s: MinHashDedup, item: tuple[int, str, int]) -> dict[str, int]:
             k, path, offset = item
             batch = pl.read_parquet(path, columns=cols)
             sig, rows, h = Signer(s.num_perm, s.seed, s.shingle, s.size, s.workers).sign(s._text(batch))
-            save_array(sig, sigs.path(k))
-            save_array(np.stack([response_length(batch).to_numpy().astype(np.int64),
-                                 s.numbers(batch).view(np.int64)], axis=1), facts.path(k))
+            sigs.put(k, sig)
+            facts.put(k, np.stack([response_length(batch).to_numpy().astype(np.int64),
+                                   s.numbers(batch).view(np.int64)], axis=1))
             valid = (sig != _M32).any(axis=1)
             pos = np.arange(offset, offset + batch.height, dtype=np.uint64)[valid]
-            save_array(np.concatenate([pos[None, :], band_keys(sig[valid], s.bands, s.rows)]), bands.path(k))
+            bands.put(k, np.concatenate([pos[None, :], band_keys(sig[valid], s.bands, s.rows)]))
             if s.verify == "jaccard":
-                save_array(shingle_keys_of(rows, h, offset, s.max_shingles), shingles.path(k))
+                shingles.put(k, shingle_keys_of(rows, h, offset, s.max_shingles))
             return {"rows": batch.height}
 
         ctx.map(sign_part, ctx.items(), state=self, on_result=ctx.told())
@@ -359,25 +358,23 @@ class MinHashDedup(Step):
         pairs the rows that share a bucket (``bucket_pairs``); unique (low, high) pairs, sorted."""
         if not ctx.parts:
             return np.empty((0, 2), dtype=np.int64)
-        out, bands = ctx.folder / "pairs", ctx.part_files("bands")
-        parts = range(len(ctx.parts))
+        store, bands, parts = ctx.scratch, ctx.arrays("bands"), range(len(ctx.parts))
         groups = [g.tolist() for g in np.array_split(np.arange(self.bands), ctx.groups(self.bands, ctx.rows, _KEYS_PER_TASK))]
 
         def band_task(_: Any, item: tuple[int, list[int]]) -> dict[str, int]:
             g, group = item
-            arrays = [np.load(bands.path(k)) for k in parts]
+            arrays = [bands.array(k) for k in parts]
             pos = np.concatenate([a[0] for a in arrays]).astype(np.int64)
             found = np.empty((0, 2), dtype=np.int64)
             for b in group:  # rows are in position order: a stable sort by key ties by position
                 key = np.concatenate([a[1 + b] for a in arrays])
                 order = np.argsort(key, kind="stable")
                 found = unique_pairs(np.concatenate([found, bucket_pairs(key[order], pos[order])]))
-            save_array(found, out / f"group-{g:03d}.npy")
+            store.put(f"pairs/{g:03d}", found)
             return {"rows": len(pos)}
 
         ctx.map(band_task, list(enumerate(groups)))
-        found = np.concatenate([np.load(p) for p in sorted(out.glob("group-*.npy"))])
-        return unique_pairs(found)
+        return unique_pairs(np.concatenate([store.get(key) for key in store.keys("pairs")]))
 
     def _decide(self, ctx: PassContext, pairs: np.ndarray) -> tuple[pl.DataFrame, int]:
         """``keep_first`` over the candidate pairs: (pos, duplicate_of, score) of each dropped row,
@@ -395,40 +392,40 @@ class MinHashDedup(Step):
         _, label = connected_components(graph, directed=False)
         size = np.bincount(label)
         task = ((np.cumsum(size) - size) // _ROWS_PER_CHECK)[label]  # whole clusters, in label order
-        folder = ctx.folder / "check"
+        store = ctx.scratch
         of_pair = task[local[:, 0]]
         order = np.argsort(of_pair, kind="stable")
         tasks, first = np.unique(of_pair[order], return_index=True)
         for t, chunk in zip(tasks.tolist(), np.split(order, first[1:]), strict=True):
-            write_parquet_atomic(pa.table({"a": pairs[chunk, 0], "b": pairs[chunk, 1]}), folder / f"pairs-{t:05d}.parquet")
-        files = {w: ctx.part_files(w) for w in ("sig", "facts", "shingles")} | {"inputs": ctx.inputs()}
+            store.put(f"check/pairs-{t:05d}", pairs[chunk])
+        arrays, inputs = {w: ctx.arrays(w) for w in ("sig", "facts", "shingles")}, ctx.inputs()
 
         def check(s: MinHashDedup, t: int) -> dict[str, int]:
-            got = pl.read_parquet(folder / f"pairs-{t:05d}.parquet")
-            dups, checked = s._check(np.stack([got["a"].to_numpy(), got["b"].to_numpy()], axis=1), files)
-            write_parquet_atomic(dups.to_arrow(), folder / f"dups-{t:05d}.parquet")
-            return {"rows": got.height, "checked": checked}
+            mine = store.get(f"check/pairs-{t:05d}")
+            dups, checked = s._check(mine, arrays, inputs)
+            store.put(f"check/dups-{t:05d}", dups)
+            return {"rows": len(mine), "checked": checked}
 
         results = ctx.map(check, tasks.tolist(), state=self)
-        dups = pl.concat([pl.read_parquet(f) for f in sorted(folder.glob("dups-*.parquet"))])
+        dups = pl.concat([store.get(f"check/dups-{t:05d}") for t in tasks.tolist()])
         return dups, sum(r["checked"] for r in results)
 
-    def _check(self, pairs: np.ndarray, files: dict[str, PartFiles]) -> tuple[pl.DataFrame, int]:
+    def _check(self, pairs: np.ndarray, arrays: dict[str, PartArrays], inputs: PartFiles) -> tuple[pl.DataFrame, int]:
         """``keep_first`` over these pairs (whole clusters), with the lazy check, on the rows in them
         only: their facts, signatures and at most ``max_shingles`` shingle hashes, read back."""
         nodes, local = np.unique(pairs, return_inverse=True)  # ascending: rank ties break by position
         local = local.reshape(pairs.shape)
-        facts = files["facts"].rows(nodes)
-        best = [files["inputs"].load(nodes, [self.best_by])[self.best_by]] if self.keep == "best" else []
+        facts = arrays["facts"].rows(nodes)
+        best = [inputs.load(nodes, [self.best_by])[self.best_by]] if self.keep == "best" else []
         rank = keep_rank(self.keep, len(nodes), [pl.Series(facts[:, 0])], best)
-        sig = files["sig"].rows(nodes)
-        sets = ShingleSets(_shingles(files["shingles"], nodes), len(nodes), self.max_shingles) if self.verify == "jaccard" else None
+        sig = arrays["sig"].rows(nodes)
+        sets = ShingleSets(_shingles(arrays["shingles"], nodes), len(nodes), self.max_shingles) if self.verify == "jaccard" else None
         rep, checked = keep_first(len(nodes), local, rank, self.checker(local, sig, sets, facts[:, 1]))
         dup = np.flatnonzero(rep != np.arange(len(nodes)))
         if not len(dup):
             return no_duplicates(), checked
         kept = np.unique(rep[dup])
-        ids = files["inputs"].load(nodes[kept], ["id"])["id"].gather(np.searchsorted(kept, rep[dup]))
+        ids = inputs.load(nodes[kept], ["id"])["id"].gather(np.searchsorted(kept, rep[dup]))
         score = sig_jaccard(sig, np.stack([dup, rep[dup]], axis=1))
         return pl.DataFrame({"pos": nodes[dup], "duplicate_of": ids, "score": score}, schema=no_duplicates().schema), checked
 
@@ -459,12 +456,12 @@ class MinHashDedup(Step):
         return split_duplicates(batch, duplicate_of, reason, "minhash_jaccard", score)
 
 
-def _shingles(files: PartFiles, nodes: np.ndarray) -> np.ndarray:
+def _shingles(files: PartArrays, nodes: np.ndarray) -> np.ndarray:
     """The shingle keys of these rows (ascending positions), renumbered to their index in
     ``nodes`` and still sorted: at most ``max_shingles`` per row, read part by part."""
     keys, part = [], files.part_of(nodes)
     for k in np.unique(part):
-        key = np.load(files.path(k))
+        key = files.array(k)
         start = files.starts[k]
         index = np.full(files.starts[k + 1] - start, -1, dtype=np.int64)  # row in part -> index in nodes
         mine = np.flatnonzero(part == k)

@@ -15,7 +15,6 @@ import polars as pl
 import xxhash
 
 from curate.globalpass import PassContext
-from curate.io.write import WORK_COMPRESSION, write_parquet_atomic
 from curate.step import Step, StepResult, reject_where
 
 
@@ -63,21 +62,21 @@ class Sample(Step):
         each stratum is then its quota-th smallest key among those."""
         done = ctx.done()
         if done is None:
-            cols, smallest = list(self.columns_read()), ctx.folder / "smallest"
+            cols, store = list(self.columns_read()), ctx.scratch
             target = self._quotas([ctx.rows])[0]
 
             def count_and_keep(s: Sample, item: tuple[int, str, int]) -> dict[str, Any]:
                 keys = s.keys(pl.read_parquet(item[1], columns=cols), item[2])
                 best = s._ranked(keys, {}).filter(pl.col("rank") < target).drop("rank", "quota")
-                write_parquet_atomic(best.to_arrow(), smallest / f"part-{item[0]:05d}.parquet", None, WORK_COMPRESSION)
+                store.put(f"smallest/{item[0]:05d}", best)
                 return {"rows": keys.height, "strata": keys.group_by("stratum").len().rows()}
 
             totals: dict[str | None, int] = {}
             for result in ctx.map(count_and_keep, ctx.items(), state=self, on_result=ctx.told()):
                 for stratum, n in result["strata"]:
                     totals[stratum] = totals.get(stratum, 0) + n
-            found = sorted(smallest.glob("*.parquet"))
-            candidates = (pl.concat([pl.read_parquet(f) for f in found]) if found
+            found = [store.get(key) for key in store.keys("smallest")]
+            candidates = (pl.concat(found) if found
                           else self.keys(pl.DataFrame({"id": []}, schema={"id": pl.String}), 0))
             last = self._ranked(candidates, self._quotas_of(totals)).filter(pl.col("rank") == pl.col("quota") - 1)
             done = {"total": sum(totals.values()), "cuts": last.select("stratum", "key", "pos").rows()}

@@ -23,7 +23,6 @@ import polars as pl
 import pyarrow as pa
 
 from curate.globalpass import PassContext, PlannedApply, no_duplicates, read_duplicates
-from curate.io.write import write_parquet_atomic
 from curate.ops.minhash import (
     keep_rank,
     representatives,
@@ -167,7 +166,7 @@ class SemanticDedup(Step):
     def plan(self, ctx: PassContext) -> PlannedApply:
         """Embeddings per part on the engine's workers, then the pair scan and clusters here."""
         if ctx.done() is None:
-            cols, rows_dir = list(dict.fromkeys(self.columns_read())), ctx.folder / "rows"
+            cols, store = list(dict.fromkeys(self.columns_read())), ctx.scratch
 
             def embed_part(s: SemanticDedup, item: tuple[int, str, int]) -> dict[str, int]:
                 k, path, offset = item
@@ -176,29 +175,27 @@ class SemanticDedup(Step):
                     if s._embedder is None:
                         s._embedder = Embedder(s.model, s.device, s.batch_size)
                     emb = s._embedder.encode(s._text(batch))
-                    table = {"pos": np.arange(offset, offset + batch.height), "id": batch["id"].to_arrow(),
-                             "len": response_length(batch).to_arrow(),
-                             "emb": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1])}
-                    if s.keep == "best":
-                        table["best"] = batch[s.best_by].to_arrow()
-                    write_parquet_atomic(pa.table(table), rows_dir / f"part-{k:05d}.parquet")
+                    store.put(f"emb/{k:05d}", emb)
+                    table = batch.select("id", response_length(batch).alias("len"),
+                                         *([pl.col(s.best_by).alias("best")] if s.keep == "best" else []))
+                    store.put(f"rows/{k:05d}", table.with_columns(pl.Series("pos", np.arange(offset, offset + batch.height))))
                 return {"rows": batch.height}
 
             gpu = self.device.startswith("cuda") or (self.device == "auto" and ctx.gpus() > 0)
             ctx.map(embed_part, ctx.items(), state=self, workers={"num_gpus": 1.0} if gpu else {},
                     on_result=ctx.told())
-            files = sorted(rows_dir.glob("*.parquet"))
+            keys = store.keys("rows")
             dups = no_duplicates()
-            if files:
-                rows = pl.concat([pl.read_parquet(f) for f in files])
-                emb = np.ascontiguousarray(rows["emb"].to_numpy(), dtype=np.float32)
+            if keys:
+                rows = pl.concat([store.get(key) for key in keys])
+                emb = np.ascontiguousarray(np.concatenate([store.get(key) for key in store.keys("emb")]), dtype=np.float32)
                 best = [rows["best"]] if self.keep == "best" else []
                 rep, cos = self.clusters(emb, [rows["len"]], best, Embedder.pick_device(self.device))
                 dup = np.flatnonzero(rep != np.arange(rows.height))
                 dups = pl.DataFrame({"pos": rows["pos"].gather(dup), "duplicate_of": rows["id"].gather(rep[dup]),
                                      "score": cos[dup]})
             ctx.write_plans(dups)
-            ctx.finish({"dropped": dups.height}, ["rows"])
+            ctx.finish({"dropped": dups.height}, ["rows", "emb"])
         return SemanticDedup.apply_plan
 
     def clusters(self, emb: np.ndarray, lengths: list[pl.Series], best: list[pl.Series],
