@@ -250,3 +250,18 @@ def test_problem_response_mode_compares_whole_traces(traces):
     assert (by_problem_rep != np.arange(aime.height)).sum() == 30
     assert (whole_rep != np.arange(aime.height)).sum() == 0
     assert whole.size == 5
+
+
+def test_clusters_checked_in_groups_give_the_same_answer(traces, monkeypatch):
+    """A big input's clusters are decided in groups of whole clusters, one unit of work each: the
+    same rows are kept as when every cluster is decided in one group."""
+    import curate.ops.minhash as minhash
+
+    frame = traces.head(3000)
+    frame = pl.concat([frame, frame.head(400).with_columns(pl.col("id") + "-copy")])
+    step = MinHashDedup(mode="problem_response", verify="jaccard")
+    whole = kept_rows(step, frame, batch_size=500)
+    monkeypatch.setattr(minhash, "_ROWS_PER_CHECK", 50)
+    grouped = kept_rows(step, frame, batch_size=500)
+    assert (whole != np.arange(frame.height)).sum() >= 400
+    assert np.array_equal(whole, grouped)

@@ -383,21 +383,10 @@ class MinHashDedup(Step):
         which load only their rows (``_check``)."""
         if len(pairs) == 0:
             return no_duplicates(), 0
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
-
-        nodes, local = np.unique(pairs, return_inverse=True)
-        local = local.reshape(pairs.shape)
-        graph = coo_matrix((np.ones(len(local), dtype=np.int8), (local[:, 0], local[:, 1])), shape=(len(nodes),) * 2)
-        _, label = connected_components(graph, directed=False)
-        size = np.bincount(label)
-        task = ((np.cumsum(size) - size) // _ROWS_PER_CHECK)[label]  # whole clusters, in label order
-        store = ctx.scratch
-        of_pair = task[local[:, 0]]
-        order = np.argsort(of_pair, kind="stable")
-        tasks, first = np.unique(of_pair[order], return_index=True)
-        for t, chunk in zip(tasks.tolist(), np.split(order, first[1:]), strict=True):
+        store, groups = ctx.scratch, _cluster_groups(pairs)
+        for t, chunk in enumerate(groups):
             store.put(f"check/pairs-{t:05d}", pairs[chunk])
+        tasks = list(range(len(groups)))
         arrays, inputs = {w: ctx.arrays(w) for w in ("sig", "facts", "shingles")}, ctx.inputs()
 
         def check(s: MinHashDedup, t: int) -> dict[str, int]:
@@ -406,8 +395,8 @@ class MinHashDedup(Step):
             store.put(f"check/dups-{t:05d}", dups)
             return {"rows": len(mine), "checked": checked}
 
-        results = ctx.map(check, tasks.tolist(), state=self)
-        dups = pl.concat([store.get(f"check/dups-{t:05d}") for t in tasks.tolist()])
+        results = ctx.map(check, tasks, state=self)
+        dups = pl.concat([store.get(f"check/dups-{t:05d}") for t in tasks])
         return dups, sum(r["checked"] for r in results)
 
     def _check(self, pairs: np.ndarray, arrays: dict[str, PartArrays], inputs: PartFiles) -> tuple[pl.DataFrame, int]:
@@ -454,6 +443,25 @@ class MinHashDedup(Step):
         reason = pl.format("near duplicate (MinHash, est. Jaccard {}) of {}", pl.col("minhash_jaccard").round(3),
                            pl.col("duplicate_of"))
         return split_duplicates(batch, duplicate_of, reason, "minhash_jaccard", score)
+
+
+def _cluster_groups(pairs: np.ndarray) -> list[np.ndarray]:
+    """The pairs (indices) of each group of whole clusters (connected components) holding about
+    ``_ROWS_PER_CHECK`` rows; one group when all the rows in pairs fit in one."""
+    nodes, local = np.unique(pairs, return_inverse=True)
+    if len(nodes) <= _ROWS_PER_CHECK:
+        return [np.arange(len(pairs))]
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    local = local.reshape(pairs.shape)
+    graph = coo_matrix((np.ones(len(local), dtype=np.int8), (local[:, 0], local[:, 1])), shape=(len(nodes),) * 2)
+    _, label = connected_components(graph, directed=False)
+    size = np.bincount(label)
+    of_pair = ((np.cumsum(size) - size) // _ROWS_PER_CHECK)[label][local[:, 0]]  # whole clusters, in label order
+    order = np.argsort(of_pair, kind="stable")
+    _, first = np.unique(of_pair[order], return_index=True)
+    return np.split(order, first[1:])
 
 
 def _shingles(files: PartArrays, nodes: np.ndarray) -> np.ndarray:
