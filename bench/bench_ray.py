@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,11 +98,13 @@ def child(engine: str, src: Path, out: Path) -> None:
     finish = PassContext.finish
 
     def measured(ctx: PassContext, state: dict, names: list[str]) -> None:  # sizes before the cleanup
-        for name in names:
+        for name in names:  # the ray engine's scratch: files (.npy arrays, .parquet frames)
             folder = ctx.folder
-            files = list((folder / name).rglob("*.parquet")) if (folder / name).exists() else []
-            scratch[f"{folder.parent.name}/{name}"] = [sum(f.stat().st_size for f in files),
-                                                       sum(pq.ParquetFile(f).metadata.num_rows for f in files)]
+            files = [f for f in (folder / name).rglob("*") if f.suffix in (".npy", ".parquet")] if (folder / name).exists() else []
+            scratch[f"{folder.parent.name}/{name}"] = [
+                sum(f.stat().st_size for f in files),
+                sum(pq.ParquetFile(f).metadata.num_rows if f.suffix == ".parquet" else np.load(f, mmap_mode="r").shape[-1]
+                    for f in files)]
         finish(ctx, state, names)
 
     PassContext.finish = measured  # type: ignore[method-assign]
@@ -117,27 +120,29 @@ def child(engine: str, src: Path, out: Path) -> None:
                       "rows": result.rows, "funnel": result.funnel.drop("seconds").rows(), "scratch": scratch}))
 
 
-def band_task_memory(rows: Path) -> None:
+def band_task_memory(bands: Path) -> None:
     """Peak memory of one MinHash band task on all the band keys of a run taken as ONE band
     (20 x the rows: a band of a 20x larger corpus), above the process's RSS before it reads."""
     import psutil
 
     from curate.ops.minhash import bucket_pairs, unique_pairs
 
-    files = sorted(str(f) for f in rows.rglob("*.parquet"))
+    files = sorted(bands.rglob("*.npy"))
     base = psutil.Process().memory_info().rss
     rss = PeakTreeRSS(every=0.005)
-    t = pl.read_parquet(files, columns=["pos", "valid", *[f"band-{b:03d}" for b in range(20)]]).filter("valid")
-    t = t.unpivot(index="pos", value_name="key").sort(["key", "pos"])  # 20 bands' keys as one band
-    pairs = unique_pairs(bucket_pairs(t["key"].to_numpy(), t["pos"].to_numpy()))
+    arrays = [np.load(f) for f in files]  # per part: positions, then the 20 bands' keys
+    pos = np.concatenate([np.tile(a[0], len(a) - 1) for a in arrays]).astype(np.int64)
+    key = np.concatenate([a[1:].ravel() for a in arrays])
+    order = np.lexsort((pos, key))  # what band_task does, on 20 bands' records at once
+    pairs = unique_pairs(bucket_pairs(key[order], pos[order]))
     peak = rss.stop()
-    print(json.dumps({"records": t.height, "pairs": int(len(pairs)), "peak_above_base_kib": (peak - base) // 1024,
+    print(json.dumps({"records": len(key), "pairs": int(len(pairs)), "peak_above_base_kib": (peak - base) // 1024,
                       "base_kib": base // 1024}))
 
 
 def measure_band_task(src: Path, work: Path) -> dict:
-    """Run the MinHash pass unit by unit, keep its per-part row files (with the band keys), measure
-    a band task in a fresh process."""
+    """Run the MinHash pass unit by unit (scratch in files, as on Ray), keep its per-part band
+    arrays, measure a band task in a fresh process."""
     import shutil
 
     from curate import Pipeline
@@ -149,14 +154,14 @@ def measure_band_task(src: Path, work: Path) -> dict:
     finish = PassContext.finish
 
     def keep_bands(ctx: PassContext, state: dict, names: list[str]) -> None:
-        if (ctx.folder / "rows").exists() and "stats" in state:
+        if (ctx.folder / "bands").exists() and "stats" in state:
             shutil.rmtree(kept, ignore_errors=True)
-            shutil.copytree(ctx.folder / "rows", kept)
+            shutil.copytree(ctx.folder / "bands", kept)
         finish(ctx, state, names)
 
     PassContext.finish = keep_bands  # type: ignore[method-assign]
     Pipeline([build_step("minhash_dedup", {})], batch_size=4096).run(
-        src, work / "out-bands", engine=LocalEngine(), progress=False, card=False, overwrite=True)
+        src, work / "out-bands", engine=LocalEngine(scratch="files"), progress=False, card=False, overwrite=True)
     PassContext.finish = finish  # type: ignore[method-assign]
     done = subprocess.run([sys.executable, __file__, "--band-task", str(kept)], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -196,13 +201,13 @@ def main() -> None:
           f"peak memory {ray['peak_tree_rss_mib'] / local['peak_tree_rss_mib']:.2f}x; same rows: {same}")
     print("funnel (step, rows in, kept, rejected):", ray["funnel"])
     rows_in = {f[1]: f[2] for f in ray["funnel"]}
-    print("\nintermediates of the distributed global passes (Parquet on disk, bytes per input row of the step):")
+    print("\nintermediates of the global passes (files on disk, bytes per input row of the step):")
     for name, (nbytes, records) in sorted(ray["scratch"].items()):
         n = rows_in[name.split("/")[0].split("-", 2)[2]]
         print(f"  {name}: {nbytes / n:,.1f} B/row ({nbytes / 2**20:,.1f} MiB, {records:,} records, over {n:,} rows)")
     band = measure_band_task(src, args.work)
     per = band["peak_above_base_kib"] * 1024 / band["records"]
-    print(f"\none MinHash band task on {band['records']:,} records (all 20 bands' files as one band): peak "
+    print(f"\none MinHash band task on {band['records']:,} records (all 20 bands' keys as one band): peak "
           f"{band['peak_above_base_kib'] / 1024:,.0f} MiB above its start, {per:,.0f} B per record; "
           f"a band of 10M rows: ~{per * 10e6 / 2**30:,.1f} GiB")
 
