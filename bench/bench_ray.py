@@ -50,7 +50,7 @@ def make_input(rows: int, folder: Path) -> Path:
     from curate import read
 
     real = read(SHARED / "traces").to_polars()
-    problems = corpus(rows)
+    problems = corpus(rows, folder.parent)  # its cache beside the input, not in it
     idx = [k % real.height for k in range(rows)]
     frame = real[idx].with_columns(pl.Series("problem", problems), pl.Series("id", [f"r{k}" for k in range(rows)]))
     for f in range(8):
