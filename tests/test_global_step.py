@@ -17,7 +17,6 @@ import pytest
 import curate.engines
 from curate import Pipeline, RunResult, read
 from curate.globalpass import PassContext
-from curate.io.write import write_parquet_atomic
 from curate.step import REGISTRY, Step, StepResult, build_step, reject_where
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import the test module
@@ -37,17 +36,16 @@ class KeepLongestThinking(Step):
         """Each part's own top k (one unit per part, on the engine), then the k-th of those here."""
         done = ctx.done()
         if done is None:
-            top = ctx.folder / "top"
+            store = ctx.scratch  # memory here, files under the stage's _fit/ on Ray
 
             def part_top(s: KeepLongestThinking, item: tuple[int, str, int]) -> dict[str, Any]:
                 k, path, offset = item
                 keys = s._keys(pl.read_parquet(path, columns=["thinking"]), offset)
-                write_parquet_atomic(keys.sort(["len", "pos"], descending=[True, False]).head(s.k).to_arrow(),
-                                     top / f"part-{k:05d}.parquet")
+                store.put(f"top/{k:05d}", keys.sort(["len", "pos"], descending=[True, False]).head(s.k))
                 return {"rows": keys.height}
 
             ctx.map(part_top, ctx.items(), state=self, on_result=ctx.told())
-            found = [pl.read_parquet(f) for f in sorted(top.glob("*.parquet"))]
+            found = [store.get(key) for key in store.keys("top")]
             best = pl.concat(found).sort(["len", "pos"], descending=[True, False]).head(self.k)
             done = {"cut": best.tail(1).row(0) if best.height else None}
             ctx.finish(done, ["top"])
