@@ -1,7 +1,7 @@
 """MinHash dedup against the loops a user would write instead: whole commands, fit in process, memory.
 
     python bench/bench_minhash.py --whole --rows 100000     # whole processes: curate run vs the plain loops
-    python bench/bench_minhash.py --rows 200000             # in process: MinHashDedup.fit vs the loops
+    python bench/bench_minhash.py --rows 200000             # in process: minhash_dedup's pass vs the loops
     python bench/bench_minhash.py --heavy 10000 50000 100000 200000  # 99% near-duplicate traces: growth
     python bench/bench_minhash.py --planted                 # planted copies and false merges
 
@@ -16,7 +16,8 @@ variants of bench/planted.py). Candidates, each in its own process (peak RSS is 
   3-word shingles, ``MinHashLSH.query``, then ``insert`` when nothing matched (keep the first);
 - ``datasketch-bulk``: ``MinHash.bulk`` + ``LeanMinHash`` into the same LSH;
 - ``rensa-loop``: the same loop with ``rensa.RMinHash`` / ``RMinHashLSH`` (query, then insert);
-- ``curate``: ``minhash_dedup`` (in process: ``MinHashDedup.fit``; whole: ``curate run`` of a
+- ``curate``: ``minhash_dedup`` (in process: ``curate.globalpass.run_here``, its pass and apply
+  over parts of 50,000 rows; whole: ``curate run`` of a
   one-step recipe, with and without the dataset card).
 
 All use 3-word shingles, 100 permutations, 20 bands x 5 rows, threshold 0.72. Recall is over the
@@ -43,8 +44,9 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.planted import VARIANTS, exact_jaccard_pairs, held_out, merges, plant, score  # noqa: E402
+from bench.planted import VARIANTS, exact_jaccard_pairs, held_out, kept_rows, merges, plant, score  # noqa: E402
 from curate import read  # noqa: E402
+from curate.globalpass import run_here  # noqa: E402
 from curate.ops.dedup.minhash import MinHashDedup, shingles  # noqa: E402
 from curate.text import units  # noqa: E402
 
@@ -142,9 +144,12 @@ def run_curate(texts: list[str], workers: int, **params: bool) -> np.ndarray:
     step = MinHashDedup(workers=workers, **params)
     frame = pl.DataFrame({"id": [str(i) for i in range(len(texts))], "problem": texts,
                           "thinking": [""] * len(texts), "solution": [""] * len(texts)})
-    step.fit(iter(frame.iter_slices(50_000)))
-    assert step._rep is not None
-    return step._rep != np.arange(len(texts))
+    with tempfile.TemporaryDirectory(dir=os.environ.get("CURATE_BENCH_TMP")) as folder:
+        result = run_here(step, list(frame.iter_slices(50_000)), Path(folder))
+    dropped = np.zeros(len(texts), dtype=bool)
+    if result.rejected is not None:
+        dropped[result.rejected["id"].cast(pl.Int64).to_numpy()] = True
+    return dropped
 
 
 CANDIDATES = {
@@ -374,20 +379,23 @@ def heavy_child(n: int, work: Path) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) from here on is the fit's alone
     step = MinHashDedup(mode="problem_response")
     prof = cProfile.Profile()
-    t0 = time.perf_counter()
-    prof.runcall(step.fit, iter(frame.iter_slices(1024)))
-    seconds = time.perf_counter() - t0
+    batches = list(frame.iter_slices(1024))  # the pipeline's parts (its default batch size)
+    with tempfile.TemporaryDirectory(dir=work) as folder:
+        t0 = time.perf_counter()
+        result = prof.runcall(run_here, step, batches, Path(folder))
+        seconds = time.perf_counter() - t0
     stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
     parts = {fn: round(sum(v[3] for k, v in stats.items() if k[2] == fn), 2)
-             for fn in ("sign", "candidate_pairs", "keep_first", "shingle_keys_of")}
-    print(json.dumps({"rows": n, "seconds": seconds, **step.stats, "parts": parts, "rss_before_mb": before,
+             for fn in ("plan", "sign", "_candidates", "keep_first", "_shingles")}
+    print(json.dumps({"rows": n, "seconds": seconds, **result.stats, "parts": parts, "rss_before_mb": before,
                       "peak_rss_mb": _status_mb("VmHWM:")}))
 
 
 def heavy(sizes: list[int], work: Path) -> None:
-    """``MinHashDedup(mode=problem_response).fit`` on 99%-duplicate traces, one process per size."""
-    print("| rows | fit seconds | us/row | sign / pairs / keep_first s | RSS with the data loaded MB | peak RSS MB | "
-          "fit's own KB/row | candidate pairs | checked | dropped |")
+    """``minhash_dedup(mode=problem_response)`` (``run_here``: parts of 1,024 rows written, its pass,
+    its apply) on 99%-duplicate traces, one process per size."""
+    print("| rows | seconds (pass + apply) | us/row | pass / sign / pairs / keep_first s | RSS with the data loaded MB | "
+          "peak RSS MB | own KB/row | candidate pairs | checked | dropped |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
         heavy_traces(n).write_parquet(work / f"heavy-{n}.parquet")
@@ -395,7 +403,7 @@ def heavy(sizes: list[int], work: Path) -> None:
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         p = r["parts"]
-        print(f"| {n} | {r['seconds']:.1f} | {r['seconds'] / n * 1e6:.0f} | {p['sign']} / {p['candidate_pairs']} / "
+        print(f"| {n} | {r['seconds']:.1f} | {r['seconds'] / n * 1e6:.0f} | {p['plan']} / {p['sign']} / {p['_candidates']} / "
               f"{p['keep_first']} | {r['rss_before_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
               f"{(r['peak_rss_mb'] - r['rss_before_mb']) * 1024 / n:.1f} | {r['candidate_pairs']:,} | "
               f"{r['checked_pairs']:,} | {r['dropped']:,} |", flush=True)
@@ -432,18 +440,17 @@ def planted_report() -> None:
     step = MinHashDedup()
     frame = pl.DataFrame({"id": [str(i) for i in range(len(texts))], "problem": texts,
                           "thinking": [""] * len(texts), "solution": [""] * len(texts)})
-    step.fit(iter([frame]))
-    assert step._rep is not None
+    rep = kept_rows(step, frame)
     pairs, jac = exact_jaccard_pairs(texts, step.size, step.shingle)
     print(f"planted: {len(originals)} distinct real trace problems + {len(planted)} near-duplicates; "
           f"defaults {step.shingle} {step.size}-shingles, {step.bands}x{step.rows}, threshold {step.threshold}")
-    print(json.dumps(score(step._rep, pairs, jac, step.threshold)))
+    print(json.dumps(score(rep, pairs, jac, step.threshold)))
     n0 = len(originals)
     print("| variant | planted | at exact Jaccard >= 0.72 | caught | caught of those at >= 0.72 |")
     print("|---|---|---|---|---|")
     for variant in VARIANTS:
         ks = [k for k, (_, v) in enumerate(planted) if v == variant]
-        caught = [step._rep[n0 + k] == step._rep[planted[k][0]] for k in ks]
+        caught = [rep[n0 + k] == rep[planted[k][0]] for k in ks]
         above = [_jac(pairs, jac, planted[k][0], n0 + k) >= step.threshold for k in ks]
         print(f"| {variant} | {len(ks)} | {sum(above)} | {sum(caught)} ({np.mean(caught):.1%}) | "
               f"{sum(c and a for c, a in zip(caught, above))} |")
@@ -464,8 +471,7 @@ def planted_report() -> None:
                               "thinking": [""] * len(texts), "solution": [""] * len(texts)})
         for label, kw in settings.items():
             step = MinHashDedup(**kw)
-            step.fit(iter([frame]))
-            rep = step._rep
+            rep = kept_rows(step, frame)
             m = merges(rep, origin)
             wrong = [k for k in np.flatnonzero(rep != np.arange(len(texts))) if origin[rep[k]] != origin[k]
                      and not answers[texts[origin[k]]] & answers[texts[origin[rep[k]]]]]

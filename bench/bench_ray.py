@@ -7,7 +7,7 @@ The corpus: problems from ../shared/data/problems made distinct by swapping a qu
 words (bench/bench_minhash.py's corpus, 5% planted near-duplicates), each given the thinking and
 solution of a real trace from ../shared/data/traces (cycled, so texts are real-length). The recipe:
 exact_dedup -> extract_answer -> minhash_dedup -> sample: row-local steps and every
-distributed global pass. Each engine runs in its own process; memory is the peak of the summed RSS
+global pass split into units of work. Each engine runs in its own process; memory is the peak of the summed RSS
 of that process and all its descendants (the Ray head, raylet and workers), sampled every 0.2 s.
 Both engines must write the same rows (checked). Then, from the ray run, the measured bytes per
 row of the MinHash pass's intermediate files, the basis of the 10M-row estimate in BENCHMARKS.md.
@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +50,7 @@ def make_input(rows: int, folder: Path) -> Path:
     from curate import read
 
     real = read(SHARED / "traces").to_polars()
-    problems = corpus(rows)
+    problems = corpus(rows, folder.parent)  # its cache beside the input, not in it
     idx = [k % real.height for k in range(rows)]
     frame = real[idx].with_columns(pl.Series("problem", problems), pl.Series("id", [f"r{k}" for k in range(rows)]))
     for f in range(8):
@@ -88,22 +89,25 @@ def child(engine: str, src: Path, out: Path) -> None:
     """One engine's run (in its own process): wall time, start-up, peak tree RSS, MinHash scratch sizes."""
     import pyarrow.parquet as pq
 
-    import curate.engines.distributed as dist
     from curate import Pipeline
     from curate.engines import get_engine
+    from curate.globalpass import PassContext
     from curate.step import build_step
 
     scratch: dict[str, list[int]] = {}
-    finish = dist._finish
+    finish = PassContext.finish
 
-    def measured(folder: Path, state: dict, names: list[str]) -> None:  # sizes before the cleanup
-        for name in names:
-            files = list((folder / name).rglob("*.parquet")) if (folder / name).exists() else []
-            scratch[f"{folder.parent.name}/{name}"] = [sum(f.stat().st_size for f in files),
-                                                       sum(pq.ParquetFile(f).metadata.num_rows for f in files)]
-        finish(folder, state, names)
+    def measured(ctx: PassContext, state: dict, names: list[str]) -> None:  # sizes before the cleanup
+        for name in names:  # the ray engine's scratch: files (.npy arrays, .parquet frames)
+            folder = ctx.folder
+            files = [f for f in (folder / name).rglob("*") if f.suffix in (".npy", ".parquet")] if (folder / name).exists() else []
+            scratch[f"{folder.parent.name}/{name}"] = [
+                sum(f.stat().st_size for f in files),
+                sum(pq.ParquetFile(f).metadata.num_rows if f.suffix == ".parquet" else np.load(f, mmap_mode="r").shape[-1]
+                    for f in files)]
+        finish(ctx, state, names)
 
-    dist._finish = measured
+    PassContext.finish = measured  # type: ignore[method-assign]
     rss = PeakTreeRSS()
     t0 = time.perf_counter()
     runner = get_engine(engine, None) if engine == "local" else get_engine("ray")
@@ -117,44 +121,48 @@ def child(engine: str, src: Path, out: Path) -> None:
 
 
 def band_task_memory(bands: Path) -> None:
-    """Peak memory of one MinHash band task on all the band files of a run taken as ONE band
+    """Peak memory of one MinHash band task on all the band keys of a run taken as ONE band
     (20 x the rows: a band of a 20x larger corpus), above the process's RSS before it reads."""
     import psutil
 
     from curate.ops.dedup.minhash import bucket_pairs, unique_pairs
 
-    files = sorted(str(f) for f in bands.rglob("*.parquet"))
+    files = sorted(bands.rglob("*.npy"))
     base = psutil.Process().memory_info().rss
     rss = PeakTreeRSS(every=0.005)
-    t = pl.read_parquet(files).sort(["key", "pos"])  # what band_task does, on 20 bands' records at once
-    pairs = unique_pairs(bucket_pairs(t["key"].to_numpy(), t["pos"].to_numpy()))
+    arrays = [np.load(f) for f in files]  # per part: positions, then the 20 bands' keys
+    pos = np.concatenate([np.tile(a[0], len(a) - 1) for a in arrays]).astype(np.int64)
+    key = np.concatenate([a[1:].ravel() for a in arrays])
+    order = np.lexsort((pos, key))  # what band_task does, on 20 bands' records at once
+    pairs = unique_pairs(bucket_pairs(key[order], pos[order]))
     peak = rss.stop()
-    print(json.dumps({"records": t.height, "pairs": int(len(pairs)), "peak_above_base_kib": (peak - base) // 1024,
+    print(json.dumps({"records": len(key), "pairs": int(len(pairs)), "peak_above_base_kib": (peak - base) // 1024,
                       "base_kib": base // 1024}))
 
 
 def measure_band_task(src: Path, work: Path) -> dict:
-    """Run the MinHash pass unit by unit, keep its band files, measure a band task in a fresh process."""
+    """Run the MinHash pass unit by unit (scratch in files, as on Ray), keep its per-part band
+    arrays, measure a band task in a fresh process."""
     import shutil
 
-    import curate.engines.distributed as dist
     from curate import Pipeline
     from curate.engines import LocalEngine
+    from curate.globalpass import PassContext
     from curate.step import build_step
 
     kept = work / "bands"
-    finish = dist._finish
+    finish = PassContext.finish
 
-    def keep_bands(folder: Path, state: dict, names: list[str]) -> None:
-        if (folder / "bands").exists():
+    def keep_bands(ctx: PassContext, state: dict, names: list[str]) -> None:
+        if (ctx.folder / "bands").exists() and "stats" in state:
             shutil.rmtree(kept, ignore_errors=True)
-            shutil.copytree(folder / "bands", kept)
-        finish(folder, state, names)
+            shutil.copytree(ctx.folder / "bands", kept)
+        finish(ctx, state, names)
 
-    dist._finish = keep_bands
+    PassContext.finish = keep_bands  # type: ignore[method-assign]
     Pipeline([build_step("minhash_dedup", {})], batch_size=4096).run(
-        src, work / "out-bands", engine=LocalEngine(distributed_fits=True), progress=False, card=False, overwrite=True)
-    dist._finish = finish
+        src, work / "out-bands", engine=LocalEngine(scratch="files"), progress=False, card=False, overwrite=True)
+    PassContext.finish = finish  # type: ignore[method-assign]
     done = subprocess.run([sys.executable, __file__, "--band-task", str(kept)], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -193,13 +201,13 @@ def main() -> None:
           f"peak memory {ray['peak_tree_rss_mib'] / local['peak_tree_rss_mib']:.2f}x; same rows: {same}")
     print("funnel (step, rows in, kept, rejected):", ray["funnel"])
     rows_in = {f[1]: f[2] for f in ray["funnel"]}
-    print("\nintermediates of the distributed global passes (Parquet on disk, bytes per input row of the step):")
+    print("\nintermediates of the global passes (files on disk, bytes per input row of the step):")
     for name, (nbytes, records) in sorted(ray["scratch"].items()):
         n = rows_in[name.split("/")[0].split("-", 2)[2]]
         print(f"  {name}: {nbytes / n:,.1f} B/row ({nbytes / 2**20:,.1f} MiB, {records:,} records, over {n:,} rows)")
     band = measure_band_task(src, args.work)
     per = band["peak_above_base_kib"] * 1024 / band["records"]
-    print(f"\none MinHash band task on {band['records']:,} records (all 20 bands' files as one band): peak "
+    print(f"\none MinHash band task on {band['records']:,} records (all 20 bands' keys as one band): peak "
           f"{band['peak_above_base_kib'] / 1024:,.0f} MiB above its start, {per:,.0f} B per record; "
           f"a band of 10M rows: ~{per * 10e6 / 2**30:,.1f} GiB")
 

@@ -144,7 +144,7 @@ def worst_case(df: pl.DataFrame, workers: int, timeout_s: float) -> dict:
     mixed = pl.concat([df.select(cols), bad.select(cols)]).sample(fraction=1.0, shuffle=True, seed=0)
     pool = Verify(keep="all", workers=workers, timeout_s=timeout_s)
     pool.start_pool()
-    tasks = pool._tasks(mixed)
+    tasks = pool.tasks(mixed)
     t0 = time.perf_counter()
     raw = pool._pool.map(tasks, [pool._deadline(t) for t in tasks])
     wall = time.perf_counter() - t0

@@ -9,12 +9,32 @@ from __future__ import annotations
 
 import random
 import re
+import tempfile
+from pathlib import Path
 
 import numpy as np
+import polars as pl
 from scipy.sparse import csr_matrix
 
+from curate.globalpass import run_here
 from curate.ops.dedup.minhash import shingles
+from curate.step import Step
 from curate.text import units
+
+
+def kept_rows(step: Step, frame: pl.DataFrame, batch_size: int | None = None) -> np.ndarray:
+    """For each row of ``frame`` (ids unique), the row a dedup step keeps in its place (itself
+    when kept): the step run in process (``curate.globalpass.run_here``) on parts of ``batch_size``."""
+    batches = list(frame.iter_slices(batch_size)) if batch_size else [frame]
+    with tempfile.TemporaryDirectory() as folder:
+        result = run_here(step, batches, Path(folder))
+    rep = np.arange(frame.height)
+    if result.rejected is not None and result.rejected.height:
+        at = {i: k for k, i in enumerate(frame["id"].to_list())}
+        for i, of in zip(result.rejected["id"].to_list(), result.rejected["duplicate_of"].to_list(), strict=True):
+            rep[at[i]] = at[of]
+    return rep
+
 
 _WORDS = ("Find", "Determine", "Compute", "Calculate", "What", "Suppose", "Let", "If", "How")
 

@@ -3,8 +3,9 @@
 A step is a dataclass whose fields are its parameters (the same names in Python and YAML),
 checked against their type hints when the step is built. It declares the columns it reads and
 the typed columns it writes (``writes``); the runner checks the chain before any work starts.
-Row-local steps stream; steps with ``needs_global_pass`` get a ``fit`` over the whole input
-first (signatures, an index, a plan), then ``apply`` per batch.
+Row-local steps stream; a step with ``needs_global_pass`` first runs its ``plan`` over the whole
+stage (signatures, an index, a cut: its own units of work over the parts, run by whichever engine
+runs the pipeline; ``curate.globalpass``), then ``apply`` per batch.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from curate.errors import RecipeError
 
 if TYPE_CHECKING:
     from curate.card.section import CardContext, CardSection, VariantNote, VariantStep
+    from curate.globalpass import PassContext, PlannedApply
 
 REJECT_REASON = "reject_reason"
 
@@ -74,8 +76,16 @@ class Step:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
     # --- work ------------------------------------------------------------------------------------
+    def plan(self, ctx: PassContext) -> PlannedApply | None:
+        """A global step's pass over the whole stage (``curate.globalpass``), run by every engine.
+        Return None when ``apply`` is then used as it is, or a planned apply (``fn(step, batch,
+        offset, plan file)``) that reads the per-part plans the pass wrote. By default: ``fit``
+        over every part in order, in this process (for passes small enough to need no split)."""
+        self.fit(ctx.frames())
+        return None
+
     def fit(self, batches: Iterator[pl.DataFrame]) -> None:
-        """Global pass over the whole input, batch by batch, in order (global steps only)."""
+        """The default ``plan``'s in-memory pass over the whole input, batch by batch, in order."""
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         """Process one batch; ``offset`` is the global position of its first row."""
@@ -117,6 +127,18 @@ class Step:
         entry's); the runner prefixes each with where it ran (``config C: step N 'name' ``), prints
         them, records them in the manifest (``coverage_warnings``) and the card shows them."""
         return []
+
+    # --- what an engine asks of a step -----------------------------------------------------------
+    def model_settings(self) -> dict[str, Any] | None:
+        """The generation model's settings (the step's ``model`` block, resolved) when ``apply``
+        asks one; None otherwise. Engines read it to batch generations ahead (``engines/llm``)."""
+        model = getattr(self, "model", None)
+        return model if isinstance(model, dict) else None
+
+    def token_budget(self) -> int | None:
+        """Completion tokens the step may generate in one process (its ``budget_tokens``), None
+        when unbounded: an engine that makes every generation in one batch job refuses a budget."""
+        return getattr(self, "budget_tokens", None)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -320,14 +320,14 @@ def test_parameters_and_requests_are_checked(samples_dir: Path) -> None:
 def test_generation_requests_are_what_apply_asks(name: str, params: dict, samples_dir: Path) -> None:
     """Each new model step lists exactly the requests its apply sends (what the ray engine's
     generation pass makes ahead): given those, the apply never reaches the (dead) server."""
-    from curate.models.steps import backend_for
+    from curate.models import get_backend
 
     model = {"backend": "openai", "name_or_path": "m", "base_url": "http://127.0.0.1:9/v1", "cache": False,
              "max_retries": 0}
     step = build_step(name, {**params, "model": model})
     batch = read(samples_dir).to_polars()[:6]
     requests = step.generation_requests(batch)
-    backend = backend_for(model)
+    backend = get_backend(model)
     answer = "Elaboration: 5\nSelf-verification: 5\nExploration: 5\nGranularity: 5\n\\boxed{1}\n11"
     made = {backend.key(p, s): [Completion(answer, 10, 5)] * s.n for p, s in requests}
     try:

@@ -23,7 +23,7 @@ from curate.text import units
 
 datasketch = pytest.importorskip("datasketch")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.planted import VARIANTS, exact_jaccard_pairs, held_out, merges, plant, score  # noqa: E402
+from bench.planted import VARIANTS, exact_jaccard_pairs, held_out, kept_rows, merges, plant, score  # noqa: E402
 
 
 def _frame(texts: list[str]) -> pl.DataFrame:
@@ -60,9 +60,9 @@ def test_planted_duplicates_recall_and_false_positives(traces):
     originals = traces["problem"].unique(maintain_order=True).to_list()
     texts, planted = plant(originals, 800, seed=3)
     step = MinHashDedup()
-    step.fit(iter([_frame(texts)]))
+    step_rep = kept_rows(step, _frame(texts))
     pairs, jac = exact_jaccard_pairs(texts, step.size, step.shingle)
-    s = score(step._rep, pairs, jac, step.threshold)
+    s = score(step_rep, pairs, jac, step.threshold)
     assert s["true_pairs"] > 700
     assert s["false_drops"] == 0, s
     n0 = len(originals)
@@ -70,24 +70,24 @@ def test_planted_duplicates_recall_and_false_positives(traces):
     jac_of = {tuple(p): j for p, j in zip(pairs.tolist(), jac)}
     close = [(src, n0 + k) for k, (src, _) in enumerate(planted) if jac_of.get((src, n0 + k), 0) >= step.threshold]
     assert len(close) > 700
-    assert np.mean([step._rep[a] == step._rep[b] for a, b in close]) >= 0.98
+    assert np.mean([step_rep[a] == step_rep[b] for a, b in close]) >= 0.98
     # distinct originals above the threshold that stay apart differ in their numbers (Minerva
     # subproblems on one preamble): same_numbers=False would merge them
     true = pairs[(jac >= step.threshold) & (pairs[:, 1] < n0)]
-    apart = true[step._rep[true[:, 0]] != step._rep[true[:, 1]]]
+    apart = true[step_rep[true[:, 0]] != step_rep[true[:, 1]]]
     nums = step.numbers(_frame(texts))
     assert len(apart) >= 30 and (nums[apart[:, 0]] != nums[apart[:, 1]]).all()
     caught: dict[str, list[bool]] = {}
     for k, (src, variant) in enumerate(planted):
-        caught.setdefault(variant, []).append(bool(step._rep[n0 + k] == step._rep[src]))
+        caught.setdefault(variant, []).append(bool(step_rep[n0 + k] == step_rep[src]))
     rate = {v: float(np.mean(c)) for v, c in caught.items()}
     assert set(rate) == set(VARIANTS)
     assert rate["whitespace"] == 1.0 and rate["numbering"] >= 0.97, rate
     assert rate["reorder"] >= 0.9 and rate["changed_word"] >= 0.8 and rate["latex_spacing"] >= 0.8, rate
     # the LSH alone (no Jaccard check) merges more: verification is what keeps precision
     loose = MinHashDedup(verify="none", threshold=0.72)
-    loose.fit(iter([_frame(texts)]))
-    assert (loose._rep != np.arange(len(texts))).sum() >= (step._rep != np.arange(len(texts))).sum()
+    loose_rep = kept_rows(loose, _frame(texts))
+    assert (loose_rep != np.arange(len(texts))).sum() >= (step_rep != np.arange(len(texts))).sum()
 
 
 def test_distinct_problems_are_not_merged(shared_data):
@@ -103,12 +103,12 @@ def test_distinct_problems_are_not_merged(shared_data):
     for seed in (0, 1):
         texts, origin = held_out([r["problem"] for r in records], seed=seed)
         step = MinHashDedup()
-        step.fit(iter([_frame(texts)]))
-        m = merges(step._rep, origin)
+        step_rep = kept_rows(step, _frame(texts))
+        m = merges(step_rep, origin)
         assert m["copies_caught"] >= 0.93 * m["copies"], m
-        wrong = [k for k in np.flatnonzero(step._rep != np.arange(len(texts)))
-                 if origin[step._rep[k]] != origin[k]
-                 and not answers[texts[origin[k]]] & answers[texts[origin[step._rep[k]]]]]
+        wrong = [k for k in np.flatnonzero(step_rep != np.arange(len(texts)))
+                 if origin[step_rep[k]] != origin[k]
+                 and not answers[texts[origin[k]]] & answers[texts[origin[step_rep[k]]]]]
         assert len(wrong) <= 2, [texts[k][:80] for k in wrong]
         assert m["false_merges"] <= 20, m  # the rest: the same problem twice in the training set
     # numbers make the problem: one changed number is above the threshold but not a duplicate
@@ -117,11 +117,11 @@ def test_distinct_problems_are_not_merged(shared_data):
              "balls are not distinguishable and neither are the boxes?", "Problem 7: How many ways are "
              "there to put 4 balls in 3 boxes if the balls are not distinguishable and neither are the boxes?"]
     step = MinHashDedup()
-    step.fit(iter([_frame(balls)]))
-    assert list(step._rep) == [0, 1, 0]
+    step_rep = kept_rows(step, _frame(balls))
+    assert list(step_rep) == [0, 1, 0]
     loose = MinHashDedup(same_numbers=False)
-    loose.fit(iter([_frame(balls)]))
-    assert list(loose._rep) == [0, 0, 0]
+    loose_rep = kept_rows(loose, _frame(balls))
+    assert list(loose_rep) == [0, 0, 0]
 
 
 def test_shared_figure_with_another_question_is_not_a_duplicate(problems):
@@ -134,11 +134,11 @@ def test_shared_figure_with_another_question_is_not_a_duplicate(problems):
     pairs, jac = exact_jaccard_pairs([a, b], 3)
     assert jac[0] >= 0.72
     with_figure = MinHashDedup(ignore_asy=False)
-    with_figure.fit(iter([_frame([a, b])]))
-    assert list(with_figure._rep) == [0, 0]
+    with_figure_rep = kept_rows(with_figure, _frame([a, b]))
+    assert list(with_figure_rep) == [0, 0]
     default = MinHashDedup()
-    default.fit(iter([_frame([a, b])]))
-    assert list(default._rep) == [0, 1]
+    default_rep = kept_rows(default, _frame([a, b]))
+    assert list(default_rep) == [0, 1]
 
 
 def _chain(base: str) -> list[str] | None:
@@ -167,12 +167,12 @@ def test_chains_do_not_merge_rows_that_are_far_apart(problems):
     assert len(chains) == 5  # real problems where A~B and B~C but not A~C
     texts = [t for c in chains for t in c] + rng.sample(problems, 300)
     step = MinHashDedup()
-    step.fit(iter([_frame(texts)]))
+    step_rep = kept_rows(step, _frame(texts))
     for k in range(5):
-        assert (step._rep[3 * k], step._rep[3 * k + 1], step._rep[3 * k + 2]) == (3 * k, 3 * k, 3 * k + 2)
+        assert (step_rep[3 * k], step_rep[3 * k + 1], step_rep[3 * k + 2]) == (3 * k, 3 * k, 3 * k + 2)
     backwards = [t for c in chains for t in reversed(c)]
-    step.fit(iter([_frame(backwards)]))
-    assert list(step._rep) == [k // 3 * 3 if k % 3 == 1 else k for k in range(15)]
+    step_rep = kept_rows(step, _frame(backwards))
+    assert list(step_rep) == [k // 3 * 3 if k % 3 == 1 else k for k in range(15)]
 
 
 def test_pipeline_keeps_one_per_cluster_with_policies(traces, tmp_path):
@@ -244,9 +244,24 @@ def test_problem_response_mode_compares_whole_traces(traces):
     # the two AIME 2024 runs answer the same 30 problems with different responses
     aime = traces.filter(pl.col("source").str.contains("aime24"))
     by_problem = MinHashDedup()
-    by_problem.fit(iter([aime]))
+    by_problem_rep = kept_rows(by_problem, aime)
     whole = MinHashDedup(mode="problem_response", verify="signature")
-    whole.fit(iter([aime]))
-    assert (by_problem._rep != np.arange(aime.height)).sum() == 30
-    assert (whole._rep != np.arange(aime.height)).sum() == 0
+    whole_rep = kept_rows(whole, aime)
+    assert (by_problem_rep != np.arange(aime.height)).sum() == 30
+    assert (whole_rep != np.arange(aime.height)).sum() == 0
     assert whole.size == 5
+
+
+def test_clusters_checked_in_groups_give_the_same_answer(traces, monkeypatch):
+    """A big input's clusters are decided in groups of whole clusters, one unit of work each: the
+    same rows are kept as when every cluster is decided in one group."""
+    import curate.ops.dedup.minhash as minhash
+
+    frame = traces.head(3000)
+    frame = pl.concat([frame, frame.head(400).with_columns(pl.col("id") + "-copy")])
+    step = MinHashDedup(mode="problem_response", verify="jaccard")
+    whole = kept_rows(step, frame, batch_size=500)
+    monkeypatch.setattr(minhash, "_ROWS_PER_CHECK", 50)
+    grouped = kept_rows(step, frame, batch_size=500)
+    assert (whole != np.arange(frame.height)).sum() >= 400
+    assert np.array_equal(whole, grouped)

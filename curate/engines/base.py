@@ -1,4 +1,4 @@
-"""What an engine is: a way to run one function over a list of work items, and a global pass."""
+"""What an engine is: a way to run one function over a list of work items (global passes included)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,23 @@ from typing import Any
 
 import polars as pl
 
-from curate.engines.parts import PartTask, PlannedApply
+from curate.engines.parts import PartTask
+from curate.globalpass import (
+    FileScratch,
+    MemoryScratch,
+    PassContext,
+    PlannedApply,
+    Runner,
+    Scratch,
+    WorkFn,
+)
 from curate.step import Step
 
-# fn(state, item) -> {"rows": n, ...}: the unit an engine distributes (state: e.g. the step it runs)
-WorkFn = Callable[[Any, Any], dict[str, Any]]
 
-
-class Engine:
+class Engine(Runner):
     """Runs the pipeline's units of work. Subclasses decide where; the files written are the same."""
 
     name = ""
-    distributed_fits = False  # run global passes as units of work (curate.engines.distributed)
     buckets: int | None = None  # hash buckets of a shuffle (None: sized from the data)
 
     def map(self, fn: WorkFn, items: list[Any], *, state: Any = None, workers: dict[str, float] | None = None,
@@ -31,16 +36,10 @@ class Engine:
     def fit(self, step: Step, parts: list[Path], counts: list[int], folder: Path,
             frames: Callable[[], Iterator[pl.DataFrame]],
             progress: Callable[[int], Any] | None = None) -> PlannedApply | None:
-        """A global step's pass over the whole stage input. Returns None when the step's own
-        ``apply`` is then used, or a planned apply that reads the per-part plans written to ``folder``
-        (``progress`` is told the rows each unit of its first pass over the parts covered)."""
-        from curate.engines.distributed import distributed_fit
-
-        fitter = distributed_fit(step) if self.distributed_fits else None
-        if fitter is None:  # the step's own pass, streaming every part through this process
-            step.fit(frames())
-            return None
-        return fitter(self, step, parts, counts, folder, progress)
+        """A global step's pass over the whole stage input: the step's own ``plan``, its units of
+        work run by this engine, scratch and per-part plans under ``folder`` (``progress`` is told
+        the rows each unit of its first sweep over the parts covered)."""
+        return step.plan(PassContext(self, parts, counts, folder, frames, progress))
 
     def generate_ahead(self, step: Step, tasks: list[PartTask], gen: Path,
                        bar: Callable[[str, int | None], Any]) -> bool:
@@ -53,6 +52,15 @@ class Engine:
         """GPUs the engine can give to workers (a step on ``device: auto`` asks for one when any)."""
         return 0.0
 
+    def width(self) -> int:
+        """Units of work the engine runs side by side (a pass splits its work into at least as many)."""
+        return 1
+
+    def scratch(self, folder: Path) -> Scratch:
+        """Where a global pass's units hand each other data: files under ``folder``, which every
+        worker must see."""
+        return FileScratch(folder)
+
     def close(self) -> None:
         """Release what the engine started."""
 
@@ -62,11 +70,17 @@ class LocalEngine(Engine):
 
     name = "local"
 
-    def __init__(self, *, distributed_fits: bool = False, buckets: int | None = None):
-        """``distributed_fits`` runs global passes the way the ray engine splits them (bounded
-        memory per unit, files under the stage's ``_fit/``), here one unit after another."""
-        self.distributed_fits = distributed_fits
+    def __init__(self, *, buckets: int | None = None, scratch: str = "memory"):
+        """``buckets`` fixes the width of a global pass's hash shuffle (exact dedup); its units of
+        work run here one after another, handing each other data in memory (``scratch="files"``:
+        as the ray engine does, through files under the stage's ``_fit/``)."""
+        if scratch not in ("memory", "files"):
+            raise ValueError(f"scratch must be memory or files, not {scratch!r}")
         self.buckets = buckets
+        self.scratch_kind = scratch
+
+    def scratch(self, folder: Path) -> Scratch:
+        return MemoryScratch() if self.scratch_kind == "memory" else FileScratch(folder)
 
     def map(self, fn: WorkFn, items: list[Any], *, state: Any = None, workers: dict[str, float] | None = None,
             on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:

@@ -39,9 +39,9 @@ import pyarrow.parquet as pq
 
 from curate.errors import PipelineError
 from curate.io.write import write_parquet_atomic
+from curate.models import get_backend
 from curate.models.base import Completion, SamplingParams, failed, prompt_ids
 from curate.models.cache import dump_completions, load_completions
-from curate.models.steps import backend_for
 from curate.step import Step
 
 ROUND_REQUESTS = 65536  # request rows per Ray Data job: a killed run loses at most one round's work
@@ -62,8 +62,9 @@ def check(step: Step, gpus: float) -> None:
     """Settings the pass cannot honour stop it before it starts: a request or token budget (Ray's
     HTTP stage has none; the batch job makes every generation at once), or a vLLM replica without
     its GPUs (on a cluster that adds none, Ray would wait forever)."""
-    settings = step.model  # type: ignore[attr-defined]
-    if getattr(step, "budget_tokens", None) is not None:
+    settings = step.model_settings()
+    assert settings is not None
+    if step.token_budget() is not None:
         raise PipelineError(f"step '{step.name}': budget_tokens is not honoured by the ray generation pass "
                             "(one batch job makes every generation); run it on the local engine or drop it")
     if settings["backend"] != "vllm":
@@ -90,9 +91,10 @@ def part_file(gen: Path, what: str, k: int) -> Path:
 # --- 1. requests, one unit per part --------------------------------------------------------------
 def collect(step: Step, k: int, src: str, gen: Path) -> dict[str, int]:
     """Write part ``k``'s requests that need a model and the completions already known."""
-    settings = step.model  # type: ignore[attr-defined]
+    settings = step.model_settings()
+    assert settings is not None
     batch = pl.read_parquet(src)
-    backend = backend_for(settings)
+    backend = get_backend(settings)
     todo: dict[str, tuple[str, SamplingParams]] = {}
     for prompt, params in step.generation_requests(batch):
         todo.setdefault(backend.key(prompt, params), (prompt, params))
@@ -163,7 +165,7 @@ def build_processor(settings: dict[str, Any], gpus: float) -> Any:
             concurrency=max(1, int(gpus // _gpus_per_replica(settings))), batch_size=64, should_continue_on_error=True,
             chat_template_stage=False, tokenize_stage=False, detokenize_stage=False)  # curate tokenises
         return llm.build_processor(config, preprocess=_vllm_in, postprocess=_vllm_out)
-    client = backend_for(settings)  # the openai backend's own request shape, URL and retries
+    client = get_backend(settings)  # the openai backend's own request shape, URL and retries
     config = llm.HttpRequestProcessorConfig(
         url=client.url, headers={"Authorization": client.headers["Authorization"]},
         concurrency=client.concurrency, batch_size=16, max_retries=client.max_retries,
@@ -242,7 +244,7 @@ def run_rounds(engine: Any, step: Step, parts: list[int], gen: Path, progress: C
     processor = None
     for chunk in filter(None, rounds):
         if processor is None:
-            processor = build_processor(step.model, engine.gpus())  # type: ignore[attr-defined]
+            processor = build_processor(step.model_settings() or {}, engine.gpus())
         name = f"round-{chunk[0][0]:05d}-{chunk[-1][0]:05d}"
         tmp = out / f"{name}.tmp"
         ds = engine.ray.data.read_parquet([str(part_file(gen, "requests", k)) for k, _ in chunk],
@@ -296,5 +298,7 @@ def completions_of(gen: Path, k: int) -> dict[str, list[Completion]]:
 @contextmanager
 def given(step: Step, gen: Path, k: int) -> Iterator[None]:
     """Run part ``k``'s apply with its completions handed to the step's backend."""
-    with backend_for(step.model).given(completions_of(gen, k)):  # type: ignore[attr-defined]
+    settings = step.model_settings()
+    assert settings is not None
+    with get_backend(settings).given(completions_of(gen, k)):
         yield

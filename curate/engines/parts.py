@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import PipelineError
+from curate.globalpass import PlannedApply
 from curate.io.read import Source
 from curate.io.write import (
     COMPRESSION,
@@ -28,10 +28,7 @@ from curate.io.write import (
     write_parquet_atomic,
 )
 from curate.schema import SCHEMA_VERSION
-from curate.step import REJECT_REASON, Step, StepResult
-
-# how a distributed fit hands its result to one part: (step, batch, offset, plan file) -> result
-PlannedApply = Callable[[Step, pl.DataFrame, int, Path], StepResult]
+from curate.step import REJECT_REASON, Step
 
 
 @dataclass(frozen=True)
@@ -42,7 +39,7 @@ class PartTask:
     src: str
     dest: str
     offset: int
-    plan: str | None = None  # a distributed fit's per-part result, read by the step's planned apply
+    plan: str | None = None  # a global pass's per-part result, read by the step's planned apply
 
     @property
     def rejects(self) -> Path:

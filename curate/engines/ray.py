@@ -14,9 +14,10 @@ A step whose model is vLLM (or an openai one with ``ray_data_llm: true``) first 
 generations made by a ``ray.data.llm`` processor in one Ray Data job (``curate.engines.llm``);
 its apply then reads them back and needs no GPU.
 
-Global steps use the distributed passes of ``curate.engines.distributed`` (exact dedup, MinHash,
-sampling); the others (pairing, donor pools, semantic dedup, shortest-correct) run their own
-``fit`` on the driver, reading the parts one at a time, then apply on the cluster.
+A global step's pass is its own ``plan`` (``curate.globalpass``): its units of work (hash a part,
+one group of MinHash bands, ...) run here on the cluster, exactly as the local engine runs them
+one after another; a step without a split pass (pairing, donor pools, shortest-correct) runs its
+``fit`` on the driver, reading the parts one at a time, then applies on the cluster.
 
 The output folder must be on storage every node sees (a shared or network file system): the
 stage parts are how the workers hand data to each other.
@@ -56,7 +57,6 @@ class RayEngine(Engine):
     """
 
     name = "ray"
-    distributed_fits = True
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None, buckets: int | None = None):
         self.ray = _import_ray()
@@ -82,13 +82,16 @@ class RayEngine(Engine):
     def gpus(self) -> float:
         return float(self.ray.cluster_resources().get("GPU", 0))
 
+    def width(self) -> int:
+        return max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+
     def generate_ahead(self, step: Step, tasks: list[PartTask], gen: Path,
                        bar: Callable[[str, int | None], Any]) -> bool:
         """A vLLM step's generations (an openai one's with ``ray_data_llm: true``) made by a
         ``ray.data.llm`` processor before the apply: ``curate.engines.llm``."""
         from curate.engines import llm
 
-        if not llm.uses_processor(getattr(step, "model", None)):
+        if not llm.uses_processor(step.model_settings()):
             return False
         llm.check(step, self.gpus())
         todo = [t for t in tasks if not llm.part_file(gen, "given", t.k).exists()]

@@ -33,11 +33,6 @@ def model_resources(settings: dict[str, Any] | None) -> dict[str, float] | None:
     return {}
 
 
-def backend_for(settings: dict[str, Any]) -> Backend:
-    """The process-wide backend of these settings (a model loads once per process)."""
-    return get_backend(settings)
-
-
 def fill(template: str, **values: str | None) -> str:
     """Substitute ``{name}`` placeholders literally (problems hold braces, so no str.format)."""
     out = template
@@ -70,7 +65,7 @@ def verify_samples(verifier: Any, rows: pl.DataFrame, texts: list[list[str]]) ->
         pl.Series("solution", list(solution), dtype=pl.String),
         pl.lit(None, dtype=pl.String).alias("answer"),
     )
-    verdicts = verifier.run_tasks(verifier._tasks(frame))
+    verdicts = verifier.run_tasks(verifier.tasks(frame))
     out: list[list[bool | None]] = [[] for _ in texts]
     for i, v in zip(idx, verdicts, strict=True):
         out[i].append(v["correct"])

@@ -20,10 +20,9 @@ import pyarrow as pa
 
 from curate.errors import PipelineError
 from curate.io.markers import split_response
-from curate.models import Completion, SamplingParams, model_label
+from curate.models import Completion, SamplingParams, get_backend, model_label
 from curate.models.steps import (
     backend_counts,
-    backend_for,
     checked_model,
     fill,
     model_resources,
@@ -103,7 +102,7 @@ class Generate(Step):
     # --- work ------------------------------------------------------------------------------------
     def _generate(self, prompts: list[str]) -> tuple[list[list[Completion]], dict[str, int]]:
         assert self.model is not None
-        backend = backend_for(self.model)
+        backend = get_backend(self.model)
         before = snapshot(backend)
         tokens = backend.stats.prompt_tokens, backend.stats.completion_tokens
         params = self.sampling()

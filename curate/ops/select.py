@@ -1,15 +1,20 @@
-"""Seeded sampling: n rows or a fraction, optionally stratified by a column."""
+"""Seeded sampling: n rows or a fraction, optionally stratified by a column.
+
+The pass (``plan``) counts each part's rows per stratum and keeps its smallest seeded keys per
+stratum; the driver merges them into one cut per stratum, a few numbers every apply gets.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
 import xxhash
 
+from curate.globalpass import PassContext
 from curate.step import Step, StepResult, reject_where
 
 
@@ -51,29 +56,42 @@ class Sample(Step):
         return pl.DataFrame({"stratum": stratum, "key": pl.Series(key, dtype=pl.UInt64),
                              "pos": pl.Series(np.arange(offset, offset + batch.height), dtype=pl.Int64)})
 
-    def fit(self, batches: Iterator[pl.DataFrame]) -> None:
-        frames, offset = [], 0
-        for b in batches:
-            frames.append(self.keys(b, offset))
-            offset += b.height
-        rows = pl.concat(frames) if frames else self.keys(pl.DataFrame({"id": []}, schema={"id": pl.String}), 0)
-        counts = rows.group_by("stratum").len()
-        self.set_cuts(dict(zip(counts["stratum"].to_list(), counts["len"].to_list(), strict=True)), rows)
+    def plan(self, ctx: PassContext) -> None:
+        """One unit per part: its rows per stratum, and its smallest keys per stratum, at most the
+        sample size (known from the stage's row count: no stratum's quota exceeds it). The cut of
+        each stratum is then its quota-th smallest key among those."""
+        done = ctx.done()
+        if done is None:
+            cols, store = list(self.columns_read()), ctx.scratch
+            target = self._quotas([ctx.rows])[0]
 
-    def quotas(self, counts: dict[str | None, int]) -> dict[str | None, int]:
+            def count_and_keep(s: Sample, item: tuple[int, str, int]) -> dict[str, Any]:
+                keys = s.keys(pl.read_parquet(item[1], columns=cols), item[2])
+                best = s._ranked(keys, {}).filter(pl.col("rank") < target).drop("rank", "quota")
+                store.put(f"smallest/{item[0]:05d}", best)
+                return {"rows": keys.height, "strata": keys.group_by("stratum").len().rows()}
+
+            totals: dict[str | None, int] = {}
+            for result in ctx.map(count_and_keep, ctx.items(), state=self, on_result=ctx.told()):
+                for stratum, n in result["strata"]:
+                    totals[stratum] = totals.get(stratum, 0) + n
+            found = [store.get(key) for key in store.keys("smallest")]
+            candidates = (pl.concat(found) if found
+                          else self.keys(pl.DataFrame({"id": []}, schema={"id": pl.String}), 0))
+            last = self._ranked(candidates, self._quotas_of(totals)).filter(pl.col("rank") == pl.col("quota") - 1)
+            done = {"total": sum(totals.values()), "cuts": last.select("stratum", "key", "pos").rows()}
+            ctx.finish(done, ["smallest"])
+        self._total = done["total"]
+        self._cut = {s: (k, p) for s, k, p in done["cuts"]}
+        return None
+
+    def _quotas_of(self, counts: dict[str | None, int]) -> dict[str | None, int]:
         """Rows to keep per stratum, from the rows per stratum of the whole input."""
         strata = sorted(counts, key=lambda s: (s is None, s or ""))
         return dict(zip(strata, self._quotas([counts[s] for s in strata]), strict=True))
 
-    def set_cuts(self, counts: dict[str | None, int], candidates: pl.DataFrame) -> None:
-        """Fix the sample from the whole input's stratum sizes and the rows that may be chosen
-        (every row, or each part's smallest keys per stratum: the result is the same)."""
-        self._total = sum(counts.values())
-        last = self.ranked(candidates, self.quotas(counts)).filter(pl.col("rank") == pl.col("quota") - 1)
-        self._cut = {s: (k, p) for s, k, p in last.select("stratum", "key", "pos").iter_rows()}
-
     @staticmethod
-    def ranked(keys: pl.DataFrame, quotas: dict[str | None, int]) -> pl.DataFrame:
+    def _ranked(keys: pl.DataFrame, quotas: dict[str | None, int]) -> pl.DataFrame:
         """``keys`` with each row's ``rank`` in its stratum (by key, then position) and the
         stratum's ``quota``: the rows with rank < quota are the sample."""
         quota = pl.DataFrame({"stratum": list(quotas), "quota": list(quotas.values())},
@@ -97,7 +115,7 @@ class Sample(Step):
         return quotas
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
-        assert self._cut is not None, "fit() must run before apply()"
+        assert self._cut is not None, "plan() must run before apply()"
         keys = self.keys(batch, offset)
         cut = pl.DataFrame({"stratum": list(self._cut), "cut_key": [c[0] for c in self._cut.values()],
                             "cut_pos": [c[1] for c in self._cut.values()]},

@@ -282,11 +282,11 @@ class RemoveKeywords(Corruption):
         return [(p, self._sampling()) for p in self._model_prompts(batch)[1]]
 
     def _apply_model(self, batch: pl.DataFrame) -> StepResult:
-        from curate.models.steps import backend_for
+        from curate.models import get_backend
 
         assert self.model is not None
         rows, prompts = self._model_prompts(batch)
-        replies = backend_for(self.model).generate(prompts, self._sampling()) if rows else []
+        replies = get_backend(self.model).generate(prompts, self._sampling()) if rows else []
         thinking = batch["thinking"].fill_null("").to_list()
         new = list(thinking)
         drawn = [False] * batch.height

@@ -1,17 +1,22 @@
-"""Exact deduplication on normalised text (near-duplicates are MinHash's job)."""
+"""Exact deduplication on normalised text (near-duplicates are MinHash's job).
+
+The pass is a hash shuffle (``plan``): each part's 128-bit text hashes go to hash buckets,
+one task per bucket picks each group's survivor, and each part's apply reads its own plan.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import xxhash
 
-from curate.ops.dedup.minhash import duplicate_of, split_duplicates
+from curate.globalpass import PassContext, PlannedApply, no_duplicates, read_duplicates
+from curate.ops.dedup.minhash import split_duplicates
 from curate.step import Step, StepResult
 
 if TYPE_CHECKING:
@@ -42,10 +47,6 @@ class ExactDedup(Step):
     keep: Literal["first", "longest", "shortest"] = field(
         default="first", metadata={"help": "which row of a duplicate group survives (by input order or response length)"})
 
-    def __post_init__(self) -> None:
-        self._rep: np.ndarray | None = None
-        self._ids: pl.Series | None = None
-
     def columns_read(self) -> tuple[str, ...]:
         return ("id", *_KEY_COLUMNS[self.mode])
 
@@ -56,7 +57,7 @@ class ExactDedup(Step):
 
         return CardSection(tags=["deduplicated"], order=40) if ctx.stages(configs=False) else None
 
-    def keep_order(self) -> list[pl.Expr]:
+    def _keep_order(self) -> list[pl.Expr]:
         """Sort keys over (pos, len) that put each duplicate group's survivor first."""
         return {"first": [pl.col("pos")], "longest": [-pl.col("len"), pl.col("pos")],
                 "shortest": [pl.col("len"), pl.col("pos")]}[self.keep]
@@ -74,24 +75,50 @@ class ExactDedup(Step):
             "len": length.cast(pl.Int64),
         })
 
-    def fit(self, batches: Iterator[pl.DataFrame]) -> None:
-        keys, ids = [], []
-        for batch in batches:
-            keys.append(self._keys(batch))
-            ids.append(batch["id"])
-        table = pl.concat(keys).with_row_index("pos") if keys else pl.DataFrame(
-            {"pos": [], "hi": [], "lo": [], "len": []},
-            schema={"pos": pl.UInt32, "hi": pl.UInt64, "lo": pl.UInt64, "len": pl.Int64})
-        reps = table.sort(self.keep_order()).group_by(["hi", "lo"], maintain_order=True).agg(pl.col("pos").first().alias("rep"))
-        rep = table.join(reps, on=["hi", "lo"], how="left").sort("pos")["rep"]
-        self._rep = rep.to_numpy().astype(np.int64)
-        self._ids = pl.concat(ids) if ids else pl.Series("id", [], dtype=pl.String)
+    def plan(self, ctx: PassContext) -> PlannedApply:
+        """Hash shuffle: each part's keys go to ``ctx.buckets()`` buckets by hash; one task per bucket
+        keeps each group's first row in ``keep`` order; the rest are the plan's duplicates."""
+        if ctx.done() is None:
+            buckets, store = ctx.buckets(), ctx.scratch
+            cols = list(dict.fromkeys(["id", *self.columns_read()[1:], "thinking", "solution"]))
+
+            def hash_part(s: ExactDedup, item: tuple[int, str, int]) -> dict[str, int]:
+                k, path, offset = item
+                batch = pl.read_parquet(path, columns=cols)
+                keys = s._keys(batch).with_columns(pl.Series("pos", np.arange(offset, offset + batch.height)),
+                                                   batch["id"].alias("id"))
+                keys = keys.with_columns((pl.col("hi") % buckets).alias("bucket"))
+                for (b,), frame in keys.group_by("bucket"):
+                    store.put(f"keys/b-{int(b):04d}/{k:05d}", frame.drop("bucket"))
+                return {"rows": batch.height}
+
+            ctx.map(hash_part, ctx.items(), state=self, on_result=ctx.told())
+            order = self._keep_order()
+
+            def reduce_bucket(_: Any, bucket: str) -> dict[str, int]:
+                table = pl.concat([store.get(key) for key in store.keys(bucket)])
+                reps = (table.sort(order).group_by(["hi", "lo"], maintain_order=True)
+                        .agg(pl.col("pos").first().alias("rep"), pl.col("id").first().alias("duplicate_of")))
+                dups = table.join(reps, on=["hi", "lo"]).filter(pl.col("pos") != pl.col("rep"))
+                store.put(f"dups/{bucket[5:]}", dups.select("pos", "duplicate_of",
+                                                            pl.lit(None, pl.Float64).alias("score")))
+                return {"rows": table.height}
+
+            ctx.map(reduce_bucket, sorted({key.rsplit("/", 1)[0] for key in store.keys("keys")}))
+            found = [store.get(key) for key in store.keys("dups")]
+            dups = pl.concat(found) if found else no_duplicates()
+            ctx.write_plans(dups)
+            ctx.finish({"dropped": dups.height}, ["keys", "dups"])
+        return ExactDedup.apply_plan
+
+    def apply_plan(self, batch: pl.DataFrame, offset: int, plan: Path) -> StepResult:
+        """The apply of one part from its plan (the rows to drop and the id each duplicates)."""
+        return self._reject_duplicates(batch, read_duplicates(plan, batch.height)[0])
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
-        assert self._rep is not None and self._ids is not None, "fit() must run before apply()"
-        return self.reject_duplicates(batch, duplicate_of(self._ids, self._rep, offset, batch.height))
+        raise RuntimeError("exact_dedup applies from its plan: run it in a Pipeline (or curate.globalpass.run_here)")
 
-    def reject_duplicates(self, batch: pl.DataFrame, duplicate_of: pl.Series, score: pl.Series | None = None) -> StepResult:
+    def _reject_duplicates(self, batch: pl.DataFrame, duplicate_of: pl.Series, score: pl.Series | None = None) -> StepResult:
         """Reject the rows whose ``duplicate_of`` (the kept row's id) is set; the rest are kept."""
         what = "problem" if self.mode == "problem" else "problem+response"
         return split_duplicates(batch, duplicate_of,

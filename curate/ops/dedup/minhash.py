@@ -25,6 +25,12 @@ its better row is kept and the other undecided, so a cluster of k copies costs a
 not k^2. Each row keeps at most ``max_shingles`` shingle hashes for the check (the smallest: a
 bottom-k sample, exact for rows with fewer), so memory per row is bounded on long traces.
 
+The pass (``plan``) runs on any engine as units of work: each part's signatures, row facts, band
+keys and shingle sets go to one raw numpy array each; tasks over groups of bands sort the keys
+into candidate pairs; the clusters of candidate pairs go to tasks of ~250k rows, each loading
+what it needs of its rows only (two ints, the signature and at most ``max_shingles`` shingle
+hashes each) and running ``keep_first`` with its lazy check.
+
 What a duplicate is: ``[asy]`` figure code is left out of the shingles (problems that share a
 figure but ask different questions are different problems), and with ``same_numbers`` two
 problems whose numbers differ are never duplicates ("4 balls in 3 boxes" vs "5 balls").
@@ -33,15 +39,24 @@ problems whose numbers differ are never duplicates ("4 balls in 3 boxes" vs "5 b
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from curate.globalpass import (
+    PartArrays,
+    PartFiles,
+    PassContext,
+    PlannedApply,
+    no_duplicates,
+    read_duplicates,
+)
 from curate.step import Step, StepResult, reject_where
 from curate.text import TokenBatch, fmix64, gram_hash
 
@@ -52,6 +67,8 @@ _PAIR_WINDOW = 16  # a bucket member is paired with this many next members (all 
 _ASY = r"(?s)\[asy\].*?\[/asy\]"  # Asymptote figure code in MATH/AoPS problems
 _LEADING_NUMBER = r"^\s*(?i:problem\s*)?\(?[0-9a-z]{1,3}[.):]\s+"  # "3. ", "(a) ", "Problem 12: "
 _SIZES = {"word": 3, "char": 24}  # words: 3 on problems, 5 (datatrove) on problem+response; NeMo: 24 chars
+_KEYS_PER_TASK = 5_000_000  # band keys one candidate-pair task sorts (rows x its bands)
+_ROWS_PER_CHECK = 250_000  # rows in pairs one keep-first task loads (whole clusters: a bigger one is whole)
 
 
 def shingle_hash32(shingle: bytes) -> int:
@@ -162,17 +179,6 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return keys
 
 
-def candidate_pairs(keys: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Unique (i, j), i < j, pairs of rows that share a band bucket: array (m, 2) int64."""
-    idx = np.flatnonzero(valid)
-    found = np.empty((0, 2), dtype=np.int64)
-    for band in keys:  # merged band by band: memory holds the unique pairs plus one band's
-        k = band[idx]
-        order = np.argsort(k, kind="stable")
-        found = unique_pairs(np.concatenate([found, bucket_pairs(k[order], idx[order])]))
-    return found
-
-
 def bucket_pairs(sk: np.ndarray, members: np.ndarray) -> np.ndarray:
     """Pairs of rows within one band's buckets; ``sk`` is the band keys sorted, ``members`` the
     rows in that order (by row within a bucket). Each member is paired with its next
@@ -274,10 +280,6 @@ class MinHashDedup(Step):
             raise ValueError(f"max_shingles must be >= 1, got {self.max_shingles}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
-        self._rep: np.ndarray | None = None
-        self._jac: np.ndarray | None = None
-        self._ids: pl.Series | None = None
-        self.stats: dict[str, int] = {}
 
     @property
     def size(self) -> int:
@@ -314,35 +316,106 @@ class MinHashDedup(Step):
                                                                   for c in ("thinking", "solution")]],
                                           separator="\n"))[:, 0]
 
-    def fit(self, batches: Iterator[pl.DataFrame]) -> None:
-        signer = Signer(self.num_perm, self.seed, self.shingle, self.size, self.workers)
-        sigs, ids, lengths, best, shingle_keys, nums = [], [], [], [], [], []
-        base = 0
-        for batch in batches:
-            sig, rows, h = signer.sign(self._text(batch))
-            sigs.append(sig)
-            ids.append(batch["id"])
-            lengths.append(response_length(batch))
-            nums.append(self.numbers(batch))
-            if self.keep == "best":
-                best.append(batch[self.best_by])
-            if self.verify == "jaccard":
-                shingle_keys.append(shingle_keys_of(rows, h, base, self.max_shingles))
-            base += batch.height
-        n = base
-        sig = np.concatenate(sigs) if sigs else np.empty((0, self.num_perm), dtype=np.uint32)
-        del sigs
-        valid = (sig != _M32).any(axis=1) if n else np.zeros(0, dtype=bool)
-        pairs = candidate_pairs(band_keys(sig, self.bands, self.rows), valid)
-        sets = ShingleSets(np.concatenate(shingle_keys), n, self.max_shingles) if self.verify == "jaccard" and n else None
-        passes = self.checker(pairs, sig, sets, np.concatenate(nums) if nums else np.zeros(0, np.uint64))
-        self._rep, checked = keep_first(n, pairs, keep_rank(self.keep, n, lengths, best), passes)
-        self._jac = np.ones(n, dtype=np.float64)
-        dup = np.flatnonzero(self._rep != np.arange(n))
-        if len(dup):
-            self._jac[dup] = sig_jaccard(sig, np.stack([dup, self._rep[dup]], axis=1))
-        self._ids = pl.concat(ids) if ids else pl.Series("id", [], dtype=pl.String)
-        self.stats = {"rows": n, "candidate_pairs": len(pairs), "checked_pairs": checked, "dropped": len(dup)}
+    def plan(self, ctx: PassContext) -> PlannedApply:
+        """Signatures per part, candidate pairs per group of bands, then ``keep_first`` per group of
+        clusters; records rows, candidate and checked pairs, and drops."""
+        if ctx.done() is None:
+            self._sign(ctx)
+            pairs = self._candidates(ctx)
+            dups, checked = self._decide(ctx, pairs)
+            ctx.write_plans(dups)
+            stats = {"rows": ctx.rows, "candidate_pairs": len(pairs), "checked_pairs": checked, "dropped": dups.height}
+            ctx.finish({"stats": stats}, ["sig", "facts", "bands", "shingles", "pairs", "check"])
+        return MinHashDedup.apply_plan
+
+    def _sign(self, ctx: PassContext) -> None:
+        """One unit per part, keeping arrays in the pass's scratch: ``sig`` (the signatures),
+        ``facts`` (response length and number hash per row), ``bands`` (the positions of the rows
+        with shingles, then their band keys: bands + 1 rows) and, to check on Jaccard,
+        ``shingles`` (sorted ``pos << 32 | hash`` keys). Ids are read back from the parts."""
+        sigs, facts, bands, shingles = (ctx.arrays(w) for w in ("sig", "facts", "bands", "shingles"))
+        cols = ["id", "problem", "thinking", "solution"]
+
+        def sign_part(s: MinHashDedup, item: tuple[int, str, int]) -> dict[str, int]:
+            k, path, offset = item
+            batch = pl.read_parquet(path, columns=cols)
+            sig, rows, h = Signer(s.num_perm, s.seed, s.shingle, s.size, s.workers).sign(s._text(batch))
+            sigs.put(k, sig)
+            facts.put(k, np.stack([response_length(batch).to_numpy().astype(np.int64),
+                                   s.numbers(batch).view(np.int64)], axis=1))
+            valid = (sig != _M32).any(axis=1)
+            pos = np.arange(offset, offset + batch.height, dtype=np.uint64)[valid]
+            bands.put(k, np.concatenate([pos[None, :], band_keys(sig[valid], s.bands, s.rows)]))
+            if s.verify == "jaccard":
+                shingles.put(k, shingle_keys_of(rows, h, offset, s.max_shingles))
+            return {"rows": batch.height}
+
+        ctx.map(sign_part, ctx.items(), state=self, on_result=ctx.told())
+
+    def _candidates(self, ctx: PassContext) -> np.ndarray:
+        """Candidate pairs: one task per group of bands reads those bands' keys of every part and
+        pairs the rows that share a bucket (``bucket_pairs``); unique (low, high) pairs, sorted."""
+        if not ctx.parts:
+            return np.empty((0, 2), dtype=np.int64)
+        store, bands, parts = ctx.scratch, ctx.arrays("bands"), range(len(ctx.parts))
+        groups = [g.tolist() for g in np.array_split(np.arange(self.bands), ctx.groups(self.bands, ctx.rows, _KEYS_PER_TASK))]
+
+        def band_task(_: Any, item: tuple[int, list[int]]) -> dict[str, int]:
+            g, group = item
+            arrays = [bands.array(k) for k in parts]
+            pos = np.concatenate([a[0] for a in arrays]).astype(np.int64)
+            found = np.empty((0, 2), dtype=np.int64)
+            for b in group:  # rows are in position order: a stable sort by key ties by position
+                key = np.concatenate([a[1 + b] for a in arrays])
+                order = np.argsort(key, kind="stable")
+                found = unique_pairs(np.concatenate([found, bucket_pairs(key[order], pos[order])]))
+            store.put(f"pairs/{g:03d}", found)
+            return {"rows": len(pos)}
+
+        ctx.map(band_task, list(enumerate(groups)))
+        return unique_pairs(np.concatenate([store.get(key) for key in store.keys("pairs")]))
+
+    def _decide(self, ctx: PassContext, pairs: np.ndarray) -> tuple[pl.DataFrame, int]:
+        """``keep_first`` over the candidate pairs: (pos, duplicate_of, score) of each dropped row,
+        and the pairs checked. Rows in no pair are kept; a cluster (connected component of the
+        pairs) is decided on its own, so clusters go to tasks of ~``_ROWS_PER_CHECK`` rows each,
+        which load only their rows (``_check``)."""
+        if len(pairs) == 0:
+            return no_duplicates(), 0
+        store, groups = ctx.scratch, _cluster_groups(pairs)
+        for t, chunk in enumerate(groups):
+            store.put(f"check/pairs-{t:05d}", pairs[chunk])
+        tasks = list(range(len(groups)))
+        arrays, inputs = {w: ctx.arrays(w) for w in ("sig", "facts", "shingles")}, ctx.inputs()
+
+        def check(s: MinHashDedup, t: int) -> dict[str, int]:
+            mine = store.get(f"check/pairs-{t:05d}")
+            dups, checked = s._check(mine, arrays, inputs)
+            store.put(f"check/dups-{t:05d}", dups)
+            return {"rows": len(mine), "checked": checked}
+
+        results = ctx.map(check, tasks, state=self)
+        dups = pl.concat([store.get(f"check/dups-{t:05d}") for t in tasks])
+        return dups, sum(r["checked"] for r in results)
+
+    def _check(self, pairs: np.ndarray, arrays: dict[str, PartArrays], inputs: PartFiles) -> tuple[pl.DataFrame, int]:
+        """``keep_first`` over these pairs (whole clusters), with the lazy check, on the rows in them
+        only: their facts, signatures and at most ``max_shingles`` shingle hashes, read back."""
+        nodes, local = np.unique(pairs, return_inverse=True)  # ascending: rank ties break by position
+        local = local.reshape(pairs.shape)
+        facts = arrays["facts"].rows(nodes)
+        best = [inputs.load(nodes, [self.best_by])[self.best_by]] if self.keep == "best" else []
+        rank = keep_rank(self.keep, len(nodes), [pl.Series(facts[:, 0])], best)
+        sig = arrays["sig"].rows(nodes)
+        sets = ShingleSets(_shingles(arrays["shingles"], nodes), len(nodes), self.max_shingles) if self.verify == "jaccard" else None
+        rep, checked = keep_first(len(nodes), local, rank, self.checker(local, sig, sets, facts[:, 1]))
+        dup = np.flatnonzero(rep != np.arange(len(nodes)))
+        if not len(dup):
+            return no_duplicates(), checked
+        kept = np.unique(rep[dup])
+        ids = inputs.load(nodes[kept], ["id"])["id"].gather(np.searchsorted(kept, rep[dup]))
+        score = sig_jaccard(sig, np.stack([dup, rep[dup]], axis=1))
+        return pl.DataFrame({"pos": nodes[dup], "duplicate_of": ids, "score": score}, schema=no_duplicates().schema), checked
 
     def checker(self, pairs: np.ndarray, sig: np.ndarray, sets: ShingleSets | None,
                 numbers: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -357,16 +430,53 @@ class MinHashDedup(Step):
             return ok & (sets.jaccard(p) >= self.threshold)
         return passes
 
-    def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
-        assert self._rep is not None and self._jac is not None and self._ids is not None, "fit() must run first"
-        dup_of = duplicate_of(self._ids, self._rep, offset, batch.height)
-        return self.reject_duplicates(batch, dup_of, pl.Series(self._jac[offset: offset + batch.height]))
+    def apply_plan(self, batch: pl.DataFrame, offset: int, plan: Path) -> StepResult:
+        """The apply of one part from its plan (the rows to drop, the id each duplicates, the Jaccard)."""
+        return self._reject_duplicates(batch, *read_duplicates(plan, batch.height))
 
-    def reject_duplicates(self, batch: pl.DataFrame, duplicate_of: pl.Series, score: pl.Series) -> StepResult:
+    def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
+        raise RuntimeError("minhash_dedup applies from its plan: run it in a Pipeline (or curate.globalpass.run_here)")
+
+    def _reject_duplicates(self, batch: pl.DataFrame, duplicate_of: pl.Series, score: pl.Series) -> StepResult:
         """Reject the rows whose ``duplicate_of`` (the kept row's id) is set, with their Jaccard ``score``."""
         reason = pl.format("near duplicate (MinHash, est. Jaccard {}) of {}", pl.col("minhash_jaccard").round(3),
                            pl.col("duplicate_of"))
         return split_duplicates(batch, duplicate_of, reason, "minhash_jaccard", score)
+
+
+def _cluster_groups(pairs: np.ndarray) -> list[np.ndarray]:
+    """The pairs (indices) of each group of whole clusters (connected components) holding about
+    ``_ROWS_PER_CHECK`` rows; one group when all the rows in pairs fit in one."""
+    nodes, local = np.unique(pairs, return_inverse=True)
+    if len(nodes) <= _ROWS_PER_CHECK:
+        return [np.arange(len(pairs))]
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    local = local.reshape(pairs.shape)
+    graph = coo_matrix((np.ones(len(local), dtype=np.int8), (local[:, 0], local[:, 1])), shape=(len(nodes),) * 2)
+    _, label = connected_components(graph, directed=False)
+    size = np.bincount(label)
+    of_pair = ((np.cumsum(size) - size) // _ROWS_PER_CHECK)[label][local[:, 0]]  # whole clusters, in label order
+    order = np.argsort(of_pair, kind="stable")
+    _, first = np.unique(of_pair[order], return_index=True)
+    return np.split(order, first[1:])
+
+
+def _shingles(files: PartArrays, nodes: np.ndarray) -> np.ndarray:
+    """The shingle keys of these rows (ascending positions), renumbered to their index in
+    ``nodes`` and still sorted: at most ``max_shingles`` per row, read part by part."""
+    keys, part = [], files.part_of(nodes)
+    for k in np.unique(part):
+        key = files.array(k)
+        start = files.starts[k]
+        index = np.full(files.starts[k + 1] - start, -1, dtype=np.int64)  # row in part -> index in nodes
+        mine = np.flatnonzero(part == k)
+        index[nodes[mine] - start] = mine
+        at = index[(key >> np.uint64(32)).astype(np.int64) - start]
+        hit = at >= 0
+        keys.append((at[hit].astype(np.uint64) << np.uint64(32)) | (key[hit] & np.uint64(0xFFFFFFFF)))
+    return np.concatenate(keys) if keys else np.empty(0, dtype=np.uint64)
 
 
 def split_duplicates(batch: pl.DataFrame, duplicate_of: pl.Series, reason: pl.Expr,
@@ -378,13 +488,6 @@ def split_duplicates(batch: pl.DataFrame, duplicate_of: pl.Series, reason: pl.Ex
         detail.append(score.cast(pl.Float64).alias(score_name))
     result = reject_where(batch.with_columns(detail), duplicate_of.is_not_null(), reason)
     return StepResult(result.kept.drop([c.name for c in detail]), result.rejected)
-
-
-def duplicate_of(ids: pl.Series, rep: np.ndarray, offset: int, height: int) -> pl.Series:
-    """The kept row's id for each row of a batch that is a duplicate, null for the rows kept."""
-    reps = rep[offset: offset + height]
-    dup = pl.Series(reps != np.arange(offset, offset + height))
-    return pl.select(pl.when(dup).then(ids.gather(reps)).otherwise(None)).to_series().alias("duplicate_of")
 
 
 def keep_rank(keep: str, n: int, lengths: list[pl.Series], best: list[pl.Series]) -> np.ndarray:

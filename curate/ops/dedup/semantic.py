@@ -6,22 +6,24 @@ L2-normalised float32 (384 values, 1.5 KB per row for MiniLM), computed in batch
 when there is one; a text longer than the model's window is embedded from both ends. Pairs at cosine >= ``threshold`` are found by a blocked exact scan
 (``block`` rows against all later rows per matrix product, on the same device), so cost grows
 with n**2: fine for the ~10^5 problems of a reasoning SFT set on a GPU or a few 10^4 on CPU;
-clusters are the connected components of those pairs.
+clusters are the connected components of those pairs. The pass (``plan``) embeds each part on
+the engine's workers (a GPU each when there is one) and runs the pair scan where the matrix fits.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from curate.globalpass import PassContext, PlannedApply, no_duplicates, read_duplicates
 from curate.ops.dedup.minhash import (
-    duplicate_of,
     keep_rank,
     representatives,
     response_length,
@@ -145,9 +147,6 @@ class SemanticDedup(Step):
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         require_sentence_transformers()
-        self._rep: np.ndarray | None = None
-        self._cos: np.ndarray | None = None
-        self._ids: pl.Series | None = None
         self._embedder: Any = None
 
     def columns_read(self) -> tuple[str, ...]:
@@ -160,19 +159,40 @@ class SemanticDedup(Step):
         return batch.select(pl.concat_str([pl.col("problem").fill_null(""), pl.col("solution").fill_null("")],
                                           separator="\n"))[:, 0].to_list()
 
-    def fit(self, batches: Iterator[pl.DataFrame]) -> None:
-        if self._embedder is None:
-            self._embedder = Embedder(self.model, self.device, self.batch_size)
-        embs, ids, lengths, best = [], [], [], []
-        for batch in batches:
-            embs.append(self._embedder.encode(self._text(batch)))
-            ids.append(batch["id"])
-            lengths.append(response_length(batch))
-            if self.keep == "best":
-                best.append(batch[self.best_by])
-        emb = np.concatenate(embs) if embs else np.zeros((0, 1), dtype=np.float32)
-        self._rep, self._cos = self.clusters(emb, lengths, best, self._embedder.device)
-        self._ids = pl.concat(ids) if ids else pl.Series("id", [], dtype=pl.String)
+    def plan(self, ctx: PassContext) -> PlannedApply:
+        """Embeddings per part on the engine's workers, then the pair scan and clusters here."""
+        if ctx.done() is None:
+            cols, store = list(dict.fromkeys(self.columns_read())), ctx.scratch
+
+            def embed_part(s: SemanticDedup, item: tuple[int, str, int]) -> dict[str, int]:
+                k, path, offset = item
+                batch = pl.read_parquet(path, columns=cols)
+                if batch.height:
+                    if s._embedder is None:
+                        s._embedder = Embedder(s.model, s.device, s.batch_size)
+                    emb = s._embedder.encode(s._text(batch))
+                    store.put(f"emb/{k:05d}", emb)
+                    table = batch.select("id", response_length(batch).alias("len"),
+                                         *([pl.col(s.best_by).alias("best")] if s.keep == "best" else []))
+                    store.put(f"rows/{k:05d}", table.with_columns(pl.Series("pos", np.arange(offset, offset + batch.height))))
+                return {"rows": batch.height}
+
+            gpu = self.device.startswith("cuda") or (self.device == "auto" and ctx.gpus() > 0)
+            ctx.map(embed_part, ctx.items(), state=self, workers={"num_gpus": 1.0} if gpu else {},
+                    on_result=ctx.told())
+            keys = store.keys("rows")
+            dups = no_duplicates()
+            if keys:
+                rows = pl.concat([store.get(key) for key in keys])
+                emb = np.ascontiguousarray(np.concatenate([store.get(key) for key in store.keys("emb")]), dtype=np.float32)
+                best = [rows["best"]] if self.keep == "best" else []
+                rep, cos = self.clusters(emb, [rows["len"]], best, Embedder.pick_device(self.device))
+                dup = np.flatnonzero(rep != np.arange(rows.height))
+                dups = pl.DataFrame({"pos": rows["pos"].gather(dup), "duplicate_of": rows["id"].gather(rep[dup]),
+                                     "score": cos[dup]})
+            ctx.write_plans(dups)
+            ctx.finish({"dropped": dups.height}, ["rows", "emb"])
+        return SemanticDedup.apply_plan
 
     def clusters(self, emb: np.ndarray, lengths: list[pl.Series], best: list[pl.Series],
                  device: str) -> tuple[np.ndarray, np.ndarray]:
@@ -186,12 +206,18 @@ class SemanticDedup(Step):
             cos[dup] = np.einsum("ij,ij->i", emb[dup], emb[rep[dup]])
         return rep, cos
 
-    def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
-        assert self._rep is not None and self._cos is not None and self._ids is not None, "fit() must run first"
-        dup_of = duplicate_of(self._ids, self._rep, offset, batch.height)
-        return self.reject_duplicates(batch, dup_of, pl.Series(self._cos[offset: offset + batch.height]))
+    def apply_plan(self, batch: pl.DataFrame, offset: int, plan: Path) -> StepResult:
+        """The apply of one part from its plan (the rows to drop, the id each duplicates, the cosine)."""
+        return self._reject_duplicates(batch, *read_duplicates(plan, batch.height))
 
-    def reject_duplicates(self, batch: pl.DataFrame, duplicate_of: pl.Series, score: pl.Series) -> StepResult:
+    def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
+        raise RuntimeError("semantic_dedup applies from its plan: run it in a Pipeline (or curate.globalpass.run_here)")
+
+    def model_settings(self) -> None:
+        """``model`` here names an embedding model, not a generation model."""
+        return None
+
+    def _reject_duplicates(self, batch: pl.DataFrame, duplicate_of: pl.Series, score: pl.Series) -> StepResult:
         """Reject the rows whose ``duplicate_of`` (the kept row's id) is set, with their cosine ``score``."""
         reason = pl.format("semantic duplicate (cosine {}) of {}", pl.col("semantic_cosine").round(3), pl.col("duplicate_of"))
         return split_duplicates(batch, duplicate_of, reason, "semantic_cosine", score)

@@ -203,12 +203,11 @@ class SegmentSteps(Segmentation, Step):
 
     def _model_starts(self, texts: list[str]) -> tuple[list[list[int]], list[str], dict[str, Any]]:
         """Ask the model which paragraphs open a step; rules where its answer is unusable."""
-        from curate.models import model_label
-        from curate.models.steps import backend_for
+        from curate.models import get_backend, model_label
 
         assert self.model is not None
         paragraphs, asks, prompts = self._model_prompts(texts)
-        replies = backend_for(self.model).generate(prompts, self._sampling()) if asks else []
+        replies = get_backend(self.model).generate(prompts, self._sampling()) if asks else []
         rules = Segmentation(min_step_chars=self.min_step_chars)
         label = f"model:{model_label(self.model)}"
         starts = [p[:1] for p in paragraphs]

@@ -123,7 +123,9 @@ class Verify(Step):
                 "test_cases", "test_fn_name")
 
     # --- work ------------------------------------------------------------------------------------
-    def _tasks(self, batch: pl.DataFrame) -> list[dict[str, Any]]:
+    def tasks(self, batch: pl.DataFrame) -> list[dict[str, Any]]:
+        """One checker task per row (what `run_tasks` verifies): a step that verifies other text
+        (e.g. sampled completions in its columns) builds its tasks here."""
         tasks = []
         for row in batch.select(self.columns_read()).iter_rows(named=True):
             kind = _kind(self.domain, row)
@@ -187,7 +189,7 @@ class Verify(Step):
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         # rows_done: the stage's progress bar moves as each row is checked, not once per part
-        verdicts = self.run_tasks(self._tasks(batch), progress=rows_done) if batch.height else []
+        verdicts = self.run_tasks(self.tasks(batch), progress=rows_done) if batch.height else []
         annotated = batch.with_columns(
             pl.Series("verify_correct", [v["correct"] for v in verdicts], dtype=pl.Boolean),
             pl.Series("verify_error", [v["error"] for v in verdicts], dtype=pl.String),
