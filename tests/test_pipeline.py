@@ -446,7 +446,7 @@ class _RecordingBar:
 def test_the_verify_bar_moves_row_by_row_within_a_part(math500_sample, tmp_path, monkeypatch):
     from curate.ops import Verify
 
-    monkeypatch.setattr("curate.pipeline.tqdm", _RecordingBar)
+    monkeypatch.setattr("curate.pipeline.progress_bar", _RecordingBar)
     _RecordingBar.bars = []
     data = read(math500_sample).to_polars().head(40)
     Pipeline([ExtractAnswer(), Verify(workers=1)], batch_size=1000).run(read(data), out=tmp_path / "v")
