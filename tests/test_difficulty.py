@@ -26,12 +26,13 @@ def _problems(responses: list[dict], k: int = N_PROBLEMS) -> list[dict]:
 
 def test_pass_rate_matches_real_sample_labels_and_resumes_from_cache(responses, replay, tmp_path: Path) -> None:
     url, calls = replay
+    before = len(calls)  # the server is the session's: other tests' requests came before this one
     model = {"backend": "openai", "name_or_path": "replay", "base_url": url, "cache": str(tmp_path / "gen.sqlite")}
     step = GradeDifficulty(method="pass_rate", model=model, n=8, verify_workers=0)
     try:
         run = Pipeline([step]).run(read(_problems(responses), source="math_cot_100"), out=tmp_path / "a", progress=False)
         df = run.to_polars()
-        assert df.height == N_PROBLEMS and len(calls) == N_PROBLEMS
+        assert df.height == N_PROBLEMS and len(calls) - before == N_PROBLEMS
         labels = [sum(r["score"]) / len(r["score"]) for r in responses[:N_PROBLEMS]]
         agree = sum(abs(a - b) < 1e-9 for a, b in zip(df["difficulty_pass_rate"].to_list(), labels, strict=True))
         assert agree >= N_PROBLEMS - 2, (df["difficulty_pass_rate"].to_list(), labels)
@@ -43,7 +44,7 @@ def test_pass_rate_matches_real_sample_labels_and_resumes_from_cache(responses, 
         again = Pipeline([GradeDifficulty(method="pass_rate", model=model, n=8, verify_workers=0,
                                           keep_pass_rate=[0.1, 0.9])]).run(
             read(_problems(responses), source="math_cot_100"), out=tmp_path / "b", progress=False)
-        assert len(calls) == N_PROBLEMS
+        assert len(calls) - before == N_PROBLEMS
         stats = again.manifest["funnel"][1]["stats"]["generation"]
         assert stats["cache_hits"] == N_PROBLEMS and stats["generated"] == 0
         kept = again.to_polars()["difficulty_pass_rate"]
