@@ -103,11 +103,6 @@ class Corruption(Step):
         ratio = getattr(self, "ratio", None)
         if ratio is not None and not 0.0 <= ratio <= 1.0:
             raise ValueError(f"ratio must be in [0, 1], got {ratio}")
-        if getattr(self, "on_untouched", "keep") not in ("keep", "reject"):
-            raise ValueError(f"on_untouched must be keep or reject, not {self.on_untouched!r}")
-        sampling = getattr(self, "sampling", "exact")
-        if sampling not in ("exact", "bernoulli"):
-            raise ValueError(f"sampling must be exact or bernoulli, not {sampling!r}")
 
     def kind(self) -> str:
         return self.name

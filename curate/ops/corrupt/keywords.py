@@ -97,14 +97,8 @@ class RemoveKeywords(Corruption):
 
     def __post_init__(self) -> None:
         self._check_common()
-        if self.mode not in ("sentence", "phrase", "model", "auto"):
-            raise ValueError(f"mode must be model, auto, sentence or phrase, not {self.mode!r}")
-        if self.per not in ("unit", "row"):
-            raise ValueError(f"per must be unit or row, not {self.per!r}")
         if not self.keywords:
             raise ValueError("keywords must not be empty")
-        if self.scope not in ("response", "thinking"):
-            raise ValueError(f"scope must be response or thinking, not {self.scope!r}")
         if self.mode == "model" or (self.mode == "auto" and self.model is not None):
             from curate.models.steps import checked_model
 

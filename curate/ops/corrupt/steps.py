@@ -207,8 +207,6 @@ class InsertSteps(_StepCorruption):
         default="transition", metadata={"help": "segmentation rules (see segment_steps.mode)"})
 
     def __post_init__(self) -> None:
-        if self.mode not in ("replace", "insert"):
-            raise ValueError(f"mode must be replace or insert, not {self.mode!r}")
         if self.pool_size < 1:
             raise ValueError(f"pool_size must be >= 1, got {self.pool_size}")
         if self.min_donor_chars < 0:

@@ -103,8 +103,6 @@ class CorruptWrongAnswer(Corruption):
             raise ValueError("mode teacher is the paper's way: keep teacher traces whose answer verified incorrect. "
                              "Use the verify step and keep the incorrect rows (verify: {keep: incorrect}, or "
                              "filter: {where: {verify_correct: {eq: false}}}); corrupt_wrong_answer is synthetic only")
-        if self.mode != "synthetic":
-            raise ValueError(f"mode must be synthetic, not {self.mode!r}")
         if self.conclusion_paragraphs < 0:
             raise ValueError(f"conclusion_paragraphs must be >= 0, got {self.conclusion_paragraphs}")
         if self.pool_size < 1:
