@@ -41,6 +41,14 @@ class _StepCorruption(Segmentation, Corruption):
     def columns_read(self) -> tuple[str, ...]:
         return ("id", "problem", "thinking", "solution")
 
+    @classmethod
+    def card_what(cls, step: VariantStep) -> str:
+        return step.describe(hidden=("mode",))  # segmentation rules, unused on segmented rows
+
+    @classmethod
+    def method_origin(cls, step: VariantStep) -> str:
+        return NOT_PUBLIC
+
     def _edit(self, rng: random.Random, steps: Steps, row_id: str) -> tuple[list[str], list[str], list[int], list[int], list[str]]:
         """(bodies, seps, touched original indices, order, donors) of the edited thinking."""
         raise NotImplementedError
@@ -102,14 +110,6 @@ class ShuffleSteps(_StepCorruption):
         self._check_segmentation()
         self._check_common()
 
-    @classmethod
-    def card_what(cls, step: VariantStep) -> str:
-        return step.describe(hidden=("mode",))  # segmentation rules, unused on segmented rows
-
-    @classmethod
-    def method_origin(cls, step: VariantStep) -> str:
-        return NOT_PUBLIC
-
     def _edit(self, rng, steps, row_id):  # type: ignore[no-untyped-def]
         n = len(steps)
         k = share(self.ratio, n)
@@ -147,14 +147,6 @@ class DeleteSteps(_StepCorruption):
     def __post_init__(self) -> None:
         self._check_segmentation()
         self._check_common()
-
-    @classmethod
-    def card_what(cls, step: VariantStep) -> str:
-        return step.describe(hidden=("mode",))  # segmentation rules, unused on segmented rows
-
-    @classmethod
-    def method_origin(cls, step: VariantStep) -> str:
-        return NOT_PUBLIC
 
     def _edit(self, rng, steps, row_id):  # type: ignore[no-untyped-def]
         n = len(steps)
@@ -219,6 +211,10 @@ class InsertSteps(_StepCorruption):
         self._lens: list[int] = []
         self._pool: list[tuple[int, str, str]] = []  # (length, donor "id:step", body), sorted by length
         self._fitted = False
+
+    @classmethod
+    def card_what(cls, step: VariantStep) -> str:
+        return step.describe()  # `mode` is insert/replace here (segmentation is `split`): shown
 
     @classmethod
     def method_origin(cls, step: VariantStep) -> str:
