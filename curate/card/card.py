@@ -341,20 +341,25 @@ def _operator_doc(name: str) -> str:
     return re.sub(r"\s+", " ", doc.split("\n\n")[0]) if doc else ""
 
 
-def _column_origin(name: str, folder: Folder) -> str:
-    if name in _DESCRIPTIONS:
-        return _DESCRIPTIONS[name]
+def _column_origins(folder: Folder) -> dict[str, str]:
+    """Each column's description: the trace schema's, else the first recipe step (base, then variants)
+    that writes it; every step is built once here, not once per column."""
     from curate.errors import RecipeError
     from curate.step import build_step
 
+    origins = dict(_DESCRIPTIONS)
     recipe = folder.manifest["recipe"]
     entries = [*recipe["steps"], *(s for vs in recipe.get("variants", {}).values() for s in vs)]
     for entry in entries:
         ((step, params),) = entry.items()
         with contextlib.suppress(RecipeError):  # a step this install cannot build (an extra missing)
-            if name in build_step(step, params).writes:
-                return f"Annotation written by `{step}`."
-    return f"Annotation (`{name.split('_', 1)[0]}` family)."
+            for name in build_step(step, params).writes:
+                origins.setdefault(name, f"Annotation written by `{step}`.")
+    return origins
+
+
+def _column_origin(name: str, origins: dict[str, str]) -> str:
+    return origins[name] if name in origins else f"Annotation (`{name.split('_', 1)[0]}` family)."
 
 
 def _yaml_header(folder: Folder, figures: dict[str, Any], sections: list[CardSection], *, license: str,
@@ -420,8 +425,10 @@ def _body(folder: Folder, figures: dict[str, Any], sections: list[CardSection], 
     schema = folder.schema()
     out += ["## Schema", "", f"Columns of `{folder.base_config}` (other configs may add annotation columns; "
             "see *Variants*).", ""]
+    # steps are built only when some column is not a trace-schema field
+    origins = _DESCRIPTIONS if set(schema.names) <= set(_DESCRIPTIONS) else _column_origins(folder)
     out += [table(["column", "type", "description"],
-                   [[code(fl.name), code(fl.type), Md(_column_origin(fl.name, folder))] for fl in schema]), ""]
+                   [[code(fl.name), code(fl.type), Md(_column_origin(fl.name, origins))] for fl in schema]), ""]
 
     out += ["## Sources and teachers", "", f"Rows of `{folder.base_config}` by source, teacher and domain.", ""]
     out += [table(["source", "teacher", "domain", "rows"],
