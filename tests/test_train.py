@@ -244,8 +244,17 @@ def test_global_batch_counts_sequences_unless_packing(dataset, tiny, tmp_path):
 
 
 FSDP_DRIVER = """
-import sys
+import gc, os, sys
+import torch.distributed as dist
+from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup
 from curate.train.sft import TrainConfig, train
+destroy = dist.destroy_process_group
+def counted_destroy(*a, **k):  # how many FSDP parameter groups are still alive when the group goes
+    alive = sum(isinstance(o, FSDPParamGroup) for o in gc.get_objects())
+    with open(sys.argv[4] + "-alive-" + os.environ["RANK"], "a") as f:
+        f.write(f"{alive}\\n")
+    return destroy(*a, **k)
+dist.destroy_process_group = counted_destroy
 cfg = TrainConfig(**{**%r, "sharding": "fsdp", "gradient_checkpointing": True})
 stop = int(sys.argv[3]) if len(sys.argv) > 3 else None
 train(sys.argv[1], sys.argv[2], sys.argv[4] if len(sys.argv) > 4 else sys.argv[1] + "-out", cfg,
@@ -273,6 +282,10 @@ def test_fsdp_two_ranks_train_the_single_process_weights_and_resume(dataset, tin
         if stop == "2":
             assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-0000001", "step-0000002"]
             assert not (out / "final").exists()
+    # FSDP's parameter groups (reference cycles holding collectives' buffers) were freed before the
+    # process group was destroyed, not left to the interpreter's exit, where they can abort a rank.
+    for rank in ("0", "1"):
+        assert Path(f"{out}-alive-{rank}").read_text().split() == ["0", "0"]
     record = json.loads((out / "train_config.json").read_text())
     assert record["sharding"] == "fsdp" and record["world_size"] == 2 and record["grad_accum"] == 2
     assert len((out / "log.jsonl").read_text().splitlines()) == 3  # 2 steps, then the third after resuming

@@ -230,8 +230,11 @@ def train(dataset: str | os.PathLike, model_path: str, out: str | os.PathLike, c
           *, config: str | None = None, resume: bool = True, progress: bool = True,
           stop_after: int | None = None, template: Template | None = None) -> TrainResult:
     """Fine-tune ``model_path`` on a dataset folder's traces (see :func:`_train`). Under torchrun the
-    process group it starts is destroyed before it returns: a gloo group left to the interpreter's
-    exit can abort the process ("terminate called without an active exception")."""
+    process group it starts is destroyed before it returns, after collecting FSDP's reference cycles
+    (its parameter groups hold collectives' buffers): freed at interpreter exit instead, after the
+    group, they can abort the process ("terminate called without an active exception")."""
+    import gc
+
     import torch.distributed as dist
 
     owned = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
@@ -240,6 +243,7 @@ def train(dataset: str | os.PathLike, model_path: str, out: str | os.PathLike, c
                       stop_after=stop_after, template=template)
     finally:
         if owned and dist.is_initialized():
+            gc.collect()
             dist.destroy_process_group()
 
 
