@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from curate.card.markdown import Md, code, escape, fmt, params_text, table  # noqa: F401 (escape: re-exported)
 from curate.card.features import features_yaml
+from curate.card.markdown import Md, code, escape, fmt, params_text, table  # noqa: F401 (escape: re-exported)
 from curate.card.section import PLOTS_DIR, CardContext, CardSection, step_classes
 from curate.errors import InputError
 from curate.provenance import install_line
