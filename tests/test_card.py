@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-pytest.importorskip("matplotlib")
+pytest.importorskip("PIL")  # the plots
 datasets = pytest.importorskip("datasets")
 hub = pytest.importorskip("huggingface_hub")
 
