@@ -58,13 +58,14 @@ class _Chart:
 
     def __init__(self, size: tuple[int, int], *, title: str, xlabel: str, xlim: tuple[float, float],
                  ylim: tuple[float, float], ylabel: str | None = None,
-                 ynames: Sequence[tuple[float, str]] | None = None, below: int = 0) -> None:
+                 ynames: Sequence[tuple[float, str]] | None = None, below: int = 0,
+                 xinteger: bool = False) -> None:
         from PIL import Image, ImageDraw
 
         self.image = Image.new("RGB", size, "white")
         self.draw = ImageDraw.Draw(self.image)
         self.xlim, self.ylim = xlim, ylim
-        self.xticks = [(v, _tick_label(v, _step(t))) for t in [_ticks(*xlim)] for v in t]
+        self.xticks = [(v, _tick_label(v, _step(t))) for t in [_ticks(*xlim, xinteger)] for v in t]
         yt = _ticks(*ylim, integer=True)
         self.yticks = list(ynames) if ynames is not None else [(v, _tick_label(v, _step(yt))) for v in yt]
         tick_font, label_font = _font(12), _font(13)
@@ -218,9 +219,10 @@ def funnel(stages: Sequence[Mapping], path: Path, *, title: str = "Rows kept and
     n = len(stages)
     names = [(n - 1 - i, f"{s['step']}: {s['name']}") for i, s in enumerate(stages)]
     chart = _Chart((_SIZE[0], height), title=title, xlabel="rows", xlim=(0, top), ylim=(-0.6, n - 0.4),
-                   ynames=names, below=30)
+                   ynames=names, below=30, xinteger=True)
     for (y, _), k, r in zip(names, kept, rejected):
-        chart.rect(0, k, y - 0.4, y + 0.4, _BLUE)
+        if k:
+            chart.rect(0, k, y - 0.4, y + 0.4, _BLUE)
         if r:
             chart.rect(k, k + r, y - 0.4, y + 0.4, _RED)
         x, yp = chart.px(k + r, y)
