@@ -195,6 +195,25 @@ def test_features_yaml_is_what_datasets_emits_for_every_arrow_kind() -> None:
             features_yaml(pa.schema([("m", bad)]))
 
 
+def test_plots_draw_the_data(quickstart: Path) -> None:
+    """The funnel's red area is the rejected share of its rows (every bar is one stage, equally
+    tall); the length histogram draws one outline colour per source, no more."""
+    from PIL import Image
+
+    funnel = Image.open(quickstart / "plots" / "funnel.png").convert("RGB")
+    colours = {c: n for n, c in funnel.getcolors(1 << 20)}
+    blue, red = colours[(0x4C, 0x72, 0xB0)], colours.get((0xDD, 0x55, 0x55), 0)
+    stages = _manifest(quickstart)["funnel"]
+    rejected = sum(f["rejected"] for f in stages) / sum(f["kept"] + f["rejected"] for f in stages)
+    assert rejected > 0 and abs(red / (red + blue) - rejected) < 0.02
+    lengths = Image.open(quickstart / "plots" / "thinking_length.png").convert("RGB")
+    assert lengths.size == (770, 396)
+    colours = {c for _, c in lengths.getcolors(1 << 20)}
+    cycle = [(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C)]
+    sources = pl.read_parquet(quickstart / "data" / "*.parquet")["source"].n_unique()
+    assert sources == 2 and [c in colours for c in cycle] == [True, True, False]
+
+
 def test_variant_configs_each_load_with_their_rows_and_features(variants: Path) -> None:
     manifest = _manifest(variants)
     card = hub.DatasetCard.load(variants / "README.md")
