@@ -104,7 +104,7 @@ class Folder:
                 reader = pq.ParquetFile(path, pre_buffer=False)  # no read-ahead of 20 MB row groups
                 for batch in reader.iter_batches(batch_size=1024, columns=text + small, use_threads=False):
                     frames.append(reduce(batch))
-            if not frames:  # no rows: the columns all the same (empty_table imports pandas, so only here)
+            if not frames:  # no rows: an empty frame, same columns (empty_table imports pandas: only here)
                 frames.append(reduce(self.schema(config).empty_table().select(text + small)))
             self._stats[key] = pl.concat(frames)
         return self._stats[key]
