@@ -12,20 +12,23 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-pytest.importorskip("matplotlib")
+pytest.importorskip("PIL")  # the plots
 datasets = pytest.importorskip("datasets")
 hub = pytest.importorskip("huggingface_hub")
 
 from click.testing import CliRunner  # noqa: E402
 
-from curate import Pipeline, read, run_recipe  # noqa: E402
-from curate.card import key_figures, write_card  # noqa: E402
+from curate import TRACE_SCHEMA, Pipeline, read, run_recipe  # noqa: E402
+from curate.card import build_card, key_figures, write_card  # noqa: E402
 from curate.card.card import escape  # noqa: E402
+from curate.card.features import features_yaml  # noqa: E402
 from curate.card.section import CardContext, CardSection, VariantNote, VariantStep  # noqa: E402
 from curate.cli import main  # noqa: E402
 from curate.ops import register, registry  # noqa: E402
+from curate.recipe import load_recipe  # noqa: E402
 from curate.step import Step, StepResult, reject_where  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,6 +132,86 @@ def test_plots_are_pngs_and_regeneration_is_byte_identical(quickstart: Path) -> 
         assert f"(plots/{name})" in (quickstart / "README.md").read_text()
     write_card(quickstart, license="apache-2.0")
     assert digest() == before
+
+
+def test_written_card_is_what_huggingface_hub_writes(quickstart: Path, variants: Path) -> None:
+    """README.md is written as text (no hub client imported); it is byte for byte what
+    ``DatasetCard(...).save`` writes: the YAML header survives the hub's parse and re-dump."""
+    for folder in (quickstart, variants):
+        text = (folder / "README.md").read_text()
+        assert str(hub.DatasetCard(text)) == text
+    card = build_card(quickstart, license="apache-2.0")  # the API still hands out a DatasetCard
+    assert isinstance(card, hub.DatasetCard) and str(card) == (quickstart / "README.md").read_text()
+
+
+def _shipped_schemas() -> list[tuple[str, pa.Schema]]:
+    """The output schema of every shipped recipe and of each of its variants, as the run plans it."""
+    out = []
+    for path in sorted((REPO / "pipelines").glob("*.yaml")):
+        pipeline = load_recipe(path).pipeline
+        plans = pipeline.plan()
+        base = plans[-1] if plans else TRACE_SCHEMA
+        out.append((path.stem, base))
+        out += [(f"{path.stem}/{name}", plan[-1]) for name, plan in pipeline.variant_plans(base).items() if plan]
+    return out
+
+
+def test_features_yaml_is_what_datasets_emits_for_every_shipped_schema(quickstart: Path, variants: Path) -> None:
+    """The card's features list, computed without importing datasets, equals datasets' own on the
+    schema of every shipped recipe and variant, and on the Parquet files two of them wrote."""
+    schemas = _shipped_schemas()
+    assert len(schemas) > 20 and any("/" in name for name, _ in schemas)  # variants are in
+    written = [(str(p), pq.read_schema(p).remove_metadata()) for folder in (quickstart, variants)
+               for p in sorted((folder / "data").rglob("*.parquet"))]
+    kinds = set()
+    for name, schema in schemas + written:
+        kinds |= {str(f.type) for f in schema}
+        assert features_yaml(schema) == datasets.Features.from_arrow_schema(schema)._to_yaml_list(), name
+    assert {"large_string", "bool", "double", "int64", "list<item: string>"} <= kinds
+    assert any(k.startswith("list<item: struct<") for k in kinds)
+
+
+def test_features_yaml_is_what_datasets_emits_for_every_arrow_kind() -> None:
+    """Beyond what the recipes write: every scalar type datasets names, nulls, dictionaries,
+    nested, large and fixed-size lists, structs of lists; an unsupported type is refused alike."""
+    types = [pa.null(), pa.bool_(), pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(),
+             pa.uint32(), pa.uint64(), pa.float16(), pa.float32(), pa.float64(), pa.time32("s"), pa.time64("ns"),
+             pa.timestamp("us"), pa.timestamp("ms", tz="UTC"), pa.date32(), pa.date64(), pa.duration("s"),
+             pa.decimal128(10, 2), pa.decimal256(40, 3), pa.binary(), pa.large_binary(), pa.binary(4), pa.string(),
+             pa.large_string(), pa.string_view(), pa.dictionary(pa.int32(), pa.string()), pa.json_(pa.string())]
+    nested = [pa.list_(pa.string()), pa.large_list(pa.int32()), pa.list_(pa.float32(), 3),
+              pa.list_(pa.list_(pa.int8())), pa.list_(pa.list_(pa.int16(), 2)), pa.large_list(pa.list_(pa.bool_())),
+              pa.list_(pa.struct([("part", pa.string()), ("start", pa.int32())])), pa.list_(pa.struct([])),
+              pa.large_list(pa.struct([("z", pa.large_string())])), pa.struct([]),
+              pa.struct([("x", pa.int64()), ("y", pa.list_(pa.float64())), ("s", pa.struct([("t", pa.string())]))]),
+              pa.list_(pa.json_(pa.string()))]
+    fields = [pa.field(f"c{i}", t, nullable=i % 2 == 0) for i, t in enumerate(types + nested)]
+    schema = pa.schema(fields)
+    assert features_yaml(schema) == datasets.Features.from_arrow_schema(schema)._to_yaml_list()
+    for bad in (pa.map_(pa.string(), pa.int64()), pa.decimal32(5, 2)):
+        with pytest.raises(ValueError):
+            datasets.Features.from_arrow_schema(pa.schema([("m", bad)]))
+        with pytest.raises(ValueError, match="does not have a datasets dtype"):
+            features_yaml(pa.schema([("m", bad)]))
+
+
+def test_plots_draw_the_data(quickstart: Path) -> None:
+    """The funnel's red area is the rejected share of its rows (every bar is one stage, equally
+    tall); the length histogram draws one outline colour per source, no more."""
+    from PIL import Image
+
+    funnel = Image.open(quickstart / "plots" / "funnel.png").convert("RGB")
+    colours = {c: n for n, c in funnel.getcolors(1 << 20)}
+    blue, red = colours[(0x4C, 0x72, 0xB0)], colours.get((0xDD, 0x55, 0x55), 0)
+    stages = _manifest(quickstart)["funnel"]
+    rejected = sum(f["rejected"] for f in stages) / sum(f["kept"] + f["rejected"] for f in stages)
+    assert rejected > 0 and abs(red / (red + blue) - rejected) < 0.02
+    lengths = Image.open(quickstart / "plots" / "thinking_length.png").convert("RGB")
+    assert lengths.size == (770, 396)
+    colours = {c for _, c in lengths.getcolors(1 << 20)}
+    cycle = [(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C)]
+    sources = pl.read_parquet(quickstart / "data" / "*.parquet")["source"].n_unique()
+    assert sources == 2 and [c in colours for c in cycle] == [True, True, False]
 
 
 def test_variant_configs_each_load_with_their_rows_and_features(variants: Path) -> None:

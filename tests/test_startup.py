@@ -30,6 +30,60 @@ def test_help_loads_no_heavy_library(argv):
     assert _loaded_after(code) == []
 
 
+# what the dataset card must not import (issue 19): the hub client, datasets, pandas, matplotlib
+CARD_FREE = ("datasets", "pandas", "huggingface_hub.hf_api", "huggingface_hub.file_download", "matplotlib")
+NOOP = "input: in.jsonl\nsteps:\n  - filter: {}\n"
+
+
+def _noop_recipe(folder: Path, math500_sample: Path) -> Path:
+    """A no-op recipe (one `filter: {}` step) over 5 real rows, as in BENCHMARKS.md *Start-up*."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "in.jsonl").write_text("".join(math500_sample.read_text().splitlines(keepends=True)[:5]))
+    (folder / "r.yaml").write_text(NOOP)
+    return folder / "r.yaml"
+
+
+def _fresh(code: str, watched: tuple[str, ...], cwd: Path) -> dict:
+    """Run ``code`` in a fresh interpreter; which of ``watched`` it imported, and its CPU seconds."""
+    probe = (f"import sys, json, time\nt0 = time.process_time()\n{code}\n"
+             f"print(json.dumps({{'loaded': [m for m in {watched!r} if m in sys.modules], "
+             f"'cpu': time.process_time() - t0}}))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=cwd, capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_writing_the_card_imports_no_datasets_hub_client_pandas_or_matplotlib(tmp_path, math500_sample):
+    """The card of a finished folder, in a fresh interpreter: README.md and both plots written, none
+    of CARD_FREE imported, and a generous CPU budget (~0.1 s here; datasets alone took ~1 s)."""
+    from curate import run_recipe
+
+    recipe = _noop_recipe(tmp_path, math500_sample)
+    run_recipe(recipe, tmp_path / "out", progress=False, card=False)
+    assert not (tmp_path / "out" / "README.md").exists()
+    code = ("import curate.pipeline, curate.ops; curate.ops.registry()  # what the run has loaded\n"
+            "t0 = time.process_time()\nfrom curate.card import write_card\nwrite_card('out')")
+    result = _fresh(code, CARD_FREE + ("PIL", "huggingface_hub"), tmp_path)
+    assert result["loaded"] == ["PIL", "huggingface_hub"]  # the card data class and the plots' library
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "- name: thinking\n    dtype: large_string\n" in text and "![Funnel](plots/funnel.png)" in text
+    for name in ("funnel.png", "thinking_length.png"):
+        assert (tmp_path / "out" / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["cpu"] < 0.6, f"writing the card of 5 rows took {result['cpu']:.2f} CPU s"
+
+
+def test_a_noop_run_with_the_card_imports_neither_datasets_nor_the_hub_client(tmp_path, math500_sample):
+    """The whole command, card included (the default), in a fresh interpreter."""
+    _noop_recipe(tmp_path, math500_sample)
+    code = ("import contextlib, io\nfrom curate.cli import main\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "    main(['run', 'r.yaml', '--out', 'out', '-q'])")
+    # pandas: still imported by the read (pyarrow converting Python rows), not by the card
+    result = _fresh(code, tuple(m for m in CARD_FREE if m != "pandas"), tmp_path)
+    assert result["loaded"] == []
+    assert (tmp_path / "out" / "README.md").exists() and (tmp_path / "out" / "plots" / "funnel.png").exists()
+
+
 def test_import_curate_is_lazy_but_complete():
     assert _loaded_after("import curate") == []
     loaded = _loaded_after("from curate import read, Pipeline, run_recipe, TRACE_SCHEMA")

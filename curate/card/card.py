@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
+from curate.card.features import features_yaml
 from curate.card.markdown import Md, code, escape, fmt, params_text, table  # noqa: F401 (escape: re-exported)
 from curate.card.section import PLOTS_DIR, CardContext, CardSection, step_classes
 from curate.errors import InputError
@@ -93,16 +94,19 @@ class Folder:
             small = [c for c in names if c not in (*_LONG_TEXT, "extra", "test_cases")]
 
             def reduce(batch: pa.RecordBatch | pa.Table) -> pl.DataFrame:
-                lengths = {f"{c}_chars": pc.utf8_length(pc.fill_null(batch.column(c), "")) for c in text}
-                return pl.from_arrow(pa.table({**lengths, **{c: batch.column(c) for c in small}}))
+                # a null text counts 0; filled in polars (a pyarrow fill value from Python imports pandas)
+                lengths = {f"{c}_chars": pc.utf8_length(batch.column(c)) for c in text}
+                frame = pl.from_arrow(pa.table({**lengths, **{c: batch.column(c) for c in small}}))
+                return frame.with_columns(pl.col(list(lengths)).fill_null(0))
 
             frames = []
             for path in self.files(config):
                 reader = pq.ParquetFile(path, pre_buffer=False)  # no read-ahead of 20 MB row groups
                 for batch in reader.iter_batches(batch_size=1024, columns=text + small, use_threads=False):
                     frames.append(reduce(batch))
-            empty = reduce(self.schema(config).empty_table().select(text + small))
-            self._stats[key] = pl.concat(frames) if frames else empty
+            if not frames:  # no rows: an empty frame, same columns (empty_table imports pandas: only here)
+                frames.append(reduce(self.schema(config).empty_table().select(text + small)))
+            self._stats[key] = pl.concat(frames)
         return self._stats[key]
 
     def steps(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -364,8 +368,7 @@ def _column_origin(name: str, origins: dict[str, str]) -> str:
 
 def _yaml_header(folder: Folder, figures: dict[str, Any], sections: list[CardSection], *, license: str,
                  pretty_name: str, language: list[str]):
-    from datasets import Features
-    from huggingface_hub import DatasetCardData
+    from huggingface_hub.repocard_data import DatasetCardData  # not the hub client (hf_api)
 
     configs, infos = [], []
     for i, (name, splits) in enumerate(folder.configs.items()):
@@ -374,8 +377,7 @@ def _yaml_header(folder: Folder, figures: dict[str, Any], sections: list[CardSec
         if folder.has_variants and name == folder.base_config or (not folder.has_variants and i == 0):
             entry["default"] = True
         configs.append(entry)
-        features = Features.from_arrow_schema(folder.schema(name))
-        infos.append({"config_name": name, "features": features._to_yaml_list()})
+        infos.append({"config_name": name, "features": features_yaml(folder.schema(name))})
     domains = sorted({str(r["domain"]) for r in figures["mix"] if r["domain"]})
     tags = ["curate", "reasoning", "long-cot", "chain-of-thought", "synthetic", *domains]
     tags += [t for s in sections for t in s.tags]
@@ -556,12 +558,10 @@ def save_card_options(folder: str | Path, **options: Any) -> None:
         write_json_atomic(manifest, path)
 
 
-def build_card(folder: str | Path, *, license: str | None = None, pretty_name: str | None = None,
-               language: list[str] | None = None, plots: bool = True):
-    """The card of a dataset folder as a ``huggingface_hub.DatasetCard`` (plots are written to
-    ``plots/`` when ``plots``); unset options come from the manifest (``card_options``)."""
-    from huggingface_hub import DatasetCard
-
+def card_text(folder: str | Path, *, license: str | None = None, pretty_name: str | None = None,
+              language: list[str] | None = None, plots: bool = True) -> str:
+    """The card of a dataset folder as Markdown with its YAML header (plots are written to ``plots/``
+    when ``plots``); unset options come from the manifest (``card_options``)."""
     f = Folder.open(folder)
     sections = step_sections(f, plots=plots)
     figures = key_figures(f, sections)
@@ -569,13 +569,24 @@ def build_card(folder: str | Path, *, license: str | None = None, pretty_name: s
     plot_paths = write_plots(f, figures) if plots else {}
     data = _yaml_header(f, figures, sections, **opts)
     body = _body(f, figures, sections, plot_paths, opts["pretty_name"], opts["license"])
-    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    return f"---\n{data.to_yaml()}\n---\n\n{body}"
+
+
+def build_card(folder: str | Path, **kwargs: Any):
+    """The card as a ``huggingface_hub.DatasetCard`` (``card_text``'s options); this imports the hub
+    client, which writing the card does not need."""
+    from huggingface_hub import DatasetCard
+
+    return DatasetCard(card_text(folder, **kwargs))
 
 
 def write_card(folder: str | Path, **kwargs: Any) -> Path:
-    """Write ``README.md`` (and ``plots/*.png``) into a dataset folder; returns the card's path.
-    Regenerating gives the same bytes for the same folder."""
-    card = build_card(folder, **kwargs)
+    """Write ``README.md`` (and ``plots/*.png``) into a dataset folder, atomically; returns the card's
+    path. Regenerating gives the same bytes for the same folder."""
+    from curate.io.write import replacing
+
+    text = card_text(folder, **kwargs)
     path = Path(folder) / CARD
-    card.save(path)
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8", newline="")
     return path
