@@ -810,7 +810,7 @@ def _write_card(out: Path) -> None:
     finished run: it is reported, and `curate card DIR` can write it again."""
     try:
         from curate.card import write_card
-    except ImportError as e:  # the `card` extra (matplotlib, huggingface_hub) is not installed
+    except ImportError as e:  # the `card` extra (Pillow, huggingface_hub) is not installed
         warnings.warn(f"no dataset card written ({e}); install curate-cot[card] and run `curate card {out}`",
                       stacklevel=3)
         return

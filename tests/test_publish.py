@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("matplotlib")
+pytest.importorskip("PIL")
 pytest.importorskip("huggingface_hub")
 
 from click.testing import CliRunner  # noqa: E402

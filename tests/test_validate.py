@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("math_verify")
-pytest.importorskip("matplotlib")
+pytest.importorskip("PIL")
 pytest.importorskip("huggingface_hub")
 
 REPO = Path(__file__).resolve().parent.parent
