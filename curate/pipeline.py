@@ -41,6 +41,8 @@ from curate.errors import PipelineError
 from curate.extras import check_extras
 from curate.io.outdir import (
     LOCK_NAME,
+    TRASH_NAME,
+    Trash,
     filesystem_error,
     folder_lock,
     remove_partial_files,
@@ -49,7 +51,6 @@ from curate.io.read import Source, read
 from curate.io.write import (
     concat_parquet,
     part_footer,
-    remove_tree,
     shard_names,
     write_json_atomic,
     write_parquet_atomic,
@@ -368,6 +369,7 @@ class _Run:
         self.card, self.cache = card, cache
         self.engine = engine
         self.used: set[Path] = set()  # the stage folders of this run (the others are stale)
+        self.trash: Trash  # old trees go there (made under the folder's lock, in go)
         self.kept_card: dict[str, Any] = {}
         self.ran: list[str] = []  # stages computed (not taken from a finished one)
 
@@ -378,7 +380,11 @@ class _Run:
         self._refuse_foreign()
         with folder_lock(self.out, self.command):
             remove_partial_files(self.out)
-            return self._logged()
+            self.trash = Trash(self.out)
+            try:
+                return self._logged()
+            finally:
+                self.trash.close()
 
     def _logged(self) -> RunResult:
         """The run, with its log file in the output folder."""
@@ -424,11 +430,11 @@ class _Run:
                  f" + variants {', '.join(self.p.variants)}" if self.p.variants else "",
                  ", ".join(map(str, self.source.describe().get("paths", []))) or "in memory", self.engine.name)
         if not self.resume:
-            remove_tree(self.work)
-            remove_tree(self.cache_dir)
+            self.trash.discard(self.work)
+            self.trash.discard(self.cache_dir)
         elif self.cache_dir.exists():
             if self.work.exists():  # a run started from the cache since: its stages are newer
-                remove_tree(self.cache_dir)
+                self.trash.discard(self.cache_dir)
             else:
                 os.replace(self.cache_dir, self.work)
                 log.debug("starting from the finished stages in %s", CACHE_DIR)
@@ -482,19 +488,19 @@ class _Run:
                 )
             self.kept_card = manifest.get("card") or {}  # set by `curate card --license ...`: kept
             for name in ("data", "rejects", "plots"):
-                remove_tree(self.out / name)
+                self.trash.discard(self.out / name)
             manifest_path.unlink()
             (self.out / "README.md").unlink(missing_ok=True)
             if self.overwrite:  # asked for: a dataset made from scratch
-                remove_tree(self.work)
-                remove_tree(self.cache_dir)
+                self.trash.discard(self.work)
+                self.trash.discard(self.cache_dir)
         return None
 
     def _refuse_foreign(self) -> None:
         """Never write into a folder that holds something else (checked before taking its lock)."""
         if (self.out.is_dir() and not (self.out / MANIFEST).exists() and not self.work.exists()
                 and not self.overwrite
-                and any(p.name not in (WORK_DIR, CACHE_DIR, LOG_FILE, LOCK_NAME) for p in self.out.iterdir())):
+                and any(p.name not in (WORK_DIR, CACHE_DIR, LOG_FILE, LOCK_NAME, TRASH_NAME) for p in self.out.iterdir())):
             raise PipelineError(
                 f"{self.out} exists and is not a curate dataset folder; choose another --out or pass --overwrite"
             )
@@ -526,7 +532,7 @@ class _Run:
                 log.debug("%s: resuming a stage begun before", folder.relative_to(self.work))
                 self.ran.append(_stage_label(folder))
                 return False
-        remove_tree(folder)
+        self.trash.discard(folder)
         self.ran.append(_stage_label(folder))
         write_json_atomic({"fingerprint": fingerprint, "complete": False}, meta_path)
         return False
@@ -669,7 +675,7 @@ class _Run:
         if self.kept_card or self.p.card:
             manifest["card"] = {**self.kept_card, **self.p.card}
         shard_md = {"manifest": {k: manifest[k] for k in ("fingerprint", "recipe", "input")}}
-        remove_tree(self.out / "rejects")
+        self.trash.discard(self.out / "rejects")
         rejects = self._collect_rejects(funnel, "rejects")
         files: list[str] = []
         total_rows = 0
@@ -712,11 +718,11 @@ class _Run:
         ``keep_work``, else moved to ``.curate-cache/``; stages of older recipes are dropped."""
         for folder in [*self.work.glob("stage-*"), *self.work.glob("variant-*/stage-*")]:
             if folder not in self.used:
-                remove_tree(folder)
+                self.trash.discard(folder)
         for folder in self.work.glob("variant-*"):
             if not any(folder.iterdir()):
                 folder.rmdir()
-        remove_tree(self.cache_dir)
+        self.trash.discard(self.cache_dir)
         self._park_work()
 
     def _park_work(self) -> None:
@@ -724,11 +730,11 @@ class _Run:
         goes with ``cache=False``; ``keep_work`` leaves it where it is."""
         if self.keep_work or not self.work.exists():
             return
-        remove_tree(self.cache_dir)
+        self.trash.discard(self.cache_dir)
         if self.cache:
             os.replace(self.work, self.cache_dir)
         else:
-            remove_tree(self.work)
+            self.trash.discard(self.work)
 
     def _write_shards(self, parts: list[tuple[str, int]], schema: pa.Schema, rows: int, nbytes: int,
                       config: str | None, metadata: dict[str, Any]) -> list[str]:
