@@ -41,6 +41,8 @@ from curate.errors import PipelineError
 from curate.extras import check_extras
 from curate.io.outdir import (
     LOCK_NAME,
+    TRASH_NAME,
+    Trash,
     filesystem_error,
     folder_lock,
     remove_partial_files,
@@ -48,8 +50,7 @@ from curate.io.outdir import (
 from curate.io.read import Source, read
 from curate.io.write import (
     concat_parquet,
-    read_metadata,
-    remove_tree,
+    part_footer,
     shard_names,
     write_json_atomic,
     write_parquet_atomic,
@@ -78,6 +79,12 @@ class EmptyResultError(PipelineError):
 
 
 def library_versions() -> dict[str, str]:
+    """The versions of Python, curate and the libraries that shape the data (looked up once)."""
+    return dict(_library_versions())
+
+
+@functools.cache
+def _library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "curate": source_info()["version"]}
     for name in _LIBRARIES:
         with contextlib.suppress(importlib_metadata.PackageNotFoundError):
@@ -362,6 +369,7 @@ class _Run:
         self.card, self.cache = card, cache
         self.engine = engine
         self.used: set[Path] = set()  # the stage folders of this run (the others are stale)
+        self.trash: Trash  # old trees go there (made under the folder's lock, in go)
         self.kept_card: dict[str, Any] = {}
         self.ran: list[str] = []  # stages computed (not taken from a finished one)
 
@@ -372,7 +380,11 @@ class _Run:
         self._refuse_foreign()
         with folder_lock(self.out, self.command):
             remove_partial_files(self.out)
-            return self._logged()
+            self.trash = Trash(self.out)
+            try:
+                return self._logged()
+            finally:
+                self.trash.close()
 
     def _logged(self) -> RunResult:
         """The run, with its log file in the output folder."""
@@ -418,11 +430,11 @@ class _Run:
                  f" + variants {', '.join(self.p.variants)}" if self.p.variants else "",
                  ", ".join(map(str, self.source.describe().get("paths", []))) or "in memory", self.engine.name)
         if not self.resume:
-            remove_tree(self.work)
-            remove_tree(self.cache_dir)
+            self.trash.discard(self.work)
+            self.trash.discard(self.cache_dir)
         elif self.cache_dir.exists():
             if self.work.exists():  # a run started from the cache since: its stages are newer
-                remove_tree(self.cache_dir)
+                self.trash.discard(self.cache_dir)
             else:
                 os.replace(self.cache_dir, self.work)
                 log.debug("starting from the finished stages in %s", CACHE_DIR)
@@ -431,29 +443,29 @@ class _Run:
 
         read_fp = _hash(self.source.fingerprint(), SCHEMA_VERSION, self.p.batch_size, __version__)
         funnel = [self._read_stage(read_fp, input_schema)]
-        base_fp, base_dir, funnel_steps = self._chain(self.p.steps, schemas, read_fp, _stage_dir(self.work, 0, "read"),
-                                                      first=1, folder=self.work)
+        base_fp, base, funnel_steps = self._chain(self.p.steps, schemas, read_fp, funnel[0], first=1, folder=self.work)
         funnel += funnel_steps
-        outputs: dict[str | None, tuple[Path, pa.Schema, list[dict]]] = {}
+        outputs: dict[str | None, tuple[dict, pa.Schema, list[dict]]] = {}
         if not self.p.variants:
-            outputs[None] = (base_dir, base_schema, [])
+            outputs[None] = (base, base_schema, [])
         for name, steps in self.p.variants.items():
-            _, last, vfunnel = self._chain(steps, variant_schemas[name], base_fp, base_dir,
+            _, last, vfunnel = self._chain(steps, variant_schemas[name], base_fp, base,
                                            first=len(self.p.steps) + 1, folder=self.work / f"variant-{name}",
                                            label=f"{name}: ")
             outputs[name] = (last, variant_schemas[name][-1] if steps else base_schema, vfunnel)
         return self._finish(fingerprint, funnel, outputs, started)
 
-    def _chain(self, steps: list[Step], schemas: list[pa.Schema], fp: str, prev_dir: Path, first: int,
-               folder: Path, label: str = "") -> tuple[str, Path, list[dict]]:
-        """Run steps one stage each, chaining fingerprints; returns the last fingerprint, folder, funnel."""
+    def _chain(self, steps: list[Step], schemas: list[pa.Schema], fp: str, prev: dict[str, Any], first: int,
+               folder: Path, label: str = "") -> tuple[str, dict[str, Any], list[dict]]:
+        """Run steps one stage each from the stage ``prev`` (its funnel entry), chaining fingerprints;
+        returns the last fingerprint, the last stage's entry, and the funnel."""
         funnel = []
         for i, (step, schema) in enumerate(zip(steps, schemas), first):
             fp = _hash(fp, {step.name: step.params()})
             stage = _stage_dir(folder, i, step.name)
-            funnel.append(self._step_stage(i, step, fp, prev_dir, schema, stage, label + step.name))
-            prev_dir = stage
-        return fp, prev_dir, funnel
+            prev = self._step_stage(i, step, fp, prev, schema, stage, label + step.name)
+            funnel.append(prev)
+        return fp, prev, funnel
 
     def _existing(self, fingerprint: str) -> RunResult | None:
         """The finished run when the folder holds this one; else clear the old dataset's files (a
@@ -476,19 +488,19 @@ class _Run:
                 )
             self.kept_card = manifest.get("card") or {}  # set by `curate card --license ...`: kept
             for name in ("data", "rejects", "plots"):
-                remove_tree(self.out / name)
+                self.trash.discard(self.out / name)
             manifest_path.unlink()
             (self.out / "README.md").unlink(missing_ok=True)
             if self.overwrite:  # asked for: a dataset made from scratch
-                remove_tree(self.work)
-                remove_tree(self.cache_dir)
+                self.trash.discard(self.work)
+                self.trash.discard(self.cache_dir)
         return None
 
     def _refuse_foreign(self) -> None:
         """Never write into a folder that holds something else (checked before taking its lock)."""
         if (self.out.is_dir() and not (self.out / MANIFEST).exists() and not self.work.exists()
                 and not self.overwrite
-                and any(p.name not in (WORK_DIR, CACHE_DIR, LOG_FILE, LOCK_NAME) for p in self.out.iterdir())):
+                and any(p.name not in (WORK_DIR, CACHE_DIR, LOG_FILE, LOCK_NAME, TRASH_NAME) for p in self.out.iterdir())):
             raise PipelineError(
                 f"{self.out} exists and is not a curate dataset folder; choose another --out or pass --overwrite"
             )
@@ -520,7 +532,7 @@ class _Run:
                 log.debug("%s: resuming a stage begun before", folder.relative_to(self.work))
                 self.ran.append(_stage_label(folder))
                 return False
-        remove_tree(folder)
+        self.trash.discard(folder)
         self.ran.append(_stage_label(folder))
         write_json_atomic({"fingerprint": fingerprint, "complete": False}, meta_path)
         return False
@@ -560,13 +572,13 @@ class _Run:
         return self._done(f"[0/{len(self.p.steps)}] read", self._stage_stats(0, "read", folder), reused)
 
     # --- stage i: one step ---------------------------------------------------------------------
-    def _step_stage(self, i: int, step: Step, fingerprint: str, in_dir: Path, out_schema: pa.Schema,
+    def _step_stage(self, i: int, step: Step, fingerprint: str, prev: dict[str, Any], out_schema: pa.Schema,
                     folder: Path, step_label: str) -> dict[str, Any]:
         n = len(self.p.steps) + max((len(v) for v in self.p.variants.values()), default=0)
         if self._open_stage(folder, fingerprint):
             return self._done(f"[{i}/{n}] {step_label}", self._stage_stats(i, step.name, folder), True)
-        parts = sorted(in_dir.glob("part-*.parquet"))
-        counts = [pq.ParquetFile(p).metadata.num_rows for p in parts]
+        parts = [Path(p) for p, _ in prev["_parts"]]  # the input stage's parts, counted when it closed
+        counts = [rows for _, rows in prev["_parts"]]
         total = sum(counts)
         fit_seconds = 0.0
         planned = None
@@ -610,19 +622,26 @@ class _Run:
         return self._done(f"[{i}/{n}] {step_label}", self._stage_stats(i, step.name, folder), False)
 
     def _stage_stats(self, i: int, name: str, folder: Path) -> dict[str, Any]:
+        """A finished stage's funnel entry, summed from its parts' footers (read once each); the
+        parts with their row counts (``_parts``) and its rejects files (``_rejects``) go along
+        for the next stage and the final write."""
         rows_in = rows_out = rejected = kept = 0
         seconds = json.loads((folder / "_meta.json").read_text()).get("fit_seconds", 0.0)
         step_stats: dict[str, Any] = {}
+        parts: list[tuple[str, int]] = []
         for part in sorted(folder.glob("part-*.parquet")):
-            stats = read_metadata(part).get("part", {})
+            rows, md = part_footer(part)
+            stats = md.get("part", {})
             rows_in += stats.get("rows_in", 0)
             rows_out += stats.get("rows_out", stats.get("rows_in", 0))
             rejected += stats.get("rejected", 0)
             seconds += stats.get("seconds", 0.0)
             _add_stats(step_stats, stats.get("stats") or {})
-            kept += pq.ParquetFile(part).metadata.num_rows
+            kept += rows
+            parts.append((str(part), rows))
         entry = {"step": i, "name": name, "rows_in": rows_in, "kept": kept, "rejected": rejected,
-                 "seconds": round(seconds, 3), "_folder": str(folder)}
+                 "seconds": round(seconds, 3), "_parts": parts,
+                 "_rejects": sorted(folder.glob("rejects-*.parquet"))}
         if rows_out != rows_in:  # a step that expands rows: kept + rejected == rows_out
             entry["rows_out"] = rows_out
         if step_stats:
@@ -656,15 +675,15 @@ class _Run:
         if self.kept_card or self.p.card:
             manifest["card"] = {**self.kept_card, **self.p.card}
         shard_md = {"manifest": {k: manifest[k] for k in ("fingerprint", "recipe", "input")}}
-        remove_tree(self.out / "rejects")
+        self.trash.discard(self.out / "rejects")
         rejects = self._collect_rejects(funnel, "rejects")
         files: list[str] = []
         total_rows = 0
         configs: dict[str, Any] = {}
-        for config, (last_dir, schema, vfunnel) in outputs.items():
-            parts = sorted(last_dir.glob("part-*.parquet"))
-            rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
-            nbytes = sum(p.stat().st_size for p in parts)
+        for config, (last, schema, vfunnel) in outputs.items():
+            parts = last["_parts"]
+            rows = sum(n for _, n in parts)
+            nbytes = sum(os.stat(p).st_size for p, _ in parts)
             written = self._write_shards(parts, schema, rows, nbytes, config, shard_md)
             files += written
             total_rows += rows
@@ -699,11 +718,11 @@ class _Run:
         ``keep_work``, else moved to ``.curate-cache/``; stages of older recipes are dropped."""
         for folder in [*self.work.glob("stage-*"), *self.work.glob("variant-*/stage-*")]:
             if folder not in self.used:
-                remove_tree(folder)
+                self.trash.discard(folder)
         for folder in self.work.glob("variant-*"):
             if not any(folder.iterdir()):
                 folder.rmdir()
-        remove_tree(self.cache_dir)
+        self.trash.discard(self.cache_dir)
         self._park_work()
 
     def _park_work(self) -> None:
@@ -711,15 +730,16 @@ class _Run:
         goes with ``cache=False``; ``keep_work`` leaves it where it is."""
         if self.keep_work or not self.work.exists():
             return
-        remove_tree(self.cache_dir)
+        self.trash.discard(self.cache_dir)
         if self.cache:
             os.replace(self.work, self.cache_dir)
         else:
-            remove_tree(self.work)
+            self.trash.discard(self.work)
 
-    def _write_shards(self, parts: list[Path], schema: pa.Schema, rows: int, nbytes: int, config: str | None,
-                      metadata: dict[str, Any]) -> list[str]:
-        """Evenly sized shards named the way the HF hub expects, one unit of work each."""
+    def _write_shards(self, parts: list[tuple[str, int]], schema: pa.Schema, rows: int, nbytes: int,
+                      config: str | None, metadata: dict[str, Any]) -> list[str]:
+        """Evenly sized shards named the way the HF hub expects, one unit of work each, from the
+        last stage's parts (path, rows)."""
         n = max(1, math.ceil(nbytes / self.shard_bytes)) if rows else 1
         n = min(n, max(rows, 1))
         per = math.ceil(rows / n) if rows else 0
@@ -728,12 +748,11 @@ class _Run:
         if folder.exists():
             for old in folder.glob("train-*.parquet"):
                 old.unlink()
-        sized = [(str(p), pq.ParquetFile(p).metadata.num_rows) for p in parts]
         items = [(self.out / name, min(k * per, rows), rows if k == n - 1 else min((k + 1) * per, rows))
                  for k, name in enumerate(names)]
 
         def work(_: Any, item: tuple[Path, int, int]) -> dict[str, int]:
-            return write_shard(sized, item[1], item[2], item[0], schema, metadata)
+            return write_shard(parts, item[1], item[2], item[0], schema, metadata)
 
         self.engine.map(work, items)
         return names
@@ -742,7 +761,7 @@ class _Run:
         """One Parquet file per step that rejected rows, streamed from its parts."""
         items = []
         for stats in funnel:
-            rparts = sorted(Path(stats["_folder"]).glob("rejects-*.parquet"))
+            rparts = stats["_rejects"]
             if rparts:
                 items.append((stats["name"], f"{prefix}/{stats['step']:02d}-{stats['name']}.parquet", rparts))
         out = self.out

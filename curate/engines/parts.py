@@ -24,6 +24,8 @@ from curate.io.write import (
     COMPRESSION,
     METADATA_KEY,
     WORK_COMPRESSION,
+    WriteBehind,
+    read_ahead,
     replacing,
     write_parquet_atomic,
 )
@@ -51,16 +53,25 @@ def read_split(source: Source, s: int, folder: Path, schema: pa.Schema, batch_si
     parts already written by a killed run are kept."""
     rows = 0
     t0 = time.perf_counter()
-    for k, batch in enumerate(source.batches(batch_size)):
-        part = folder / f"part-{s:05d}-{k:05d}.parquet"
-        if not part.exists():
-            if batch.rejects.num_rows:
-                write_parquet_atomic(batch.rejects, folder / f"rejects-{s:05d}-{k:05d}.parquet")
-            stats = {"rows_in": batch.rows, "rejected": batch.rejects.num_rows, "seconds": time.perf_counter() - t0}
-            write_parquet_atomic(batch.traces.cast(schema), part, {"part": stats}, WORK_COMPRESSION)
-        rows += batch.rows
-        t0 = time.perf_counter()
+    with WriteBehind() as writer:  # part k is written while batch k + 1 is read
+        for k, batch in enumerate(source.batches(batch_size)):
+            part = folder / f"part-{s:05d}-{k:05d}.parquet"
+            if not part.exists():
+                rejects = folder / f"rejects-{s:05d}-{k:05d}.parquet" if batch.rejects.num_rows else None
+                stats = {"rows_in": batch.rows, "rejected": batch.rejects.num_rows,
+                         "seconds": time.perf_counter() - t0}
+                writer.submit(_write_read_part, batch.traces.cast(schema), part, stats, batch.rejects, rejects)
+            rows += batch.rows
+            t0 = time.perf_counter()
     return {"rows": rows}
+
+
+def _write_read_part(traces: pa.Table, part: Path, stats: dict[str, Any], rejects: pa.Table,
+                     rejects_path: Path | None) -> None:
+    """A read part's rejects, then the part itself (its existence says both are written)."""
+    if rejects_path is not None:
+        write_parquet_atomic(rejects, rejects_path)
+    write_parquet_atomic(traces, part, {"part": stats}, WORK_COMPRESSION)
 
 
 def apply_part(step: Step, i: int, task: PartTask, out_schema: pa.Schema, reject_schema: pa.Schema,
@@ -99,15 +110,15 @@ def write_shard(parts: list[tuple[str, int]], start: int, stop: int, dest: Path,
     md[METADATA_KEY] = json.dumps({"schema_version": SCHEMA_VERSION, **metadata}, default=str).encode()
     schema = schema.with_metadata(md)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    at = 0
+    at, slices = 0, []
+    for path, rows in parts:
+        lo, hi = max(start - at, 0), min(stop - at, rows)
+        at += rows
+        if hi > lo:
+            slices.append((path, lo, hi))
     with replacing(dest) as tmp, pq.ParquetWriter(tmp, schema, compression=COMPRESSION) as writer:
-        for path, rows in parts:
-            lo, hi = max(start - at, 0), min(stop - at, rows)
-            at += rows
-            if hi <= lo:
-                continue
-            table = pq.read_table(path).cast(schema)
-            writer.write_table(table.slice(lo, hi - lo))
+        for (_, lo, hi), table in zip(slices, read_ahead(p for p, _, _ in slices), strict=True):
+            writer.write_table(table.cast(schema).slice(lo, hi - lo))
     return {"rows": stop - start}
 
 

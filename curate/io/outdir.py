@@ -3,7 +3,8 @@
 Two runs on one folder would delete each other's files; ``folder_lock`` takes an exclusive
 ``flock`` on ``OUT/.curate.lock`` (released by the kernel when the process dies, so a killed run
 never leaves a stale lock) and a second run is told who holds it. Partial files (``.NAME.PID.tmp``,
-left by a kill or a full disk during a write) are removed when a run starts.
+left by a kill or a full disk during a write) are removed when a run starts. Old trees (a replaced
+dataset, stale stages) go to ``Trash``: moved aside at once, deleted while the run goes on.
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ import datetime as dt
 import errno
 import json
 import os
+import shutil
 import socket
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from curate.errors import PipelineError
 
 LOCK_NAME = ".curate.lock"
+TRASH_NAME = ".curate-trash"
 
 
 @contextlib.contextmanager
@@ -56,6 +61,39 @@ def _holder(path: Path) -> str:
         return "it is just starting"
     what = f"pid {h.get('pid')} on {h.get('host')}, started {h.get('started')}"
     return what + (f": {h['command']}" if h.get("command") else "")
+
+
+class Trash:
+    """Removes trees of an output folder on a helper thread: ``discard`` renames one into
+    ``OUT/.curate-trash/`` (atomic: the path is free at once, and a kill never leaves half a
+    stage where stages are looked for), then deletes it while the run goes on (deleting a few
+    hundred parts waits on the disk, seconds when their inodes are no longer cached). ``close``
+    waits for the deletions; what a killed run left in the trash goes at the next run's start."""
+
+    def __init__(self, out: Path):
+        self.folder = out / TRASH_NAME
+        self._pool = ThreadPoolExecutor(1)
+        if self.folder.is_dir():
+            for old in self.folder.iterdir():
+                self._pool.submit(shutil.rmtree, old, True)
+
+    def discard(self, path: Path) -> None:
+        """Take ``path`` (a folder, or a file) away now; it is deleted in the background."""
+        if not path.exists():
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        dest = self.folder / f"{path.name}-{uuid.uuid4().hex[:12]}"
+        os.replace(path, dest)
+        if dest.is_dir():
+            self._pool.submit(shutil.rmtree, dest, True)
+        else:
+            self._pool.submit(dest.unlink, True)
+
+    def close(self) -> None:
+        """Wait for every deletion; the trash folder goes when it is empty."""
+        self._pool.shutdown(wait=True)
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()
 
 
 def remove_partial_files(out: Path) -> int:

@@ -6,7 +6,8 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +58,68 @@ def write_json_atomic(obj: Any, path: Path) -> None:
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
-    md = pq.read_schema(path).metadata or {}
-    raw = md.get(METADATA_KEY)
-    return json.loads(raw) if raw else {}
+    return part_footer(path)[1]
+
+
+def part_footer(path: Path) -> tuple[int, dict[str, Any]]:
+    """A part's row count and its curate metadata, from one read of its footer."""
+    md = pq.read_metadata(path)
+    raw = (md.metadata or {}).get(METADATA_KEY)
+    return md.num_rows, json.loads(raw) if raw else {}
+
+
+def read_part(path: str | Path) -> pa.Table:
+    """One Parquet file as a table, on this thread: ``pq.read_table`` goes through the dataset
+    layer and a thread pool, 2-3x the CPU for a part of a thousand rows."""
+    with pq.ParquetFile(path) as f:
+        return f.read(use_threads=False)
+
+
+def read_ahead(paths: Iterable[str | Path]) -> Iterator[pa.Table]:
+    """The files as tables, in order, each read on a helper thread while the caller works on the
+    one before (Parquet decoding releases the GIL); one file ahead at most."""
+    with ThreadPoolExecutor(1) as pool:
+        pending: Future[pa.Table] | None = None
+        for path in paths:
+            nxt = pool.submit(read_part, path)
+            if pending is not None:
+                yield pending.result()
+            pending = nxt
+        if pending is not None:
+            yield pending.result()
+
+
+class WriteBehind:
+    """Runs writes on a helper thread, one in flight, in order, while the caller makes the next
+    (Parquet encoding releases the GIL). ``submit`` waits for the write before and raises its
+    error; leaving the block waits for the last write and raises its error, unless the block
+    itself raised (that error goes on; the file of a failed write is never there)."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1)
+        self._pending: Future[None] | None = None
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        self.wait()
+        self._pending = self._pool.submit(fn, *args)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> WriteBehind:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+            else:
+                with contextlib.suppress(Exception):
+                    self.wait()
+        finally:
+            self._pool.shutdown()
 
 
 def shard_names(n: int, split: str = "train", config: str | None = None) -> list[str]:
@@ -72,8 +132,8 @@ def concat_parquet(paths: list[Path], dest: Path, schema: pa.Schema) -> int:
     dest.parent.mkdir(parents=True, exist_ok=True)
     rows = 0
     with replacing(dest) as tmp, pq.ParquetWriter(tmp, schema, compression=COMPRESSION) as w:
-        for p in paths:
-            t = pq.read_table(p).cast(schema)
+        for t in read_ahead(paths):
+            t = t.cast(schema)
             rows += t.num_rows
             if t.num_rows:
                 w.write_table(t)

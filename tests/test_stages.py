@@ -1,0 +1,79 @@
+"""Stage round trips: parts written behind the read, shards read ahead, old trees deleted aside."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from curate import Pipeline, read
+from curate.io.outdir import TRASH_NAME
+from curate.ops import ExtractAnswer, Filter
+
+
+def _steps() -> list:
+    return [ExtractAnswer(), Filter(min_thinking_chars=2000)]
+
+
+def test_shards_split_across_parts_hold_every_row_once_in_order(samples_dir, tmp_path):
+    one = Pipeline(_steps(), batch_size=16).run(read(samples_dir), out=tmp_path / "one", progress=False, card=False)
+    many = Pipeline(_steps(), batch_size=16).run(read(samples_dir), out=tmp_path / "many", progress=False,
+                                                 card=False, shard_bytes=40_000)
+    files = many.manifest["output"]["files"]
+    assert len(files) >= 3, files
+    sizes = [pq.ParquetFile(tmp_path / "many" / f).metadata.num_rows for f in files]
+    assert sum(sizes) == one.rows > 0  # every row once, in shards of one size (the last: what is left)
+    assert len(set(sizes[:-1])) == 1 and 0 < sizes[-1] <= sizes[0], sizes
+    assert many.to_polars().equals(one.to_polars())
+    # a shard starts and ends inside parts of 16 rows: the slices are right at both ends
+    assert any(s % 16 for s in sizes)
+
+
+def test_a_failed_write_behind_the_read_stops_the_run_and_the_rerun_resumes(samples_dir, tmp_path, monkeypatch):
+    reference = Pipeline(_steps(), batch_size=20).run(read(samples_dir), out=tmp_path / "ref", progress=False,
+                                                      card=False)
+    out = tmp_path / "ds"
+    real = pq.write_table
+    calls = []
+
+    def failing(table, where, **kw):
+        calls.append(where)
+        if len(calls) == 3:  # the third read part, written while the fourth batch is read
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(where))
+        return real(table, where, **kw)
+
+    monkeypatch.setattr(pq, "write_table", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        Pipeline(_steps(), batch_size=20).run(read(samples_dir), out=out, progress=False, card=False)
+    read_stage = out / ".curate" / "stage-00-read"
+    written = sorted(p.name for p in read_stage.glob("part-*.parquet"))
+    assert written == ["part-00000-00000.parquet", "part-00000-00001.parquet"], written
+    assert not list(read_stage.glob(".*.tmp")), "a failed write leaves no partial file"
+    assert not (out / "manifest.json").exists()
+    monkeypatch.setattr(pq, "write_table", real)
+    again = Pipeline(_steps(), batch_size=20).run(read(samples_dir), out=out, progress=False, card=False)
+    assert again.to_polars().equals(reference.to_polars())
+    assert again.funnel.drop("seconds").equals(reference.funnel.drop("seconds"))
+    assert again.rejects().sort("id").equals(reference.rejects().sort("id"))
+
+
+def test_old_trees_are_moved_aside_and_gone_when_the_run_ends(samples_dir, math500_sample, tmp_path):
+    out = tmp_path / "ds"
+    Pipeline(_steps(), batch_size=16).run(read(samples_dir), out=out, progress=False, card=False)
+    old_parts = {p.name for p in (out / ".curate-cache").rglob("part-*.parquet")}
+    assert old_parts
+    left = out / TRASH_NAME / "stage-01-extract_answer-0123456789ab"  # as a run killed mid-delete leaves it
+    left.mkdir(parents=True)
+    (left / "part-00000.parquet").write_bytes(b"PAR1 old")
+    # another input: every old stage and the old dataset go, in the background
+    result = Pipeline(_steps(), batch_size=16).run(read(math500_sample), out=out, progress=False, card=False,
+                                                   overwrite=True)
+    assert not (out / TRASH_NAME).exists()
+    assert result.to_polars().height == result.rows == pl.read_parquet(out / "data").height
+    assert set(result.to_polars()["source"]) == {"skythought_correct5k27b_math500"}
+    stages = sorted(p.name for p in (out / ".curate-cache").iterdir())
+    assert stages == ["stage-00-read", "stage-01-extract_answer", "stage-02-filter"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".curate-cache", ".curate.lock"]
