@@ -106,7 +106,7 @@ def write_shard(parts: list[tuple[str, int]], start: int, stop: int, dest: Path,
             at += rows
             if hi <= lo:
                 continue
-            table = pq.read_table(path).cast(schema)
+            table = pq.ParquetFile(path).read().cast(schema)
             writer.write_table(table.slice(lo, hi - lo))
     return {"rows": stop - start}
 

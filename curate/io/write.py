@@ -73,7 +73,7 @@ def concat_parquet(paths: list[Path], dest: Path, schema: pa.Schema) -> int:
     rows = 0
     with replacing(dest) as tmp, pq.ParquetWriter(tmp, schema, compression=COMPRESSION) as w:
         for p in paths:
-            t = pq.read_table(p).cast(schema)
+            t = pq.ParquetFile(p).read().cast(schema)
             rows += t.num_rows
             if t.num_rows:
                 w.write_table(t)
