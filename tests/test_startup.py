@@ -34,3 +34,19 @@ def test_import_curate_is_lazy_but_complete():
     assert _loaded_after("import curate") == []
     loaded = _loaded_after("from curate import read, Pipeline, run_recipe, TRACE_SCHEMA")
     assert "pyarrow" in loaded  # the names resolve on first use
+
+
+def test_a_jsonl_run_without_the_card_does_not_import_pandas(tmp_path, math500_sample):
+    """pyarrow imports pandas (~0.4 s) when it converts Python objects (pa.array, from_pydict) or
+    loads pyarrow.dataset (pq.read_table); reading JSONL and writing shards and rejects need neither."""
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(math500_sample.read_bytes() + b"not json\n")  # one reject, so rejects are written
+    recipe = tmp_path / "noop.yaml"
+    recipe.write_text(f"name: noop\ninput: {{path: {data}}}\nsteps: []\noutput: {{path: {tmp_path / 'out'}}}\n")
+    code = ("import contextlib, io\nfrom curate.cli import main\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            f"    main(['run', {str(recipe)!r}, '--no-card', '-q'])")
+    loaded = _loaded_after(code)
+    funnel = json.loads((tmp_path / "out" / "manifest.json").read_text())["funnel"]
+    assert (funnel[0]["name"], funnel[0]["kept"], funnel[0]["rejected"]) == ("read", 120, 1)
+    assert "pyarrow" in loaded and "polars" in loaded and "pandas" not in loaded

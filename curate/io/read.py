@@ -36,11 +36,11 @@ try:  # orjson is 3-5x faster on 20 KB lines; the stdlib parser gives the same v
 
     _loads = orjson.loads
     _JSONError: tuple[type[Exception], ...] = (orjson.JSONDecodeError, ValueError, RecursionError)
-    _VALID_TEXT = True  # orjson refuses lone surrogates, so every string it returns is valid Unicode
+    _VALIDATING_LOADS: Any = orjson.loads  # refuses lone surrogates: its strings are valid Unicode
 except ImportError:  # pragma: no cover
     _loads = json.loads
     _JSONError = (json.JSONDecodeError, ValueError, RecursionError)
-    _VALID_TEXT = False
+    _VALIDATING_LOADS = None
 
 OnError = Literal["reject", "raise"]
 REJECT_READ_SCHEMA = pa.schema([
@@ -742,7 +742,7 @@ class FileSource(Source):
             fmt = _detect(str(path), records())
             if fmt is None:  # an empty file
                 return
-        to_batches = _grouped_batches if kind == "jsonl" and _VALID_TEXT else _records_to_batches
+        to_batches = _grouped_batches if kind == "jsonl" and _loads is _VALIDATING_LOADS else _records_to_batches
         yield from to_batches(records(), str(path), path.name.split(".")[0], fmt, builder, asm)
         if asm.rows or asm.rejects:
             yield asm.emit()
