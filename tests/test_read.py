@@ -547,7 +547,7 @@ def test_jsonl_column_path_equals_per_record_path_on_real_files(samples_dir, sha
     for path in [*files, limo]:
         fmt = "limo" if path == limo else "auto"
         for options in ({}, {"source": "S", "teacher": "T", "domain": "science", "max_chars": 200_000}):
-            column, record, built = _column_and_record_paths(lambda p=path, o=options: read(p, fmt, **o), 64)
+            column, record, built = _column_and_record_paths(lambda p=path, f=fmt, o=options: read(p, f, **o), 64)
             _assert_same_batches(column, record)
             assert built == len(column) > 0, path.name  # clean files: every batch built column-wise
 
