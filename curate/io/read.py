@@ -111,7 +111,7 @@ class Source:
         import polars as pl
 
         tables = [b.traces for b in self.batches()]
-        return pl.from_arrow(pa.concat_tables(tables)) if tables else pl.from_arrow(TRACE_SCHEMA.empty_table())
+        return pl.from_arrow(pa.concat_tables(tables)) if tables else pl.from_arrow(_empty_table(TRACE_SCHEMA))
 
 
 # --- turning drafts into schema rows ------------------------------------------------------------
@@ -354,8 +354,7 @@ def _group_batch(group: list[tuple[int, Any, Any, tuple[list[dict], str | None]]
         traces = _finish_group(drafts, fmt, source_name, file, builder)
     if traces is not None:
         if count:
-            yield ReadBatch(traces, _arrow_table({f.name: [] for f in REJECT_READ_SCHEMA}, REJECT_READ_SCHEMA),
-                            count)
+            yield ReadBatch(traces, _empty_table(REJECT_READ_SCHEMA), count)
         return
     for line, rec, raw, adapted in group:
         _add_record(line, rec, raw, adapted, file, source_name, fmt, builder, asm)
@@ -456,6 +455,24 @@ def _arrow_table(columns: dict[str, list], schema: pa.Schema) -> pa.Table:
 
     frame = pl.DataFrame([pl.Series(f.name, columns[f.name], dtype=_polars_type(f.type)) for f in schema])
     return frame.to_arrow().cast(schema)
+
+
+def _array(values: list, type: pa.DataType) -> pa.Array:
+    """A typed Arrow array of Python values, built through polars (see ``_arrow_table``)."""
+    return _arrow_table({"v": values}, pa.schema([("v", type)])).column(0).combine_chunks()
+
+
+def _scalar(value: Any, type: pa.DataType) -> pa.Scalar:
+    """An Arrow scalar for compute functions (they convert a bare Python value with pa.scalar)."""
+    return _array([value], type)[0]
+
+
+def _empty_table(schema: pa.Schema) -> pa.Table:
+    """``schema.empty_table()`` without the pandas import it brings (the same table)."""
+    try:
+        return pa.Table.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, TypeError):  # a type without a null array
+        return schema.empty_table()
 
 
 def _polars_type(t: pa.DataType):
@@ -613,12 +630,12 @@ def _curate_table_batches(
     for rb in batches:
         table = _cast_curate(pa.Table.from_batches([rb]), file)
         empty_problem = pc.or_(pc.is_null(table["problem"]),
-                               pc.equal(pc.utf8_trim_whitespace(table["problem"]), ""))
+                               pc.equal(pc.utf8_trim_whitespace(table["problem"]), _scalar("", pa.large_string())))
         bad = pc.or_(
             empty_problem,
-            pc.or_(pc.is_null(table["id"]), pc.invert(pc.is_in(table["domain"], pa.array(DOMAINS)))),
+            pc.or_(pc.is_null(table["id"]), pc.invert(pc.is_in(table["domain"], _array(list(DOMAINS), pa.string())))),
         )
-        bad = pc.fill_null(bad, True)
+        bad = pc.fill_null(bad, _scalar(True, pa.bool_()))
         if pc.any(bad).as_py():
             idx = [i for i, b in enumerate(bad.to_pylist()) if b]
             for i in idx:
@@ -629,7 +646,8 @@ def _curate_table_batches(
                 asm.reject(file, row0 + i + 1, rec, f"curate: {reason}")
             table = table.filter(pc.invert(bad))
         traces = table
-        rejects = pa.Table.from_pylist(asm.rejects, schema=REJECT_READ_SCHEMA)
+        rejects = _arrow_table({f.name: [r[f.name] for r in asm.rejects] for f in REJECT_READ_SCHEMA},
+                               REJECT_READ_SCHEMA)
         asm.rejects = []
         row0 += rb.num_rows
         yield ReadBatch(traces, rejects, traces.num_rows + rejects.num_rows)
@@ -707,7 +725,7 @@ class FileSource(Source):
         if _kind(first) == "parquet":
             arrow = _open_parquet(first).schema_arrow
             if _fast_path(self.options, arrow):
-                return _cast_curate(arrow.empty_table(), str(first)).schema.remove_metadata()
+                return _cast_curate(_empty_table(arrow), str(first)).schema.remove_metadata()
         return TRACE_SCHEMA
 
     def batches(self, batch_size: int = 1024) -> Iterator[ReadBatch]:
@@ -771,8 +789,8 @@ def _text_column(t: pa.Table, name: str, fill: str | None = None, blank_is_null:
     c = t.column(name).cast(pa.large_string()) if name in t.column_names else pa.chunked_array(
         [pa.nulls(t.num_rows, pa.large_string())])
     if blank_is_null:
-        c = pc.if_else(pc.equal(c, ""), pa.scalar(None, pa.large_string()), c)
-    return c if fill is None else pc.fill_null(c, pa.scalar(fill, pa.large_string()))
+        c = pc.if_else(pc.equal(c, _scalar("", pa.large_string())), pa.nulls(1, pa.large_string())[0], c)
+    return c if fill is None else pc.fill_null(c, _scalar(fill, pa.large_string()))
 
 
 def _column_batches(batches: Iterable[pa.RecordBatch], path: Path, builder: _RowBuilder,
@@ -793,19 +811,22 @@ def _column_batches(batches: Iterable[pa.RecordBatch], path: Path, builder: _Row
         problem, thinking, solution = col("problem"), col("thinking", ""), col("solution", "")
         source_id = pc.coalesce(col("source_id"), col("id"))
         domain = pc.coalesce(col("domain", blank_is_null=True),
-                             pa.scalar(opts.domain or fmt.default_domain or "other", pa.large_string()))
+                             _scalar(opts.domain or fmt.default_domain or "other", pa.large_string()))
         finish = col("finish_reason")
-        bad = pc.or_kleene(pc.is_null(problem), pc.equal(pc.utf8_trim_whitespace(problem), ""))
-        bad = pc.or_(bad, pc.and_(pc.equal(pc.utf8_trim_whitespace(thinking), ""),
-                                  pc.equal(pc.utf8_trim_whitespace(solution), "")))
-        bad = pc.or_(bad, pc.invert(pc.is_in(domain, pa.array(DOMAINS))))
-        bad = pc.or_(bad, pc.and_(pc.is_valid(finish), pc.invert(pc.is_in(finish, pa.array(["stop", "length", "unknown"])))))
+        blank = _scalar("", pa.large_string())
+        bad = pc.or_kleene(pc.is_null(problem), pc.equal(pc.utf8_trim_whitespace(problem), blank))
+        bad = pc.or_(bad, pc.and_(pc.equal(pc.utf8_trim_whitespace(thinking), blank),
+                                  pc.equal(pc.utf8_trim_whitespace(solution), blank)))
+        bad = pc.or_(bad, pc.invert(pc.is_in(domain, _array(list(DOMAINS), pa.large_string()))))
+        bad = pc.or_(bad, pc.and_(pc.is_valid(finish), pc.invert(pc.is_in(finish, _array(list(_FINISH_REASONS),
+                                                                                          pa.large_string())))))
         if opts.max_chars is not None:
-            bad = pc.or_(bad, pc.greater(pc.add(pc.utf8_length(thinking), pc.utf8_length(solution)), opts.max_chars))
+            bad = pc.or_(bad, pc.greater(pc.add(pc.utf8_length(thinking), pc.utf8_length(solution)),
+                                         _scalar(opts.max_chars, pa.int64())))
         ids = source_id.to_pylist()
         present = [i for i in ids if i is not None]
         clash = len(set(present)) < len(present) or any((file, i) in builder.seen_ids for i in present)
-        if clash or pc.any(pc.fill_null(bad, True)).as_py():  # the per-row path says which row and why
+        if clash or pc.any(pc.fill_null(bad, _scalar(True, pa.bool_()))).as_py():  # the per-row path says which row and why
             records = ((row0 + line, rec, raw) for line, rec, raw in _table_records([rb]))
             yield from _records_to_batches(records, file, stem, fmt, builder, asm)
             if asm.rows or asm.rejects:
@@ -819,20 +840,22 @@ def _column_batches(batches: Iterable[pa.RecordBatch], path: Path, builder: _Row
         source = None if opts.source else col("source", blank_is_null=True)
         teacher = None if opts.teacher else col("teacher")
         columns = {
-            "id": pa.array([trace_id(a, b, c) for a, b, c in zip(p, th, so, strict=True)], pa.string()),
+            "id": _array([trace_id(a, b, c) for a, b, c in zip(p, th, so, strict=True)], pa.string()),
             "source_id": source_id, "problem": problem, "thinking": thinking, "solution": solution,
             "answer": col("answer"), "reference_answer": col("reference_answer"), "domain": domain,
-            "source": pc.fill_null(source, stem) if source is not None else pa.array([opts.source] * n, pa.string()),
-            "teacher": teacher if teacher is not None else pa.array([opts.teacher] * n, pa.string()),
+            "source": (pc.fill_null(source, _scalar(stem, pa.large_string())) if source is not None
+                       else _array([opts.source] * n, pa.string())),
+            "teacher": teacher if teacher is not None else _array([opts.teacher] * n, pa.string()),
             "test_cases": pa.nulls(n, TRACE_SCHEMA.field("test_cases").type),
             "test_fn_name": col("test_fn_name"), "finish_reason": finish,
-            "thinking_closed": pc.if_else(pc.equal(thinking, ""), pa.scalar(None, pa.bool_()), True),
+            "thinking_closed": pc.if_else(pc.equal(thinking, blank), pa.nulls(1, pa.bool_())[0],
+                                          _scalar(True, pa.bool_())),
             "extra": pa.nulls(n, pa.large_string()),
         }
         traces = pa.Table.from_arrays([pa.chunked_array([columns[f.name]]) if not isinstance(
             columns[f.name], pa.ChunkedArray) else columns[f.name] for f in TRACE_SCHEMA], names=TRACE_SCHEMA.names)
         row0 += n
-        yield ReadBatch(traces.cast(TRACE_SCHEMA), REJECT_READ_SCHEMA.empty_table(), n)
+        yield ReadBatch(traces.cast(TRACE_SCHEMA), _empty_table(REJECT_READ_SCHEMA), n)
 
 
 def _conform(table: pa.Table, target: pa.Schema, where: str) -> pa.Table:
@@ -908,7 +931,7 @@ class TableSource(Source):
     def schema(self) -> pa.Schema:
         table = self._arrow()
         if table is not None and _fast_path(self.options, table.schema):
-            return _cast_curate(table.schema.empty_table(), self.name).schema.remove_metadata()
+            return _cast_curate(_empty_table(table.schema), self.name).schema.remove_metadata()
         return TRACE_SCHEMA
 
     def fingerprint(self) -> str:
