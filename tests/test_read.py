@@ -460,8 +460,11 @@ def test_text_columns_convert_as_the_per_row_path_does(tmp_path, monkeypatch, op
     clean = tmp_path / "clean.parquet"
     pq.write_table(table.slice(0, 5), clean)
 
+    columnar_check, grouped = reader._columnar, reader._grouped_batches
+
     def batches(p: Path, columnar: bool) -> tuple[pa.Table, pa.Table]:
-        monkeypatch.setattr(reader, "_columnar", reader._columnar if columnar else lambda *a: False)
+        monkeypatch.setattr(reader, "_columnar", columnar_check if columnar else lambda *a: False)
+        monkeypatch.setattr(reader, "_grouped_batches", grouped if columnar else reader._records_to_batches)
         got = list(read(p, **options).batches(4))
         return pa.concat_tables([b.traces for b in got]), pa.concat_tables([b.rejects for b in got])
 
@@ -610,3 +613,19 @@ def test_batches_built_through_polars_equal_pyarrows_own(real_lines):
     assert ours.column("test_cases").to_pylist()[0][1] == {"input": "", "output": "\n"}
     empty = reader._arrow_table({f.name: [] for f in reader.REJECT_READ_SCHEMA}, reader.REJECT_READ_SCHEMA)
     assert empty.equals(pa.Table.from_pylist([], schema=reader.REJECT_READ_SCHEMA))
+
+
+def test_parquet_records_column_path_equals_per_record_path(shared_data, tmp_path):
+    """Parquet in another layout (harness rows, as the hub serves them) goes record by record through
+    the adapter, then batch by batch through the same column path as JSONL."""
+    recs = [json.loads(line) for f in sorted((shared_data / "traces").glob("*.jsonl")) for line in f.open()]
+    recs = [r for r in recs if "solution" not in r or isinstance(r["solution"], str)]  # one type per column
+    for i, r in enumerate(recs):
+        r["idx"] = i  # each file numbers its rows from 0: unique ids in the one file
+    recs[5]["question"] = "  "  # one reject: that batch goes the per-record way
+    path = tmp_path / "harness.parquet"
+    pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in ("idx", "question", "gt", "code", "pred", "score")}
+                                         for r in recs]), path)
+    column, record, built = _column_and_record_paths(lambda: read(path), 100)
+    _assert_same_batches(column, record)
+    assert 0 < built == len(column) - 1 and sum(b[1].num_rows for b in column) == 1

@@ -323,7 +323,7 @@ def _grouped_batches(
     builder: _RowBuilder,
     asm: _BatchAssembler,
 ) -> Iterator[ReadBatch]:
-    """``_records_to_batches`` for records whose text is valid Unicode (orjson-parsed JSONL):
+    """``_records_to_batches`` for records whose text is valid Unicode (orjson-parsed JSONL, Parquet):
     the same batches, but a batch whose drafts all finish cleanly is built column by column
     (``_finish_group``, no row dicts); any other batch goes through the per-record path, so its
     rows, rejects and reasons are the per-record path's own.
@@ -760,7 +760,9 @@ class FileSource(Source):
             fmt = _detect(str(path), records())
             if fmt is None:  # an empty file
                 return
-        to_batches = _grouped_batches if kind == "jsonl" and _loads is _VALIDATING_LOADS else _records_to_batches
+        # text parsed by orjson or read from Arrow is valid Unicode: batches can skip the row path
+        valid_text = kind == "parquet" or (kind == "jsonl" and _loads is _VALIDATING_LOADS)
+        to_batches = _grouped_batches if valid_text else _records_to_batches
         yield from to_batches(records(), str(path), path.name.split(".")[0], fmt, builder, asm)
         if asm.rows or asm.rejects:
             yield asm.emit()
