@@ -157,6 +157,21 @@ print(rows, time.process_time() - t0, time.perf_counter() - w0, "pandas" in sys.
 """
 
 
+PARSE_ONLY = """
+import io, sys, time
+import orjson, polars as pl, pyarrow.json as pj
+data = open(sys.argv[1], "rb").read()
+lines = data.splitlines()
+parsers = {"orjson, line by line (curate)": lambda: [orjson.loads(line) for line in lines],
+           "pyarrow.json.read_json": lambda: pj.read_json(io.BytesIO(data)),
+           "polars.read_ndjson": lambda: pl.read_ndjson(io.BytesIO(data))}
+for name, parse in parsers.items():
+    t0 = time.process_time()
+    parse()
+    print(f"{name}: {time.process_time() - t0:.3f}")
+"""
+
+
 def _child(cmd: list[str], checkout: Path, cwd: Path) -> tuple[float, float, str]:
     """Wall and CPU (user+sys, /usr/bin/time) seconds of one process, and its last output line."""
     times = cwd / "time.txt"
@@ -206,6 +221,10 @@ def read_bench(checkouts: list[Path], problems: int, traces: int, reps: int) -> 
                 print(f"{name}, {what}: CPU {median(r[1] for r in b) / median(r[1] for r in a):.2f}x, "
                       f"wall {median(r[0] for r in b) / median(r[0] for r in a):.2f}x "
                       f"({checkouts[1]} / {checkouts[0]})")
+    print("\nParsing alone, CPU s (threads included), this checkout's interpreter:")
+    for name, (data, _) in inputs.items():
+        out = subprocess.run([sys.executable, "-c", PARSE_ONLY, str(data)], capture_output=True, text=True, check=True)
+        print(f"- {name}: " + "; ".join(out.stdout.strip().splitlines()))
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
 
 
