@@ -372,8 +372,9 @@ def _is_blank(text: str) -> bool:
 
 def _finish_group(drafts: list[tuple[dict, str]], fmt: Format, source: str, file: str,
                   builder: _RowBuilder) -> pa.Table | None:
-    """``_RowBuilder.finish`` on a batch of drafts, column by column; None when any draft would be
-    rejected (the caller then takes the per-record path, which says which row and why).
+    """``_RowBuilder.finish`` for a whole batch of drafts, straight into columns (no row dicts);
+    None when any draft would be rejected (the caller then takes the per-record path, which says
+    which row and why).
 
     The drafts' text must be valid Unicode (``_check_text`` is not repeated). Every value that
     would go to Arrow is type-checked, so what this builds is what the row path builds.
@@ -828,7 +829,8 @@ def _column_batches(batches: Iterable[pa.RecordBatch], path: Path, builder: _Row
         ids = source_id.to_pylist()
         present = [i for i in ids if i is not None]
         clash = len(set(present)) < len(present) or any((file, i) in builder.seen_ids for i in present)
-        if clash or pc.any(pc.fill_null(bad, _scalar(True, pa.bool_()))).as_py():  # the per-row path says which row and why
+        # the per-row path says which row and why
+        if clash or pc.any(pc.fill_null(bad, _scalar(True, pa.bool_()))).as_py():
             records = ((row0 + line, rec, raw) for line, rec, raw in _table_records([rb]))
             yield from _records_to_batches(records, file, stem, fmt, builder, asm)
             if asm.rows or asm.rejects:
