@@ -460,8 +460,11 @@ def test_text_columns_convert_as_the_per_row_path_does(tmp_path, monkeypatch, op
     clean = tmp_path / "clean.parquet"
     pq.write_table(table.slice(0, 5), clean)
 
+    columnar_check, grouped = reader._columnar, reader._grouped_batches
+
     def batches(p: Path, columnar: bool) -> tuple[pa.Table, pa.Table]:
-        monkeypatch.setattr(reader, "_columnar", reader._columnar if columnar else lambda *a: False)
+        monkeypatch.setattr(reader, "_columnar", columnar_check if columnar else lambda *a: False)
+        monkeypatch.setattr(reader, "_grouped_batches", grouped if columnar else reader._records_to_batches)
         got = list(read(p, **options).batches(4))
         return pa.concat_tables([b.traces for b in got]), pa.concat_tables([b.rejects for b in got])
 
@@ -470,3 +473,159 @@ def test_text_columns_convert_as_the_per_row_path_does(tmp_path, monkeypatch, op
         assert fast[0].equals(slow[0]) and fast[1].equals(slow[1])
     assert slow[0].num_rows == 5 and slow[1].num_rows == 0
     assert batches(path, False)[1].num_rows >= 2
+
+
+# --- JSONL batches built column by column (issue 19) ---------------------------------------------------
+
+
+def _all_batches(source, batch_size: int) -> list[tuple[pa.Table, pa.Table, int]]:
+    return [(b.traces, b.rejects, b.rows) for b in source.batches(batch_size)]
+
+
+def _column_and_record_paths(make_source, batch_size: int) -> tuple[list, list, int]:
+    """The batches of ``make_source()`` read as shipped (clean JSONL batches built column by column)
+    and with the per-record path only; and how many batches the column path built."""
+    reader = importlib.import_module("curate.io.read")  # the module (curate.io.read is also the function)
+    built = []
+    finish_group = reader._finish_group
+
+    def counted(*args, **kwargs):
+        table = finish_group(*args, **kwargs)
+        built.append(table is not None)
+        return table
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(reader, "_finish_group", counted)
+        column = _all_batches(make_source(), batch_size)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(reader, "_grouped_batches", reader._records_to_batches)
+        record = _all_batches(make_source(), batch_size)
+    return column, record, sum(built)
+
+
+def _assert_same_batches(column: list, record: list) -> None:
+    assert [b[2] for b in column] == [b[2] for b in record]  # the same batch boundaries
+    for (ct, cr, _), (rt, rr, _) in zip(column, record, strict=True):
+        assert ct.schema.equals(rt.schema, check_metadata=True) and ct.equals(rt)
+        assert cr.schema.equals(rr.schema, check_metadata=True) and cr.equals(rr)
+
+
+def _shipped_recipe_sources() -> list[tuple[str, object]]:
+    from curate.recipe import load_recipe
+
+    found = []
+    for recipe in sorted((Path(__file__).resolve().parent.parent / "pipelines").glob("*.yaml")):
+        r = load_recipe(recipe)
+        if "path" in r.input:
+            found.append((recipe.name, r.source))
+    return found
+
+
+@pytest.mark.parametrize("batch_size", [1024, 7])
+def test_jsonl_column_path_equals_per_record_path_on_shipped_recipe_inputs(batch_size):
+    """Every shipped recipe's input (harness layout, 1 to 8 responses a record) reads to the same
+    batches, rows, rejects and boundaries either way; batch_size 7 cuts records' responses apart."""
+    sources = _shipped_recipe_sources()
+    assert len(sources) >= 8
+    for name, make_source in sources:
+        column, record, built = _column_and_record_paths(make_source, batch_size)
+        _assert_same_batches(column, record)
+        assert sum(b[2] for b in column) > 0 and built > 0, name
+
+
+def test_jsonl_column_path_equals_per_record_path_on_real_files(samples_dir, shared_data, tmp_path):
+    """The samples, every real trace and response file, and a LIMO-layout file made from the real
+    training problems (str, int and list answers, ids, a nested field)."""
+    files = sorted(samples_dir.glob("*.jsonl")) + sorted((shared_data / "traces").glob("*.jsonl"))
+    files += sorted((shared_data / "responses").glob("*.jsonl"))
+    problems = json.loads((shared_data / "problems" / "deepscaler_train_aime.json").read_text())
+    limo = tmp_path / "limo.jsonl"
+    with limo.open("w", encoding="utf-8") as f:
+        for i, p in enumerate(problems):
+            answer = [p["answer"]] if i % 7 == 3 else int(p["answer"]) if i % 5 == 1 and p["answer"].isdigit() else p["answer"]
+            f.write(json.dumps({"id": f"a{i}", "question": p["problem"], "answer": answer,
+                                "solution": f"Think.\n\nSo the answer is $\\boxed{{{p['answer']}}}$.",
+                                "meta": {"year": p.get("year"), "tags": ["aime", "é\u0001\t"]}},
+                               ensure_ascii=i % 2 == 0) + "\n")
+    for path in [*files, limo]:
+        fmt = "limo" if path == limo else "auto"
+        for options in ({}, {"source": "S", "teacher": "T", "domain": "science", "max_chars": 200_000}):
+            column, record, built = _column_and_record_paths(lambda p=path, f=fmt, o=options: read(p, f, **o), 64)
+            _assert_same_batches(column, record)
+            assert built == len(column) > 0, path.name  # clean files: every batch built column-wise
+
+
+def test_jsonl_bad_lines_mixed_in_read_as_the_per_record_path_does(real_lines, tmp_path):
+    """Each kind of bad line, in a file of good ones: the batches holding one go the per-record way
+    (same rejects, reasons, rows and boundaries), the clean batches around them column by column."""
+    rows, _ = _bad_lines(real_lines)
+    good = [line.encode() for line in real_lines[10:190]]
+    extra_bad = [
+        b"",                                                           # blank line
+        json.dumps({**json.loads(real_lines[11]), "input_output": '{"inputs": ["1"], "outputs": ["2"]}'}).encode(),
+        json.dumps({**json.loads(real_lines[12]), "gt": 7.5, "idx": 512}).encode(),   # numeric reference
+        json.dumps({**json.loads(real_lines[13]), "idx": 513, "finish_reason": ["stop"]}).encode(),
+        json.dumps({**json.loads(real_lines[14]), "idx": 514, "code": []}).encode(),  # no response
+        json.dumps({**json.loads(real_lines[15]), "idx": 515, "code": "text"}).encode(),  # not a list
+        b'{"question": "q", "code": ["a"], "gt": "1", "idx": 516, "deep": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+        real_lines[16].encode()[:-1] + b', "idx": 10}',                # duplicate key: the last wins
+    ]
+    lines = []
+    for k, line in enumerate(good):
+        lines.append(line)
+        if k % 9 == 4:  # each bad line once, then a few again
+            lines.append((rows[1:] + extra_bad)[(k // 9) % (len(rows) - 1 + len(extra_bad))])
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(lines) + b"\n")
+    for batch_size in (3, 8):
+        for options in ({}, {"max_chars": 30_000}):
+            column, record, built = _column_and_record_paths(lambda o=options: read(path, **o), batch_size)
+            _assert_same_batches(column, record)
+            rejects = pa.concat_tables([b[1] for b in record]).num_rows
+            assert rejects >= 15 and 0 < built < len(column)
+    for row in (rows[1], rows[5], good[3]):  # on_error="raise": the same error, file and line
+        one = tmp_path / "raise.jsonl"
+        one.write_bytes(b"\n".join([*good[:20], row]) + b"\n")
+        errors = []
+        for route in ("column", "record"):
+            with pytest.MonkeyPatch.context() as mp:
+                if route == "record":
+                    reader = importlib.import_module("curate.io.read")
+                    mp.setattr(reader, "_grouped_batches", reader._records_to_batches)
+                with pytest.raises(InputError) as e:
+                    _all_batches(read(one, on_error="raise"), 8)
+                errors.append(str(e.value))
+        assert errors[0] == errors[1] and f"{one}:21: " in errors[0]
+
+
+def test_batches_built_through_polars_equal_pyarrows_own(real_lines):
+    """``_arrow_table`` (polars, no pandas import) builds what ``pa.Table.from_pydict`` does."""
+    reader = importlib.import_module("curate.io.read")
+    rows = [dict.fromkeys(TRACE_SCHEMA.names) for _ in range(3)]
+    rows[0].update(id="x", problem="p", thinking="", solution="é\x00", domain="code", thinking_closed=False,
+                   test_cases=[{"input": "1", "output": "2"}, {"input": "", "output": "\n"}])
+    rows[1].update(id="y", problem="q" * 100_000, thinking="t", solution="s", domain="math", test_cases=[],
+                   thinking_closed=True, extra='{"a": 1}')
+    columns = {f.name: [r[f.name] for r in rows] for f in TRACE_SCHEMA}
+    ours = reader._arrow_table(columns, TRACE_SCHEMA)
+    theirs = pa.Table.from_pydict(columns, schema=TRACE_SCHEMA)
+    assert ours.schema.equals(theirs.schema, check_metadata=True) and ours.equals(theirs)
+    assert ours.column("test_cases").to_pylist()[0][1] == {"input": "", "output": "\n"}
+    empty = reader._arrow_table({f.name: [] for f in reader.REJECT_READ_SCHEMA}, reader.REJECT_READ_SCHEMA)
+    assert empty.equals(pa.Table.from_pylist([], schema=reader.REJECT_READ_SCHEMA))
+
+
+def test_parquet_records_column_path_equals_per_record_path(shared_data, tmp_path):
+    """Parquet in another layout (harness rows, as the hub serves them) goes record by record through
+    the adapter, then batch by batch through the same column path as JSONL."""
+    recs = [json.loads(line) for f in sorted((shared_data / "traces").glob("*.jsonl")) for line in f.open()]
+    recs = [r for r in recs if "solution" not in r or isinstance(r["solution"], str)]  # one type per column
+    for i, r in enumerate(recs):
+        r["idx"] = i  # each file numbers its rows from 0: unique ids in the one file
+    recs[5]["question"] = "  "  # one reject: that batch goes the per-record way
+    path = tmp_path / "harness.parquet"
+    pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in ("idx", "question", "gt", "code", "pred", "score")}
+                                         for r in recs]), path)
+    column, record, built = _column_and_record_paths(lambda: read(path), 100)
+    _assert_same_batches(column, record)
+    assert 0 < built == len(column) - 1 and sum(b[1].num_rows for b in column) == 1

@@ -56,7 +56,10 @@ def _list(rec: dict, key: str) -> list:
 
 
 def _first_key(rec: dict, keys: tuple[str, ...]) -> str | None:
-    return next((k for k in keys if k in rec and rec[k] is not None), None)
+    for k in keys:  # a loop, not next(genexpr): called for every record
+        if rec.get(k) is not None:
+            return k
+    return None
 
 
 def _id_of(rec: dict) -> str | None:
@@ -164,6 +167,7 @@ def tests_from_record(rec: dict[str, Any], codecontests_keys: tuple[str, ...] = 
 
 
 TEST_KEYS = ("input_output", "test_cases", *CODECONTESTS_KEYS)
+_TEST_KEY_SET = frozenset(TEST_KEYS)
 
 
 def convert_record(fmt: Format, rec: dict) -> list[Draft]:
@@ -172,7 +176,7 @@ def convert_record(fmt: Format, rec: dict) -> list[Draft]:
     A record with tests is code unless it says otherwise; the mapped test fields leave ``extra``.
     """
     drafts = fmt.convert(rec)
-    if not any(rec.get(k) for k in TEST_KEYS):
+    if _TEST_KEY_SET.isdisjoint(rec) or not any(rec.get(k) for k in TEST_KEYS):
         return drafts
     tests, fn_name = tests_from_record(rec)
     for draft in drafts:
@@ -509,21 +513,24 @@ def _detect_limo(rec: dict) -> bool:
     return "question" in rec and "solution" in rec and "answer" in rec and "code" not in rec
 
 
+_LIMO_MAPPED = frozenset(("question", "solution", "answer"))
+_LIMO_FIELDS = {"problem": "question", "response": "solution"}  # shared: drafts only read it
+
+
 def _convert_limo(rec: dict) -> list[Draft]:
     """LIMO's ``solution`` *is* the long reasoning: split like any response (markers if any, else
     the final answer paragraph is the solution and the rest the thinking)."""
     text = _str(rec, "solution")
-    extra = _rest(rec, {"question", "solution", "answer"})
+    extra = {k: v for k, v in rec.items() if k not in _LIMO_MAPPED}
     _keep_reference(rec, "answer", extra)
-    draft: Draft = {
+    return [{
         "problem": _str(rec, "question"),
         "reference_answer": _answer_text(rec.get("answer")),
         "source_id": _id_of(rec),
         "extra": extra,
-        "_fields": {"problem": "question", "response": "solution"},
-    }
-    draft["response"] = text
-    return [draft]
+        "_fields": _LIMO_FIELDS,
+        "response": text,
+    }]
 
 
 # Order matters for auto-detection: the most specific layouts come first. OpenR1-Math rows also

@@ -36,9 +36,11 @@ try:  # orjson is 3-5x faster on 20 KB lines; the stdlib parser gives the same v
 
     _loads = orjson.loads
     _JSONError: tuple[type[Exception], ...] = (orjson.JSONDecodeError, ValueError, RecursionError)
+    _VALIDATING_LOADS: Any = orjson.loads  # refuses lone surrogates: its strings are valid Unicode
 except ImportError:  # pragma: no cover
     _loads = json.loads
     _JSONError = (json.JSONDecodeError, ValueError, RecursionError)
+    _VALIDATING_LOADS = None
 
 OnError = Literal["reject", "raise"]
 REJECT_READ_SCHEMA = pa.schema([
@@ -109,7 +111,7 @@ class Source:
         import polars as pl
 
         tables = [b.traces for b in self.batches()]
-        return pl.from_arrow(pa.concat_tables(tables)) if tables else pl.from_arrow(TRACE_SCHEMA.empty_table())
+        return pl.from_arrow(pa.concat_tables(tables)) if tables else pl.from_arrow(_empty_table(TRACE_SCHEMA))
 
 
 # --- turning drafts into schema rows ------------------------------------------------------------
@@ -198,11 +200,15 @@ def _check_text(row: dict[str, Any], fields: dict[str, str]) -> None:
                                f"{v[e.start]!r} at char {e.start})") from None
 
 
+# what json.dumps(value, ensure_ascii=False, default=str, allow_nan=False) builds on every call
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str, allow_nan=False)
+
+
 def _json_text(value: Any) -> str:
     """JSON text of a value (unmapped fields, raw rejected records); NaN/inf (pandas-made Parquet)
     become null, since JSON has no NaN."""
     try:
-        return json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
+        return _JSON_ENCODER.encode(value)
     except ValueError:
         return json.dumps(_finite(value), ensure_ascii=False, default=str, allow_nan=False)
     except RecursionError:
@@ -257,11 +263,41 @@ class _BatchAssembler:
 
     def emit(self) -> ReadBatch:
         rows = self.rows  # column by column: 2-3x faster than from_pylist on wide text rows
-        traces = pa.Table.from_pydict({f.name: [r[f.name] for r in rows] for f in TRACE_SCHEMA}, schema=TRACE_SCHEMA)
-        rejects = pa.Table.from_pylist(self.rejects, schema=REJECT_READ_SCHEMA)
+        traces = _arrow_table({f.name: [r[f.name] for r in rows] for f in TRACE_SCHEMA}, TRACE_SCHEMA)
+        rejects = _arrow_table({f.name: [r[f.name] for r in self.rejects] for f in REJECT_READ_SCHEMA},
+                               REJECT_READ_SCHEMA)
         batch = ReadBatch(traces, rejects, len(self.rows) + len(self.rejects))
         self.rows, self.rejects = [], []
         return batch
+
+
+def _adapt(fmt: Format, rec: Any) -> tuple[list[dict], str | None]:
+    """The drafts of one parsed record, or why it is a reject (the reason text)."""
+    if isinstance(rec, Exception):
+        return [], str(rec)
+    if not isinstance(rec, dict):
+        return [], f"expected a JSON object, got {type(rec).__name__}"
+    try:
+        return convert_record(fmt, rec), None
+    except RowError as e:
+        return [], f"{fmt.name}: {e}"
+    except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as e:
+        return [], f"{fmt.name}: malformed record ({e!r})"
+
+
+def _add_record(line: int, rec: Any, raw: Any, adapted: tuple[list[dict], str | None], file: str,
+                source_name: str, fmt: Format, builder: _RowBuilder, asm: _BatchAssembler) -> None:
+    """One record's drafts become rows, or the record (or a draft of it) a reject."""
+    drafts, reason = adapted
+    if reason is not None:
+        asm.reject(file, line, rec if raw is None and isinstance(rec, dict) else raw, reason)
+        return
+    for k, draft in enumerate(drafts):
+        where = f"{file}:{line}" + (f"#{k}" if len(drafts) > 1 else "")
+        try:
+            asm.rows.append(builder.finish(draft, fmt, source_name, where, file))
+        except RowError as e:
+            asm.reject(file, line, raw if raw is not None else rec, f"{fmt.name}: {e}")
 
 
 def _records_to_batches(
@@ -274,27 +310,186 @@ def _records_to_batches(
 ) -> Iterator[ReadBatch]:
     """records yields (line, record-or-exception, raw); each becomes traces or rejects."""
     for line, rec, raw in records:
-        if isinstance(rec, Exception):
-            asm.reject(file, line, raw, str(rec))
-        elif not isinstance(rec, dict):
-            asm.reject(file, line, raw, f"expected a JSON object, got {type(rec).__name__}")
-        else:
-            try:
-                drafts = convert_record(fmt, rec)
-            except RowError as e:
-                asm.reject(file, line, raw if raw is not None else rec, f"{fmt.name}: {e}")
-                drafts = []
-            except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as e:
-                asm.reject(file, line, raw if raw is not None else rec, f"{fmt.name}: malformed record ({e!r})")
-                drafts = []
-            for k, draft in enumerate(drafts):
-                where = f"{file}:{line}" + (f"#{k}" if len(drafts) > 1 else "")
-                try:
-                    asm.rows.append(builder.finish(draft, fmt, source_name, where, file))
-                except RowError as e:
-                    asm.reject(file, line, raw if raw is not None else rec, f"{fmt.name}: {e}")
+        _add_record(line, rec, raw, _adapt(fmt, rec), file, source_name, fmt, builder, asm)
         if asm.full():
             yield asm.emit()
+
+
+def _grouped_batches(
+    records: Iterable[tuple[int, Any, Any]],
+    file: str,
+    source_name: str,
+    fmt: Format,
+    builder: _RowBuilder,
+    asm: _BatchAssembler,
+) -> Iterator[ReadBatch]:
+    """``_records_to_batches`` for records whose text is valid Unicode (orjson-parsed JSONL, Parquet):
+    the same batches, but a batch whose drafts all finish cleanly is built column by column
+    (``_finish_group``, no row dicts); any other batch goes through the per-record path, so its
+    rows, rejects and reasons are the per-record path's own.
+
+    A record accounts for one candidate row per draft, or one reject, so the batch boundaries
+    are known from the adapter alone: a group ends where the per-record path would emit.
+    """
+    group: list[tuple[int, Any, Any, tuple[list[dict], str | None]]] = []
+    count = 0
+    for line, rec, raw in records:
+        adapted = _adapt(fmt, rec)
+        group.append((line, rec, raw, adapted))
+        count += 1 if adapted[1] is not None else len(adapted[0])
+        if count >= asm.batch_size:
+            yield from _group_batch(group, count, file, source_name, fmt, builder, asm)
+            group, count = [], 0
+    if group:
+        yield from _group_batch(group, count, file, source_name, fmt, builder, asm)
+
+
+def _group_batch(group: list[tuple[int, Any, Any, tuple[list[dict], str | None]]], count: int,
+                 file: str, source_name: str, fmt: Format, builder: _RowBuilder,
+                 asm: _BatchAssembler) -> Iterator[ReadBatch]:
+    traces = None
+    if all(adapted[1] is None for _, _, _, adapted in group):
+        drafts = [(draft, f"{file}:{line}" + (f"#{k}" if len(adapted[0]) > 1 else ""))
+                  for line, _, _, adapted in group for k, draft in enumerate(adapted[0])]
+        traces = _finish_group(drafts, fmt, source_name, file, builder)
+    if traces is not None:
+        if count:
+            yield ReadBatch(traces, _empty_table(REJECT_READ_SCHEMA), count)
+        return
+    for line, rec, raw, adapted in group:
+        _add_record(line, rec, raw, adapted, file, source_name, fmt, builder, asm)
+    if asm.rows or asm.rejects:
+        yield asm.emit()
+
+
+_FINISH_REASONS = ("stop", "length", "unknown")
+
+
+def _is_blank(text: str) -> bool:
+    """``not text.strip()`` without copying the text."""
+    return not text or text.isspace()
+
+
+def _finish_group(drafts: list[tuple[dict, str]], fmt: Format, source: str, file: str,
+                  builder: _RowBuilder) -> pa.Table | None:
+    """``_RowBuilder.finish`` for a whole batch of drafts, straight into columns (no row dicts);
+    None when any draft would be rejected (the caller then takes the per-record path, which says
+    which row and why).
+
+    The drafts' text must be valid Unicode (``_check_text`` is not repeated). Every value that
+    would go to Arrow is type-checked, so what this builds is what the row path builds.
+    """
+    from curate.schema import trace_id
+
+    opts, seen, limit = builder.options, builder.seen_ids, builder.options.max_chars
+    default_domain = opts.domain or fmt.default_domain
+    new_ids: dict[tuple[str, str], str] = {}
+    cols: dict[str, list] = {f.name: [] for f in TRACE_SCHEMA}
+    (ids, source_ids, problems, thinkings, solutions, answers, references, domains, sources, teachers,
+     tests_col, fn_names, finishes, closeds, extras) = (cols[f.name] for f in TRACE_SCHEMA)
+    for draft, where in drafts:
+        problem = draft.get("problem")
+        if not isinstance(problem, str) or _is_blank(problem):
+            return None
+        if "response" in draft:
+            if not isinstance(draft["response"], str):
+                return None
+            thinking, solution, closed, _ = split_response(draft["response"])
+        else:
+            thinking, solution = draft.get("thinking") or "", draft.get("solution") or ""
+            if not isinstance(thinking, str) or not isinstance(solution, str):
+                return None
+            closed = draft.get("thinking_closed", True if thinking else None)
+        if _is_blank(thinking) and _is_blank(solution):
+            return None
+        if limit is not None and len(thinking) + len(solution) > limit:
+            return None
+        tests = draft.get("test_cases")
+        if tests is not None:
+            try:
+                tests = _check_tests(tests)
+            except RowError:
+                return None
+        domain = draft.get("domain") or default_domain or ("code" if tests else "other")
+        finish = draft.get("finish_reason")
+        if domain not in DOMAINS or (finish is not None and finish not in _FINISH_REASONS):
+            return None
+        source_id = draft.get("source_id")
+        if source_id is not None:
+            key = (file or source, source_id)
+            if key in seen or key in new_ids:
+                return None
+            new_ids[key] = where
+        try:
+            extra = _json_text(draft["extra"]) if draft.get("extra") else None
+        except RowError:
+            return None
+        ids.append(trace_id(problem, thinking, solution))
+        source_ids.append(source_id)
+        problems.append(problem)
+        thinkings.append(thinking)
+        solutions.append(solution)
+        answers.append(draft.get("answer"))
+        references.append(draft.get("reference_answer"))
+        domains.append(domain)
+        sources.append(opts.source or draft.get("source") or source)
+        teachers.append(opts.teacher or draft.get("teacher"))
+        tests_col.append(tests)
+        fn_names.append(draft.get("test_fn_name"))
+        finishes.append(finish)
+        closeds.append(closed)
+        extras.append(extra)
+    # values the adapters pass through unchecked: Arrow would refuse what polars might convert
+    for name in ("source_id", "answer", "reference_answer", "source", "teacher", "test_fn_name"):
+        if not all(v is None or type(v) is str for v in cols[name]):
+            return None
+    if not all(v is None or type(v) is bool for v in closeds):
+        return None
+    seen.update(new_ids)
+    return _arrow_table(cols, TRACE_SCHEMA)
+
+
+def _arrow_table(columns: dict[str, list], schema: pa.Schema) -> pa.Table:
+    """Python lists as an Arrow table of ``schema``, built through polars: pyarrow converting
+    Python objects itself (``pa.array``, ``from_pydict``, ``pa.scalar``) imports pandas, ~0.4 s."""
+    import polars as pl
+
+    frame = pl.DataFrame([pl.Series(f.name, columns[f.name], dtype=_polars_type(f.type)) for f in schema])
+    return frame.to_arrow().cast(schema)
+
+
+def _array(values: list, type: pa.DataType) -> pa.Array:
+    """A typed Arrow array of Python values, built through polars (see ``_arrow_table``)."""
+    return _arrow_table({"v": values}, pa.schema([("v", type)])).column(0).combine_chunks()
+
+
+def _scalar(value: Any, type: pa.DataType) -> pa.Scalar:
+    """An Arrow scalar for compute functions (they convert a bare Python value with pa.scalar)."""
+    return _array([value], type)[0]
+
+
+def _empty_table(schema: pa.Schema) -> pa.Table:
+    """``schema.empty_table()`` without the pandas import it brings (the same table)."""
+    try:
+        return pa.Table.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, TypeError):  # a type without a null array
+        return schema.empty_table()
+
+
+def _polars_type(t: pa.DataType):
+    import polars as pl
+
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return pl.String
+    if pa.types.is_boolean(t):
+        return pl.Boolean
+    if pa.types.is_int64(t):
+        return pl.Int64
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return pl.List(_polars_type(t.value_type))
+    if pa.types.is_struct(t):
+        return pl.Struct({f.name: _polars_type(f.type) for f in t})
+    raise TypeError(f"no polars type for {t}")
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -436,12 +631,12 @@ def _curate_table_batches(
     for rb in batches:
         table = _cast_curate(pa.Table.from_batches([rb]), file)
         empty_problem = pc.or_(pc.is_null(table["problem"]),
-                               pc.equal(pc.utf8_trim_whitespace(table["problem"]), ""))
+                               pc.equal(pc.utf8_trim_whitespace(table["problem"]), _scalar("", pa.large_string())))
         bad = pc.or_(
             empty_problem,
-            pc.or_(pc.is_null(table["id"]), pc.invert(pc.is_in(table["domain"], pa.array(DOMAINS)))),
+            pc.or_(pc.is_null(table["id"]), pc.invert(pc.is_in(table["domain"], _array(list(DOMAINS), pa.string())))),
         )
-        bad = pc.fill_null(bad, True)
+        bad = pc.fill_null(bad, _scalar(True, pa.bool_()))
         if pc.any(bad).as_py():
             idx = [i for i, b in enumerate(bad.to_pylist()) if b]
             for i in idx:
@@ -452,7 +647,8 @@ def _curate_table_batches(
                 asm.reject(file, row0 + i + 1, rec, f"curate: {reason}")
             table = table.filter(pc.invert(bad))
         traces = table
-        rejects = pa.Table.from_pylist(asm.rejects, schema=REJECT_READ_SCHEMA)
+        rejects = _arrow_table({f.name: [r[f.name] for r in asm.rejects] for f in REJECT_READ_SCHEMA},
+                               REJECT_READ_SCHEMA)
         asm.rejects = []
         row0 += rb.num_rows
         yield ReadBatch(traces, rejects, traces.num_rows + rejects.num_rows)
@@ -530,7 +726,7 @@ class FileSource(Source):
         if _kind(first) == "parquet":
             arrow = _open_parquet(first).schema_arrow
             if _fast_path(self.options, arrow):
-                return _cast_curate(arrow.empty_table(), str(first)).schema.remove_metadata()
+                return _cast_curate(_empty_table(arrow), str(first)).schema.remove_metadata()
         return TRACE_SCHEMA
 
     def batches(self, batch_size: int = 1024) -> Iterator[ReadBatch]:
@@ -565,7 +761,10 @@ class FileSource(Source):
             fmt = _detect(str(path), records())
             if fmt is None:  # an empty file
                 return
-        yield from _records_to_batches(records(), str(path), path.name.split(".")[0], fmt, builder, asm)
+        # text parsed by orjson or read from Arrow is valid Unicode: batches can skip the row path
+        valid_text = kind == "parquet" or (kind == "jsonl" and _loads is _VALIDATING_LOADS)
+        to_batches = _grouped_batches if valid_text else _records_to_batches
+        yield from to_batches(records(), str(path), path.name.split(".")[0], fmt, builder, asm)
         if asm.rows or asm.rejects:
             yield asm.emit()
 
@@ -593,8 +792,8 @@ def _text_column(t: pa.Table, name: str, fill: str | None = None, blank_is_null:
     c = t.column(name).cast(pa.large_string()) if name in t.column_names else pa.chunked_array(
         [pa.nulls(t.num_rows, pa.large_string())])
     if blank_is_null:
-        c = pc.if_else(pc.equal(c, ""), pa.scalar(None, pa.large_string()), c)
-    return c if fill is None else pc.fill_null(c, pa.scalar(fill, pa.large_string()))
+        c = pc.if_else(pc.equal(c, _scalar("", pa.large_string())), pa.nulls(1, pa.large_string())[0], c)
+    return c if fill is None else pc.fill_null(c, _scalar(fill, pa.large_string()))
 
 
 def _column_batches(batches: Iterable[pa.RecordBatch], path: Path, builder: _RowBuilder,
@@ -615,19 +814,23 @@ def _column_batches(batches: Iterable[pa.RecordBatch], path: Path, builder: _Row
         problem, thinking, solution = col("problem"), col("thinking", ""), col("solution", "")
         source_id = pc.coalesce(col("source_id"), col("id"))
         domain = pc.coalesce(col("domain", blank_is_null=True),
-                             pa.scalar(opts.domain or fmt.default_domain or "other", pa.large_string()))
+                             _scalar(opts.domain or fmt.default_domain or "other", pa.large_string()))
         finish = col("finish_reason")
-        bad = pc.or_kleene(pc.is_null(problem), pc.equal(pc.utf8_trim_whitespace(problem), ""))
-        bad = pc.or_(bad, pc.and_(pc.equal(pc.utf8_trim_whitespace(thinking), ""),
-                                  pc.equal(pc.utf8_trim_whitespace(solution), "")))
-        bad = pc.or_(bad, pc.invert(pc.is_in(domain, pa.array(DOMAINS))))
-        bad = pc.or_(bad, pc.and_(pc.is_valid(finish), pc.invert(pc.is_in(finish, pa.array(["stop", "length", "unknown"])))))
+        blank = _scalar("", pa.large_string())
+        bad = pc.or_kleene(pc.is_null(problem), pc.equal(pc.utf8_trim_whitespace(problem), blank))
+        bad = pc.or_(bad, pc.and_(pc.equal(pc.utf8_trim_whitespace(thinking), blank),
+                                  pc.equal(pc.utf8_trim_whitespace(solution), blank)))
+        bad = pc.or_(bad, pc.invert(pc.is_in(domain, _array(list(DOMAINS), pa.large_string()))))
+        bad = pc.or_(bad, pc.and_(pc.is_valid(finish), pc.invert(pc.is_in(finish, _array(list(_FINISH_REASONS),
+                                                                                          pa.large_string())))))
         if opts.max_chars is not None:
-            bad = pc.or_(bad, pc.greater(pc.add(pc.utf8_length(thinking), pc.utf8_length(solution)), opts.max_chars))
+            bad = pc.or_(bad, pc.greater(pc.add(pc.utf8_length(thinking), pc.utf8_length(solution)),
+                                         _scalar(opts.max_chars, pa.int64())))
         ids = source_id.to_pylist()
         present = [i for i in ids if i is not None]
         clash = len(set(present)) < len(present) or any((file, i) in builder.seen_ids for i in present)
-        if clash or pc.any(pc.fill_null(bad, True)).as_py():  # the per-row path says which row and why
+        # the per-row path says which row and why
+        if clash or pc.any(pc.fill_null(bad, _scalar(True, pa.bool_()))).as_py():
             records = ((row0 + line, rec, raw) for line, rec, raw in _table_records([rb]))
             yield from _records_to_batches(records, file, stem, fmt, builder, asm)
             if asm.rows or asm.rejects:
@@ -641,20 +844,22 @@ def _column_batches(batches: Iterable[pa.RecordBatch], path: Path, builder: _Row
         source = None if opts.source else col("source", blank_is_null=True)
         teacher = None if opts.teacher else col("teacher")
         columns = {
-            "id": pa.array([trace_id(a, b, c) for a, b, c in zip(p, th, so, strict=True)], pa.string()),
+            "id": _array([trace_id(a, b, c) for a, b, c in zip(p, th, so, strict=True)], pa.string()),
             "source_id": source_id, "problem": problem, "thinking": thinking, "solution": solution,
             "answer": col("answer"), "reference_answer": col("reference_answer"), "domain": domain,
-            "source": pc.fill_null(source, stem) if source is not None else pa.array([opts.source] * n, pa.string()),
-            "teacher": teacher if teacher is not None else pa.array([opts.teacher] * n, pa.string()),
+            "source": (pc.fill_null(source, _scalar(stem, pa.large_string())) if source is not None
+                       else _array([opts.source] * n, pa.string())),
+            "teacher": teacher if teacher is not None else _array([opts.teacher] * n, pa.string()),
             "test_cases": pa.nulls(n, TRACE_SCHEMA.field("test_cases").type),
             "test_fn_name": col("test_fn_name"), "finish_reason": finish,
-            "thinking_closed": pc.if_else(pc.equal(thinking, ""), pa.scalar(None, pa.bool_()), True),
+            "thinking_closed": pc.if_else(pc.equal(thinking, blank), pa.nulls(1, pa.bool_())[0],
+                                          _scalar(True, pa.bool_())),
             "extra": pa.nulls(n, pa.large_string()),
         }
         traces = pa.Table.from_arrays([pa.chunked_array([columns[f.name]]) if not isinstance(
             columns[f.name], pa.ChunkedArray) else columns[f.name] for f in TRACE_SCHEMA], names=TRACE_SCHEMA.names)
         row0 += n
-        yield ReadBatch(traces.cast(TRACE_SCHEMA), REJECT_READ_SCHEMA.empty_table(), n)
+        yield ReadBatch(traces.cast(TRACE_SCHEMA), _empty_table(REJECT_READ_SCHEMA), n)
 
 
 def _conform(table: pa.Table, target: pa.Schema, where: str) -> pa.Table:
@@ -730,7 +935,7 @@ class TableSource(Source):
     def schema(self) -> pa.Schema:
         table = self._arrow()
         if table is not None and _fast_path(self.options, table.schema):
-            return _cast_curate(table.schema.empty_table(), self.name).schema.remove_metadata()
+            return _cast_curate(_empty_table(table.schema), self.name).schema.remove_metadata()
         return TRACE_SCHEMA
 
     def fingerprint(self) -> str:
