@@ -72,14 +72,13 @@ def test_writing_the_card_imports_no_datasets_hub_client_pandas_or_matplotlib(tm
     assert result["cpu"] < 0.6, f"writing the card of 5 rows took {result['cpu']:.2f} CPU s"
 
 
-def test_a_noop_run_with_the_card_imports_neither_datasets_nor_the_hub_client(tmp_path, math500_sample):
+def test_a_noop_run_with_the_card_imports_no_datasets_hub_client_pandas_or_matplotlib(tmp_path, math500_sample):
     """The whole command, card included (the default), in a fresh interpreter."""
     _noop_recipe(tmp_path, math500_sample)
     code = ("import contextlib, io\nfrom curate.cli import main\n"
             "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
             "    main(['run', 'r.yaml', '--out', 'out', '-q'])")
-    # pandas: still imported by the read (pyarrow converting Python rows), not by the card
-    result = _fresh(code, tuple(m for m in CARD_FREE if m != "pandas"), tmp_path)
+    result = _fresh(code, CARD_FREE, tmp_path)
     assert result["loaded"] == []
     assert (tmp_path / "out" / "README.md").exists() and (tmp_path / "out" / "plots" / "funnel.png").exists()
 
