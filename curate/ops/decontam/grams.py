@@ -119,10 +119,18 @@ class Tokens:
 class GramSet:
     """Sorted (gram hash, item) pairs behind a bit filter: which items hold each queried hash."""
 
-    def __init__(self, hashes: np.ndarray, items: np.ndarray):
-        order = np.lexsort((items, hashes))
-        self.hashes = np.ascontiguousarray(hashes[order].astype(np.uint64, copy=False))
-        self.items = items[order].astype(np.int64, copy=False)
+    def __init__(self, hashes: np.ndarray, items: np.ndarray, *, presorted: bool = False):
+        """``presorted``: the pairs are already sorted by (hash, item), as ``distinct_pairs`` gives."""
+        if not presorted:
+            order = np.lexsort((items, hashes))
+            hashes, items = hashes[order], items[order]
+        self.hashes = np.ascontiguousarray(hashes.astype(np.uint64, copy=False))
+        self.items = np.ascontiguousarray(items.astype(np.int64, copy=False))
+        # each distinct hash once, and where its run of items starts: one searchsorted per query
+        new = np.ones(len(self.hashes), dtype=np.bool_)
+        np.not_equal(self.hashes[1:], self.hashes[:-1], out=new[1:])
+        self._keys = self.hashes[new]
+        self._starts = np.append(np.flatnonzero(new), len(self.hashes))
         self.filter = np.zeros(1 << FILTER_BITS, dtype=np.bool_)
         self.filter[self.hashes >> _SHIFT] = True
 
@@ -132,11 +140,23 @@ class GramSet:
         if not len(cand):
             return cand, cand
         hq = query[cand]
-        lo = np.searchsorted(self.hashes, hq, side="left")
-        hi = np.searchsorted(self.hashes, hq, side="right")
-        count = hi - lo
-        keep = count > 0
-        cand, lo, count = cand[keep], lo[keep], count[keep]
+        at = np.searchsorted(self._keys, hq)
+        np.minimum(at, len(self._keys) - 1, out=at)
+        keep = self._keys[at] == hq
+        cand, at = cand[keep], at[keep]
+        lo = self._starts[at]
+        count = self._starts[at + 1] - lo
+        if len(count) and count.max() == 1:  # every hash held by one item: no expansion
+            return cand, self.items[lo]
         qpos = np.repeat(cand, count)
-        first = np.repeat(lo - np.concatenate(([0], np.cumsum(count)[:-1])), count)
+        first = np.repeat(lo - (np.cumsum(count) - count), count)
         return qpos, self.items[first + np.arange(len(qpos))]
+
+
+def distinct_pairs(hashes: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (hash, item) pairs, sorted by hash then item (one lexsort, no 2-D unique)."""
+    order = np.lexsort((items, hashes))
+    h, it = hashes[order].astype(np.uint64, copy=False), items[order].astype(np.int64, copy=False)
+    keep = np.ones(len(h), dtype=np.bool_)
+    keep[1:] = (h[1:] != h[:-1]) | (it[1:] != it[:-1])
+    return h[keep], it[keep]

@@ -23,8 +23,8 @@ import polars as pl
 import xxhash
 
 from curate.ops.decontam.benchmarks import Benchmark, exact_key_hash
-from curate.ops.decontam.grams import GramSet, Tokens
-from curate.text import TokenBatch, normalise
+from curate.ops.decontam.grams import GramSet, Tokens, distinct_pairs
+from curate.text import normalise
 
 FUZZY_BLOCK_N = 3  # n of the word n-grams that pick fuzzy candidates
 FUZZY_BLOCK_MAX_ITEMS = 20  # a 3-gram held by more items than this ("what is the") picks no candidates
@@ -42,8 +42,7 @@ class _GramIndex:
 
     def __init__(self, hashes: np.ndarray, items: np.ndarray, n_items: int, short_lengths: np.ndarray,
                  short_firsts: dict[int, np.ndarray | None] | None = None):
-        pairs = np.unique(np.stack([hashes.astype(np.uint64), items.astype(np.uint64)], axis=1), axis=0)
-        self.set = GramSet(pairs[:, 0], pairs[:, 1].astype(np.int64))
+        self.set = GramSet(*distinct_pairs(hashes, items), presorted=True)
         self.item_grams = np.bincount(self.set.items, minlength=n_items)
         self.short_lengths = np.unique(short_lengths)  # token counts of items shorter than n
         # length -> first-token hashes of the short items of that length (None: unknown, scan all)
@@ -75,7 +74,7 @@ class BenchmarkIndex:
         self.n_items = len(self.item_ids)
         self._text_items_arr = np.array(self._text_items, dtype=np.int64)
         self._texts = texts
-        self._tokens = TokenBatch(texts) if texts else None
+        self._tokens = Tokens(pl.Series(texts, dtype=pl.String)) if texts else None
         self._gram_indexes: dict[int, _GramIndex] = {}
         self._exact: dict[int, int] | None = None
         self._normalised: list[str] | None = None
@@ -93,7 +92,7 @@ class BenchmarkIndex:
             hashes, items, short = [np.empty(0, np.uint64)], [np.empty(0, np.int64)], [np.empty(0, np.int64)]
             firsts: dict[int, list[np.ndarray] | None] = {}
             if self._tokens is not None:
-                rows, _, h = self._tokens.windows(n)
+                rows, h = self._item_windows(n)
                 hashes.append(h)
                 items.append(self._text_items_arr[rows])
                 lens = self._tokens.lengths
@@ -236,13 +235,22 @@ class BenchmarkIndex:
     def _gram_index_text_only(self, n: int) -> _GramIndex:
         key = -n  # separate cache slot: fingerprint-only items are not fuzzy candidates
         if key not in self._gram_indexes:
-            assert self._tokens is not None
-            rows, _, h = self._tokens.windows(n)
-            pairs = pl.DataFrame({"h": h, "item": self._text_items_arr[rows]}).unique()
-            pairs = pairs.filter(pl.len().over("h") <= FUZZY_BLOCK_MAX_ITEMS)
-            self._gram_indexes[key] = _GramIndex(pairs["h"].to_numpy(), pairs["item"].to_numpy(), self.n_items,
-                                                 np.empty(0, np.int64))
+            rows, h = self._item_windows(n)
+            h, items = distinct_pairs(h, self._text_items_arr[rows])
+            new = np.ones(len(h), dtype=np.bool_)
+            np.not_equal(h[1:], h[:-1], out=new[1:])
+            runs = np.diff(np.append(np.flatnonzero(new), len(h)))  # items holding each distinct 3-gram
+            keep = np.repeat(runs <= FUZZY_BLOCK_MAX_ITEMS, runs)
+            self._gram_indexes[key] = _GramIndex(h[keep], items[keep], self.n_items, np.empty(0, np.int64))
         return self._gram_indexes[key]
+
+    def _item_windows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(text item row, hash) of every n-gram of the text items; an item shorter than n gives one
+        whole-item gram."""
+        assert self._tokens is not None
+        pos, h = self._tokens.windows(n)
+        spos, sh = self._tokens.short_rows(n)
+        return self._tokens.rows_of(np.concatenate([pos, spos])), np.concatenate([h, sh])
 
 
 def _top_candidates(rows: np.ndarray, items: np.ndarray, n_items: int, k: int) -> tuple[np.ndarray, np.ndarray]:
