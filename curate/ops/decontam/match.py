@@ -165,7 +165,8 @@ class BenchmarkIndex:
         return _best(per_item, by="rank")
 
     # --- exact after stripping non-word characters and digits --------------------------------
-    def exact(self, texts: pl.Series, min_chars: int) -> pl.DataFrame:
+    def exact(self, texts: pl.Series, min_chars: int, tokens: Tokens | None = None) -> pl.DataFrame:
+        """Rows whose exact key (``benchmarks.exact_key``) is some item's, for keys of >= min_chars."""
         if self._exact is None:
             self._exact = {}
             for k, text in zip(self._text_items, self._texts, strict=True):
@@ -176,7 +177,7 @@ class BenchmarkIndex:
                     for j, h in enumerate(b.exact_hashes.tolist()):
                         self._exact.setdefault(int(h), base + j)
                 base += len(b)
-        keys = texts.fill_null("").str.to_lowercase().str.replace_all(r"[\W\d_]+", "")
+        keys = (tokens if tokens is not None else Tokens(texts)).exact_keys()
         long_enough = np.flatnonzero(keys.str.len_chars().to_numpy() >= min_chars)
         rows, items = [], []
         table = self._exact
@@ -200,10 +201,10 @@ class BenchmarkIndex:
         if self._tokens is None:
             return _empty()
         if self._normalised is None:
-            self._normalised = [normalise(t) for t in self._texts]
-            self._global_to_text = {g: k for k, g in enumerate(self._text_items)}
-            self._norm_len = np.zeros(self.n_items, dtype=np.int64)
-            self._norm_len[self._text_items_arr] = [len(t) for t in self._normalised]
+            self._normalised = [""] * self.n_items  # by global item ("" for fingerprint-only items)
+            for g, text in zip(self._text_items, self._texts, strict=True):
+                self._normalised[g] = normalise(text)
+            self._norm_len = np.array([len(t) for t in self._normalised], dtype=np.int64)
         index = self._gram_index_text_only(FUZZY_BLOCK_N)
         toks = tokens if tokens is not None else Tokens(texts)
         pos, hashes = toks.windows(FUZZY_BLOCK_N)
@@ -222,8 +223,10 @@ class BenchmarkIndex:
         if not ok.any():
             return _empty()
         rows, items = _top_candidates(rows[ok], items[ok], self.n_items, FUZZY_CANDIDATES)
-        queries = toks.normalised(rows)
-        targets = [self._normalised[self._global_to_text[i]] for i in items.tolist()]
+        distinct, where = np.unique(rows, return_inverse=True)  # each row is joined once, not per candidate
+        joined = toks.normalised(distinct)
+        queries = [joined[k] for k in where.tolist()]
+        targets = [self._normalised[i] for i in items.tolist()]
         scores = process.cpdist(queries, targets, scorer=fuzz.ratio, score_cutoff=cutoff, workers=1)
         hit = np.flatnonzero(scores >= cutoff)
         if not len(hit):

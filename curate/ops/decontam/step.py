@@ -153,7 +153,7 @@ class Decontaminate(Step):
                     if method == "ngram":
                         m = index.ngram(toks(col), self.ngram_n, self.ngram_min_overlap)
                     elif method == "exact":
-                        m = index.exact(texts, self.exact_min_chars)
+                        m = index.exact(texts, self.exact_min_chars, toks(col))
                     elif method == "fuzzy":
                         m = index.fuzzy(texts, self.fuzzy_threshold, toks(col))
                     else:
