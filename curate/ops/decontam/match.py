@@ -165,8 +165,9 @@ class BenchmarkIndex:
         return _best(per_item, by="rank")
 
     # --- exact after stripping non-word characters and digits --------------------------------
-    def exact(self, texts: pl.Series, min_chars: int, tokens: Tokens | None = None) -> pl.DataFrame:
-        """Rows whose exact key (``benchmarks.exact_key``) is some item's, for keys of >= min_chars."""
+    def exact(self, texts: pl.Series | Tokens, min_chars: int, skip: np.ndarray | None = None) -> pl.DataFrame:
+        """Rows whose exact key (``benchmarks.exact_key``) is some item's, for keys of >= min_chars;
+        rows where ``skip`` is true are not looked up (a method ranked higher matched them)."""
         if self._exact is None:
             self._exact = {}
             for k, text in zip(self._text_items, self._texts, strict=True):
@@ -177,8 +178,9 @@ class BenchmarkIndex:
                     for j, h in enumerate(b.exact_hashes.tolist()):
                         self._exact.setdefault(int(h), base + j)
                 base += len(b)
-        keys = (tokens if tokens is not None else Tokens(texts)).exact_keys()
-        long_enough = np.flatnonzero(keys.str.len_chars().to_numpy() >= min_chars)
+        keys = (texts if isinstance(texts, Tokens) else Tokens(texts)).exact_keys()
+        wanted = keys.str.len_chars().to_numpy() >= min_chars
+        long_enough = np.flatnonzero(wanted if skip is None else wanted & ~skip)
         rows, items = [], []
         table = self._exact
         for r, key in zip(long_enough.tolist(), keys.gather(long_enough).to_list(), strict=True):
@@ -192,8 +194,9 @@ class BenchmarkIndex:
                             schema=_MATCH_SCHEMA)
 
     # --- fuzzy (rapidfuzz) on indexed candidates ---------------------------------------------
-    def fuzzy(self, texts: pl.Series, threshold: float, tokens: Tokens | None = None) -> pl.DataFrame:
-        """Best item per text with normalised Indel ratio >= threshold (0-1)."""
+    def fuzzy(self, texts: pl.Series | Tokens, threshold: float, skip: np.ndarray | None = None) -> pl.DataFrame:
+        """Best item per text with normalised Indel ratio >= threshold (0-1); rows where ``skip`` is
+        true are not scored (a method ranked higher matched them)."""
         try:
             from rapidfuzz import fuzz, process
         except ImportError:  # pragma: no cover
@@ -206,7 +209,7 @@ class BenchmarkIndex:
                 self._normalised[g] = normalise(text)
             self._norm_len = np.array([len(t) for t in self._normalised], dtype=np.int64)
         index = self._gram_index_text_only(FUZZY_BLOCK_N)
-        toks = tokens if tokens is not None else Tokens(texts)
+        toks = texts if isinstance(texts, Tokens) else Tokens(texts)
         pos, hashes = toks.windows(FUZZY_BLOCK_N)
         spos, shashes = toks.short_rows(FUZZY_BLOCK_N)
         all_pos, all_h = np.concatenate([pos, spos]), np.concatenate([hashes, shashes])
@@ -220,6 +223,8 @@ class BenchmarkIndex:
         rows = toks.rows_of(all_pos[qpos])
         lq, lt = toks.char_lengths()[rows], self._norm_len[items]
         ok = 200 * np.minimum(lq, lt) >= (cutoff - 1) * (lq + lt)
+        if skip is not None:
+            ok &= ~skip[rows]
         if not ok.any():
             return _empty()
         rows, items = _top_candidates(rows[ok], items[ok], self.n_items, FUZZY_CANDIDATES)
