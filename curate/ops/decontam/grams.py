@@ -21,6 +21,9 @@ from curate.text import _BASE, _BASE_INV, fmix64, token_hash, tokenize_series
 
 FILTER_BITS = 24  # 16 MiB of bools: ~1% of non-member windows pass for 200k benchmark grams
 _SHIFT = np.uint64(64 - FILTER_BITS)
+_M1_INV = np.uint64(pow(0xFF51AFD7ED558CCD, -1, 1 << 64))  # inverses of fmix64's two multipliers
+_M2_INV = np.uint64(pow(0xC4CEB9FE1A85EC53, -1, 1 << 64))
+_S33 = np.uint64(33)
 _powers_cache: dict[str, np.ndarray] = {}
 
 
@@ -38,6 +41,20 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
             np.cumprod(q, out=q)
         _powers_cache["p"], _powers_cache["q"] = p, q
     return _powers_cache["p"], _powers_cache["q"]
+
+
+def unfmix64(h: np.ndarray) -> np.ndarray:
+    """The inverse of ``fmix64``: a stored n-gram hash back to its raw polynomial, the form the
+    kernel queries (a bijection, so equal raw values mean equal n-gram hashes; saves ``fmix64``
+    on every window of a batch)."""
+    h = h.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        h ^= h >> _S33
+        h *= _M2_INV
+        h ^= h >> _S33
+        h *= _M1_INV
+        h ^= h >> _S33
+    return h
 
 
 class Tokens:
@@ -82,8 +99,9 @@ class Tokens:
         """The row of each flat token position."""
         return np.searchsorted(self.offsets, pos, side="right") - 1
 
-    def windows(self, n: int, at: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(flat start, hash) of every n-token window inside one row, or of those starting at ``at``."""
+    def windows(self, n: int, at: np.ndarray | None = None, *, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(flat start, hash) of every n-token window inside one row, or of those starting at ``at``;
+        ``raw``: the hash before ``fmix64`` (see ``unfmix64``)."""
         total = len(self.hashes)
         if total < n:
             return np.empty(0, np.int64), np.empty(0, np.uint64)
@@ -91,18 +109,36 @@ class Tokens:
         if at is None:
             pos = np.flatnonzero(np.arange(n, total + 1, dtype=np.int64) <= self.row_end[: total - n + 1])
         else:
-            pos = at[at + n <= self.row_end[at]] if len(at) else at.astype(np.int64)
+            at = at.astype(np.int64, copy=False)
+            pos = at[self.locate(at, n)[1]] if len(at) else at
         with np.errstate(over="ignore"):
-            return pos, fmix64((self._prefix[pos + n] - self._prefix[pos]) * inv[pos])
+            h = (self._prefix[pos + n] - self._prefix[pos]) * inv[pos]
+        return pos, h if raw else fmix64(h)
 
-    def short_rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def raw_every(self, n: int) -> np.ndarray:
+        """Raw hash (before ``fmix64``) of the n tokens starting at every flat position 0..len-n,
+        row ends ignored: contiguous slices, no index arrays. ``locate`` tells which lie in one row."""
+        total = len(self.hashes)
+        if total < n:
+            return np.empty(0, np.uint64)
+        _, inv = _powers(total + 1)
+        with np.errstate(over="ignore"):
+            return (self._prefix[n:] - self._prefix[: total + 1 - n]) * inv[: total + 1 - n]
+
+    def locate(self, pos: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The row of each flat start, and whether its n-token window ends inside that row."""
+        rows = self.rows_of(pos)
+        return rows, pos + n <= self.offsets[rows + 1]
+
+    def short_rows(self, n: int, *, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(flat start, hash) of one whole-row window for each row with 1..n-1 tokens."""
         rows = np.flatnonzero((self.lengths > 0) & (self.lengths < n))
         pos = self.offsets[rows]
         end = pos + self.lengths[rows]
         _, inv = _powers(len(self.hashes) + 1)
         with np.errstate(over="ignore"):
-            return pos, fmix64((self._prefix[end] - self._prefix[pos]) * inv[pos])
+            h = (self._prefix[end] - self._prefix[pos]) * inv[pos]
+        return pos, h if raw else fmix64(h)
 
     def normalised(self, rows: np.ndarray) -> list[str]:
         """The normalised text (tokens joined by one space) of the given rows."""

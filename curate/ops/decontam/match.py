@@ -23,7 +23,7 @@ import polars as pl
 import xxhash
 
 from curate.ops.decontam.benchmarks import Benchmark, exact_key_hash
-from curate.ops.decontam.grams import GramSet, Tokens, distinct_pairs
+from curate.ops.decontam.grams import GramSet, Tokens, distinct_pairs, unfmix64
 from curate.text import normalise
 
 FUZZY_BLOCK_N = 3  # n of the word n-grams that pick fuzzy candidates
@@ -108,7 +108,7 @@ class BenchmarkIndex:
                         raise ValueError(f"benchmark {b.name} ships as a fingerprint with n-grams "
                                          f"of {sorted(b.grams)} tokens only, not {n}")
                     g, it = b.grams[n]
-                    hashes.append(g)
+                    hashes.append(unfmix64(g))
                     items.append(it.astype(np.int64) + base)
                     lens = b.n_tokens.astype(np.int64)
                     short.append(lens[(lens > 0) & (lens < n)])
@@ -124,22 +124,27 @@ class BenchmarkIndex:
         """Best item per text by the share of its n-grams found in the text (>= min_overlap)."""
         index = self._gram_index(n)
         toks = texts if isinstance(texts, Tokens) else Tokens(texts)
-        pos, hashes = toks.windows(n)
-        parts = [(pos, hashes, n)]
+        every = toks.raw_every(n)  # every flat start; those crossing a row end are dropped once looked up
+        qpos, items = index.lookup(every)
+        rows, inside = toks.locate(qpos, n)
+        found = [(qpos[inside], rows[inside], items[inside], every[qpos[inside]], n)]
+        firsts = [f for f in index.short_firsts.values() if f is not None]
+        at_first = (np.flatnonzero(np.isin(toks.vocab_hashes, np.concatenate(firsts))[toks.ids])
+                    if firsts else np.empty(0, np.int64))  # where some short item's first token is
         for m in index.short_lengths.tolist():  # items shorter than n: windows of exactly their length
             first = index.short_firsts.get(m)
-            at = None if first is None else np.flatnonzero(np.isin(toks.vocab_hashes, first)[toks.ids])
-            p, h = toks.windows(m, at)
-            parts.append((p, h, m))
-        all_h = np.concatenate([h for _, h, _ in parts])
-        qpos, items = index.lookup(all_h)
-        if len(qpos) == 0:
+            at = None if first is None else at_first[np.isin(toks.hashes[at_first], first)]
+            p, h = toks.windows(m, at, raw=True)
+            q, it = index.lookup(h)
+            found.append((p[q], toks.rows_of(p[q]), it, h[q], m))
+        all_pos = np.concatenate([f[0] for f in found])
+        if len(all_pos) == 0:
             return _empty()
-        all_pos = np.concatenate([p for p, _, _ in parts])[qpos]
-        width = np.concatenate([np.full(len(p), w, dtype=np.int64) for p, _, w in parts])[qpos]
-        rows = toks.rows_of(all_pos)
+        rows = np.concatenate([f[1] for f in found])
         start = all_pos - toks.offsets[rows]
-        hits = pl.DataFrame({"row": rows, "item": items, "h": all_h[qpos], "start": start, "end": start + width})
+        width = np.concatenate([np.full(len(f[0]), f[4], dtype=np.int64) for f in found])
+        hits = pl.DataFrame({"row": rows, "item": np.concatenate([f[2] for f in found]),
+                             "h": np.concatenate([f[3] for f in found]), "start": start, "end": start + width})
         per_item = (hits.group_by("row", "item")
                     .agg(pl.col("h").n_unique().alias("found"), pl.col("start").min(), pl.col("end").max()))
         total = index.item_grams[per_item["item"].to_numpy()]
@@ -153,11 +158,9 @@ class BenchmarkIndex:
         several = per_item.group_by("row").len().filter(pl.col("len") > 1)["row"].to_numpy()
         own = _empty_own()
         if len(several):
-            need = np.zeros(len(toks), dtype=np.bool_)
-            need[several] = True
-            wrows = toks.rows_of(pos)
-            sel = need[wrows]
-            own = (pl.DataFrame({"row": wrows[sel], "h": hashes[sel]})
+            count = np.maximum(toks.lengths[several] - n + 1, 0)  # the n-windows of those rows
+            first = np.repeat(toks.offsets[several] - (np.cumsum(count) - count), count)
+            own = (pl.DataFrame({"row": np.repeat(several, count), "h": every[first + np.arange(count.sum())]})
                    .group_by("row").agg(pl.col("h").n_unique().alias("own")))
         per_item = (per_item.join(own, on="row", how="left")
                     .with_columns((pl.col("found") / (pl.col("total") + pl.col("own").fill_null(0) - pl.col("found")))
@@ -210,17 +213,19 @@ class BenchmarkIndex:
             self._norm_len = np.array([len(t) for t in self._normalised], dtype=np.int64)
         index = self._gram_index_text_only(FUZZY_BLOCK_N)
         toks = texts if isinstance(texts, Tokens) else Tokens(texts)
-        pos, hashes = toks.windows(FUZZY_BLOCK_N)
-        spos, shashes = toks.short_rows(FUZZY_BLOCK_N)
-        all_pos, all_h = np.concatenate([pos, spos]), np.concatenate([hashes, shashes])
-        qpos, items = index.lookup(all_h)
-        if len(qpos) == 0:
+        every = toks.raw_every(FUZZY_BLOCK_N)
+        qpos, items = index.lookup(every)
+        rows, inside = toks.locate(qpos, FUZZY_BLOCK_N)
+        spos, shashes = toks.short_rows(FUZZY_BLOCK_N, raw=True)
+        sq, sitems = index.lookup(shashes)
+        rows = np.concatenate([rows[inside], toks.rows_of(spos[sq])])
+        items = np.concatenate([items[inside], sitems])
+        if len(rows) == 0:
             return _empty()
         cutoff = threshold * 100
         # the Indel ratio is at most 2 min(la, lb) / (la + lb): a necessary bound, checked on arrays
         # before anything else (with slack: polars' and Python's lower-casing may differ on rare
         # characters); the candidates are then the items sharing the most 3-grams among those left
-        rows = toks.rows_of(all_pos[qpos])
         lq, lt = toks.char_lengths()[rows], self._norm_len[items]
         ok = 200 * np.minimum(lq, lt) >= (cutoff - 1) * (lq + lt)
         if skip is not None:
@@ -253,11 +258,11 @@ class BenchmarkIndex:
         return self._gram_indexes[key]
 
     def _item_windows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(text item row, hash) of every n-gram of the text items; an item shorter than n gives one
-        whole-item gram."""
+        """(text item row, raw hash) of every n-gram of the text items; an item shorter than n gives
+        one whole-item gram. The index holds raw hashes (``unfmix64``), as the kernel queries them."""
         assert self._tokens is not None
-        pos, h = self._tokens.windows(n)
-        spos, sh = self._tokens.short_rows(n)
+        pos, h = self._tokens.windows(n, raw=True)
+        spos, sh = self._tokens.short_rows(n, raw=True)
         return self._tokens.rows_of(np.concatenate([pos, spos])), np.concatenate([h, sh])
 
 
