@@ -145,10 +145,14 @@ class Decontaminate(Step):
         best = (pl.concat(found)
                 .sort(["row", "rank", "score"], descending=[False, False, True], maintain_order=True)
                 .group_by("row", maintain_order=True).first())
-        spans = []
-        for r in best.iter_rows(named=True):
-            text = batch[r["field"]][r["row"]] or ""
-            spans.append(_span(text, r["start"], r["end"]))
+        texts: list[str | None] = [None] * best.height  # each matched row's text in the field that matched
+        rows, fields = best["row"].to_numpy(), best["field"]
+        for col in fields.unique(maintain_order=True).to_list():
+            at = np.flatnonzero((fields == col).to_numpy())
+            for k, text in zip(at.tolist(), batch[col].gather(rows[at]).to_list(), strict=True):
+                texts[k] = text
+        spans = [_span(text or "", start, end)
+                 for text, start, end in zip(texts, best["start"].to_list(), best["end"].to_list(), strict=True)]
         return pl.DataFrame({
             "row": best["row"],
             "decontam_benchmark": [index.bench_of[i] for i in best["item"]],
