@@ -1,6 +1,7 @@
 """Decontamination: the whole command against the script a user would write, and the real-data checks.
 
     python bench/bench_decontam.py --whole    # `curate run` vs bench/decontam_peer.py, ~4 minutes
+    python bench/bench_decontam.py --step     # the step alone, CPU seconds in process, ~1 minute
     python bench/bench_decontam.py            # in-process throughput and the quality sections
     python bench/bench_decontam.py --rows 20000
 
@@ -199,6 +200,65 @@ def whole(rows: int, n_traces: int, reps: int) -> None:
           f"({os.cpu_count()} cores)\n")
 
 
+def step_alone(rows: int, n_traces: int, reps: int) -> None:
+    """The step alone, in this process, on the parts ``curate run`` feeds it (its read stage's
+    1,024-row parts): CPU seconds (``process_time``: all threads, little moved by other processes)
+    of building the index (``prepare`` and a first one-row part) and of applying the step to every
+    part, best of ``reps``, and where they go (CPU seconds in the kernel's parts, last rep)."""
+    import collections
+    import glob
+
+    from curate.ops.decontam import grams, match
+
+    print("## The step alone: CPU seconds in process, on the read stage's parts\n")
+    print("| input | fields | parts | index build CPU s | apply CPU s (all parts) | total | "
+          "tokenise | ngram | exact | fuzzy | flagged |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    spent: dict[str, float] = collections.defaultdict(float)
+
+    def timed_method(owner: type, attr: str, label: str) -> None:
+        inner = getattr(owner, attr)
+
+        def wrapper(*a, **k):  # type: ignore[no-untyped-def]
+            t0 = time.process_time()
+            try:
+                return inner(*a, **k)
+            finally:
+                spent[label] += time.process_time() - t0
+        setattr(owner, attr, wrapper)
+
+    for owner, attr, label in ((grams.Tokens, "__init__", "tokenise"), (match.BenchmarkIndex, "ngram", "ngram"),
+                               (match.BenchmarkIndex, "exact", "exact"), (match.BenchmarkIndex, "fuzzy", "fuzzy")):
+        timed_method(owner, attr, label)
+    with tempfile.TemporaryDirectory(prefix="curate-bench-decontam-") as tmp:
+        folder = Path(tmp)
+        jobs = write_inputs(folder, rows, n_traces)
+        for name, (recipe, stem, _) in jobs.items():
+            subprocess.run([sys.executable, "-m", "curate.cli", "run", str(recipe), "--no-card", "-q"], cwd=folder,
+                           check=True, capture_output=True)
+            paths = sorted(glob.glob(str(folder / f"out_{stem}" / ".curate-cache" / "stage-00-read" / "part-*.parquet")))
+            parts = [pl.read_parquet(p) for p in paths]
+            fields = ["problem"] if name == "problems" else ["problem", "thinking", "solution"]
+            best = (float("inf"), float("inf"))
+            for _ in range(reps):
+                spent.clear()
+                t0 = time.process_time()
+                step = Decontaminate(fields=fields)
+                step.prepare()
+                step.apply(parts[0].head(1), 0)  # the matchers build their indexes on first use
+                t1 = time.process_time()
+                spent.clear()
+                flagged = sum(r.rejected.height for r in (step.apply(p, 0) for p in parts) if r.rejected is not None)
+                t2 = time.process_time()
+                if t2 - t0 < sum(best):
+                    best = (t1 - t0, t2 - t1)
+            print(f"| {rows if name == 'problems' else n_traces:,} {name} | {', '.join(fields)} | {len(parts)} | "
+                  f"{best[0]:.2f} | {best[1]:.2f} | {sum(best):.2f} | {spent['tokenise']:.2f} | "
+                  f"{spent['ngram']:.2f} | {spent['exact']:.2f} | {spent['fuzzy']:.2f} | {flagged} |")
+    print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores); the first rep "
+          "also pays one-off costs (pyarrow.compute's first call, ~0.13 s)\n")
+
+
 def _stage(out: Path) -> dict[str, dict]:
     """The manifest's funnel of a finished run, by step name."""
     return {f["name"]: f for f in json.loads((out / "manifest.json").read_text())["funnel"]}
@@ -210,7 +270,12 @@ def main() -> None:
     ap.add_argument("--traces", type=int, default=10_000, help="--whole: rows of the traces input")
     ap.add_argument("--reps", type=int, default=3, help="--whole: runs of each contender")
     ap.add_argument("--whole", action="store_true", help="only the whole-command comparison")
+    ap.add_argument("--step", action="store_true", help="only the step alone, in process, on curate's read parts")
     args = ap.parse_args()
+    if args.step:
+        print(f"machine: {platform.node()}, {os.cpu_count()} cores, python {platform.python_version()}\n")
+        step_alone(args.rows, args.traces, args.reps)
+        return
     if args.whole:
         print(f"machine: {platform.node()}, {os.cpu_count()} cores, python {platform.python_version()}\n")
         whole(args.rows, args.traces, args.reps)
