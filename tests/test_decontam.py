@@ -217,7 +217,18 @@ def test_kernel_hashes_and_membership_match_the_reference_definitions(traces):
     for k in range(0, len(pos), max(1, len(pos) // 300)):
         assert int(hashes[k]) == gram_hash(flat[pos[k]: pos[k] + 8])
         assert toks.offsets[rows[k]] <= pos[k] and pos[k] + 8 <= toks.offsets[rows[k] + 1]
+    # the kernel compares raw hashes: unfmix64 inverts fmix64, and every start's raw hash is the
+    # window's where the window lies inside one row
+    from curate.ops.decontam.grams import unfmix64
+    from curate.text import fmix64
+
     rng = np.random.default_rng(0)
+    sample = rng.integers(0, 2**63, 1000, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, 1000, dtype=np.uint64)
+    assert (unfmix64(fmix64(sample)) == sample).all() and (fmix64(unfmix64(sample)) == sample).all()
+    every = toks.raw_every(8)
+    rows_every, inside = toks.locate(np.arange(len(every)), 8)
+    assert (np.flatnonzero(inside) == pos).all() and (fmix64(every[pos]) == hashes).all()
+    assert (rows_every[pos] == rows).all() and (unfmix64(hashes) == toks.windows(8, raw=True)[1]).all()
     members = rng.choice(hashes, 500, replace=False)
     items = rng.integers(0, 50, 500)
     index = GramSet(np.concatenate([members, members[:50]]), np.concatenate([items, items[:50] + 1]))

@@ -7,7 +7,8 @@ hashes each distinct token once (pyarrow dictionary encoding), takes every windo
 from contiguous slices of one prefix-sum array, and lets a caller hash windows at chosen
 positions only. ``GramSet`` answers "which benchmark items hold this hash" for millions of
 hashes: a 2**24-bit filter rejects almost every window with one array lookup, and only the few
-that pass are searched in the sorted (hash, item) table.
+that pass are searched in the sorted (hash, item) table. The matchers compare raw hashes (before
+``fmix64``; the index holds ``unfmix64`` of the stored ones), so no window of a batch is finalised.
 """
 
 from __future__ import annotations
