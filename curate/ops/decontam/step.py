@@ -177,9 +177,10 @@ class Decontaminate(Step):
             for col in self.fields if method == "ngram" else ["problem"]:
                 if settled.all():
                     break
-                if method == "embedding":
-                    rows = np.flatnonzero(~settled)
-                    m = self._embedding_matches(part[col].cast(pl.String).gather(rows))
+                if method == "embedding":  # every row, as before: a batch's embeddings may shift with its rows
+                    rows = np.arange(part.height)
+                    m = self._embedding_matches(part[col].cast(pl.String))
+                    m = m.filter(pl.Series(~settled[m["row"].to_numpy()]))
                 else:
                     if col not in tokens:
                         rows = np.flatnonzero(~settled)
