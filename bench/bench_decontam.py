@@ -1,16 +1,19 @@
 """Decontamination: the whole command against the script a user would write, and the real-data checks.
 
     python bench/bench_decontam.py --whole    # `curate run` vs bench/decontam_peer.py, ~4 minutes
+    python bench/bench_decontam.py --step     # the step alone, CPU seconds in process, ~1 minute
     python bench/bench_decontam.py            # in-process throughput and the quality sections
     python bench/bench_decontam.py --rows 20000
 
-0. ``--whole``: whole processes, interleaved (curate, peer, curate, peer, ...), same input files:
-   ``curate run`` of a one-step recipe (read JSONL, decontaminate at its defaults, write shards,
-   rejects, manifest, card) against open-r1's 8-gram script (bench/decontam_peer.py). Inputs:
+0. ``--whole``: whole processes, interleaved (curate, curate --no-card, peer, curate, ...), same
+   input files: ``curate run`` of a one-step recipe (read JSONL, decontaminate at its defaults,
+   write shards, rejects, manifest, card), the same without the card (so the step's progress shows
+   apart from the card's), against open-r1's 8-gram script (bench/decontam_peer.py). Inputs:
    100k real-length problems (real training problems, a quarter of their words replaced) with
    ``fields: [problem]``, and 10k real-length traces (the real traces' responses, half with a
-   perturbed problem) with ``fields: [problem, thinking, solution]``. Wall seconds (median) and
-   peak RSS (``wait4``) of each process.
+   perturbed problem) with ``fields: [problem, thinking, solution]``. Wall seconds (median), CPU
+   seconds (user+sys, median) and peak RSS of each process (``/usr/bin/time``), and the
+   decontaminate stage's own seconds from the manifest.
 
 1. Throughput: ``decontaminate`` (defaults: ngram 8 + exact + fuzzy, every bundled benchmark)
    over 100k real-length problems (the real training problems, each made distinct by replacing a
@@ -134,51 +137,131 @@ def write_inputs(folder: Path, rows: int, n_traces: int, seed: int = 0) -> dict[
     return out
 
 
-def timed(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MiB) and the last output line of one whole process."""
-    # /usr/bin/time reports the command's own peak RSS (wait4 here would count this parent's pages,
-    # copied into the child between fork and exec)
+def timed(cmd: list[str], cwd: Path) -> tuple[float, float, str, float]:
+    """Wall seconds, peak RSS (MiB), the last output line and CPU seconds (user+sys) of one whole process."""
+    # /usr/bin/time reports the command's own peak RSS and CPU (wait4 here would count this parent's
+    # pages, copied into the child between fork and exec)
     rss = cwd / "rss.txt"
     t0 = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss), *cmd], cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", str(rss), *cmd], cwd=cwd, capture_output=True,
+                          text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{(proc.stdout + proc.stderr)[-2000:]}")
-    return seconds, int(rss.read_text().split()[-1]) / 1024, proc.stdout.strip().splitlines()[-1]
+    peak, user, system = rss.read_text().split()[-3:]
+    return seconds, int(peak) / 1024, proc.stdout.strip().splitlines()[-1], float(user) + float(system)
 
 
 def whole(rows: int, n_traces: int, reps: int) -> None:
-    """`curate run` against the peer script, whole processes, interleaved."""
+    """`curate run` (with and without the card) against the peer script, whole processes, interleaved."""
     root = Path(__file__).resolve().parent.parent
     env_python = sys.executable
+    load = os.getloadavg()[0]
     print("## Whole command: `curate run` vs open-r1's 8-gram script\n")
-    print("| input | fields | curate s (median) | peer s (median) | peer / curate | curate peak MiB | peer peak MiB | flagged curate / peer |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("Median wall seconds of each contender and, in brackets, its median CPU seconds (user+sys);")
+    print("peer / curate is the ratio of wall seconds (> 1: curate is faster).\n")
+    print("| input | fields | curate s [CPU] | curate --no-card s [CPU] | peer s [CPU] | peer / curate "
+          "| peer / curate --no-card | decontaminate step s (manifest) | curate peak MiB | peer peak MiB "
+          "| flagged curate / peer |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="curate-bench-decontam-") as tmp:
         folder = Path(tmp)
         jobs = write_inputs(folder, rows, n_traces)
         for name, (recipe, stem, peer_fields) in jobs.items():
-            runs: dict[str, list[tuple[float, float, str]]] = {"curate": [], "peer": []}
+            cmds = {"curate": [env_python, "-m", "curate.cli", "run", str(recipe), "--overwrite"],
+                    "no_card": [env_python, "-m", "curate.cli", "run", str(recipe), "--overwrite", "--no-card",
+                                "--out", f"nocard_{stem}"],
+                    "peer": [env_python, str(root / "bench" / "decontam_peer.py"),
+                             f"{stem}.jsonl", f"peer_{stem}.jsonl", "--fields", *peer_fields]}
+            runs: dict[str, list[tuple[float, float, str, float]]] = {k: [] for k in cmds}
+            step_s = []
             for _ in range(reps):
-                runs["curate"].append(timed([env_python, "-m", "curate.cli", "run", str(recipe), "--overwrite"],
-                                            folder))
-                runs["peer"].append(timed([env_python, str(root / "bench" / "decontam_peer.py"),
-                                           f"{stem}.jsonl", f"peer_{stem}.jsonl", "--fields", *peer_fields], folder))
-            c = sorted(r[0] for r in runs["curate"])[reps // 2]
-            p = sorted(r[0] for r in runs["peer"])[reps // 2]
-            cm, pm = max(r[1] for r in runs["curate"]), max(r[1] for r in runs["peer"])
-            manifest = json.loads((folder / f"out_{stem}" / "manifest.json").read_text())
-            stage = {f["name"]: f for f in manifest["funnel"]}
+                for key, cmd in cmds.items():
+                    runs[key].append(timed(cmd, folder))
+                    if key == "no_card":
+                        step_s.append(_stage(folder / f"nocard_{stem}")["decontaminate"]["seconds"])
+            wall = {k: sorted(r[0] for r in v)[reps // 2] for k, v in runs.items()}
+            cpu = {k: sorted(r[3] for r in v)[reps // 2] for k, v in runs.items()}
+            peak = {k: max(r[1] for r in v) for k, v in runs.items()}
+            stage = _stage(folder / f"out_{stem}")
             flagged = stage["decontaminate"]["rejected"]
             peer_flagged = runs["peer"][-1][2].rsplit(" ", 1)[-1]
             n = rows if name == "problems" else n_traces
             print(f"| {n:,} {name} | {'problem' if name == 'problems' else 'problem, thinking, solution'} | "
-                  f"{c:.1f} | {p:.1f} | "
-                  f"{p / c:.2f} | {cm:.0f} | {pm:.0f} | {flagged} / {peer_flagged} |")
-            print(f"<!-- {name}: curate {[round(r[0], 1) for r in runs['curate']]}, "
-                  f"peer {[round(r[0], 1) for r in runs['peer']]}; last curate run: read "
-                  f"{stage['read']['seconds']:.1f} s, decontaminate {stage['decontaminate']['seconds']:.1f} s -->")
-    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)\n")
+                  f"{wall['curate']:.1f} [{cpu['curate']:.1f}] | {wall['no_card']:.1f} [{cpu['no_card']:.1f}] | "
+                  f"{wall['peer']:.1f} [{cpu['peer']:.1f}] | {wall['peer'] / wall['curate']:.2f} | "
+                  f"{wall['peer'] / wall['no_card']:.2f} | {sorted(step_s)[reps // 2]:.1f} | "
+                  f"{peak['curate']:.0f} | {peak['peer']:.0f} | {flagged} / {peer_flagged} |")
+            print(f"<!-- {name}: " + "; ".join(f"{k} {[(round(r[0], 1), round(r[3], 1)) for r in v]} (wall, CPU)"
+                                              for k, v in runs.items())
+                  + f"; last curate run: read {stage['read']['seconds']:.1f} s, decontaminate "
+                  f"{stage['decontaminate']['seconds']:.1f} s -->")
+    print(f"\nload average (1 min) at the start: {load:.1f}, at the end: {os.getloadavg()[0]:.1f} "
+          f"({os.cpu_count()} cores)\n")
+
+
+def step_alone(rows: int, n_traces: int, reps: int) -> None:
+    """The step alone, in this process, on the parts ``curate run`` feeds it (its read stage's
+    1,024-row parts): CPU seconds (``process_time``: all threads, little moved by other processes)
+    of building the index (``prepare`` and a first one-row part) and of applying the step to every
+    part, best of ``reps``, and where they go (CPU seconds in the kernel's parts, last rep)."""
+    import collections
+    import glob
+
+    from curate.ops.decontam import grams, match
+
+    print("## The step alone: CPU seconds in process, on the read stage's parts\n")
+    print("| input | fields | parts | index build CPU s | apply CPU s (all parts) | total | "
+          "tokenise | ngram | exact | fuzzy | flagged |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    spent: dict[str, float] = collections.defaultdict(float)
+
+    def timed_method(owner: type, attr: str, label: str) -> None:
+        inner = getattr(owner, attr)
+
+        def wrapper(*a, **k):  # type: ignore[no-untyped-def]
+            t0 = time.process_time()
+            try:
+                return inner(*a, **k)
+            finally:
+                spent[label] += time.process_time() - t0
+        setattr(owner, attr, wrapper)
+
+    for owner, attr, label in ((grams.Tokens, "__init__", "tokenise"), (match.BenchmarkIndex, "ngram", "ngram"),
+                               (match.BenchmarkIndex, "exact", "exact"), (match.BenchmarkIndex, "fuzzy", "fuzzy")):
+        timed_method(owner, attr, label)
+    with tempfile.TemporaryDirectory(prefix="curate-bench-decontam-") as tmp:
+        folder = Path(tmp)
+        jobs = write_inputs(folder, rows, n_traces)
+        for name, (recipe, stem, _) in jobs.items():
+            subprocess.run([sys.executable, "-m", "curate.cli", "run", str(recipe), "--no-card", "-q"], cwd=folder,
+                           check=True, capture_output=True)
+            paths = sorted(glob.glob(str(folder / f"out_{stem}" / ".curate-cache" / "stage-00-read" / "part-*.parquet")))
+            parts = [pl.read_parquet(p) for p in paths]
+            fields = ["problem"] if name == "problems" else ["problem", "thinking", "solution"]
+            best = (float("inf"), float("inf"))
+            for _ in range(reps):
+                spent.clear()
+                t0 = time.process_time()
+                step = Decontaminate(fields=fields)
+                step.prepare()
+                step.apply(parts[0].head(1), 0)  # the matchers build their indexes on first use
+                t1 = time.process_time()
+                spent.clear()
+                flagged = sum(r.rejected.height for r in (step.apply(p, 0) for p in parts) if r.rejected is not None)
+                t2 = time.process_time()
+                if t2 - t0 < sum(best):
+                    best = (t1 - t0, t2 - t1)
+            print(f"| {rows if name == 'problems' else n_traces:,} {name} | {', '.join(fields)} | {len(parts)} | "
+                  f"{best[0]:.2f} | {best[1]:.2f} | {sum(best):.2f} | {spent['tokenise']:.2f} | "
+                  f"{spent['ngram']:.2f} | {spent['exact']:.2f} | {spent['fuzzy']:.2f} | {flagged} |")
+    print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores); the first rep "
+          "also pays one-off costs (pyarrow.compute's first call, ~0.13 s)\n")
+
+
+def _stage(out: Path) -> dict[str, dict]:
+    """The manifest's funnel of a finished run, by step name."""
+    return {f["name"]: f for f in json.loads((out / "manifest.json").read_text())["funnel"]}
 
 
 def main() -> None:
@@ -187,7 +270,12 @@ def main() -> None:
     ap.add_argument("--traces", type=int, default=10_000, help="--whole: rows of the traces input")
     ap.add_argument("--reps", type=int, default=3, help="--whole: runs of each contender")
     ap.add_argument("--whole", action="store_true", help="only the whole-command comparison")
+    ap.add_argument("--step", action="store_true", help="only the step alone, in process, on curate's read parts")
     args = ap.parse_args()
+    if args.step:
+        print(f"machine: {platform.node()}, {os.cpu_count()} cores, python {platform.python_version()}\n")
+        step_alone(args.rows, args.traces, args.reps)
+        return
     if args.whole:
         print(f"machine: {platform.node()}, {os.cpu_count()} cores, python {platform.python_version()}\n")
         whole(args.rows, args.traces, args.reps)

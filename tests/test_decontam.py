@@ -217,7 +217,18 @@ def test_kernel_hashes_and_membership_match_the_reference_definitions(traces):
     for k in range(0, len(pos), max(1, len(pos) // 300)):
         assert int(hashes[k]) == gram_hash(flat[pos[k]: pos[k] + 8])
         assert toks.offsets[rows[k]] <= pos[k] and pos[k] + 8 <= toks.offsets[rows[k] + 1]
+    # the kernel compares raw hashes: unfmix64 inverts fmix64, and every start's raw hash is the
+    # window's where the window lies inside one row
+    from curate.ops.decontam.grams import unfmix64
+    from curate.text import fmix64
+
     rng = np.random.default_rng(0)
+    sample = rng.integers(0, 2**63, 1000, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, 1000, dtype=np.uint64)
+    assert (unfmix64(fmix64(sample)) == sample).all() and (fmix64(unfmix64(sample)) == sample).all()
+    every = toks.raw_every(8)
+    rows_every, inside = toks.locate(np.arange(len(every)), 8)
+    assert (np.flatnonzero(inside) == pos).all() and (fmix64(every[pos]) == hashes).all()
+    assert (rows_every[pos] == rows).all() and (unfmix64(hashes) == toks.windows(8, raw=True)[1]).all()
     members = rng.choice(hashes, 500, replace=False)
     items = rng.integers(0, 50, 500)
     index = GramSet(np.concatenate([members, members[:50]]), np.concatenate([items, items[:50] + 1]))
@@ -228,3 +239,35 @@ def test_kernel_hashes_and_membership_match_the_reference_definitions(traces):
         table.setdefault(h, set()).add(i)
     want = sorted((q, i) for q, h in enumerate(hashes.tolist()) for i in table.get(h, ()))
     assert sorted(zip(qpos.tolist(), found.tolist(), strict=True)) == want and len(want) >= 500
+
+
+def test_pruned_search_equals_every_method_and_field_searched_alone(traces, problems):
+    """A row a method matched is not searched by later methods, nor by later fields once one scored
+    1 (issue 19): the result equals running each (method, field) alone and taking, per row, the
+    first method in ``method`` that matched, its best score, on ties the earlier field."""
+    rng = random.Random(3)
+    pinned = {r[0] for r in json.loads((REPO / "tests" / "data" / "decontam_flags.json").read_text())["problems"]}
+    odd = traces.head(300).with_row_index("k").with_columns(  # every other problem rewritten: score < 1
+        pl.struct("k", "problem").map_elements(lambda r: rewrite(r["problem"], ("number", "find")[r["k"] % 2], rng)
+                                               if r["k"] % 2 else r["problem"], return_dtype=pl.String).alias("problem"))
+    data = pl.concat([odd.select("id", "problem", "thinking", "solution"),
+                      problems.filter(pl.col("id").is_in(pinned) | (pl.int_range(pl.len()) < 1500))
+                      .select("id", "problem", pl.lit("").alias("thinking"), pl.lit("").alias("solution"))])
+    alone = {(m, f): Decontaminate(method=[m], fields=[f]).matches(data)
+             for m in ("ngram", "exact", "fuzzy") for f in ("problem", "thinking", "solution")
+             if m == "ngram" or f == "problem"}
+    cols = ["row", "decontam_benchmark", "decontam_item", "decontam_method", "decontam_score", "decontam_span"]
+    for methods, fields in ((["ngram", "exact", "fuzzy"], ["problem", "thinking", "solution"]),
+                            (["fuzzy", "exact", "ngram"], ["solution", "thinking", "problem"])):
+        want: dict[int, tuple] = {}
+        for m in methods:
+            best: dict[int, tuple] = {}
+            for f in fields if m == "ngram" else ["problem"]:
+                for r in alone[(m, f)].select(cols).iter_rows():
+                    if r[0] not in want and (r[0] not in best or r[4] > best[r[0]][4]):
+                        best[r[0]] = r
+            want.update(best)
+        got = Decontaminate(method=methods, fields=fields).matches(data).select(cols)
+        assert sorted(got.iter_rows()) == sorted(want.values()), (methods, fields)
+        assert {"ngram", "exact", "fuzzy"} <= set(got["decontam_method"]) or methods[0] == "fuzzy"
+        assert got.height > 300

@@ -7,7 +7,8 @@ hashes each distinct token once (pyarrow dictionary encoding), takes every windo
 from contiguous slices of one prefix-sum array, and lets a caller hash windows at chosen
 positions only. ``GramSet`` answers "which benchmark items hold this hash" for millions of
 hashes: a 2**24-bit filter rejects almost every window with one array lookup, and only the few
-that pass are searched in the sorted (hash, item) table.
+that pass are searched in the sorted (hash, item) table. The matchers compare raw hashes (before
+``fmix64``; the index holds ``unfmix64`` of the stored ones), so no window of a batch is finalised.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from curate.text import _BASE, _BASE_INV, fmix64, token_hash, tokenize_series
 
 FILTER_BITS = 24  # 16 MiB of bools: ~1% of non-member windows pass for 200k benchmark grams
 _SHIFT = np.uint64(64 - FILTER_BITS)
+_M1_INV = np.uint64(pow(0xFF51AFD7ED558CCD, -1, 1 << 64))  # inverses of fmix64's two multipliers
+_M2_INV = np.uint64(pow(0xC4CEB9FE1A85EC53, -1, 1 << 64))
+_S33 = np.uint64(33)
 _powers_cache: dict[str, np.ndarray] = {}
 
 
@@ -38,6 +42,20 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
             np.cumprod(q, out=q)
         _powers_cache["p"], _powers_cache["q"] = p, q
     return _powers_cache["p"], _powers_cache["q"]
+
+
+def unfmix64(h: np.ndarray) -> np.ndarray:
+    """The inverse of ``fmix64``: a stored n-gram hash back to its raw polynomial, the form the
+    kernel queries (a bijection, so equal raw values mean equal n-gram hashes; saves ``fmix64``
+    on every window of a batch)."""
+    h = h.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        h ^= h >> _S33
+        h *= _M2_INV
+        h ^= h >> _S33
+        h *= _M1_INV
+        h ^= h >> _S33
+    return h
 
 
 class Tokens:
@@ -82,8 +100,9 @@ class Tokens:
         """The row of each flat token position."""
         return np.searchsorted(self.offsets, pos, side="right") - 1
 
-    def windows(self, n: int, at: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(flat start, hash) of every n-token window inside one row, or of those starting at ``at``."""
+    def windows(self, n: int, at: np.ndarray | None = None, *, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(flat start, hash) of every n-token window inside one row, or of those starting at ``at``;
+        ``raw``: the hash before ``fmix64`` (see ``unfmix64``)."""
         total = len(self.hashes)
         if total < n:
             return np.empty(0, np.int64), np.empty(0, np.uint64)
@@ -91,22 +110,45 @@ class Tokens:
         if at is None:
             pos = np.flatnonzero(np.arange(n, total + 1, dtype=np.int64) <= self.row_end[: total - n + 1])
         else:
-            pos = at[at + n <= self.row_end[at]] if len(at) else at.astype(np.int64)
+            at = at.astype(np.int64, copy=False)
+            pos = at[self.locate(at, n)[1]] if len(at) else at
         with np.errstate(over="ignore"):
-            return pos, fmix64((self._prefix[pos + n] - self._prefix[pos]) * inv[pos])
+            h = (self._prefix[pos + n] - self._prefix[pos]) * inv[pos]
+        return pos, h if raw else fmix64(h)
 
-    def short_rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def raw_every(self, n: int) -> np.ndarray:
+        """Raw hash (before ``fmix64``) of the n tokens starting at every flat position 0..len-n,
+        row ends ignored: contiguous slices, no index arrays. ``locate`` tells which lie in one row."""
+        total = len(self.hashes)
+        if total < n:
+            return np.empty(0, np.uint64)
+        _, inv = _powers(total + 1)
+        with np.errstate(over="ignore"):
+            return (self._prefix[n:] - self._prefix[: total + 1 - n]) * inv[: total + 1 - n]
+
+    def locate(self, pos: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The row of each flat start, and whether its n-token window ends inside that row."""
+        rows = self.rows_of(pos)
+        return rows, pos + n <= self.offsets[rows + 1]
+
+    def short_rows(self, n: int, *, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(flat start, hash) of one whole-row window for each row with 1..n-1 tokens."""
         rows = np.flatnonzero((self.lengths > 0) & (self.lengths < n))
         pos = self.offsets[rows]
         end = pos + self.lengths[rows]
         _, inv = _powers(len(self.hashes) + 1)
         with np.errstate(over="ignore"):
-            return pos, fmix64((self._prefix[end] - self._prefix[pos]) * inv[pos])
+            h = (self._prefix[end] - self._prefix[pos]) * inv[pos]
+        return pos, h if raw else fmix64(h)
 
     def normalised(self, rows: np.ndarray) -> list[str]:
         """The normalised text (tokens joined by one space) of the given rows."""
         return self._lists.gather(rows).list.join(" ").fill_null("").to_list()
+
+    def exact_keys(self) -> pl.Series:
+        """Each row's tokens joined without digits and underscores: the lower-cased text stripped of
+        ``[\\W\\d_]`` (``benchmarks.exact_key``), from the tokens already cut (a regex over far less text)."""
+        return self._lists.list.join("").str.replace_all(r"[\d_]+", "")
 
     def char_lengths(self) -> np.ndarray:
         """Length of each row's normalised text (tokens joined by one space)."""
@@ -119,10 +161,18 @@ class Tokens:
 class GramSet:
     """Sorted (gram hash, item) pairs behind a bit filter: which items hold each queried hash."""
 
-    def __init__(self, hashes: np.ndarray, items: np.ndarray):
-        order = np.lexsort((items, hashes))
-        self.hashes = np.ascontiguousarray(hashes[order].astype(np.uint64, copy=False))
-        self.items = items[order].astype(np.int64, copy=False)
+    def __init__(self, hashes: np.ndarray, items: np.ndarray, *, presorted: bool = False):
+        """``presorted``: the pairs are already sorted by (hash, item), as ``distinct_pairs`` gives."""
+        if not presorted:
+            order = np.lexsort((items, hashes))
+            hashes, items = hashes[order], items[order]
+        self.hashes = np.ascontiguousarray(hashes.astype(np.uint64, copy=False))
+        self.items = np.ascontiguousarray(items.astype(np.int64, copy=False))
+        # each distinct hash once, and where its run of items starts: one searchsorted per query
+        new = np.ones(len(self.hashes), dtype=np.bool_)
+        np.not_equal(self.hashes[1:], self.hashes[:-1], out=new[1:])
+        self._keys = self.hashes[new]
+        self._starts = np.append(np.flatnonzero(new), len(self.hashes))
         self.filter = np.zeros(1 << FILTER_BITS, dtype=np.bool_)
         self.filter[self.hashes >> _SHIFT] = True
 
@@ -132,11 +182,23 @@ class GramSet:
         if not len(cand):
             return cand, cand
         hq = query[cand]
-        lo = np.searchsorted(self.hashes, hq, side="left")
-        hi = np.searchsorted(self.hashes, hq, side="right")
-        count = hi - lo
-        keep = count > 0
-        cand, lo, count = cand[keep], lo[keep], count[keep]
+        at = np.searchsorted(self._keys, hq)
+        np.minimum(at, len(self._keys) - 1, out=at)
+        keep = self._keys[at] == hq
+        cand, at = cand[keep], at[keep]
+        lo = self._starts[at]
+        count = self._starts[at + 1] - lo
+        if len(count) and count.max() == 1:  # every hash held by one item: no expansion
+            return cand, self.items[lo]
         qpos = np.repeat(cand, count)
-        first = np.repeat(lo - np.concatenate(([0], np.cumsum(count)[:-1])), count)
+        first = np.repeat(lo - (np.cumsum(count) - count), count)
         return qpos, self.items[first + np.arange(len(qpos))]
+
+
+def distinct_pairs(hashes: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (hash, item) pairs, sorted by hash then item (one lexsort, no 2-D unique)."""
+    order = np.lexsort((items, hashes))
+    h, it = hashes[order].astype(np.uint64, copy=False), items[order].astype(np.int64, copy=False)
+    keep = np.ones(len(h), dtype=np.bool_)
+    keep[1:] = (h[1:] != h[:-1]) | (it[1:] != it[:-1])
+    return h[keep], it[keep]

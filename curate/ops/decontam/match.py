@@ -23,8 +23,8 @@ import polars as pl
 import xxhash
 
 from curate.ops.decontam.benchmarks import Benchmark, exact_key_hash
-from curate.ops.decontam.grams import GramSet, Tokens
-from curate.text import TokenBatch, normalise
+from curate.ops.decontam.grams import GramSet, Tokens, distinct_pairs, unfmix64
+from curate.text import normalise
 
 FUZZY_BLOCK_N = 3  # n of the word n-grams that pick fuzzy candidates
 FUZZY_BLOCK_MAX_ITEMS = 20  # a 3-gram held by more items than this ("what is the") picks no candidates
@@ -42,8 +42,7 @@ class _GramIndex:
 
     def __init__(self, hashes: np.ndarray, items: np.ndarray, n_items: int, short_lengths: np.ndarray,
                  short_firsts: dict[int, np.ndarray | None] | None = None):
-        pairs = np.unique(np.stack([hashes.astype(np.uint64), items.astype(np.uint64)], axis=1), axis=0)
-        self.set = GramSet(pairs[:, 0], pairs[:, 1].astype(np.int64))
+        self.set = GramSet(*distinct_pairs(hashes, items), presorted=True)
         self.item_grams = np.bincount(self.set.items, minlength=n_items)
         self.short_lengths = np.unique(short_lengths)  # token counts of items shorter than n
         # length -> first-token hashes of the short items of that length (None: unknown, scan all)
@@ -75,7 +74,7 @@ class BenchmarkIndex:
         self.n_items = len(self.item_ids)
         self._text_items_arr = np.array(self._text_items, dtype=np.int64)
         self._texts = texts
-        self._tokens = TokenBatch(texts) if texts else None
+        self._tokens = Tokens(pl.Series(texts, dtype=pl.String)) if texts else None
         self._gram_indexes: dict[int, _GramIndex] = {}
         self._exact: dict[int, int] | None = None
         self._normalised: list[str] | None = None
@@ -93,7 +92,7 @@ class BenchmarkIndex:
             hashes, items, short = [np.empty(0, np.uint64)], [np.empty(0, np.int64)], [np.empty(0, np.int64)]
             firsts: dict[int, list[np.ndarray] | None] = {}
             if self._tokens is not None:
-                rows, _, h = self._tokens.windows(n)
+                rows, h = self._item_windows(n)
                 hashes.append(h)
                 items.append(self._text_items_arr[rows])
                 lens = self._tokens.lengths
@@ -109,7 +108,7 @@ class BenchmarkIndex:
                         raise ValueError(f"benchmark {b.name} ships as a fingerprint with n-grams "
                                          f"of {sorted(b.grams)} tokens only, not {n}")
                     g, it = b.grams[n]
-                    hashes.append(g)
+                    hashes.append(unfmix64(g))
                     items.append(it.astype(np.int64) + base)
                     lens = b.n_tokens.astype(np.int64)
                     short.append(lens[(lens > 0) & (lens < n)])
@@ -125,22 +124,27 @@ class BenchmarkIndex:
         """Best item per text by the share of its n-grams found in the text (>= min_overlap)."""
         index = self._gram_index(n)
         toks = texts if isinstance(texts, Tokens) else Tokens(texts)
-        pos, hashes = toks.windows(n)
-        parts = [(pos, hashes, n)]
+        every = toks.raw_every(n)  # every flat start; those crossing a row end are dropped once looked up
+        qpos, items = index.lookup(every)
+        rows, inside = toks.locate(qpos, n)
+        found = [(qpos[inside], rows[inside], items[inside], every[qpos[inside]], n)]
+        firsts = [f for f in index.short_firsts.values() if f is not None]
+        at_first = (np.flatnonzero(np.isin(toks.vocab_hashes, np.concatenate(firsts))[toks.ids])
+                    if firsts else np.empty(0, np.int64))  # where some short item's first token is
         for m in index.short_lengths.tolist():  # items shorter than n: windows of exactly their length
             first = index.short_firsts.get(m)
-            at = None if first is None else np.flatnonzero(np.isin(toks.vocab_hashes, first)[toks.ids])
-            p, h = toks.windows(m, at)
-            parts.append((p, h, m))
-        all_h = np.concatenate([h for _, h, _ in parts])
-        qpos, items = index.lookup(all_h)
-        if len(qpos) == 0:
+            at = None if first is None else at_first[np.isin(toks.hashes[at_first], first)]
+            p, h = toks.windows(m, at, raw=True)
+            q, it = index.lookup(h)
+            found.append((p[q], toks.rows_of(p[q]), it, h[q], m))
+        all_pos = np.concatenate([f[0] for f in found])
+        if len(all_pos) == 0:
             return _empty()
-        all_pos = np.concatenate([p for p, _, _ in parts])[qpos]
-        width = np.concatenate([np.full(len(p), w, dtype=np.int64) for p, _, w in parts])[qpos]
-        rows = toks.rows_of(all_pos)
+        rows = np.concatenate([f[1] for f in found])
         start = all_pos - toks.offsets[rows]
-        hits = pl.DataFrame({"row": rows, "item": items, "h": all_h[qpos], "start": start, "end": start + width})
+        width = np.concatenate([np.full(len(f[0]), f[4], dtype=np.int64) for f in found])
+        hits = pl.DataFrame({"row": rows, "item": np.concatenate([f[2] for f in found]),
+                             "h": np.concatenate([f[3] for f in found]), "start": start, "end": start + width})
         per_item = (hits.group_by("row", "item")
                     .agg(pl.col("h").n_unique().alias("found"), pl.col("start").min(), pl.col("end").max()))
         total = index.item_grams[per_item["item"].to_numpy()]
@@ -154,11 +158,9 @@ class BenchmarkIndex:
         several = per_item.group_by("row").len().filter(pl.col("len") > 1)["row"].to_numpy()
         own = _empty_own()
         if len(several):
-            need = np.zeros(len(toks), dtype=np.bool_)
-            need[several] = True
-            wrows = toks.rows_of(pos)
-            sel = need[wrows]
-            own = (pl.DataFrame({"row": wrows[sel], "h": hashes[sel]})
+            count = np.maximum(toks.lengths[several] - n + 1, 0)  # the n-windows of those rows
+            first = np.repeat(toks.offsets[several] - (np.cumsum(count) - count), count)
+            own = (pl.DataFrame({"row": np.repeat(several, count), "h": every[first + np.arange(count.sum())]})
                    .group_by("row").agg(pl.col("h").n_unique().alias("own")))
         per_item = (per_item.join(own, on="row", how="left")
                     .with_columns((pl.col("found") / (pl.col("total") + pl.col("own").fill_null(0) - pl.col("found")))
@@ -166,7 +168,9 @@ class BenchmarkIndex:
         return _best(per_item, by="rank")
 
     # --- exact after stripping non-word characters and digits --------------------------------
-    def exact(self, texts: pl.Series, min_chars: int) -> pl.DataFrame:
+    def exact(self, texts: pl.Series | Tokens, min_chars: int, skip: np.ndarray | None = None) -> pl.DataFrame:
+        """Rows whose exact key (``benchmarks.exact_key``) is some item's, for keys of >= min_chars;
+        rows where ``skip`` is true are not looked up (a method ranked higher matched them)."""
         if self._exact is None:
             self._exact = {}
             for k, text in zip(self._text_items, self._texts, strict=True):
@@ -177,8 +181,9 @@ class BenchmarkIndex:
                     for j, h in enumerate(b.exact_hashes.tolist()):
                         self._exact.setdefault(int(h), base + j)
                 base += len(b)
-        keys = texts.fill_null("").str.to_lowercase().str.replace_all(r"[\W\d_]+", "")
-        long_enough = np.flatnonzero(keys.str.len_chars().to_numpy() >= min_chars)
+        keys = (texts if isinstance(texts, Tokens) else Tokens(texts)).exact_keys()
+        wanted = keys.str.len_chars().to_numpy() >= min_chars
+        long_enough = np.flatnonzero(wanted if skip is None else wanted & ~skip)
         rows, items = [], []
         table = self._exact
         for r, key in zip(long_enough.tolist(), keys.gather(long_enough).to_list(), strict=True):
@@ -192,8 +197,9 @@ class BenchmarkIndex:
                             schema=_MATCH_SCHEMA)
 
     # --- fuzzy (rapidfuzz) on indexed candidates ---------------------------------------------
-    def fuzzy(self, texts: pl.Series, threshold: float, tokens: Tokens | None = None) -> pl.DataFrame:
-        """Best item per text with normalised Indel ratio >= threshold (0-1)."""
+    def fuzzy(self, texts: pl.Series | Tokens, threshold: float, skip: np.ndarray | None = None) -> pl.DataFrame:
+        """Best item per text with normalised Indel ratio >= threshold (0-1); rows where ``skip`` is
+        true are not scored (a method ranked higher matched them)."""
         try:
             from rapidfuzz import fuzz, process
         except ImportError:  # pragma: no cover
@@ -201,30 +207,36 @@ class BenchmarkIndex:
         if self._tokens is None:
             return _empty()
         if self._normalised is None:
-            self._normalised = [normalise(t) for t in self._texts]
-            self._global_to_text = {g: k for k, g in enumerate(self._text_items)}
-            self._norm_len = np.zeros(self.n_items, dtype=np.int64)
-            self._norm_len[self._text_items_arr] = [len(t) for t in self._normalised]
+            self._normalised = [""] * self.n_items  # by global item ("" for fingerprint-only items)
+            for g, text in zip(self._text_items, self._texts, strict=True):
+                self._normalised[g] = normalise(text)
+            self._norm_len = np.array([len(t) for t in self._normalised], dtype=np.int64)
         index = self._gram_index_text_only(FUZZY_BLOCK_N)
-        toks = tokens if tokens is not None else Tokens(texts)
-        pos, hashes = toks.windows(FUZZY_BLOCK_N)
-        spos, shashes = toks.short_rows(FUZZY_BLOCK_N)
-        all_pos, all_h = np.concatenate([pos, spos]), np.concatenate([hashes, shashes])
-        qpos, items = index.lookup(all_h)
-        if len(qpos) == 0:
+        toks = texts if isinstance(texts, Tokens) else Tokens(texts)
+        every = toks.raw_every(FUZZY_BLOCK_N)
+        qpos, items = index.lookup(every)
+        rows, inside = toks.locate(qpos, FUZZY_BLOCK_N)
+        spos, shashes = toks.short_rows(FUZZY_BLOCK_N, raw=True)
+        sq, sitems = index.lookup(shashes)
+        rows = np.concatenate([rows[inside], toks.rows_of(spos[sq])])
+        items = np.concatenate([items[inside], sitems])
+        if len(rows) == 0:
             return _empty()
         cutoff = threshold * 100
         # the Indel ratio is at most 2 min(la, lb) / (la + lb): a necessary bound, checked on arrays
         # before anything else (with slack: polars' and Python's lower-casing may differ on rare
         # characters); the candidates are then the items sharing the most 3-grams among those left
-        rows = toks.rows_of(all_pos[qpos])
         lq, lt = toks.char_lengths()[rows], self._norm_len[items]
         ok = 200 * np.minimum(lq, lt) >= (cutoff - 1) * (lq + lt)
+        if skip is not None:
+            ok &= ~skip[rows]
         if not ok.any():
             return _empty()
         rows, items = _top_candidates(rows[ok], items[ok], self.n_items, FUZZY_CANDIDATES)
-        queries = toks.normalised(rows)
-        targets = [self._normalised[self._global_to_text[i]] for i in items.tolist()]
+        distinct, where = np.unique(rows, return_inverse=True)  # each row is joined once, not per candidate
+        joined = toks.normalised(distinct)
+        queries = [joined[k] for k in where.tolist()]
+        targets = [self._normalised[i] for i in items.tolist()]
         scores = process.cpdist(queries, targets, scorer=fuzz.ratio, score_cutoff=cutoff, workers=1)
         hit = np.flatnonzero(scores >= cutoff)
         if not len(hit):
@@ -236,13 +248,22 @@ class BenchmarkIndex:
     def _gram_index_text_only(self, n: int) -> _GramIndex:
         key = -n  # separate cache slot: fingerprint-only items are not fuzzy candidates
         if key not in self._gram_indexes:
-            assert self._tokens is not None
-            rows, _, h = self._tokens.windows(n)
-            pairs = pl.DataFrame({"h": h, "item": self._text_items_arr[rows]}).unique()
-            pairs = pairs.filter(pl.len().over("h") <= FUZZY_BLOCK_MAX_ITEMS)
-            self._gram_indexes[key] = _GramIndex(pairs["h"].to_numpy(), pairs["item"].to_numpy(), self.n_items,
-                                                 np.empty(0, np.int64))
+            rows, h = self._item_windows(n)
+            h, items = distinct_pairs(h, self._text_items_arr[rows])
+            new = np.ones(len(h), dtype=np.bool_)
+            np.not_equal(h[1:], h[:-1], out=new[1:])
+            runs = np.diff(np.append(np.flatnonzero(new), len(h)))  # items holding each distinct 3-gram
+            keep = np.repeat(runs <= FUZZY_BLOCK_MAX_ITEMS, runs)
+            self._gram_indexes[key] = _GramIndex(h[keep], items[keep], self.n_items, np.empty(0, np.int64))
         return self._gram_indexes[key]
+
+    def _item_windows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(text item row, raw hash) of every n-gram of the text items; an item shorter than n gives
+        one whole-item gram. The index holds raw hashes (``unfmix64``), as the kernel queries them."""
+        assert self._tokens is not None
+        pos, h = self._tokens.windows(n, raw=True)
+        spos, sh = self._tokens.short_rows(n, raw=True)
+        return self._tokens.rows_of(np.concatenate([pos, spos])), np.concatenate([h, sh])
 
 
 def _top_candidates(rows: np.ndarray, items: np.ndarray, n_items: int, k: int) -> tuple[np.ndarray, np.ndarray]:

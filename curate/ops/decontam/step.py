@@ -138,39 +138,21 @@ class Decontaminate(Step):
         index = self.index
         found = []
         for lo, hi in _chunks(batch, list(dict.fromkeys(["problem", *self.fields]))):
-            part = batch.slice(lo, hi - lo)
-            tokens: dict[str, Tokens] = {}  # each column is tokenised and hashed once per chunk
-
-            def toks(col: str, part: pl.DataFrame = part, tokens: dict = tokens) -> Tokens:
-                if col not in tokens:
-                    tokens[col] = Tokens(part[col].cast(pl.String))
-                return tokens[col]
-
-            for rank, method in enumerate(self._methods):
-                cols = self.fields if method == "ngram" else ["problem"]
-                for col in cols:
-                    texts = part[col].cast(pl.String)
-                    if method == "ngram":
-                        m = index.ngram(toks(col), self.ngram_n, self.ngram_min_overlap)
-                    elif method == "exact":
-                        m = index.exact(texts, self.exact_min_chars)
-                    elif method == "fuzzy":
-                        m = index.fuzzy(texts, self.fuzzy_threshold, toks(col))
-                    else:
-                        m = self._embedding_matches(texts)
-                    if m.height:
-                        found.append(m.with_columns(pl.col("row") + lo, pl.lit(rank).alias("rank"),
-                                                    pl.lit(method).alias("method"), pl.lit(col).alias("field")))
+            found += self._chunk_matches(batch.slice(lo, hi - lo), lo)
         if not found:
             return pl.DataFrame(schema={"row": pl.Int64, **{k: pl.from_arrow(pa.array([], v)).dtype for k, v in COLUMNS.items()}})
         # stable: on equal method and score the earlier field in ``fields`` wins
         best = (pl.concat(found)
                 .sort(["row", "rank", "score"], descending=[False, False, True], maintain_order=True)
                 .group_by("row", maintain_order=True).first())
-        spans = []
-        for r in best.iter_rows(named=True):
-            text = batch[r["field"]][r["row"]] or ""
-            spans.append(_span(text, r["start"], r["end"]))
+        texts: list[str | None] = [None] * best.height  # each matched row's text in the field that matched
+        rows, fields = best["row"].to_numpy(), best["field"]
+        for col in fields.unique(maintain_order=True).to_list():
+            at = np.flatnonzero((fields == col).to_numpy())
+            for k, text in zip(at.tolist(), batch[col].gather(rows[at]).to_list(), strict=True):
+                texts[k] = text
+        spans = [_span(text or "", start, end)
+                 for text, start, end in zip(texts, best["start"].to_list(), best["end"].to_list(), strict=True)]
         return pl.DataFrame({
             "row": best["row"],
             "decontam_benchmark": [index.bench_of[i] for i in best["item"]],
@@ -179,6 +161,48 @@ class Decontaminate(Step):
             "decontam_score": best["score"].round(4),
             "decontam_span": pl.Series(spans, dtype=pl.String),
         })
+
+    def _chunk_matches(self, part: pl.DataFrame, lo: int) -> list[pl.DataFrame]:
+        """Every method's matches in one chunk, in priority order (rows numbered from ``lo``).
+
+        A row a method matched is not searched by the methods after it, nor by the same method in
+        a later field once a field scored 1 (the earlier field wins ties): neither result could be
+        chosen. Each column is tokenised once, for the rows still searched when first needed."""
+        index = self.index
+        done = np.zeros(part.height, dtype=np.bool_)  # matched by a method ranked higher
+        tokens: dict[str, tuple[np.ndarray, Tokens]] = {}
+        found = []
+        for rank, method in enumerate(self._methods):
+            settled = done.copy()  # or scored 1 by this method in an earlier field
+            for col in self.fields if method == "ngram" else ["problem"]:
+                if settled.all():
+                    break
+                if method == "embedding":  # every row, as before: a batch's embeddings may shift with its rows
+                    rows = np.arange(part.height)
+                    m = self._embedding_matches(part[col].cast(pl.String))
+                    m = m.filter(pl.Series(~settled[m["row"].to_numpy()]))
+                else:
+                    if col not in tokens:
+                        rows = np.flatnonzero(~settled)
+                        texts = part[col].cast(pl.String)
+                        tokens[col] = (rows, Tokens(texts if len(rows) == part.height else texts.gather(rows)))
+                    rows, toks = tokens[col]
+                    skip = settled[rows]
+                    if method == "ngram":
+                        m = index.ngram(toks, self.ngram_n, self.ngram_min_overlap)
+                        if skip.any():
+                            m = m.filter(pl.Series(~skip[m["row"].to_numpy()]))
+                    elif method == "exact":
+                        m = index.exact(toks, self.exact_min_chars, skip if skip.any() else None)
+                    else:
+                        m = index.fuzzy(toks, self.fuzzy_threshold, skip if skip.any() else None)
+                if m.height:
+                    at = rows[m["row"].to_numpy()]
+                    settled[at[m["score"].to_numpy() >= 1.0]] = True
+                    done[at] = True
+                    found.append(m.with_columns(pl.Series("row", at + lo), pl.lit(rank).alias("rank"),
+                                                pl.lit(method).alias("method"), pl.lit(col).alias("field")))
+        return found
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         found = self.matches(batch) if batch.height else None
