@@ -430,6 +430,9 @@ class _Run:
         from curate import __version__  # another curate release computes its own stages
 
         read_fp = _hash(self.source.fingerprint(), SCHEMA_VERSION, self.p.batch_size, __version__)
+        if self.engine.name == "local":  # the steps run in this process: their start-up overlaps the read
+            for step in [*self.p.steps, *(s for v in self.p.variants.values() for s in v)]:
+                step.warm_up()
         funnel = [self._read_stage(read_fp, input_schema)]
         base_fp, base_dir, funnel_steps = self._chain(self.p.steps, schemas, read_fp, _stage_dir(self.work, 0, "read"),
                                                       first=1, folder=self.work)

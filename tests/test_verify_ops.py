@@ -78,7 +78,7 @@ def test_pool_workers_do_not_import_from_the_working_directory(tmp_path, monkeyp
     (tmp_path / "json.py").write_text("raise SystemExit('shadowed')\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", "")
-    with WorkerPool(probe, 1, timeout_s=30.0, spare=False) as pool:
+    with WorkerPool(probe, 1, timeout_s=30.0) as pool:
         pool.start()
         assert pool.map([("echo", 1)]) == [1]
     verdicts = Verify(keep="all", workers=1).run_tasks(
