@@ -26,6 +26,7 @@ An item's clock starts only when a ready worker starts running it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
 import socket
@@ -104,6 +105,7 @@ def _zygote(fd: int) -> None:
             warm()  # first calls build parsers and caches: once, shared by every fork
     for name in ("math_verify", "latex2sympy2_extended"):
         logging.getLogger(name).setLevel(logging.ERROR)  # timeouts are reported in the verdict
+    gc.freeze()  # what the zygote holds stays out of the forks' collections: their pages stay shared
     conn.send(_READY)
     children: set[int] = set()
     while True:
