@@ -20,19 +20,19 @@ from functools import lru_cache
 from typing import Any
 
 PARSE_CACHE = 8192
-_installed = False
+LL_CREATE: Any = None  # latex2sympy's own parser creation (full LL), kept for tests and comparisons
 
 
 def install() -> None:
     """Patch latex2sympy's parser creation (two-stage) and math-verify's parse cache, once."""
-    global _installed
-    if _installed:
+    global LL_CREATE
+    if LL_CREATE is not None:
         return
     from antlr4.atn.PredictionMode import PredictionMode
     from latex2sympy2_extended import latex2sympy2
     from math_verify import parser as mv_parser
 
-    create = latex2sympy2._Latex2Sympy.create_parser
+    create = LL_CREATE = latex2sympy2._Latex2Sympy.create_parser
 
     def two_stage(self: Any, latex_str: str) -> Any:
         parser = create(self, latex_str)
@@ -50,4 +50,3 @@ def install() -> None:
     latex2sympy2._Latex2Sympy.create_parser = two_stage
     cached = mv_parser.parse_latex_cached
     mv_parser.parse_latex_cached = lru_cache(maxsize=PARSE_CACHE)(getattr(cached, "__wrapped__", cached))
-    _installed = True
