@@ -91,7 +91,7 @@ def one(mode: str, workers: int, timeout_s: float) -> dict:
     else:
         step = Verify(keep="all", workers=0 if mode == "inline" else workers, timeout_s=timeout_s)
         if mode == "pool":
-            step.start_pool()  # workers and spare imported and warm before the clock starts
+            step.start_pool()  # workers imported and warm before the clock starts
             pids = [w.process.pid for w in step._pool.workers]
         c0 = _cpu(pids)
         res, seconds = timed(step.apply, df, 0)
@@ -220,8 +220,9 @@ print(n, correct)
 
 
 def whole(workers: int, reps: int) -> None:
-    """`curate run` (read, verify keep: all, write, card) against the plain-loop script on the same
-    files (the labelled rows without Minerva), whole processes, interleaved; median wall and CPU."""
+    """`curate run` (read, verify keep: all, write, card; and the same with ``--no-card``) against
+    the plain-loop script on the same files (the labelled rows without Minerva), whole processes,
+    interleaved; median wall and CPU seconds (user + sys of the process and its children)."""
     import statistics
     import subprocess
     import sys
@@ -235,11 +236,15 @@ def whole(workers: int, reps: int) -> None:
             (folder / "in" / f.name).symlink_to(f)
         (folder / "recipe.yaml").write_text(f"name: verify_whole\ninput: {{path: in}}\nsteps:\n"
                                             f"  - verify: {{keep: all, workers: {workers}}}\noutput: {{path: out}}\n")
-        cmds = {"curate": [sys.executable, "-m", "curate.cli", "run", "recipe.yaml", "--overwrite"],
-                "plain": [sys.executable, "-c", PLAIN_SCRIPT, *map(str, files)]}
+        run = [sys.executable, "-m", "curate.cli", "run", "recipe.yaml", "--overwrite"]
+        cmds = {"curate run (verify keep: all)": run,
+                "curate run --no-card": [*run, "--no-card"],
+                "plain loop script": [sys.executable, "-c", PLAIN_SCRIPT, *map(str, files)]}
         runs: dict[str, list[tuple[float, float]]] = {k: [] for k in cmds}
+        loads = []
         for _ in range(reps):
             for name, cmd in cmds.items():
+                loads.append(os.getloadavg()[0])
                 t0 = time.perf_counter()
                 proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                 out = proc.stdout.read() if proc.stdout else ""
@@ -248,15 +253,18 @@ def whole(workers: int, reps: int) -> None:
                     raise SystemExit(out[-3000:])
                 runs[name].append((time.perf_counter() - t0, usage.ru_utime + usage.ru_stime))
         rows = json.loads((folder / "out" / "manifest.json").read_text())["funnel"][0]["kept"]
-    c = statistics.median(w for w, _ in runs["curate"])
-    p = statistics.median(w for w, _ in runs["plain"])
-    print(f"rows: {rows}; workers: {workers}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print("| contender | median wall s | all runs (wall s) |")
-    print("|---|---|---|")
-    for name, med in (("curate run (verify keep: all)", c), ("plain loop script", p)):
-        key = "curate" if name.startswith("curate") else "plain"
-        print(f"| {name} | {med:.1f} | {', '.join(f'{w:.1f}' for w, _ in runs[key])} |")
-    print(f"\nplain / curate: {p / c:.2f}x")
+    wall = {k: statistics.median(w for w, _ in r) for k, r in runs.items()}
+    cpu = {k: statistics.median(c for _, c in r) for k, r in runs.items()}
+    print(f"rows: {rows}; workers: {workers}; load average {min(loads):.1f}-{max(loads):.1f} "
+          f"(1 min, at each start) on {os.cpu_count()} cores")
+    print("| contender | median wall s | median CPU s | all runs (wall s / CPU s) |")
+    print("|---|---|---|---|")
+    for name, r in runs.items():
+        shown = ", ".join(f"{w:.1f}/{c:.1f}" for w, c in r)
+        print(f"| {name} | {wall[name]:.1f} | {cpu[name]:.1f} | {shown} |")
+    plain = wall["plain loop script"]
+    print(f"\nplain / curate: {plain / wall['curate run (verify keep: all)']:.2f}x; "
+          f"plain / curate --no-card: {plain / wall['curate run --no-card']:.2f}x")
 
 
 def main() -> None:

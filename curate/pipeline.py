@@ -442,6 +442,9 @@ class _Run:
         from curate import __version__  # another curate release computes its own stages
 
         read_fp = _hash(self.source.fingerprint(), SCHEMA_VERSION, self.p.batch_size, __version__)
+        if self.engine.name == "local":  # the steps run in this process: their start-up overlaps the read
+            for step in [*self.p.steps, *(s for v in self.p.variants.values() for s in v)]:
+                step.warm_up()
         funnel = [self._read_stage(read_fp, input_schema)]
         base_fp, base, funnel_steps = self._chain(self.p.steps, schemas, read_fp, funnel[0], first=1, folder=self.work)
         funnel += funnel_steps

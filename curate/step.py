@@ -95,6 +95,10 @@ class Step:
         """Build, once and before any batch, what every batch shares (a benchmark index): a
         distributed engine then ships it to its workers instead of each worker building it."""
 
+    def warm_up(self) -> None:
+        """Start, without waiting, what ``apply`` needs from other processes (a worker pool's
+        imports): the local runner calls it before the read stage, so the two overlap."""
+
     def worker_resources(self) -> dict[str, float] | None:
         """How a distributed engine runs this step: None, a stateless task per batch; a dict, a
         pool of long-lived workers that each keep what the step loads once (a model, a verifier

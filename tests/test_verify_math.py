@@ -205,3 +205,69 @@ def test_row_deadline_counts_cpu_time_not_wall_time() -> None:
         while time.process_time() - t0 < 5:
             pass
     assert 0.25 < time.process_time() - t0 < 1.0
+
+
+# --- the two-stage LaTeX parse (curate.ops.verify.latex_fast) -----------------------------------
+
+# real answers and responses' boxed contents from the bench rows: SLL parses most; the first four
+# SLL reports as errors and full LL parses; the last two neither parses
+TWO_STAGE = [r"\frac{1}{2}", r"(3,\frac{\pi}{2})", "[2,5)", r"\sqrt{2}+1", r"x \in [-2, 7]",
+             "x^3+3x-6", "x^5-x^4+x^3-x^2+x-1", r"\sum_{k=1}^{5} a_k", "y_1 = y_2 + b",
+             r"\cos \theta = \frac{", "4:30p.."]
+SLL_FAILS = 4
+
+
+def _converted(latex: str) -> str:
+    from latex2sympy2_extended.latex2sympy2 import latex2sympy
+    from sympy import srepr
+
+    try:
+        return srepr(latex2sympy(latex, normalization_config=None))
+    except Exception as e:  # noqa: BLE001 - the message must be the same too
+        return f"error: {e}"
+
+
+def test_two_stage_parse_gives_what_full_ll_gives(monkeypatch) -> None:
+    """SLL first, LL on a reported error: the same sympy trees and the same errors as
+    latex2sympy's own LL-only parser, on strings SLL parses and strings only LL parses."""
+    from antlr4.atn.PredictionMode import PredictionMode
+    from latex2sympy2_extended.latex2sympy2 import _Latex2Sympy
+
+    from curate.ops.verify import latex_fast
+
+    assert _Latex2Sympy.create_parser is not latex_fast.LL_CREATE  # installed by importing math
+    two_stage = [_converted(s) for s in TWO_STAGE]
+    fails = 0
+    for s in TWO_STAGE[:-2]:  # SLL alone, with latex2sympy's raising error listener
+        parser = latex_fast.LL_CREATE(_Latex2Sympy(is_real=True), s)
+        parser._interp.predictionMode = PredictionMode.SLL
+        try:
+            parser.math()
+        except Exception:  # noqa: BLE001
+            fails += 1
+    assert fails == SLL_FAILS  # the fallback is exercised
+    monkeypatch.setattr(_Latex2Sympy, "create_parser", latex_fast.LL_CREATE)
+    assert two_stage == [_converted(s) for s in TWO_STAGE]
+    assert sum(t.startswith("error:") for t in two_stage) == 2
+
+
+def test_two_stage_parse_costs_less_cpu(monkeypatch) -> None:
+    """The point of it: on real answers it spends well under the LL parser's CPU time."""
+    import time
+
+    from latex2sympy2_extended.latex2sympy2 import _Latex2Sympy
+
+    from curate.ops.verify import latex_fast
+
+    def cpu() -> float:
+        t0 = time.process_time()
+        for _ in range(3):
+            for s in TWO_STAGE:
+                _converted(s)
+        return time.process_time() - t0
+
+    cpu()  # both parsers' caches warm
+    fast = cpu()
+    monkeypatch.setattr(_Latex2Sympy, "create_parser", latex_fast.LL_CREATE)
+    cpu()
+    assert fast < 0.8 * cpu()

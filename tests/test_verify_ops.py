@@ -78,13 +78,57 @@ def test_pool_workers_do_not_import_from_the_working_directory(tmp_path, monkeyp
     (tmp_path / "json.py").write_text("raise SystemExit('shadowed')\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", "")
-    with WorkerPool(probe, 1, timeout_s=30.0, spare=False) as pool:
+    with WorkerPool(probe, 1, timeout_s=30.0) as pool:
         pool.start()
         assert pool.map([("echo", 1)]) == [1]
     verdicts = Verify(keep="all", workers=1).run_tasks(
         [{"kind": "math", "reference": "2", "solution": "so $\\boxed{2}$", "timeout_s": 5}])
     assert verdicts[0]["correct"] is True
     assert not (tmp_path / "IMPORTED").exists()
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_pool_workers_are_forks_of_one_zygote_and_none_outlives_close() -> None:
+    """One interpreter imports; workers, and the replacement of a killed one, are its forks
+    (no second import, no warm spare); close() leaves no process behind."""
+    pool = WorkerPool(probe, 2, timeout_s=0.5, wall_factor=2.0, wall_slack_s=1.0)
+    try:
+        pool.start()
+        assert pool.zygote is not None
+        zygote = pool.zygote.process.pid
+        first = [w.process.pid for w in pool.workers]
+        assert [_ppid(pid) for pid in first] == [zygote, zygote]
+        out = pool.map([("busy", 3.0), ("echo", 1), ("exit", 5), ("echo", 2)])
+        assert out[1] == 1 and out[3] == 2 and pool.replaced == 3  # the busy one, the exit twice
+        assert out[0].kind == "timeout" and "exit code 5" in out[2].message
+        now = [w.process.pid for w in pool.workers]
+        assert not set(now) & set(first) and [_ppid(pid) for pid in now] == [zygote, zygote]
+        assert pool.zygote.process.pid == zygote  # the same zygote served every replacement
+    finally:
+        pool.close()
+    assert not [pid for pid in [zygote, *first, *now] if Path(f"/proc/{pid}").exists()]
+
+
+def test_run_starts_the_verify_pool_before_reading(tmp_path, math500_sample) -> None:
+    """The local runner calls ``warm_up`` before the read stage, so the pool's imports overlap it."""
+    seen: list[str] = []
+
+    class Watched(Verify):
+        def warm_up(self) -> None:
+            work = tmp_path / "out" / ".curate"
+            seen.append("read parts" if any(work.glob("*read*/part-*")) else "nothing read")
+            super().warm_up()
+            seen.append("zygote" if self._pool is not None and self._pool.zygote is not None else "none")
+
+    step = Watched(keep="all", workers=1)
+    Pipeline([step]).run(read(math500_sample), out=tmp_path / "out", card=False)
+    assert seen == ["nothing read", "zygote"]
+    inline = Watched(keep="all", workers=0)  # no pool to start
+    Pipeline([inline]).run(read(math500_sample), out=tmp_path / "inline", card=False)
+    assert seen[2:] == ["nothing read", "none"]
 
 
 def test_pool_rejects_bad_arguments() -> None:

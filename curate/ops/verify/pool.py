@@ -12,18 +12,21 @@ workers breaks the whole executor. math-verify's own timeout is a ``SIGALRM`` th
 main thread and cannot interrupt a C call that never returns to the interpreter, so a verifier
 needs a parent that watches the clock, kills the one worker that ran over and carries on.
 
-Workers are fresh interpreters (``python -c``, talking over a socketpair with
-``multiprocessing.connection``), not forks: the parent has polars' threads, forking it is unsafe,
-and ``spawn``/``forkserver`` re-run the caller's ``__main__`` (a script without the
-``if __name__ == "__main__"`` guard would start pools recursively). Each worker imports the heavy
-modules once (calling their ``warmup()`` if they have one) and says "ready"; an item's clock
-starts only when a ready worker starts running it. A warm spare waits, so replacing a killed
-worker costs no import time.
+Workers are forks of one fresh interpreter, the *zygote* (``python -c``, talking over a socketpair
+with ``multiprocessing.connection``), not forks of the parent: the parent has polars' threads, forking
+it is unsafe, and ``spawn``/``forkserver`` re-run the caller's ``__main__`` (a script without the
+``if __name__ == "__main__"`` guard would start pools recursively). The zygote imports the heavy
+modules once (calling their ``warmup()`` if they have one) and has no threads; each worker is a
+``fork`` of it, so it starts in milliseconds with the imports and warm caches already in place
+(one interpreter's start-up for the whole pool, and a killed worker is replaced at once, with no
+warm spare waiting). The zygote is each worker's parent: it reaps them and reports exit codes.
+An item's clock starts only when a ready worker starts running it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
 import socket
@@ -81,15 +84,17 @@ class Failed:
 _SAFE_PATH = ("-P",) if sys.version_info >= (3, 11) else ()
 # Ctrl-C reaches the terminal's whole process group: the parent stops the pool, so workers ignore
 # SIGINT (else each prints a KeyboardInterrupt traceback).
-_WORKER_CODE = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+_ZYGOTE_CODE = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
                 "sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
-                "from curate.ops.verify.pool import _serve; _serve(int(sys.argv[1]))")
+                "from curate.ops.verify.pool import _zygote; _zygote(int(sys.argv[1]))")
 
 
-def _serve(fd: int) -> None:
-    """Worker main: import the preload modules, say ready, then answer (index, item) messages."""
+def _zygote(fd: int) -> None:
+    """Zygote main: import the preload modules, say ready, then fork a worker per request (its
+    socket comes with the request) and reap workers when asked, until told to stop."""
     import importlib
     import logging
+    from multiprocessing.reduction import recv_handle
 
     conn = Connection(fd)
     fn, preload = pickle.loads(conn.recv_bytes())
@@ -97,9 +102,64 @@ def _serve(fd: int) -> None:
         module = importlib.import_module(name)
         warm = getattr(module, "warmup", None)
         if callable(warm):
-            warm()  # first calls build parsers and caches: not on an item's clock
+            warm()  # first calls build parsers and caches: once, shared by every fork
     for name in ("math_verify", "latex2sympy2_extended"):
         logging.getLogger(name).setLevel(logging.ERROR)  # timeouts are reported in the verdict
+    gc.freeze()  # what the zygote holds stays out of the forks' collections: their pages stay shared
+    conn.send(_READY)
+    children: set[int] = set()
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            msg = None
+        if msg is None:
+            for pid in children:  # told to stop (or the parent is gone): no worker outlives us
+                with contextlib.suppress(OSError):
+                    os.kill(pid, 9)
+                _reap(pid, None)
+            return
+        what, arg = msg
+        if what == "fork":
+            child = recv_handle(conn)
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    conn.close()
+                    _serve(Connection(child), fn)
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(child)
+            children.add(pid)
+            conn.send(pid)
+        elif what == "wait":
+            pid, timeout = arg
+            code = _reap(pid, timeout)
+            if code is not None:
+                children.discard(pid)
+            conn.send(code)
+
+
+def _reap(pid: int, timeout: float | None) -> int | None:
+    """Wait up to ``timeout`` seconds (None: for ever) for child ``pid``; its exit code as
+    ``Popen.returncode`` gives it (-N: killed by signal N), or None while it still runs."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            done, status = os.waitpid(pid, 0 if deadline is None else os.WNOHANG)
+        except ChildProcessError:
+            return -9  # already reaped: only an exit we caused can be missed this way
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.005)
+
+
+def _serve(conn: Connection, fn: Callable[[Any], Any]) -> None:
+    """Worker main (a fork of the zygote): say ready, then answer (index, item) messages."""
     conn.send(_READY)
     while True:
         try:
@@ -117,9 +177,93 @@ def _serve(fd: int) -> None:
             conn.send((index, False, tail[:500], time.monotonic(), _cpu_seconds()))
 
 
+class _Zygote:
+    """The parent's end of the zygote: start it (not waiting for its imports), fork workers, reap them."""
+
+    def __init__(self, fn: Callable[[Any], Any], preload: Sequence[str]):
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[3])  # the folder holding the curate package
+        env["PYTHONPATH"] = os.pathsep.join([root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+        self.process = subprocess.Popen(  # noqa: S603
+            [sys.executable, *_SAFE_PATH, "-c", _ZYGOTE_CODE, str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env, close_fds=True,
+        )
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.conn.send_bytes(pickle.dumps((fn, tuple(preload))))
+        self.ready = False
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until the zygote has imported and warmed up (a clear error if it died or hung)."""
+        if self.ready:
+            return
+        try:
+            if not self.conn.poll(timeout_s):
+                raise RuntimeError(f"verify worker not ready after {timeout_s:g}s")
+            self.ready = self.conn.recv() == _READY
+        except (EOFError, OSError):
+            raise RuntimeError(f"verify worker failed to start (exit code {self.process.wait()})") from None
+
+    def fork(self, timeout_s: float = 120.0) -> _Worker:
+        """A new worker, connected and about to say ready."""
+        from multiprocessing.reduction import send_handle
+
+        self.wait_ready(timeout_s)
+        ours, theirs = socket.socketpair()
+        try:
+            self.conn.send(("fork", None))
+            send_handle(self.conn, theirs.fileno(), self.process.pid)
+            pid = self.conn.recv()
+        except (EOFError, OSError):
+            raise RuntimeError(f"verify worker pool's zygote died (exit code {self.process.poll()})") from None
+        finally:
+            theirs.close()
+        return _Worker(_Forked(pid, self), Connection(ours.detach()))
+
+    def reap(self, pid: int, timeout: float | None) -> int | None:
+        try:
+            self.conn.send(("wait", (pid, timeout)))
+            return self.conn.recv()
+        except (EOFError, OSError):
+            return None
+
+    def close(self) -> None:
+        """Stop the zygote (it kills and reaps any worker left); kill it if it does not stop."""
+        if self.ready:
+            with contextlib.suppress(OSError):
+                self.conn.send(None)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=2)
+        if self.process.poll() is None:  # still importing, or stuck: nothing of value in it
+            self.process.kill()
+            self.process.wait()
+        self.conn.close()
+
+
+@dataclass
+class _Forked:
+    """A forked worker's process: its pid, and kill/wait through its parent, the zygote."""
+
+    pid: int
+    zygote: _Zygote
+    returncode: int | None = None
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, 9)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit code, or None if it still runs after ``timeout`` seconds."""
+        if self.returncode is None:
+            self.returncode = self.zygote.reap(self.pid, timeout)
+        return self.returncode
+
+
 @dataclass
 class _Worker:
-    process: subprocess.Popen
+    process: _Forked
     conn: Connection
     ready: bool = False
     queue: deque = field(default_factory=deque)  # (index, item, sent) in flight, running one first
@@ -127,10 +271,8 @@ class _Worker:
     cpu_started: float | None = None  # the worker's CPU seconds then (None: not known)
 
     def kill(self) -> None:
-        with contextlib.suppress(OSError):
-            self.process.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
+        self.process.kill()
+        self.process.wait(timeout=5)
         self.conn.close()
 
 
@@ -140,12 +282,11 @@ class WorkerPool:
     ``map`` returns one entry per item, in order: the function's value, or a :class:`Failed`
     (``timeout``: killed after ``timeout_s`` of CPU time, or the wall-clock guard; ``crash``: the
     worker died twice on it, e.g. out of memory; ``error``: the function raised). A killed or dead
-    worker is replaced by a warm spare and the run goes on.
+    worker is replaced by a fresh fork of the zygote and the run goes on.
     """
 
     def __init__(self, fn: Callable[[Any], Any], workers: int, timeout_s: float,
-                 preload: Sequence[str] = (), spare: bool = True, wall_factor: float = 4.0,
-                 wall_slack_s: float = 5.0):
+                 preload: Sequence[str] = (), wall_factor: float = 4.0, wall_slack_s: float = 5.0):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if timeout_s <= 0:
@@ -153,59 +294,47 @@ class WorkerPool:
         self.fn, self.n, self.timeout_s = fn, workers, timeout_s
         self.wall_factor, self.wall_slack_s = wall_factor, wall_slack_s
         self.preload = tuple(preload)
-        self.use_spare = spare
+        self.zygote: _Zygote | None = None
         self.workers: list[_Worker] = []
-        self.spares: list[_Worker] = []
         self.replaced = 0  # workers killed or lost and replaced
         self.last_seconds: list[float] = []  # per item of the last map: time from send to answer
 
     # --- worker processes ------------------------------------------------------------------------
+    def launch(self) -> None:
+        """Start the zygote's imports in the background and return at once (``map`` and ``start``
+        wait for them): a caller with other work to do first overlaps the two."""
+        if self.zygote is None:
+            self.zygote = _Zygote(self.fn, self.preload)
+
     def _start(self) -> _Worker:
-        ours, theirs = socket.socketpair()
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[3])  # the folder holding the curate package
-        env["PYTHONPATH"] = os.pathsep.join([root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
-        proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, *_SAFE_PATH, "-c", _WORKER_CODE, str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env, close_fds=True,
-        )
-        theirs.close()
-        conn = Connection(ours.detach())
-        conn.send_bytes(pickle.dumps((self.fn, self.preload)))
-        return _Worker(proc, conn)
+        self.launch()
+        assert self.zygote is not None
+        return self.zygote.fork()
 
     def _ensure(self) -> None:
         while len(self.workers) < self.n:
             self.workers.append(self._start())
-        if self.use_spare and not self.spares:
-            self.spares.append(self._start())
 
     def _replace(self, w: _Worker) -> None:
         w.kill()
-        fresh = self.spares.pop(0) if self.spares else self._start()
-        self.workers[self.workers.index(w)] = fresh
-        if self.use_spare:
-            self.spares.append(self._start())
+        self.workers[self.workers.index(w)] = self._start()
         self.replaced += 1
 
     def start(self, timeout_s: float = 120.0) -> None:
-        """Start every worker (and the spare) and wait until all have imported and warmed up."""
+        """Start every worker and wait until all have imported and warmed up."""
+        self.launch()
+        assert self.zygote is not None
+        self.zygote.wait_ready(timeout_s)
         self._ensure()
         deadline = time.monotonic() + timeout_s
-        for w in [*self.workers, *self.spares]:
+        for w in self.workers:
             while not w.ready:
                 if not w.conn.poll(max(0.0, deadline - time.monotonic())):
                     raise RuntimeError(f"verify worker not ready after {timeout_s:g}s")
                 try:
                     w.ready = w.conn.recv() == _READY
                 except (EOFError, OSError):
-                    raise RuntimeError(f"verify worker failed to start (exit code {w.process.wait()})") from None
-
-    def _poll_spares(self) -> None:
-        for s in self.spares:
-            if not s.ready and s.conn.poll():
-                with contextlib.suppress(EOFError, OSError):
-                    s.ready = s.conn.recv() == _READY
+                    raise RuntimeError(f"verify worker failed to start (exit code {w.process.wait(5)})") from None
 
     # --- mapping ---------------------------------------------------------------------------------
     def wall_guard(self, limit: float) -> float:
@@ -232,7 +361,6 @@ class WorkerPool:
         retried: set[int] = set()  # items whose worker died once: their second death is final
         self._ensure()
         while todo or any(w.queue for w in self.workers):
-            self._poll_spares()
             for w in list(self.workers):
                 while w.ready and len(w.queue) < DEPTH and todo:
                     index, item = todo.popleft()
@@ -263,10 +391,7 @@ class WorkerPool:
                 try:
                     msg = w.conn.recv()
                 except (EOFError, OSError):
-                    try:
-                        code = w.process.wait(timeout=2)
-                    except subprocess.TimeoutExpired:
-                        code = None
+                    code = w.process.wait(timeout=2)
                     if not w.queue and not w.ready and not any(x.ready for x in self.workers if x is not w):
                         raise RuntimeError(f"verify worker failed to start (exit code {code})") from None
                     if w.queue and w.queue[0][0] not in retried:  # once more, in a fresh worker
@@ -327,17 +452,18 @@ class WorkerPool:
         self._replace(w)
 
     def close(self) -> None:
-        for w in [*self.workers, *self.spares]:
+        for w in self.workers:
             with contextlib.suppress(Exception):
                 w.conn.send(None)
-        for w in [*self.workers, *self.spares]:
-            try:
-                w.process.wait(timeout=1)
-            except subprocess.TimeoutExpired:
+        for w in self.workers:
+            if w.process.wait(timeout=1) is None:
                 w.process.kill()
                 w.process.wait(timeout=1)
             w.conn.close()
-        self.workers, self.spares = [], []
+        self.workers = []
+        if self.zygote is not None:
+            self.zygote.close()
+            self.zygote = None
 
     def __enter__(self) -> WorkerPool:
         return self

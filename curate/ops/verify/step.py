@@ -149,6 +149,11 @@ class Verify(Step):
             return self.code_row_timeout_s + self.code_test_timeout_s + 5.0
         return self.timeout_s + GRACE_S
 
+    def warm_up(self) -> None:
+        """Start the pool's imports in the background (the runner calls this before reading)."""
+        if (default_workers() if self.workers is None else self.workers) > 0:
+            self._get_pool().launch()
+
     def start_pool(self) -> None:
         """Start the worker pool now and wait until every worker is ready (benchmarks, services)."""
         self._get_pool().start()
