@@ -69,6 +69,8 @@ _LEADING_NUMBER = r"^\s*(?i:problem\s*)?\(?[0-9a-z]{1,3}[.):]\s+"  # "3. ", "(a)
 _SIZES = {"word": 3, "char": 24}  # words: 3 on problems, 5 (datatrove) on problem+response; NeMo: 24 chars
 _KEYS_PER_TASK = 5_000_000  # band keys one candidate-pair task sorts (rows x its bands)
 _ROWS_PER_CHECK = 250_000  # rows in pairs one keep-first task loads (whole clusters: a bigger one is whole)
+_ROWS_PER_SIGN = 250_000  # rows of consecutive parts one signing task covers
+_SIGN_BYTES = 8 << 20  # compared text signed at once (bounds the token arrays: ~25x the text)
 
 
 def shingle_hash32(shingle: bytes) -> int:
@@ -329,28 +331,59 @@ class MinHashDedup(Step):
         return MinHashDedup.apply_plan
 
     def _sign(self, ctx: PassContext) -> None:
-        """One unit per part, keeping arrays in the pass's scratch: ``sig`` (the signatures),
-        ``facts`` (response length and number hash per row), ``bands`` (the positions of the rows
-        with shingles, then their band keys: bands + 1 rows) and, to check on Jaccard,
-        ``shingles`` (sorted ``pos << 32 | hash`` keys). Ids are read back from the parts."""
-        sigs, facts, bands, shingles = (ctx.arrays(w) for w in ("sig", "facts", "bands", "shingles"))
+        """Units of consecutive parts (``_ROWS_PER_SIGN`` rows a unit, at least one per worker of the
+        engine), keeping arrays per part in the pass's scratch: ``sig`` (the signatures), ``facts``
+        (response length and number hash per row), ``bands`` (the positions of the rows with
+        shingles, then their band keys: bands + 1 rows) and, to check on Jaccard, ``shingles``
+        (sorted ``pos << 32 | hash`` keys). A unit signs its parts together, ``_SIGN_BYTES`` of
+        text at a time (a pipeline's parts hold 1,024 rows: signed one by one, the fixed cost of
+        each polars and numpy call was most of the time). Ids are read back from the parts."""
+        arrays = {w: ctx.arrays(w) for w in ("sig", "facts", "bands", "shingles")}
         cols = ["id", "problem", "thinking", "solution"]
+        compared = cols[1:2] if self.mode == "problem" else cols[1:]
+        items = ctx.items()
+        per_part = max(1, ctx.rows // max(len(items), 1))
+        units = [[items[k] for k in g.tolist()] for g in
+                 np.array_split(np.arange(len(items)), ctx.groups(len(items), per_part, _ROWS_PER_SIGN)) if len(g)]
 
-        def sign_part(s: MinHashDedup, item: tuple[int, str, int]) -> dict[str, int]:
-            k, path, offset = item
-            batch = pl.read_parquet(path, columns=cols)
-            sig, rows, h = Signer(s.num_perm, s.seed, s.shingle, s.size, s.workers).sign(s._text(batch))
-            sigs.put(k, sig)
-            facts.put(k, np.stack([response_length(batch).to_numpy().astype(np.int64),
-                                   s.numbers(batch).view(np.int64)], axis=1))
-            valid = (sig != _M32).any(axis=1)
-            pos = np.arange(offset, offset + batch.height, dtype=np.uint64)[valid]
-            bands.put(k, np.concatenate([pos[None, :], band_keys(sig[valid], s.bands, s.rows)]))
-            if s.verify == "jaccard":
-                shingles.put(k, shingle_keys_of(rows, h, offset, s.max_shingles))
-            return {"rows": batch.height}
+        def sign_unit(s: MinHashDedup, unit: list[tuple[int, str, int]]) -> dict[str, int]:
+            signer = Signer(s.num_perm, s.seed, s.shingle, s.size, s.workers)
+            held: list[tuple[int, int, pl.DataFrame]] = []
+            size = rows = 0
+            for k, path, offset in unit:
+                batch = pl.read_parquet(path, columns=cols)
+                held.append((k, offset, batch))
+                size += batch.select(compared).estimated_size()
+                rows += batch.height
+                if size >= _SIGN_BYTES:
+                    s._sign_parts(signer, held, arrays)
+                    held, size = [], 0
+            if held:
+                s._sign_parts(signer, held, arrays)
+            return {"rows": rows}
 
-        ctx.map(sign_part, ctx.items(), state=self, on_result=ctx.told())
+        ctx.map(sign_unit, units, state=self, on_result=ctx.told())
+
+    def _sign_parts(self, signer: Signer, held: list[tuple[int, int, pl.DataFrame]],
+                    arrays: dict[str, PartArrays]) -> None:
+        """Sign consecutive parts (number, offset, rows) as one batch; store each part's arrays."""
+        batch = pl.concat([b for _, _, b in held]) if len(held) > 1 else held[0][2]
+        base = held[0][1]
+        sig, rows, h = signer.sign(self._text(batch))
+        facts = np.stack([response_length(batch).to_numpy().astype(np.int64), self.numbers(batch).view(np.int64)], axis=1)
+        valid = (sig != _M32).any(axis=1)
+        keys = band_keys(sig[valid], self.bands, self.rows)
+        pos = np.flatnonzero(valid)
+        shingle_keys = shingle_keys_of(rows, h, base, self.max_shingles) if self.verify == "jaccard" else None
+        for k, offset, part in held:
+            lo, hi = offset - base, offset - base + part.height
+            arrays["sig"].put(k, sig[lo:hi])
+            arrays["facts"].put(k, facts[lo:hi])
+            a, b = np.searchsorted(pos, [lo, hi])
+            arrays["bands"].put(k, np.concatenate([(pos[None, a:b] + base).astype(np.uint64), keys[:, a:b]]))
+            if shingle_keys is not None:
+                cut = np.searchsorted(shingle_keys, np.array([offset, offset + part.height], dtype=np.uint64) << np.uint64(32))
+                arrays["shingles"].put(k, shingle_keys[cut[0]:cut[1]])
 
     def _candidates(self, ctx: PassContext) -> np.ndarray:
         """Candidate pairs: one task per group of bands reads those bands' keys of every part and
