@@ -70,7 +70,7 @@ _SIZES = {"word": 3, "char": 24}  # words: 3 on problems, 5 (datatrove) on probl
 _KEYS_PER_TASK = 5_000_000  # band keys one candidate-pair task sorts (rows x its bands)
 _ROWS_PER_CHECK = 250_000  # rows in pairs one keep-first task loads (whole clusters: a bigger one is whole)
 _ROWS_PER_SIGN = 250_000  # rows of consecutive parts one signing task covers
-_SIGN_BYTES = 8 << 20  # compared text signed at once (bounds the token arrays: ~25x the text)
+_SIGN_FILE_BYTES = 2 << 20  # Parquet parts signed at once (bounds the token arrays: ~25x the text, ~3x the file)
 
 
 def shingle_hash32(shingle: bytes) -> int:
@@ -179,6 +179,19 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
                 acc = (acc ^ sig[:, j].astype(np.uint64)) * np.uint64(0x100000001B3)
             keys[b] = fmix64(acc)
     return keys
+
+
+def shared_buckets(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, indices) of the rows whose band key another row shares, sorted by key and by index
+    within a key: one unstable argsort finds the shared keys, and only their rows (few) are put in
+    index order (a stable argsort of every key cost 7x more)."""
+    if len(key) < 2:
+        return key[:0], np.empty(0, dtype=np.int64)
+    order = np.argsort(key)
+    same = key[order[1:]] == key[order[:-1]]
+    rows = order[np.r_[same, False] | np.r_[False, same]]
+    rows = rows[np.lexsort((rows, key[rows]))]
+    return key[rows], rows
 
 
 def bucket_pairs(sk: np.ndarray, members: np.ndarray) -> np.ndarray:
@@ -303,12 +316,23 @@ class MinHashDedup(Step):
         return problem
 
     def numbers(self, batch: pl.DataFrame) -> np.ndarray:
-        """A 64-bit hash of each problem's numbers, sorted (0 for every row unless ``same_numbers``)."""
+        """A 64-bit hash of the multiset of each problem's numbers (leading zeros dropped): the sum of
+        the numbers' own hashes, so order does not count and no per-row sort is needed (0 for every
+        row unless ``same_numbers``, and for a problem without numbers or whose one number is 0, as
+        when the sorted numbers were joined into one string)."""
         if not self.same_numbers:
             return np.zeros(batch.height, dtype=np.uint64)
-        nums = (self._problem().fill_null("").str.replace(_LEADING_NUMBER, "").str.extract_all(r"\d+")
-                .list.eval(pl.element().str.strip_chars_start("0")).list.sort().list.join(" "))
-        return batch.select(nums.hash(seed=7))[:, 0].to_numpy()
+        found = batch.select(self._problem().fill_null("").str.replace(_LEADING_NUMBER, "")
+                             .str.extract_all(r"\d+"))[:, 0]
+        count = found.list.len().to_numpy().astype(np.int64)
+        each = found.explode().drop_nulls().str.strip_chars_start("0").hash(seed=7).to_numpy()
+        prefix = np.zeros(len(each) + 1, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            np.cumsum(fmix64(each), out=prefix[1:])
+            end = np.cumsum(count)
+            total = prefix[end] - prefix[end - count]
+        zero = fmix64(pl.Series([""]).hash(seed=7).to_numpy())
+        return np.where((count == 1) & (total == zero), np.uint64(0), total)
 
     def _text(self, batch: pl.DataFrame) -> pl.Series:
         problem = self._problem()
@@ -335,54 +359,56 @@ class MinHashDedup(Step):
         engine), keeping arrays per part in the pass's scratch: ``sig`` (the signatures), ``facts``
         (response length and number hash per row), ``bands`` (the positions of the rows with
         shingles, then their band keys: bands + 1 rows) and, to check on Jaccard, ``shingles``
-        (sorted ``pos << 32 | hash`` keys). A unit signs its parts together, ``_SIGN_BYTES`` of
-        text at a time (a pipeline's parts hold 1,024 rows: signed one by one, the fixed cost of
-        each polars and numpy call was most of the time). Ids are read back from the parts."""
+        (sorted ``pos << 32 | hash`` keys). A unit reads and signs ``_SIGN_FILE_BYTES`` of parts at
+        a time (a pipeline's parts hold 1,024 rows: signed one by one, the fixed cost of each
+        polars and numpy call was most of the time). Ids are read back from the parts."""
         arrays = {w: ctx.arrays(w) for w in ("sig", "facts", "bands", "shingles")}
-        cols = ["id", "problem", "thinking", "solution"]
-        compared = cols[1:2] if self.mode == "problem" else cols[1:]
-        items = ctx.items()
+        items = [(k, path, offset, count) for (k, path, offset), count in zip(ctx.items(), ctx.counts, strict=True)]
         per_part = max(1, ctx.rows // max(len(items), 1))
         units = [[items[k] for k in g.tolist()] for g in
                  np.array_split(np.arange(len(items)), ctx.groups(len(items), per_part, _ROWS_PER_SIGN)) if len(g)]
 
-        def sign_unit(s: MinHashDedup, unit: list[tuple[int, str, int]]) -> dict[str, int]:
+        def sign_unit(s: MinHashDedup, unit: list[tuple[int, str, int, int]]) -> dict[str, int]:
             signer = Signer(s.num_perm, s.seed, s.shingle, s.size, s.workers)
-            held: list[tuple[int, int, pl.DataFrame]] = []
-            size = rows = 0
-            for k, path, offset in unit:
-                batch = pl.read_parquet(path, columns=cols)
-                held.append((k, offset, batch))
-                size += batch.select(compared).estimated_size()
-                rows += batch.height
-                if size >= _SIGN_BYTES:
+            held: list[tuple[int, str, int, int]] = []
+            size = 0
+            for item in unit:
+                held.append(item)
+                size += os.path.getsize(item[1])
+                if size >= _SIGN_FILE_BYTES:
                     s._sign_parts(signer, held, arrays)
                     held, size = [], 0
             if held:
                 s._sign_parts(signer, held, arrays)
-            return {"rows": rows}
+            return {"rows": sum(count for *_, count in unit)}
 
         ctx.map(sign_unit, units, state=self, on_result=ctx.told())
 
-    def _sign_parts(self, signer: Signer, held: list[tuple[int, int, pl.DataFrame]],
-                    arrays: dict[str, PartArrays]) -> None:
-        """Sign consecutive parts (number, offset, rows) as one batch; store each part's arrays."""
-        batch = pl.concat([b for _, _, b in held]) if len(held) > 1 else held[0][2]
-        base = held[0][1]
+    def _sign_parts(self, signer: Signer, parts: list[tuple[int, str, int, int]], arrays: dict[str, PartArrays]) -> None:
+        """Sign consecutive parts (number, path, offset, rows), read in one call, as one batch; keep
+        each part's arrays."""
+        lengths = self.keep != "first"  # the response length only ranks rows for the other policies
+        cols = ["problem", "thinking", "solution"] if lengths or self.mode == "problem_response" else ["problem"]
+        batch = pl.read_parquet([path for _, path, _, _ in parts], columns=cols, hive_partitioning=False)
+        base = parts[0][2]
+        if batch.height != sum(count for *_, count in parts):
+            raise RuntimeError(f"minhash_dedup: parts {parts[0][1]}..{parts[-1][1]} hold {batch.height} rows, "
+                               f"not the {sum(count for *_, count in parts)} the stage counted")
         sig, rows, h = signer.sign(self._text(batch))
-        facts = np.stack([response_length(batch).to_numpy().astype(np.int64), self.numbers(batch).view(np.int64)], axis=1)
+        length = response_length(batch).to_numpy().astype(np.int64) if lengths else np.zeros(batch.height, np.int64)
+        facts = np.stack([length, self.numbers(batch).view(np.int64)], axis=1)
         valid = (sig != _M32).any(axis=1)
         keys = band_keys(sig[valid], self.bands, self.rows)
         pos = np.flatnonzero(valid)
         shingle_keys = shingle_keys_of(rows, h, base, self.max_shingles) if self.verify == "jaccard" else None
-        for k, offset, part in held:
-            lo, hi = offset - base, offset - base + part.height
+        for k, _, offset, count in parts:
+            lo, hi = offset - base, offset - base + count
             arrays["sig"].put(k, sig[lo:hi])
             arrays["facts"].put(k, facts[lo:hi])
             a, b = np.searchsorted(pos, [lo, hi])
             arrays["bands"].put(k, np.concatenate([(pos[None, a:b] + base).astype(np.uint64), keys[:, a:b]]))
             if shingle_keys is not None:
-                cut = np.searchsorted(shingle_keys, np.array([offset, offset + part.height], dtype=np.uint64) << np.uint64(32))
+                cut = np.searchsorted(shingle_keys, np.array([offset, offset + count], dtype=np.uint64) << np.uint64(32))
                 arrays["shingles"].put(k, shingle_keys[cut[0]:cut[1]])
 
     def _candidates(self, ctx: PassContext) -> np.ndarray:
@@ -398,10 +424,9 @@ class MinHashDedup(Step):
             arrays = [bands.array(k) for k in parts]
             pos = np.concatenate([a[0] for a in arrays]).astype(np.int64)
             found = np.empty((0, 2), dtype=np.int64)
-            for b in group:  # rows are in position order: a stable sort by key ties by position
-                key = np.concatenate([a[1 + b] for a in arrays])
-                order = np.argsort(key, kind="stable")
-                found = unique_pairs(np.concatenate([found, bucket_pairs(key[order], pos[order])]))
+            for b in group:
+                sk, at = shared_buckets(np.concatenate([a[1 + b] for a in arrays]))
+                found = unique_pairs(np.concatenate([found, bucket_pairs(sk, pos[at])]))
             store.put(f"pairs/{g:03d}", found)
             return {"rows": len(pos)}
 
