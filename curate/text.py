@@ -24,8 +24,6 @@ _TOKEN_RE = TOKEN_RE = re.compile(TOKEN_PATTERN)
 _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, so invertible modulo 2**64
 _BASE_INV = np.uint64(pow(0x9E3779B97F4A7C15, -1, 1 << 64))
 _M64 = (1 << 64) - 1
-_WORD_ASCII = np.zeros(256, dtype=bool)  # the ASCII bytes ``\\w`` matches (other bytes: see _word_bytes)
-_WORD_ASCII[np.frombuffer(b"0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", np.uint8)] = True
 _LOW_BYTES = np.array([0] + [(1 << (8 * k)) - 1 for k in range(1, 8)] + [_M64], dtype=np.uint64)
 
 
@@ -86,7 +84,10 @@ def _word_bytes(data: np.ndarray) -> np.ndarray:
     """Which bytes belong to a character ``\\w`` matches: ASCII by table; every other character
     (all bytes of it) as the regex engine of ``tokenize_series`` classes it, asked once per
     distinct character."""
-    word = _WORD_ASCII[data]
+    word = (data - np.uint8(48)) < 10  # 0-9, a-z, _, A-Z (no lookup table: it indexes with int64)
+    word |= (data - np.uint8(97)) < 26
+    word |= data == 95
+    word |= (data - np.uint8(65)) < 26
     lead = np.flatnonzero(data >= 0xC0)  # first byte of each multi-byte character
     if len(lead):
         first = data[lead].astype(np.uint32)

@@ -70,7 +70,7 @@ _SIZES = {"word": 3, "char": 24}  # words: 3 on problems, 5 (datatrove) on probl
 _KEYS_PER_TASK = 5_000_000  # band keys one candidate-pair task sorts (rows x its bands)
 _ROWS_PER_CHECK = 250_000  # rows in pairs one keep-first task loads (whole clusters: a bigger one is whole)
 _ROWS_PER_SIGN = 250_000  # rows of consecutive parts one signing task covers
-_SIGN_FILE_BYTES = 2 << 20  # Parquet parts signed at once (bounds the token arrays: ~25x the text, ~3x the file)
+_SIGN_FILE_BYTES = 4 << 20  # Parquet parts signed at once (bounds the token arrays: ~25x the text, ~3x the file)
 
 
 def shingle_hash32(shingle: bytes) -> int:
@@ -308,9 +308,11 @@ class MinHashDedup(Step):
             cols.append(self.best_by)
         return tuple(cols)
 
-    def _problem(self) -> pl.Expr:
+    def _problem(self, batch: pl.DataFrame) -> pl.Expr:
+        """The problem as compared: without ``[asy]`` figure code (asked only when a row has some)."""
         problem = pl.col("problem").cast(pl.String)
-        if self.ignore_asy:  # a problem that is only a figure keeps it (else it would have no shingles)
+        if self.ignore_asy and batch.select(problem.str.contains("[asy]", literal=True).any()).item():
+            # a problem that is only a figure keeps it (else it would have no shingles)
             bare = problem.str.replace_all(_ASY, " ")
             problem = pl.when(bare.str.contains(r"\w")).then(bare).otherwise(problem)
         return problem
@@ -322,7 +324,7 @@ class MinHashDedup(Step):
         when the sorted numbers were joined into one string)."""
         if not self.same_numbers:
             return np.zeros(batch.height, dtype=np.uint64)
-        found = batch.select(self._problem().fill_null("").str.replace(_LEADING_NUMBER, "")
+        found = batch.select(self._problem(batch).fill_null("").str.replace(_LEADING_NUMBER, "")
                              .str.extract_all(r"\d+"))[:, 0]
         count = found.list.len().to_numpy().astype(np.int64)
         each = found.explode().drop_nulls().str.strip_chars_start("0").hash(seed=7).to_numpy()
@@ -335,7 +337,7 @@ class MinHashDedup(Step):
         return np.where((count == 1) & (total == zero), np.uint64(0), total)
 
     def _text(self, batch: pl.DataFrame) -> pl.Series:
-        problem = self._problem()
+        problem = self._problem(batch)
         if self.mode == "problem":
             return batch.select(problem)[:, 0]
         return batch.select(pl.concat_str([problem.fill_null(""), *[pl.col(c).cast(pl.String).fill_null("")
