@@ -60,12 +60,12 @@ def word_token_hashes(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """(tokens per row, ``token_hash`` of each token, row after row): the tokens of
     ``tokenize_series``, found as runs of word characters in the lower-cased UTF-8 bytes with numpy
     and hashed once per distinct token (no Python string per token: ~2.5x cheaper than the regex)."""
-    data, offsets = _utf8(texts.fill_null("").str.to_lowercase())
-    starts, ends = _runs(_word_bytes(data), offsets)
+    data, offsets = utf8_buffer(texts.fill_null("").str.to_lowercase())
+    starts, ends = byte_runs(class_bytes(data, _ascii_word(data), r"^\w$"), offsets)
     return np.diff(np.searchsorted(starts, offsets)), _hash_tokens(data, starts, ends)
 
 
-def _utf8(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+def utf8_buffer(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """The UTF-8 bytes of a string column, one array, and each row's (start, end) offsets into it."""
     arr = texts.to_arrow(compat_level=pl.CompatLevel.oldest())
     if isinstance(arr, pa.ChunkedArray):
@@ -80,14 +80,19 @@ def _utf8(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     return data, offsets - start
 
 
-def _word_bytes(data: np.ndarray) -> np.ndarray:
-    """Which bytes belong to a character ``\\w`` matches: ASCII by table; every other character
-    (all bytes of it) as the regex engine of ``tokenize_series`` classes it, asked once per
-    distinct character."""
-    word = (data - np.uint8(48)) < 10  # 0-9, a-z, _, A-Z (no lookup table: it indexes with int64)
+def _ascii_word(data: np.ndarray) -> np.ndarray:
+    """The ASCII bytes ``\\w`` matches: 0-9, a-z, _, A-Z (range tests: a lookup table indexes with int64)."""
+    word = (data - np.uint8(48)) < 10
     word |= (data - np.uint8(97)) < 26
     word |= data == 95
     word |= (data - np.uint8(65)) < 26
+    return word
+
+
+def class_bytes(data: np.ndarray, ascii: np.ndarray, pattern: str) -> np.ndarray:
+    """Which bytes of UTF-8 ``data`` belong to a character in a class: ``ascii`` says it for ASCII
+    bytes; every other character (all bytes of it) is classed by polars' regex ``pattern`` (e.g.
+    ``^\\w$``: the engine ``tokenize_series`` uses), asked once per distinct character."""
     lead = np.flatnonzero(data >= 0xC0)  # first byte of each multi-byte character
     if len(lead):
         first = data[lead].astype(np.uint32)
@@ -98,13 +103,13 @@ def _word_bytes(data: np.ndarray) -> np.ndarray:
             more = (code << np.uint32(6)) | (tail[np.minimum(lead + k, len(data))] & np.uint32(0x3F))
             code = np.where(width > k, more, code)
         chars, which = np.unique(code, return_inverse=True)
-        is_word = pl.Series([chr(c) for c in chars.tolist()], dtype=pl.String).str.contains(r"^\w$").to_numpy()
-        word[np.repeat(lead, width) + _ramp(width)] = np.repeat(is_word[which], width)
-    return word
+        member = pl.Series([chr(c) for c in chars.tolist()], dtype=pl.String).str.contains(pattern).to_numpy()
+        ascii[np.repeat(lead, width) + ramp(width)] = np.repeat(member[which], width)
+    return ascii
 
 
-def _runs(word: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(start, end) byte offsets of each run of word bytes, runs cut at row borders."""
+def byte_runs(word: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) byte offsets of each run of ``True`` bytes, runs cut at row borders."""
     edges = np.flatnonzero(np.diff(word, prepend=False, append=False))
     starts, ends = edges[0::2], edges[1::2]
     inner = offsets[1:-1]
@@ -124,19 +129,25 @@ def _hash_tokens(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.n
     if not len(starts):
         return out
     size = ends - starts
-    padded = np.concatenate([data, np.zeros(8, np.uint8)])
-    eight = np.ndarray((len(data) + 1,), dtype="<u8", buffer=padded, strides=(1,))  # 8 bytes from each offset
     short = np.flatnonzero(size <= 8)
-    out[short] = _distinct(pl.Series(eight[starts[short]] & _LOW_BYTES[size[short]]), _short_token_hash)
+    out[short] = _distinct(pl.Series(short_keys(data, starts[short], size[short])), _short_token_hash)
     long = np.flatnonzero(size > 8)
     if len(long):
         n = size[long]
         offs = np.zeros(len(long) + 1, np.int64)
         np.cumsum(n, out=offs[1:])
-        packed = data[np.repeat(starts[long], n) + _ramp(n)]
+        packed = data[np.repeat(starts[long], n) + ramp(n)]
         tokens = pa.Array.from_buffers(pa.large_binary(), len(long), [None, pa.py_buffer(offs), pa.py_buffer(packed)])
         out[long] = _distinct(pl.Series(tokens), xxhash.xxh3_64_intdigest)
     return out
+
+
+def short_keys(data: np.ndarray, starts: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """The bytes [start, start + size) (size <= 8) as one little-endian uint64 each, zero above:
+    a key that tells apart byte strings without a 0 byte."""
+    padded = np.concatenate([data, np.zeros(8, np.uint8)])
+    eight = np.ndarray((len(data) + 1,), dtype="<u8", buffer=padded, strides=(1,))  # 8 bytes from each offset
+    return eight[starts] & _LOW_BYTES[size]
 
 
 def _short_token_hash(key: int) -> int:
@@ -150,7 +161,7 @@ def _distinct(keys: pl.Series, hash_of: Callable[[Any], int]) -> np.ndarray:
     return keys.replace_strict(uniq, hashes, return_dtype=pl.UInt64).to_numpy()
 
 
-def _ramp(counts: np.ndarray) -> np.ndarray:
+def ramp(counts: np.ndarray) -> np.ndarray:
     """0, 1, ..., c-1 for each count c, concatenated."""
     return np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
 
