@@ -318,14 +318,19 @@ class MinHashDedup(Step):
             cols.append(self.best_by)
         return tuple(cols)
 
-    def _problem(self, batch: pl.DataFrame) -> pl.Expr:
-        """The problem as compared: without ``[asy]`` figure code (asked only when a row has some)."""
-        problem = pl.col("problem").cast(pl.String)
-        if self.ignore_asy and batch.select(problem.str.contains("[asy]", literal=True).any()).item():
-            # a problem that is only a figure keeps it (else it would have no shingles)
-            bare = problem.str.replace_all(_ASY, " ")
-            problem = pl.when(bare.str.contains(r"\w")).then(bare).otherwise(problem)
-        return problem
+    def _problem(self, batch: pl.DataFrame) -> pl.Series:
+        """The problems as compared: without ``[asy]`` figure code (a problem that is only a figure
+        keeps it, else it would have no shingles); only the rows with ``[asy]`` are rewritten."""
+        problem = batch.get_column("problem").cast(pl.String)
+        if not self.ignore_asy:
+            return problem
+        rows = problem.str.contains("[asy]", literal=True).fill_null(False).arg_true()
+        if not len(rows):
+            return problem
+        some = problem.gather(rows)
+        bare = some.str.replace_all(_ASY, " ")
+        kept = pl.select(pl.when(bare.str.contains(r"\w")).then(bare).otherwise(some)).to_series()
+        return problem.clone().scatter(rows, kept)
 
     def numbers(self, batch: pl.DataFrame) -> np.ndarray:
         """A 64-bit hash of the multiset of each problem's numbers (``\\d+`` runs after a leading
@@ -335,9 +340,9 @@ class MinHashDedup(Step):
         are found on the UTF-8 bytes with numpy (no regex, no list column)."""
         if not self.same_numbers:
             return np.zeros(batch.height, dtype=np.uint64)
-        problem = self._problem(batch).fill_null("")
-        found = batch.select(problem.alias("p"), (problem.str.len_bytes()
-                                                  - problem.str.replace(_LEADING_NUMBER, "").str.len_bytes()).alias("skip"))
+        problem = pl.col("p")
+        found = pl.DataFrame({"p": self._problem(batch).fill_null("")}).with_columns(
+            (problem.str.len_bytes() - problem.str.replace(_LEADING_NUMBER, "").str.len_bytes()).alias("skip"))
         data, offsets = utf8_buffer(found["p"])
         digit = class_bytes(data, (data - np.uint8(48)) < 10, r"^\d$")
         skip = found["skip"].to_numpy().astype(np.int64)
@@ -356,9 +361,9 @@ class MinHashDedup(Step):
     def _text(self, batch: pl.DataFrame) -> pl.Series:
         problem = self._problem(batch)
         if self.mode == "problem":
-            return batch.select(problem)[:, 0]
-        return batch.select(pl.concat_str([problem.fill_null(""), *[pl.col(c).cast(pl.String).fill_null("")
-                                                                  for c in ("thinking", "solution")]],
+            return problem
+        return batch.select(pl.concat_str([pl.lit(problem).fill_null(""), *[pl.col(c).cast(pl.String).fill_null("")
+                                                                          for c in ("thinking", "solution")]],
                                           separator="\n"))[:, 0]
 
     def plan(self, ctx: PassContext) -> PlannedApply:
