@@ -130,7 +130,8 @@ def _hash_tokens(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.n
         return out
     size = ends - starts
     short = np.flatnonzero(size <= 8)
-    out[short] = _distinct(pl.Series(short_keys(data, starts[short], size[short])), _short_token_hash)
+    keys = np.ascontiguousarray(short_keys(data, starts[short], size[short]))
+    out[short] = _distinct(pa.Array.from_buffers(pa.uint64(), len(keys), [None, pa.py_buffer(keys)]), _short_token_hash)
     long = np.flatnonzero(size > 8)
     if len(long):
         n = size[long]
@@ -138,7 +139,7 @@ def _hash_tokens(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.n
         np.cumsum(n, out=offs[1:])
         packed = data[np.repeat(starts[long], n) + ramp(n)]
         tokens = pa.Array.from_buffers(pa.large_binary(), len(long), [None, pa.py_buffer(offs), pa.py_buffer(packed)])
-        out[long] = _distinct(pl.Series(tokens), xxhash.xxh3_64_intdigest)
+        out[long] = _distinct(tokens, xxhash.xxh3_64_intdigest)
     return out
 
 
@@ -154,11 +155,12 @@ def _short_token_hash(key: int) -> int:
     return xxhash.xxh3_64_intdigest(key.to_bytes(8, "little").rstrip(b"\0"))
 
 
-def _distinct(keys: pl.Series, hash_of: Callable[[Any], int]) -> np.ndarray:
-    """``hash_of`` each key, called once per distinct key."""
-    uniq = keys.unique()
-    hashes = pl.Series([hash_of(k) for k in uniq.to_list()], dtype=pl.UInt64)
-    return keys.replace_strict(uniq, hashes, return_dtype=pl.UInt64).to_numpy()
+def _distinct(keys: pa.Array, hash_of: Callable[[Any], int]) -> np.ndarray:
+    """``hash_of`` each key, called once per distinct key (arrow's dictionary encoding: one hash
+    table on this thread, ~3x cheaper in CPU than polars' unique + replace)."""
+    encoded = keys.dictionary_encode()
+    hashes = np.array([hash_of(k) for k in encoded.dictionary.to_pylist()], dtype=np.uint64)
+    return hashes[encoded.indices.to_numpy()]
 
 
 def ramp(counts: np.ndarray) -> np.ndarray:
