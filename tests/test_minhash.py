@@ -330,7 +330,7 @@ def test_parts_signed_together_give_the_same_answer(traces, monkeypatch):
         return result.rejected.select("id", "duplicate_of", "minhash_jaccard").sort("id")
 
     together = run(97)
-    monkeypatch.setattr(minhash, "_SIGN_FILE_BYTES", 1)  # every part signed on its own
+    monkeypatch.setattr(minhash, "_SIGN_TEXT_BYTES", 1)  # every part signed on its own
     apart = run(97)
     whole = run(frame.height)
     assert together.height >= 300

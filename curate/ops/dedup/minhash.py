@@ -80,7 +80,7 @@ _SIZES = {"word": 3, "char": 24}  # words: 3 on problems, 5 (datatrove) on probl
 _KEYS_PER_TASK = 5_000_000  # band keys one candidate-pair task sorts (rows x its bands)
 _ROWS_PER_CHECK = 250_000  # rows in pairs one keep-first task loads (whole clusters: a bigger one is whole)
 _ROWS_PER_SIGN = 250_000  # rows of consecutive parts one signing task covers
-_SIGN_FILE_BYTES = 4 << 20  # Parquet parts signed at once (bounds the token arrays: ~25x the text, ~3x the file)
+_SIGN_TEXT_BYTES = 8 << 20  # compared text signed at once (bounds the token arrays: ~25x the text)
 
 
 def shingle_hash32(shingle: bytes) -> int:
@@ -383,9 +383,11 @@ class MinHashDedup(Step):
         engine), keeping arrays per part in the pass's scratch: ``sig`` (the signatures), ``facts``
         (response length and number hash per row), ``bands`` (the positions of the rows with
         shingles, then their band keys: bands + 1 rows) and, to check on Jaccard, ``shingles``
-        (sorted ``pos << 32 | hash`` keys). A unit reads and signs ``_SIGN_FILE_BYTES`` of parts at
-        a time (a pipeline's parts hold 1,024 rows: signed one by one, the fixed cost of each
-        polars and numpy call was most of the time). Ids are read back from the parts."""
+        (sorted ``pos << 32 | hash`` keys). A unit reads and signs about ``_SIGN_TEXT_BYTES`` of
+        compared text at a time, as many parts as the text per row read so far says fit (a
+        pipeline's parts hold 1,024 rows: signed one by one, the fixed cost of each polars and
+        numpy call was most of the time; a Parquet file's size says little, near-copies compress
+        to nothing). Ids are read back from the parts."""
         arrays = {w: ctx.arrays(w) for w in ("sig", "facts", "bands", "shingles")}
         items = [(k, path, offset, count) for (k, path, offset), count in zip(ctx.items(), ctx.counts, strict=True)]
         per_part = max(1, ctx.rows // max(len(items), 1))
@@ -394,23 +396,21 @@ class MinHashDedup(Step):
 
         def sign_unit(s: MinHashDedup, unit: list[tuple[int, str, int, int]]) -> dict[str, int]:
             signer = Signer(s.num_perm, s.seed, s.shingle, s.size, s.workers)
-            held: list[tuple[int, str, int, int]] = []
-            size = 0
-            for item in unit:
-                held.append(item)
-                size += os.path.getsize(item[1])
-                if size >= _SIGN_FILE_BYTES:
-                    s._sign_parts(signer, held, arrays)
-                    held, size = [], 0
-            if held:
-                s._sign_parts(signer, held, arrays)
+            i, per_row = 0, None  # compared text bytes per row, from the parts read so far
+            while i < len(unit):
+                j, rows = i + 1, unit[i][3]
+                while per_row is not None and j < len(unit) and (rows + unit[j][3]) * per_row <= _SIGN_TEXT_BYTES:
+                    rows += unit[j][3]
+                    j += 1
+                per_row = s._sign_parts(signer, unit[i:j], arrays) / max(rows, 1)
+                i = j
             return {"rows": sum(count for *_, count in unit)}
 
         ctx.map(sign_unit, units, state=self, on_result=ctx.told())
 
-    def _sign_parts(self, signer: Signer, parts: list[tuple[int, str, int, int]], arrays: dict[str, PartArrays]) -> None:
+    def _sign_parts(self, signer: Signer, parts: list[tuple[int, str, int, int]], arrays: dict[str, PartArrays]) -> int:
         """Sign consecutive parts (number, path, offset, rows), read in one call, as one batch; keep
-        each part's arrays."""
+        each part's arrays. Returns the bytes of text compared."""
         lengths = self.keep != "first"  # the response length only ranks rows for the other policies
         cols = ["problem", "thinking", "solution"] if lengths or self.mode == "problem_response" else ["problem"]
         batch = pl.read_parquet([path for _, path, _, _ in parts], columns=cols, hive_partitioning=False)
@@ -418,7 +418,8 @@ class MinHashDedup(Step):
         if batch.height != sum(count for *_, count in parts):
             raise RuntimeError(f"minhash_dedup: parts {parts[0][1]}..{parts[-1][1]} hold {batch.height} rows, "
                                f"not the {sum(count for *_, count in parts)} the stage counted")
-        sig, rows, h = signer.sign(self._text(batch))
+        text = self._text(batch)
+        sig, rows, h = signer.sign(text)
         length = response_length(batch).to_numpy().astype(np.int64) if lengths else np.zeros(batch.height, np.int64)
         facts = np.stack([length, self.numbers(batch).view(np.int64)], axis=1)
         valid = (sig != _M32).any(axis=1)
@@ -434,6 +435,7 @@ class MinHashDedup(Step):
             if shingle_keys is not None:
                 cut = np.searchsorted(shingle_keys, np.array([offset, offset + count], dtype=np.uint64) << np.uint64(32))
                 arrays["shingles"].put(k, shingle_keys[cut[0]:cut[1]])
+        return int(text.str.len_bytes().sum() or 0)
 
     def _candidates(self, ctx: PassContext) -> np.ndarray:
         """Candidate pairs: one task per group of bands reads those bands' keys of every part and
