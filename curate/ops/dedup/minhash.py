@@ -80,7 +80,8 @@ _SIZES = {"word": 3, "char": 24}  # words: 3 on problems, 5 (datatrove) on probl
 _KEYS_PER_TASK = 5_000_000  # band keys one candidate-pair task sorts (rows x its bands)
 _ROWS_PER_CHECK = 250_000  # rows in pairs one keep-first task loads (whole clusters: a bigger one is whole)
 _ROWS_PER_SIGN = 250_000  # rows of consecutive parts one signing task covers
-_SIGN_TEXT_BYTES = 8 << 20  # compared text signed at once (bounds the token arrays: ~25x the text)
+_SIGN_TEXT_BYTES = 2 << 20  # compared text signed at once: its token arrays (8 B a token) stay under the 4 MiB
+# from which numpy asks for huge pages (zeroing 2 MiB pages for short-lived arrays cost more than it saves)
 
 
 def shingle_hash32(shingle: bytes) -> int:
