@@ -25,8 +25,9 @@ its better row is kept and the other undecided, so a cluster of k copies costs a
 not k^2. Each row keeps at most ``max_shingles`` shingle hashes for the check (the smallest: a
 bottom-k sample, exact for rows with fewer), so memory per row is bounded on long traces.
 
-The pass (``plan``) runs on any engine as units of work: each part's signatures, row facts, band
-keys and shingle sets go to one raw numpy array each; tasks over groups of bands sort the keys
+The pass (``plan``) runs on any engine as units of work: tasks over runs of consecutive parts sign
+them a few MiB of text at a time, and each part's signatures, row facts, band keys and shingle
+sets go to one raw numpy array each; tasks over groups of bands sort the keys
 into candidate pairs; the clusters of candidate pairs go to tasks of ~250k rows, each loading
 what it needs of its rows only (two ints, the signature and at most ``max_shingles`` shingle
 hashes each) and running ``keep_first`` with its lazy check.
