@@ -160,7 +160,8 @@ def _distinct(keys: pa.Array, hash_of: Callable[[Any], int]) -> np.ndarray:
     table on this thread, ~3x cheaper in CPU than polars' unique + replace)."""
     encoded = keys.dictionary_encode()
     hashes = np.array([hash_of(k) for k in encoded.dictionary.to_pylist()], dtype=np.uint64)
-    return hashes[encoded.indices.to_numpy()]
+    index = encoded.indices  # int32, read as a buffer: pyarrow's to_numpy imports pandas (0.2-0.5 s)
+    return hashes[np.frombuffer(index.buffers()[1], np.int32, len(index), index.offset * 4)]
 
 
 def ramp(counts: np.ndarray) -> np.ndarray:
