@@ -335,3 +335,27 @@ def test_parts_signed_together_give_the_same_answer(traces, monkeypatch):
     whole = run(frame.height)
     assert together.height >= 300
     assert together.equals(apart) and together.equals(whole)
+
+
+def test_the_pass_loads_no_pandas_or_scipy(tmp_path):
+    """The step's pass and apply import neither pandas (pyarrow's ``Array.to_numpy`` would: 0.2-0.5 s
+    per process) nor scipy or datasketch, in a fresh interpreter."""
+    import subprocess
+
+    code = f"""
+import sys, json
+from pathlib import Path
+import polars as pl
+from curate.globalpass import run_here
+from curate.ops.dedup.minhash import MinHashDedup
+texts = ["Find x if 3x = 9 in İstanbul, ünïcode", "Find x if 3x = 9.", "[asy]draw((0,0));[/asy] Compute 12345678901 + 1",
+         "Compute 12345678901 + 1", "Other words entirely, nothing shared"] * 40
+frame = pl.DataFrame({{"id": [str(i) for i in range(len(texts))], "problem": texts,
+                      "thinking": ["t"] * len(texts), "solution": ["s"] * len(texts)}})
+result = run_here(MinHashDedup(), list(frame.iter_slices(64)), Path({str(tmp_path)!r}))
+print(json.dumps([result.stats["dropped"], [m for m in ("pandas", "scipy", "datasketch") if m in sys.modules]]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PATH": "/usr/bin:/bin"})
+    dropped, loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert dropped >= 190 and loaded == []
