@@ -398,7 +398,7 @@ class MinHashDedup(Step):
 
         def sign_unit(s: MinHashDedup, unit: list[tuple[int, str, int, int]]) -> dict[str, int]:
             signer = Signer(s.num_perm, s.seed, s.shingle, s.size, s.workers)
-            i, per_row = 0, None  # compared text bytes per row, from the parts read so far
+            i, per_row = 0, None  # bytes per row (``_sign_parts``), from the parts read so far
             while i < len(unit):
                 j, rows = i + 1, unit[i][3]
                 while per_row is not None and j < len(unit) and (rows + unit[j][3]) * per_row <= _SIGN_TEXT_BYTES:
@@ -412,7 +412,8 @@ class MinHashDedup(Step):
 
     def _sign_parts(self, signer: Signer, parts: list[tuple[int, str, int, int]], arrays: dict[str, PartArrays]) -> int:
         """Sign consecutive parts (number, path, offset, rows), read in one call, as one batch; keep
-        each part's arrays. Returns the bytes of text compared."""
+        each part's arrays. Returns what the batch weighed: the bytes of its compared text, or an
+        eighth of all it read (the response columns read to rank rows), at least one a row."""
         lengths = self.keep != "first"  # the response length only ranks rows for the other policies
         cols = ["problem", "thinking", "solution"] if lengths or self.mode == "problem_response" else ["problem"]
         batch = pl.read_parquet([path for _, path, _, _ in parts], columns=cols, hive_partitioning=False)
@@ -437,7 +438,7 @@ class MinHashDedup(Step):
             if shingle_keys is not None:
                 cut = np.searchsorted(shingle_keys, np.array([offset, offset + count], dtype=np.uint64) << np.uint64(32))
                 arrays["shingles"].put(k, shingle_keys[cut[0]:cut[1]])
-        return int(text.str.len_bytes().sum() or 0)
+        return max(int(text.str.len_bytes().sum() or 0), batch.estimated_size() >> 3, batch.height)
 
     def _candidates(self, ctx: PassContext) -> np.ndarray:
         """Candidate pairs: one task per group of bands reads those bands' keys of every part and
