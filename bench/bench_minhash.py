@@ -4,6 +4,7 @@
     python bench/bench_minhash.py --rows 200000             # in process: minhash_dedup's pass vs the loops
     python bench/bench_minhash.py --heavy 10000 50000 100000 200000  # 99% near-duplicate traces: growth
     python bench/bench_minhash.py --planted                 # planted copies and false merges
+    python bench/bench_minhash.py --pass-cpu 100000 --before /tmp/before  # the pass's CPU s vs another checkout
 
 Every file goes to a fresh temporary folder (``--workdir`` to keep one), so two runs never share paths.
 
@@ -39,11 +40,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# the checkout to measure: this one, or --pass-cpu's --before (its curate, this bench)
+sys.path.insert(0, os.environ.get("CURATE_BENCH_CHECKOUT", str(Path(__file__).resolve().parent.parent)))
 from bench.planted import VARIANTS, exact_jaccard_pairs, held_out, kept_rows, merges, plant, score  # noqa: E402
 from curate import read  # noqa: E402
 from curate.globalpass import run_here  # noqa: E402
@@ -479,6 +482,56 @@ def planted_report() -> None:
                   f"{m['false_merges']} | {len(wrong)} |")
 
 
+def pass_cpu_child(n: int, work: Path) -> None:
+    """CPU seconds (user + sys, all threads) of ``minhash_dedup``'s pass (``plan``) and apply on
+    ``n`` corpus rows in parts of 1,024 rows (a pipeline's default batch size), in process
+    (``run_here``; the part writes it starts with are not counted)."""
+    texts = corpus(n, work)
+    frame = pl.DataFrame({"id": [str(i) for i in range(n)], "problem": texts,
+                          "thinking": [""] * n, "solution": [""] * n})
+    spent = {"plan": 0.0, "apply": 0.0}
+    plan, apply = MinHashDedup.plan, MinHashDedup.apply_plan
+
+    def timed_call(name: str, fn: Any, *a: Any) -> Any:
+        t0 = time.process_time()
+        try:
+            return fn(*a)
+        finally:
+            spent[name] += time.process_time() - t0
+
+    step = MinHashDedup()
+    step.plan = lambda ctx: (timed_call("plan", plan, step, ctx), lambda s, *a: timed_call("apply", apply, s, *a))[1]
+    with tempfile.TemporaryDirectory(dir=work) as folder:
+        t0 = time.perf_counter()
+        result = run_here(step, list(frame.iter_slices(1024)), Path(folder))
+        seconds = time.perf_counter() - t0
+    print(json.dumps({"rows": n, **spent, "wall_with_part_writes": seconds, "dropped": result.stats["dropped"]}))
+
+
+def pass_cpu(args: argparse.Namespace, work: Path) -> None:
+    """The pass + apply CPU of this checkout and of ``--before`` (another checkout, e.g. ``git
+    worktree add /tmp/before <commit>``), one process each, interleaved ``--repeat`` times."""
+    corpus(args.pass_cpu, work)
+    trees = {"after": str(Path(__file__).resolve().parent.parent)}
+    if args.before:
+        trees = {"before": str(args.before.resolve()), **trees}
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in trees}
+    for _ in range(args.repeat):
+        for name, tree in trees.items():
+            out = subprocess.run([sys.executable, __file__, "--pass-cpu-child", str(args.pass_cpu), "--workdir", str(work)],
+                                 capture_output=True, text=True, check=True,
+                                 env={**os.environ, "PYTHONPATH": tree, "CURATE_BENCH_CHECKOUT": tree})
+            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"machine: {platform.node()} {os.cpu_count()} cores (load {os.getloadavg()[0]:.1f}); {args.pass_cpu} rows "
+          f"in parts of 1,024; {args.repeat} interleaved runs, median")
+    print("| checkout | pass CPU s | apply CPU s | pass + apply CPU s | runs (pass + apply) | dropped |")
+    print("|---|---|---|---|---|---|")
+    for name, rs in runs.items():
+        total = [r["plan"] + r["apply"] for r in rs]
+        print(f"| {name} | {np.median([r['plan'] for r in rs]):.2f} | {np.median([r['apply'] for r in rs]):.2f} | "
+              f"{np.median(total):.2f} | {', '.join(f'{t:.2f}' for t in total)} | {rs[0]['dropped']} |")
+
+
 def _jac(pairs: np.ndarray, jac: np.ndarray, i: int, j: int) -> float:
     hit = np.flatnonzero((pairs[:, 0] == min(i, j)) & (pairs[:, 1] == max(i, j)))
     return float(jac[hit[0]]) if len(hit) else 0.0
@@ -497,6 +550,9 @@ def main() -> None:
     ap.add_argument("--heavy-child", type=int)
     ap.add_argument("--rss", type=int, nargs="+", metavar="ROWS", help="peak RSS of curate run at these sizes")
     ap.add_argument("--planted", action="store_true", help="only the planted-duplicate report")
+    ap.add_argument("--pass-cpu", type=int, metavar="ROWS", help="CPU s of the step's pass + apply (vs --before)")
+    ap.add_argument("--pass-cpu-child", type=int)
+    ap.add_argument("--before", type=Path, help="--pass-cpu: another checkout to compare with")
     args = ap.parse_args()
     if args.planted:
         planted_report()
@@ -508,6 +564,10 @@ def main() -> None:
             child(args.only, args.child_rows or args.rows, work)
         elif args.heavy_child:
             heavy_child(args.heavy_child, work)
+        elif args.pass_cpu_child:
+            pass_cpu_child(args.pass_cpu_child, work)
+        elif args.pass_cpu:
+            pass_cpu(args, work)
         elif args.heavy:
             heavy(args.heavy, work)
         elif args.rss:

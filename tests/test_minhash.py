@@ -8,7 +8,9 @@ import json
 import random
 import re
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -16,6 +18,7 @@ import pytest
 
 from curate import Pipeline, read
 from curate.errors import RecipeError
+from curate.globalpass import run_here
 from curate.ops import MinHashDedup
 from curate.ops.dedup.minhash import Signer, char_shingle_hash32, shingle_hash32, shingles
 from curate.step import build_step
@@ -265,3 +268,94 @@ def test_clusters_checked_in_groups_give_the_same_answer(traces, monkeypatch):
     grouped = kept_rows(step, frame, batch_size=500)
     assert (whole != np.arange(frame.height)).sum() >= 400
     assert np.array_equal(whole, grouped)
+
+
+def test_byte_tokens_equal_the_regex_tokens(traces, problems):
+    """``word_token_hashes`` (runs of word bytes, numpy) finds the tokens ``tokenize_series`` (the
+    ``\\w+`` regex) finds, row for row, with the same ``token_hash``: on every real text field and
+    on non-ASCII letters, digits, marks, joiners, CJK, astral characters, long tokens, nulls."""
+    from curate.text import token_hash, tokenize_series, word_token_hashes
+
+    odd = ["", None, "ÀÉÎ ǅungla ﬃ straße İstanbul ΣΑΣ x²³ ½ ٣٤ 𝔘𝔫𝔦 ０１２ a_b-c\u200dd e\u0301f",
+           "日本語のテキスト、句読点。", "abcdefghijklmnopqrstuvwxyz0123456789 ab", "a", "aaaaaaaa", "aaaaaaaaa",
+           "end", "start", "\t\n", "x" * 300, "Ωmega Å K"]
+    fields = [traces[c].cast(pl.String) for c in ("problem", "thinking", "solution")]
+    texts = pl.concat([pl.Series(problems + odd, dtype=pl.String), *fields])
+    want = tokenize_series(texts)
+    lengths, hashes = word_token_hashes(texts)
+    assert np.array_equal(lengths, want.list.len().fill_null(0).to_numpy())
+    flat = want.explode().drop_nulls().to_list()
+    assert len(flat) > 1_000_000 and np.array_equal(hashes, np.array([token_hash(t) for t in flat], dtype=np.uint64))
+
+
+def test_numbers_compare_as_the_sorted_joined_numbers(problems):
+    """Two problems have the same number hash exactly when their numbers (``\\d+`` after a leading
+    "3. " or "Problem 2:", leading zeros dropped) sorted and joined are the same string, as the
+    step first defined it (a lone 0 then reads as no number)."""
+    from curate.ops.dedup.minhash import _LEADING_NUMBER
+
+    rng = random.Random(5)
+    bits = ["0", "00", "007", "7", "12", "٣", "٠٣", "０１", "1234567890", "00000000012345", "x", "a.", "3.", "(a)",
+            "Problem 12:", "problem 3.", " ", "\n", "İ", "é", "[asy]1 2[/asy]", "1.5", "2^10", "b)", "12)"]
+    texts = ["".join(rng.choice(bits) + rng.choice(["", " "]) for _ in range(rng.randint(0, 8))) for _ in range(5000)]
+    texts += problems + [None, "", "0", "00", "1. 0", "1.  5 5", "PROBLEM 1: 5", "A. 5", "a. 5"]
+    frame = pl.DataFrame({"problem": texts}, schema={"problem": pl.String})
+    for step in (MinHashDedup(), MinHashDedup(ignore_asy=False)):
+        got = step.numbers(frame)
+        joined = frame.select(pl.lit(step._problem(frame)).fill_null("").str.replace(_LEADING_NUMBER, "")
+                              .str.extract_all(r"\d+").list.eval(pl.element().str.strip_chars_start("0"))
+                              .list.sort().list.join(" "))[:, 0].to_list()
+        first_of: dict[Any, int] = {}
+        same_got = [first_of.setdefault(("got", int(g)), k) for k, g in enumerate(got)]
+        same_want = [first_of.setdefault(("want", w), k) for k, w in enumerate(joined)]
+        assert same_got == same_want
+        assert len(set(joined)) > 4000
+    assert not MinHashDedup(same_numbers=False).numbers(frame).any()
+
+
+def test_parts_signed_together_give_the_same_answer(traces, monkeypatch):
+    """Consecutive parts are read and signed together, a few MiB at a time: parts of any size,
+    signed in batches of one part or of many, keep and reject the same rows with the same
+    Jaccard values."""
+    import curate.ops.dedup.minhash as minhash
+
+    frame = traces.head(1500)
+    frame = pl.concat([frame, frame.head(300).with_columns(pl.col("id") + "-copy",
+                                                           pl.col("problem").str.replace(" ", "  "))])
+    step = MinHashDedup()
+
+    def run(batch_size: int) -> pl.DataFrame:
+        with tempfile.TemporaryDirectory() as folder:
+            result = run_here(step, list(frame.iter_slices(batch_size)), Path(folder))
+        return result.rejected.select("id", "duplicate_of", "minhash_jaccard").sort("id")
+
+    together = run(97)
+    monkeypatch.setattr(minhash, "_SIGN_TEXT_BYTES", 1)  # every part signed on its own
+    apart = run(97)
+    whole = run(frame.height)
+    assert together.height >= 300
+    assert together.equals(apart) and together.equals(whole)
+
+
+def test_the_pass_loads_no_pandas_or_scipy(tmp_path):
+    """The step's pass and apply import neither pandas (pyarrow's ``Array.to_numpy`` would: 0.2-0.5 s
+    per process) nor scipy or datasketch, in a fresh interpreter."""
+    import subprocess
+
+    code = f"""
+import sys, json
+from pathlib import Path
+import polars as pl
+from curate.globalpass import run_here
+from curate.ops.dedup.minhash import MinHashDedup
+texts = ["Find x if 3x = 9 in İstanbul, ünïcode", "Find x if 3x = 9.", "[asy]draw((0,0));[/asy] Compute 12345678901 + 1",
+         "Compute 12345678901 + 1", "Other words entirely, nothing shared"] * 40
+frame = pl.DataFrame({{"id": [str(i) for i in range(len(texts))], "problem": texts,
+                      "thinking": ["t"] * len(texts), "solution": ["s"] * len(texts)}})
+result = run_here(MinHashDedup(), list(frame.iter_slices(64)), Path({str(tmp_path)!r}))
+print(json.dumps([result.stats["dropped"], [m for m in ("pandas", "scipy", "datasketch") if m in sys.modules]]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PATH": "/usr/bin:/bin"})
+    dropped, loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert dropped >= 190 and loaded == []

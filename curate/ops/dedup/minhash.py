@@ -25,8 +25,9 @@ its better row is kept and the other undecided, so a cluster of k copies costs a
 not k^2. Each row keeps at most ``max_shingles`` shingle hashes for the check (the smallest: a
 bottom-k sample, exact for rows with fewer), so memory per row is bounded on long traces.
 
-The pass (``plan``) runs on any engine as units of work: each part's signatures, row facts, band
-keys and shingle sets go to one raw numpy array each; tasks over groups of bands sort the keys
+The pass (``plan``) runs on any engine as units of work: tasks over runs of consecutive parts sign
+them a few MiB of text at a time, and each part's signatures, row facts, band keys and shingle
+sets go to one raw numpy array each; tasks over groups of bands sort the keys
 into candidate pairs; the clusters of candidate pairs go to tasks of ~250k rows, each loading
 what it needs of its rows only (two ints, the signature and at most ``max_shingles`` shingle
 hashes each) and running ``keep_first`` with its lazy check.
@@ -48,6 +49,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import xxhash
 
 from curate.globalpass import (
     PartArrays,
@@ -58,7 +60,16 @@ from curate.globalpass import (
     read_duplicates,
 )
 from curate.step import Step, StepResult, reject_where
-from curate.text import TokenBatch, fmix64, gram_hash
+from curate.text import (
+    TokenBatch,
+    byte_runs,
+    class_bytes,
+    fmix64,
+    gram_hash,
+    ramp,
+    short_keys,
+    utf8_buffer,
+)
 
 _M32 = np.uint32(0xFFFFFFFF)
 _CHUNK = 4096  # shingles hashed at once per thread (a num_perm x 4096 uint32 buffer stays in cache)
@@ -69,6 +80,9 @@ _LEADING_NUMBER = r"^\s*(?i:problem\s*)?\(?[0-9a-z]{1,3}[.):]\s+"  # "3. ", "(a)
 _SIZES = {"word": 3, "char": 24}  # words: 3 on problems, 5 (datatrove) on problem+response; NeMo: 24 chars
 _KEYS_PER_TASK = 5_000_000  # band keys one candidate-pair task sorts (rows x its bands)
 _ROWS_PER_CHECK = 250_000  # rows in pairs one keep-first task loads (whole clusters: a bigger one is whole)
+_ROWS_PER_SIGN = 250_000  # rows of consecutive parts one signing task covers
+_SIGN_TEXT_BYTES = 2 << 20  # compared text signed at once: its token arrays (8 B a token) stay under the 4 MiB
+# from which numpy asks for huge pages (zeroing 2 MiB pages for short-lived arrays cost more than it saves)
 
 
 def shingle_hash32(shingle: bytes) -> int:
@@ -177,6 +191,19 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
                 acc = (acc ^ sig[:, j].astype(np.uint64)) * np.uint64(0x100000001B3)
             keys[b] = fmix64(acc)
     return keys
+
+
+def shared_buckets(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, indices) of the rows whose band key another row shares, sorted by key and by index
+    within a key: one unstable argsort finds the shared keys, and only their rows (few) are put in
+    index order (a stable argsort of every key cost 7x more)."""
+    if len(key) < 2:
+        return key[:0], np.empty(0, dtype=np.int64)
+    order = np.argsort(key)
+    same = key[order[1:]] == key[order[:-1]]
+    rows = order[np.r_[same, False] | np.r_[False, same]]
+    rows = rows[np.lexsort((rows, key[rows]))]
+    return key[rows], rows
 
 
 def bucket_pairs(sk: np.ndarray, members: np.ndarray) -> np.ndarray:
@@ -293,27 +320,52 @@ class MinHashDedup(Step):
             cols.append(self.best_by)
         return tuple(cols)
 
-    def _problem(self) -> pl.Expr:
-        problem = pl.col("problem").cast(pl.String)
-        if self.ignore_asy:  # a problem that is only a figure keeps it (else it would have no shingles)
-            bare = problem.str.replace_all(_ASY, " ")
-            problem = pl.when(bare.str.contains(r"\w")).then(bare).otherwise(problem)
-        return problem
+    def _problem(self, batch: pl.DataFrame) -> pl.Series:
+        """The problems as compared: without ``[asy]`` figure code (a problem that is only a figure
+        keeps it, else it would have no shingles); only the rows with ``[asy]`` are rewritten."""
+        problem = batch.get_column("problem").cast(pl.String)
+        if not self.ignore_asy:
+            return problem
+        rows = problem.str.contains("[asy]", literal=True).fill_null(False).arg_true()
+        if not len(rows):
+            return problem
+        some = problem.gather(rows)
+        bare = some.str.replace_all(_ASY, " ")
+        kept = pl.select(pl.when(bare.str.contains(r"\w")).then(bare).otherwise(some)).to_series()
+        return problem.clone().scatter(rows, kept)
 
     def numbers(self, batch: pl.DataFrame) -> np.ndarray:
-        """A 64-bit hash of each problem's numbers, sorted (0 for every row unless ``same_numbers``)."""
+        """A 64-bit hash of the multiset of each problem's numbers (``\\d+`` runs after a leading
+        "3. " or "Problem 2:", leading zeros dropped): the sum of one hash per number, so order does
+        not count. 0 for every row unless ``same_numbers``, and for a problem without numbers or
+        whose one number is 0 (as when the sorted numbers were joined into one string). The runs
+        are found on the UTF-8 bytes with numpy (no regex, no list column)."""
         if not self.same_numbers:
             return np.zeros(batch.height, dtype=np.uint64)
-        nums = (self._problem().fill_null("").str.replace(_LEADING_NUMBER, "").str.extract_all(r"\d+")
-                .list.eval(pl.element().str.strip_chars_start("0")).list.sort().list.join(" "))
-        return batch.select(nums.hash(seed=7))[:, 0].to_numpy()
+        problem = pl.col("p")
+        found = pl.DataFrame({"p": self._problem(batch).fill_null("")}).with_columns(
+            (problem.str.len_bytes() - problem.str.replace(_LEADING_NUMBER, "").str.len_bytes()).alias("skip"))
+        data, offsets = utf8_buffer(found["p"])
+        digit = class_bytes(data, (data - np.uint8(48)) < 10, r"^\d$")
+        skip = found["skip"].to_numpy().astype(np.int64)
+        digit[np.repeat(offsets[:-1], skip) + ramp(skip)] = False  # the leading number (it ends in a space)
+        starts, ends = byte_runs(digit, offsets)
+        count = np.diff(np.searchsorted(starts, offsets))
+        figures = np.r_[np.flatnonzero(digit & (data != 48)), len(data)]  # digits but ASCII 0
+        begin = np.minimum(figures[np.searchsorted(figures, starts)], ends)  # leading zeros dropped
+        each = number_hashes(data, begin, ends)
+        prefix = np.zeros(len(each) + 1, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            np.cumsum(each, out=prefix[1:])
+            total = prefix[np.cumsum(count)] - prefix[np.cumsum(count) - count]
+        return np.where((count == 1) & (total == _ZERO_HASH), np.uint64(0), total)
 
     def _text(self, batch: pl.DataFrame) -> pl.Series:
-        problem = self._problem()
+        problem = self._problem(batch)
         if self.mode == "problem":
-            return batch.select(problem)[:, 0]
-        return batch.select(pl.concat_str([problem.fill_null(""), *[pl.col(c).cast(pl.String).fill_null("")
-                                                                  for c in ("thinking", "solution")]],
+            return problem
+        return batch.select(pl.concat_str([pl.lit(problem).fill_null(""), *[pl.col(c).cast(pl.String).fill_null("")
+                                                                          for c in ("thinking", "solution")]],
                                           separator="\n"))[:, 0]
 
     def plan(self, ctx: PassContext) -> PlannedApply:
@@ -329,28 +381,64 @@ class MinHashDedup(Step):
         return MinHashDedup.apply_plan
 
     def _sign(self, ctx: PassContext) -> None:
-        """One unit per part, keeping arrays in the pass's scratch: ``sig`` (the signatures),
-        ``facts`` (response length and number hash per row), ``bands`` (the positions of the rows
-        with shingles, then their band keys: bands + 1 rows) and, to check on Jaccard,
-        ``shingles`` (sorted ``pos << 32 | hash`` keys). Ids are read back from the parts."""
-        sigs, facts, bands, shingles = (ctx.arrays(w) for w in ("sig", "facts", "bands", "shingles"))
-        cols = ["id", "problem", "thinking", "solution"]
+        """Units of consecutive parts (``_ROWS_PER_SIGN`` rows a unit, at least one per worker of the
+        engine), keeping arrays per part in the pass's scratch: ``sig`` (the signatures), ``facts``
+        (response length and number hash per row), ``bands`` (the positions of the rows with
+        shingles, then their band keys: bands + 1 rows) and, to check on Jaccard, ``shingles``
+        (sorted ``pos << 32 | hash`` keys). A unit reads and signs about ``_SIGN_TEXT_BYTES`` of
+        compared text at a time, as many parts as the text per row read so far says fit (a
+        pipeline's parts hold 1,024 rows: signed one by one, the fixed cost of each polars and
+        numpy call was most of the time; a Parquet file's size says little, near-copies compress
+        to nothing). Ids are read back from the parts."""
+        arrays = {w: ctx.arrays(w) for w in ("sig", "facts", "bands", "shingles")}
+        items = [(k, path, offset, count) for (k, path, offset), count in zip(ctx.items(), ctx.counts, strict=True)]
+        per_part = max(1, ctx.rows // max(len(items), 1))
+        units = [[items[k] for k in g.tolist()] for g in
+                 np.array_split(np.arange(len(items)), ctx.groups(len(items), per_part, _ROWS_PER_SIGN)) if len(g)]
 
-        def sign_part(s: MinHashDedup, item: tuple[int, str, int]) -> dict[str, int]:
-            k, path, offset = item
-            batch = pl.read_parquet(path, columns=cols)
-            sig, rows, h = Signer(s.num_perm, s.seed, s.shingle, s.size, s.workers).sign(s._text(batch))
-            sigs.put(k, sig)
-            facts.put(k, np.stack([response_length(batch).to_numpy().astype(np.int64),
-                                   s.numbers(batch).view(np.int64)], axis=1))
-            valid = (sig != _M32).any(axis=1)
-            pos = np.arange(offset, offset + batch.height, dtype=np.uint64)[valid]
-            bands.put(k, np.concatenate([pos[None, :], band_keys(sig[valid], s.bands, s.rows)]))
-            if s.verify == "jaccard":
-                shingles.put(k, shingle_keys_of(rows, h, offset, s.max_shingles))
-            return {"rows": batch.height}
+        def sign_unit(s: MinHashDedup, unit: list[tuple[int, str, int, int]]) -> dict[str, int]:
+            signer = Signer(s.num_perm, s.seed, s.shingle, s.size, s.workers)
+            i, per_row = 0, None  # bytes per row (``_sign_parts``), from the parts read so far
+            while i < len(unit):
+                j, rows = i + 1, unit[i][3]
+                while per_row is not None and j < len(unit) and (rows + unit[j][3]) * per_row <= _SIGN_TEXT_BYTES:
+                    rows += unit[j][3]
+                    j += 1
+                per_row = s._sign_parts(signer, unit[i:j], arrays) / max(rows, 1)
+                i = j
+            return {"rows": sum(count for *_, count in unit)}
 
-        ctx.map(sign_part, ctx.items(), state=self, on_result=ctx.told())
+        ctx.map(sign_unit, units, state=self, on_result=ctx.told())
+
+    def _sign_parts(self, signer: Signer, parts: list[tuple[int, str, int, int]], arrays: dict[str, PartArrays]) -> int:
+        """Sign consecutive parts (number, path, offset, rows), read in one call, as one batch; keep
+        each part's arrays. Returns what the batch weighed: the bytes of its compared text, or an
+        eighth of all it read (the response columns read to rank rows), at least one a row."""
+        lengths = self.keep != "first"  # the response length only ranks rows for the other policies
+        cols = ["problem", "thinking", "solution"] if lengths or self.mode == "problem_response" else ["problem"]
+        batch = pl.read_parquet([path for _, path, _, _ in parts], columns=cols, hive_partitioning=False)
+        base = parts[0][2]
+        if batch.height != sum(count for *_, count in parts):
+            raise RuntimeError(f"minhash_dedup: parts {parts[0][1]}..{parts[-1][1]} hold {batch.height} rows, "
+                               f"not the {sum(count for *_, count in parts)} the stage counted")
+        text = self._text(batch)
+        sig, rows, h = signer.sign(text)
+        length = response_length(batch).to_numpy().astype(np.int64) if lengths else np.zeros(batch.height, np.int64)
+        facts = np.stack([length, self.numbers(batch).view(np.int64)], axis=1)
+        valid = (sig != _M32).any(axis=1)
+        keys = band_keys(sig[valid], self.bands, self.rows)
+        pos = np.flatnonzero(valid)
+        shingle_keys = shingle_keys_of(rows, h, base, self.max_shingles) if self.verify == "jaccard" else None
+        for k, _, offset, count in parts:
+            lo, hi = offset - base, offset - base + count
+            arrays["sig"].put(k, sig[lo:hi])
+            arrays["facts"].put(k, facts[lo:hi])
+            a, b = np.searchsorted(pos, [lo, hi])
+            arrays["bands"].put(k, np.concatenate([(pos[None, a:b] + base).astype(np.uint64), keys[:, a:b]]))
+            if shingle_keys is not None:
+                cut = np.searchsorted(shingle_keys, np.array([offset, offset + count], dtype=np.uint64) << np.uint64(32))
+                arrays["shingles"].put(k, shingle_keys[cut[0]:cut[1]])
+        return max(int(text.str.len_bytes().sum() or 0), batch.estimated_size() >> 3, batch.height)
 
     def _candidates(self, ctx: PassContext) -> np.ndarray:
         """Candidate pairs: one task per group of bands reads those bands' keys of every part and
@@ -365,10 +453,9 @@ class MinHashDedup(Step):
             arrays = [bands.array(k) for k in parts]
             pos = np.concatenate([a[0] for a in arrays]).astype(np.int64)
             found = np.empty((0, 2), dtype=np.int64)
-            for b in group:  # rows are in position order: a stable sort by key ties by position
-                key = np.concatenate([a[1 + b] for a in arrays])
-                order = np.argsort(key, kind="stable")
-                found = unique_pairs(np.concatenate([found, bucket_pairs(key[order], pos[order])]))
+            for b in group:
+                sk, at = shared_buckets(np.concatenate([a[1 + b] for a in arrays]))
+                found = unique_pairs(np.concatenate([found, bucket_pairs(sk, pos[at])]))
             store.put(f"pairs/{g:03d}", found)
             return {"rows": len(pos)}
 
@@ -488,6 +575,20 @@ def split_duplicates(batch: pl.DataFrame, duplicate_of: pl.Series, reason: pl.Ex
         detail.append(score.cast(pl.Float64).alias(score_name))
     result = reject_where(batch.with_columns(detail), duplicate_of.is_not_null(), reason)
     return StepResult(result.kept.drop([c.name for c in detail]), result.rejected)
+
+
+_NUMBER_SALT = np.uint64(0x6A09E667F3BCC909)  # so that the empty string (all zeros) hashes to non-0
+_ZERO_HASH = fmix64(np.array([_NUMBER_SALT]))[0]
+
+
+def number_hashes(data: np.ndarray, begin: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each byte string [begin, end) of ``data``: up to 8 bytes, a bijection of
+    its bytes as one integer (``fmix64``); longer ones (rare for numbers), xxh3 of the bytes."""
+    size = end - begin
+    out = fmix64(short_keys(data, begin, np.minimum(size, 8)) ^ _NUMBER_SALT)
+    for k in np.flatnonzero(size > 8).tolist():
+        out[k] = xxhash.xxh3_64_intdigest(data[begin[k]:end[k]].tobytes())
+    return out
 
 
 def keep_rank(keep: str, n: int, lengths: list[pl.Series], best: list[pl.Series]) -> np.ndarray:
