@@ -221,7 +221,7 @@ def bucket_pairs(sk: np.ndarray, members: np.ndarray) -> np.ndarray:
     local = pos - first[group[pos]]
     ahead = np.minimum(size[group[pos]] - 1 - local, _PAIR_WINDOW)
     left = np.repeat(pos, ahead)
-    right = left + 1 + (np.arange(len(left)) - np.repeat(np.cumsum(ahead) - ahead, ahead))
+    right = left + 1 + ramp(ahead)
     pairs = [np.stack([members[left], members[right]], axis=1)]
     big = np.flatnonzero(size > _PAIR_WINDOW + 1)  # star edges keep large buckets connected
     for g in big:
@@ -668,7 +668,7 @@ class ShingleSets:
             if not len(idx):
                 continue
             pair = np.repeat(np.arange(len(idx)), c)
-            pos = np.repeat(self.offsets[sm[idx]], c) + (np.arange(len(pair)) - np.repeat(np.cumsum(c) - c, c))
+            pos = np.repeat(self.offsets[sm[idx]], c) + ramp(c)
             probe = (np.repeat(ot[idx], c).astype(np.uint64) << np.uint64(32)) | (self.keys[pos] & np.uint64(0xFFFFFFFF))
             at = np.minimum(np.searchsorted(self.keys, probe), len(self.keys) - 1)
             inter = np.bincount(pair, weights=self.keys[at] == probe, minlength=len(idx))
