@@ -36,7 +36,14 @@ from tqdm import tqdm
 
 from curate.engines.base import Engine
 from curate.engines.llm import given
-from curate.engines.parts import PartTask, apply_part, read_split, reject_schema, write_shard
+from curate.engines.parts import (
+    PartTask,
+    apply_part,
+    apply_parts,
+    read_split,
+    reject_schema,
+    write_shard,
+)
 from curate.errors import PipelineError
 from curate.extras import check_extras
 from curate.io.outdir import (
@@ -617,9 +624,15 @@ class _Run:
                 return apply_part(s, i, task, out_schema, rschema, planned)
 
         within = _RowCount(bar)  # rows a step reports inside a part (in this process) move the bar early
+
+        def on_result(r: dict[str, int]) -> None:
+            bar.update(max(0, r["rows"] - within.take()))
+
         with reporting(within.add):
-            self.engine.map(work, tasks, state=step, workers=workers,
-                            on_result=lambda r: bar.update(max(0, r["rows"] - within.take())))
+            if self.engine.name == "local" and planned is None and not ahead:  # one stream of parts
+                apply_parts(step, i, tasks, out_schema, rschema, on_result, getattr(self.engine, "threads", 1))
+            else:
+                self.engine.map(work, tasks, state=step, workers=workers, on_result=on_result)
         bar.close()
         self._close_stage(folder, fingerprint, {"fit_seconds": fit_seconds})
         return self._done(f"[{i}/{n}] {step_label}", self._stage_stats(i, step.name, folder), False)

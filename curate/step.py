@@ -49,6 +49,10 @@ class Step:
     # what belongs to one process (a worker pool, a loaded model): not copied when the step is
     # shipped to another process, which builds its own on first use
     process_local: ClassVar[tuple[str, ...]] = ()
+    # ``apply`` only reads what ``prepare`` built (no lazy state, no pool, no model): the local
+    # runner may apply several parts at once on threads (a ``@property`` where it depends on the
+    # parameters)
+    thread_safe: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -90,6 +94,13 @@ class Step:
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         """Process one batch; ``offset`` is the global position of its first row."""
         raise NotImplementedError
+
+    def apply_parts(self, parts: Iterator[tuple[pl.DataFrame, int]]) -> Iterator[StepResult]:
+        """``apply`` to consecutive parts (batch, offset), one result per part, in order: what the
+        local runner calls with a stage's parts. A step that feeds a worker pool overrides it to
+        keep the pool busy across parts (a part's slowest row runs beside the next part's rows)."""
+        for batch, offset in parts:
+            yield self.apply(batch, offset)
 
     def prepare(self) -> None:
         """Build, once and before any batch, what every batch shares (a benchmark index): a

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
+import time
+from dataclasses import dataclass
 
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
 from curate import Pipeline, read
+from curate.engines import LocalEngine
 from curate.io.outdir import TRASH_NAME
-from curate.ops import ExtractAnswer, Filter
+from curate.ops import Decontaminate, ExtractAnswer, Filter
+from curate.step import Step, StepResult, reject_where
 
 
 def _steps() -> list:
@@ -77,3 +82,71 @@ def test_old_trees_are_moved_aside_and_gone_when_the_run_ends(samples_dir, math5
     stages = sorted(p.name for p in (out / ".curate-cache").iterdir())
     assert stages == ["stage-00-read", "stage-01-extract_answer", "stage-02-filter"]
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".curate-cache", ".curate.lock"]
+
+
+# --- parts applied in one stream: on threads for a thread-safe step ----------------------------
+
+
+@dataclass
+class _Slow(Step):
+    """A thread-safe step whose parts finish out of order (later parts sooner), recording threads."""
+
+    name = "slow_test_step"
+    thread_safe = True
+
+    def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
+        _THREADS.add(threading.get_ident())
+        time.sleep(0.05 if offset == 0 else 0.002)
+        drop = pl.Series([len(t) % 3 == 0 for t in batch["problem"]])
+        return reject_where(batch, drop, "problem length divisible by 3")
+
+
+_THREADS: set[int] = set()
+
+
+def test_a_thread_safe_steps_parts_on_threads_give_the_one_thread_dataset(samples_dir, tmp_path):
+    """Parts applied three at a time, finishing out of order, are written in order: the same
+    data and rejects as one thread, every part applied once, on more than one thread."""
+    def run(threads: int, name: str):
+        _THREADS.clear()
+        result = Pipeline([Decontaminate(benchmarks=["math500"]), _Slow()], batch_size=8).run(
+            read(samples_dir), out=tmp_path / name, progress=False, card=False, engine=LocalEngine(threads=threads))
+        return result, set(_THREADS)
+
+    one, used_one = run(1, "one")
+    many, used_many = run(3, "many")
+    assert len(used_one) == 1 and len(used_many) > 1
+    assert one.rows > 0 and many.to_polars().equals(one.to_polars())
+    for step in ("decontaminate", "slow_test_step"):
+        assert many.rejects(step).height > 0
+        assert many.rejects(step).equals(one.rejects(step))
+    assert [f["kept"] for f in many.manifest["funnel"]] == [f["kept"] for f in one.manifest["funnel"]]
+
+
+def test_a_part_failing_on_a_thread_stops_the_run_and_the_rerun_resumes(samples_dir, tmp_path, monkeypatch):
+    out = tmp_path / "ds"
+    calls: list[int] = []
+    real = _Slow.apply
+
+    def failing(self, batch, offset):
+        calls.append(offset)
+        if offset == 24:
+            raise RuntimeError("part 3 failed")
+        return real(self, batch, offset)
+
+    monkeypatch.setattr(_Slow, "apply", failing)
+    with pytest.raises(RuntimeError, match="part 3 failed"):
+        Pipeline([_Slow()], batch_size=8).run(read(samples_dir), out=out, progress=False, card=False,
+                                             engine=LocalEngine(threads=2))
+    stage = out / ".curate" / "stage-01-slow_test_step"
+    written = sorted(p.name for p in stage.glob("part-*.parquet"))
+    assert written[:3] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert "part-00003.parquet" not in written
+    monkeypatch.setattr(_Slow, "apply", real)
+    calls.clear()
+    resumed = Pipeline([_Slow()], batch_size=8).run(read(samples_dir), out=out, progress=False, card=False,
+                                                    engine=LocalEngine(threads=2))
+    fresh = Pipeline([_Slow()], batch_size=8).run(read(samples_dir), out=tmp_path / "fresh", progress=False,
+                                                  card=False, engine=LocalEngine(threads=1))
+    assert resumed.to_polars().equals(fresh.to_polars())
+    assert resumed.rejects("slow_test_step").equals(fresh.rejects("slow_test_step"))

@@ -131,6 +131,60 @@ def test_run_starts_the_verify_pool_before_reading(tmp_path, math500_sample) -> 
     assert seen[2:] == ["nothing read", "none"]
 
 
+def test_pool_imap_takes_the_next_items_while_the_last_ones_run() -> None:
+    """A stream's items go to workers as they have room: a slow item at the end of one batch
+    runs beside the next batch's items, which are taken before the slow one is answered."""
+    taken: list[int] = []
+    answered_when: list[int] = []
+
+    def stream():
+        for k, item in enumerate([("busy", 0.6), ("echo", 1), ("echo", 2), ("echo", 3), ("echo", 4)]):
+            taken.append(k)
+            yield item, 5.0
+
+    with WorkerPool(probe, 2, timeout_s=5.0) as pool:
+        pool.start()
+        out = []
+        for r in pool.imap(stream()):
+            answered_when.append(len(taken))
+            out.append(r)
+        assert out == ["done", 1, 2, 3, 4]  # item order, whatever order they finished in
+        assert answered_when[0] == 5  # every later item was taken while the slow first one ran
+
+
+def test_pool_stream_that_raises_leaves_the_pool_clean() -> None:
+    """An error in the caller's stream ends imap with it; items still in flight are dropped with
+    their workers, so the next map gets only its own answers."""
+    def stream():
+        yield ("busy", 0.3), 5.0
+        yield ("echo", 1), 5.0
+        raise OSError("part unreadable")
+
+    with WorkerPool(probe, 2, timeout_s=5.0) as pool:
+        with pytest.raises(OSError, match="part unreadable"):
+            list(pool.imap(stream()))
+        assert pool.map([("echo", 7), ("echo", 8), ("echo", 9)]) == [7, 8, 9]
+
+
+def test_verify_apply_parts_gives_each_part_what_apply_gives_it(math500) -> None:
+    """The local runner's stream of parts (one pool fed across parts, empty parts too) returns,
+    part by part, exactly the per-part ``apply``'s result."""
+    rows = math500.drop("label")
+    parts = [rows.slice(0, 7), rows.slice(7, 0), rows.slice(7, 12), rows.slice(19, 1), rows.slice(20, 0)]
+    step = Verify(keep="correct", workers=2)
+    offsets = [0, 7, 7, 19, 20]
+    streamed = list(step.apply_parts(iter(zip(parts, offsets, strict=True))))
+    inline = Verify(keep="correct", workers=0)
+    assert len(streamed) == len(parts)
+    for got, part, offset in zip(streamed, parts, offsets, strict=True):
+        want = inline.apply(part, offset)
+        assert got.kept.equals(want.kept)
+        assert (got.rejected is None) == (want.rejected is None)
+        if want.rejected is not None:
+            assert got.rejected.equals(want.rejected)
+        assert got.stats == want.stats
+
+
 def test_pool_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="workers"):
         WorkerPool(probe, 0, 1.0)

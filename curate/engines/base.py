@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 
-from curate.engines.parts import PartTask
+from curate.engines.parts import PartTask, local_threads
 from curate.globalpass import (
     FileScratch,
     MemoryScratch,
@@ -70,14 +70,18 @@ class LocalEngine(Engine):
 
     name = "local"
 
-    def __init__(self, *, buckets: int | None = None, scratch: str = "memory"):
+    def __init__(self, *, buckets: int | None = None, scratch: str = "memory", threads: int | None = None):
         """``buckets`` fixes the width of a global pass's hash shuffle (exact dedup); its units of
         work run here one after another, handing each other data in memory (``scratch="files"``:
-        as the ray engine does, through files under the stage's ``_fit/``)."""
+        as the ray engine does, through files under the stage's ``_fit/``). A ``thread_safe``
+        step applies ``threads`` parts at once (default: one per CPU, at most 4)."""
         if scratch not in ("memory", "files"):
             raise ValueError(f"scratch must be memory or files, not {scratch!r}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, not {threads}")
         self.buckets = buckets
         self.scratch_kind = scratch
+        self.threads = threads or local_threads()
 
     def scratch(self, folder: Path) -> Scratch:
         return MemoryScratch() if self.scratch_kind == "memory" else FileScratch(folder)

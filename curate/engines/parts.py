@@ -8,7 +8,11 @@ cluster), so the files, and so the dataset, come out the same.
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,7 @@ from curate.io.write import (
     write_parquet_atomic,
 )
 from curate.schema import SCHEMA_VERSION
-from curate.step import REJECT_REASON, Step
+from curate.step import REJECT_REASON, Step, StepResult
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,66 @@ def apply_part(step: Step, i: int, task: PartTask, out_schema: pa.Schema, reject
         result = planned(step, batch, task.offset, Path(task.plan))
     else:
         result = step.apply(batch, task.offset)
-    seconds = time.perf_counter() - t0
+    return _write_result(step, i, task, batch, result, time.perf_counter() - t0, out_schema, reject_schema)
+
+
+def apply_parts(step: Step, i: int, tasks: list[PartTask], out_schema: pa.Schema, reject_schema: pa.Schema,
+                on_result: Callable[[dict[str, int]], Any] | None = None, threads: int = 1) -> None:
+    """``apply_part`` for consecutive parts in this process, through ``step.apply_parts``: the
+    next part is read while one is applied, and a step with a worker pool keeps it busy across
+    parts; a ``thread_safe`` step's parts are applied ``threads`` at a time. Each part is written,
+    in order, as soon as its result comes, so a killed run resumes from there."""
+    batches: dict[int, pl.DataFrame] = {}
+
+    def parts() -> Iterator[tuple[pl.DataFrame, int]]:
+        for task, table in zip(tasks, read_ahead(t.src for t in tasks), strict=True):
+            batches[task.k] = batch = pl.from_arrow(table)
+            yield batch, task.offset
+
+    results = _on_threads(step, parts(), threads) if threads > 1 and step.thread_safe else step.apply_parts(parts())
+    for task in tasks:
+        t0 = time.perf_counter()  # a part's seconds: from the previous part's write to its result
+        result = next(results, None)
+        if result is None:
+            raise PipelineError(f"step {i} '{step.name}': apply_parts stopped before part {task.k}")
+        info = _write_result(step, i, task, batches.pop(task.k), result, time.perf_counter() - t0,
+                             out_schema, reject_schema)
+        if on_result is not None:
+            on_result(info)
+    if next(results, None) is not None:
+        raise PipelineError(f"step {i} '{step.name}': apply_parts returned more results than parts")
+
+
+def _on_threads(step: Step, parts: Iterator[tuple[pl.DataFrame, int]], threads: int) -> Iterator[StepResult]:
+    """``step.apply`` on each part, ``threads`` parts at a time (polars, numpy and Arrow release
+    the GIL), the results in part order; at most ``threads`` parts are held beyond the one yielded."""
+    with ThreadPoolExecutor(threads) as pool:
+        window: deque[Future[StepResult]] = deque()
+        try:
+            for batch, offset in parts:
+                window.append(pool.submit(step.apply, batch, offset))
+                if len(window) > threads:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:
+            for f in window:
+                f.cancel()
+
+
+def local_threads() -> int:
+    """Threads a thread-safe step's parts are applied on by default: the CPUs this process may
+    use, at most 4 (each holds a part in memory)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 4))
+
+
+def _write_result(step: Step, i: int, task: PartTask, batch: pl.DataFrame, result: StepResult, seconds: float,
+                  out_schema: pa.Schema, reject_schema: pa.Schema) -> dict[str, int]:
+    """Check a part's result (no row lost) and write its kept rows, with counts, and its rejects."""
     kept, rejected = result.kept, result.rejected
     n_rej = 0 if rejected is None else rejected.height
     expected = step.output_rows(batch.height)

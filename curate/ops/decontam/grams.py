@@ -25,14 +25,14 @@ _SHIFT = np.uint64(64 - FILTER_BITS)
 _M1_INV = np.uint64(pow(0xFF51AFD7ED558CCD, -1, 1 << 64))  # inverses of fmix64's two multipliers
 _M2_INV = np.uint64(pow(0xC4CEB9FE1A85EC53, -1, 1 << 64))
 _S33 = np.uint64(33)
-_powers_cache: dict[str, np.ndarray] = {}
+_powers_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
     """B**k and B**-k (mod 2**64) for k < n, cached and grown by doubling across batches."""
-    have = _powers_cache.get("p")
-    if have is None or len(have) < n:
-        size = max(n, 2 * len(have) if have is not None else 1 << 16)
+    have = _powers_cache.get("pq")  # one entry, replaced whole: threads never see p and q of two sizes
+    if have is None or len(have[0]) < n:
+        size = max(n, 2 * len(have[0]) if have is not None else 1 << 16)
         with np.errstate(over="ignore"):
             p = np.full(size, _BASE, dtype=np.uint64)
             p[0] = 1
@@ -40,8 +40,8 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
             q = np.full(size, _BASE_INV, dtype=np.uint64)
             q[0] = 1
             np.cumprod(q, out=q)
-        _powers_cache["p"], _powers_cache["q"] = p, q
-    return _powers_cache["p"], _powers_cache["q"]
+        have = _powers_cache["pq"] = (p, q)
+    return have
 
 
 def unfmix64(h: np.ndarray) -> np.ndarray:

@@ -86,6 +86,19 @@ class BenchmarkIndex:
         k = self._text_pos.get(item)
         return None if k is None else self._texts[k]
 
+    def build(self, methods: list[str], n: int) -> None:
+        """Build now what these matchers would build on first use (``n``: the ngram matcher's
+        words per n-gram), so that several threads can match batches at once: every lazy part is
+        built whole and then published by one assignment, and after this none is left to build."""
+        self.text_of(-1)
+        if "ngram" in methods:
+            self._gram_index(n)
+        if "exact" in methods and self._exact is None:
+            self._exact = self._exact_table()
+        if "fuzzy" in methods and self._tokens is not None:
+            self._normalise_items()
+            self._gram_index_text_only(FUZZY_BLOCK_N)
+
     # --- n-gram overlap ----------------------------------------------------------------------
     def _gram_index(self, n: int) -> _GramIndex:
         if n not in self._gram_indexes:
@@ -168,19 +181,25 @@ class BenchmarkIndex:
         return _best(per_item, by="rank")
 
     # --- exact after stripping non-word characters and digits --------------------------------
+    def _exact_table(self) -> dict[int, int]:
+        """Exact key hash -> first item with that key (built whole, then published: threads
+        applying parts at once never see half of it)."""
+        table: dict[int, int] = {}
+        for k, text in zip(self._text_items, self._texts, strict=True):
+            table.setdefault(exact_key_hash(text), k)
+        base = 0
+        for b in self.benchmarks:
+            if not b.has_text and b.exact_hashes is not None:
+                for j, h in enumerate(b.exact_hashes.tolist()):
+                    table.setdefault(int(h), base + j)
+            base += len(b)
+        return table
+
     def exact(self, texts: pl.Series | Tokens, min_chars: int, skip: np.ndarray | None = None) -> pl.DataFrame:
         """Rows whose exact key (``benchmarks.exact_key``) is some item's, for keys of >= min_chars;
         rows where ``skip`` is true are not looked up (a method ranked higher matched them)."""
         if self._exact is None:
-            self._exact = {}
-            for k, text in zip(self._text_items, self._texts, strict=True):
-                self._exact.setdefault(exact_key_hash(text), k)
-            base = 0
-            for b in self.benchmarks:
-                if not b.has_text and b.exact_hashes is not None:
-                    for j, h in enumerate(b.exact_hashes.tolist()):
-                        self._exact.setdefault(int(h), base + j)
-                base += len(b)
+            self._exact = self._exact_table()
         keys = (texts if isinstance(texts, Tokens) else Tokens(texts)).exact_keys()
         wanted = keys.str.len_chars().to_numpy() >= min_chars
         long_enough = np.flatnonzero(wanted if skip is None else wanted & ~skip)
@@ -206,11 +225,7 @@ class BenchmarkIndex:
             raise ValueError("the fuzzy method needs rapidfuzz: pip install 'curate-cot[dedup]'") from None
         if self._tokens is None:
             return _empty()
-        if self._normalised is None:
-            self._normalised = [""] * self.n_items  # by global item ("" for fingerprint-only items)
-            for g, text in zip(self._text_items, self._texts, strict=True):
-                self._normalised[g] = normalise(text)
-            self._norm_len = np.array([len(t) for t in self._normalised], dtype=np.int64)
+        self._normalise_items()
         index = self._gram_index_text_only(FUZZY_BLOCK_N)
         toks = texts if isinstance(texts, Tokens) else Tokens(texts)
         every = toks.raw_every(FUZZY_BLOCK_N)
@@ -244,6 +259,15 @@ class BenchmarkIndex:
         found = pl.DataFrame({"row": rows[hit], "item": items[hit], "score": scores[hit] / 100,
                               "start": None, "end": None}, schema=_MATCH_SCHEMA)
         return _best(found)
+
+    def _normalise_items(self) -> None:
+        """The items' normalised texts and their lengths, for fuzzy scoring (built once)."""
+        if self._normalised is None:
+            normalised = [""] * self.n_items  # by global item ("" for fingerprint-only items)
+            for g, text in zip(self._text_items, self._texts, strict=True):
+                normalised[g] = normalise(text)
+            self._norm_len = np.array([len(t) for t in normalised], dtype=np.int64)
+            self._normalised = normalised  # last: its presence says both are there
 
     def _gram_index_text_only(self, n: int) -> _GramIndex:
         key = -n  # separate cache slot: fingerprint-only items are not fuzzy candidates

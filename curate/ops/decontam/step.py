@@ -120,7 +120,12 @@ class Decontaminate(Step):
         return dict(COLUMNS) if self.action == "flag" else {}
 
     def prepare(self) -> None:
-        self.index  # noqa: B018 - built once here, shipped to every worker
+        self.index.build(self._methods, self.ngram_n)  # built once here, shipped to every worker
+
+    @property
+    def thread_safe(self) -> bool:  # type: ignore[override]
+        """After ``prepare`` the matchers only read the index; the embedder loads on first use."""
+        return "embedding" not in self._methods
 
     def worker_resources(self) -> dict[str, float] | None:
         return {} if "embedding" in self._methods else None  # the embedder loads once per worker

@@ -35,7 +35,7 @@ import sys
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -351,105 +351,158 @@ class WorkerPool:
         exactly: the later of its send time and the previous item's end, which the worker reports
         with its CPU time then (``time.monotonic`` is system-wide on Linux and macOS).
         """
-        todo = deque(enumerate(items))
-        results: list[Any] = [None] * len(todo)
-        seconds = [0.0] * len(todo)
-        self.last_seconds = seconds
-        limit = list(timeouts) if timeouts is not None else [self.timeout_s] * len(todo)
-        if len(limit) != len(todo):
-            raise ValueError(f"{len(limit)} timeouts for {len(todo)} items")
-        retried: set[int] = set()  # items whose worker died once: their second death is final
-        self._ensure()
-        while todo or any(w.queue for w in self.workers):
-            for w in list(self.workers):
-                while w.ready and len(w.queue) < DEPTH and todo:
-                    index, item = todo.popleft()
-                    try:
-                        w.conn.send((index, item))
-                    except OSError:  # died: this item goes back
-                        todo.appendleft((index, item))
-                        if not w.queue:  # died idle: replaced, nothing of its own lost
-                            self._lost(w, todo, results, seconds, None)
-                        # else its running item's death is read below, where a death counts
-                        # against that item's one retry (here it would be retried for free)
-                        break
-                    now = time.monotonic()
-                    if not w.queue:
-                        w.started, w.cpu_started = now, _proc_cpu(w.process.pid)
-                    w.queue.append((index, item, now))
-            active = [w for w in self.workers if w.queue or not w.ready]
-            now = time.monotonic()
-            running = [w for w in active if w.queue]
-            heads = [w.started + self.wall_guard(limit[w.queue[0][0]]) for w in running]
-            wake = min(heads, default=now + 1.0) - now
-            if any(w.cpu_started is not None for w in running):
-                wake = min(wake, POLL_S)
-            ready = wait([w.conn for w in active], timeout=max(0.0, wake))
-            for w in active:
-                if w.conn not in ready:
-                    continue
-                try:
-                    msg = w.conn.recv()
-                except (EOFError, OSError):
-                    code = w.process.wait(timeout=2)
-                    if not w.queue and not w.ready and not any(x.ready for x in self.workers if x is not w):
-                        raise RuntimeError(f"verify worker failed to start (exit code {code})") from None
-                    if w.queue and w.queue[0][0] not in retried:  # once more, in a fresh worker
-                        retried.add(w.queue[0][0])
-                        self._lost(w, todo, results, seconds, None)
-                        continue
-                    had_item = bool(w.queue)
-                    self._lost(w, todo, results, seconds, Failed(
-                        "crash", f"worker died (exit code {code}), also when retried in a fresh worker", 0.0))
-                    if had_item and progress is not None:
-                        progress(1)
-                    continue
-                if msg == _READY:
-                    w.ready = True
-                    continue
-                index, ok, value, t_end, cpu_end = msg
-                head, _, _ = w.queue.popleft()
-                assert head == index, "worker answered out of order"
-                seconds[index] = t_end - w.started
-                results[index] = value if ok else Failed("error", value, seconds[index])
-                if progress is not None:
-                    progress(1)
-                if w.queue:
-                    w.started, w.cpu_started = max(t_end, w.queue[0][2]), cpu_end
-            now = time.monotonic()
-            for w in list(self.workers):
-                if not w.queue or w.conn in ready:
-                    continue
-                index = w.queue[0][0]
-                wall = now - w.started
-                stat = _proc_stat(w.process.pid) if w.cpu_started is not None else None
-                guard = self.wall_guard(limit[index])
-                if stat is not None and stat[0] - w.cpu_started >= limit[index]:
-                    what = f"no result after {limit[index]:g}s of CPU time; worker killed"
-                elif wall >= guard and (stat is None or not stat[1] or wall >= guard * STARVED_FACTOR):
-                    # a runnable worker is waiting for a CPU (a loaded machine), not hung: its CPU
-                    # budget decides, unless the wait is absurd
-                    what = (f"no result after {wall:.0f}s wall-clock (the outer guard of a {limit[index]:g}s "
-                            "CPU budget); worker killed")
-                else:
-                    continue
-                self._lost(w, todo, results, seconds, Failed("timeout", what, wall))
-                if progress is not None:
-                    progress(1)
+        items = list(items)
+        limits = list(timeouts) if timeouts is not None else [self.timeout_s] * len(items)
+        if len(limits) != len(items):
+            raise ValueError(f"{len(limits)} timeouts for {len(items)} items")
+        results: list[Any] = [None] * len(items)
+        self.last_seconds = seconds = [0.0] * len(items)
+        for index, value, took in self._run(zip(items, limits, strict=True), progress):
+            results[index], seconds[index] = value, took
         return results
 
-    def _lost(self, w: _Worker, todo: deque, results: list[Any], seconds: list[float], head: Failed | None) -> None:
-        """A worker is gone or killed: its running item gets ``head``, the queued ones go back
-        (the running one too when ``head`` is None)."""
+    def imap(self, items: Iterable[tuple[Any, float]],
+             progress: Callable[[int], Any] | None = None) -> Iterator[Any]:
+        """``map`` over a stream of (item, CPU budget) pairs: each result is yielded, in item
+        order, as soon as it and all before it are done, and items are taken from the stream only
+        as workers have room, so a caller can feed batch after batch without the pool running dry
+        at each batch's end (the last slow item of one batch runs beside the next batch)."""
+        done: dict[int, Any] = {}
+        nxt = 0
+        for index, value, _ in self._run(iter(items), progress):
+            done[index] = value
+            while nxt in done:
+                yield done.pop(nxt)
+                nxt += 1
+
+    def _run(self, source: Iterator[tuple[Any, float]],
+             progress: Callable[[int], Any] | None) -> Iterator[tuple[int, Any, float]]:
+        """(index, result or Failed, seconds) of every item of ``source``, numbered from 0, in the
+        order they finish; ``source`` is read one item ahead of what the workers hold."""
+        todo: deque = deque()  # (index, item) sent back by a lost worker: they go first
+        limit: dict[int, float] = {}  # CPU budget of each item taken and not yet finished
+        taken = 0
+
+        def take() -> bool:
+            """Move the source's next item into ``todo``; False when the source is exhausted."""
+            nonlocal taken, source
+            if source is None:
+                return False
+            try:
+                item, budget = next(source)
+            except StopIteration:
+                source = None
+                return False
+            todo.append((taken, item))
+            limit[taken] = budget
+            taken += 1
+            return True
+
+        def finished(index: int, value: Any, took: float) -> tuple[int, Any, float]:
+            del limit[index]
+            return index, value, took
+
+        try:
+            retried: set[int] = set()  # items whose worker died once: their second death is final
+            self._ensure()
+            while todo or take() or any(w.queue for w in self.workers):
+                for w in list(self.workers):
+                    while w.ready and len(w.queue) < DEPTH and (todo or take()):
+                        index, item = todo.popleft()
+                        try:
+                            w.conn.send((index, item))
+                        except OSError:  # died: this item goes back
+                            todo.appendleft((index, item))
+                            if not w.queue:  # died idle: replaced, nothing of its own lost
+                                self._lost(w, todo, None)
+                            # else its running item's death is read below, where a death counts
+                            # against that item's one retry (here it would be retried for free)
+                            break
+                        now = time.monotonic()
+                        if not w.queue:
+                            w.started, w.cpu_started = now, _proc_cpu(w.process.pid)
+                        w.queue.append((index, item, now))
+                active = [w for w in self.workers if w.queue or not w.ready]
+                now = time.monotonic()
+                running = [w for w in active if w.queue]
+                heads = [w.started + self.wall_guard(limit[w.queue[0][0]]) for w in running]
+                wake = min(heads, default=now + 1.0) - now
+                if any(w.cpu_started is not None for w in running):
+                    wake = min(wake, POLL_S)
+                ready = wait([w.conn for w in active], timeout=max(0.0, wake))
+                for w in active:
+                    if w.conn not in ready:
+                        continue
+                    try:
+                        msg = w.conn.recv()
+                    except (EOFError, OSError):
+                        code = w.process.wait(timeout=2)
+                        if not w.queue and not w.ready and not any(x.ready for x in self.workers if x is not w):
+                            raise RuntimeError(f"verify worker failed to start (exit code {code})") from None
+                        if w.queue and w.queue[0][0] not in retried:  # once more, in a fresh worker
+                            retried.add(w.queue[0][0])
+                            self._lost(w, todo, None)
+                            continue
+                        lost = self._lost(w, todo, Failed(
+                            "crash", f"worker died (exit code {code}), also when retried in a fresh worker", 0.0))
+                        if lost is not None:
+                            if progress is not None:
+                                progress(1)
+                            yield finished(*lost)
+                        continue
+                    if msg == _READY:
+                        w.ready = True
+                        continue
+                    index, ok, value, t_end, cpu_end = msg
+                    head, _, _ = w.queue.popleft()
+                    assert head == index, "worker answered out of order"
+                    took = t_end - w.started
+                    if w.queue:
+                        w.started, w.cpu_started = max(t_end, w.queue[0][2]), cpu_end
+                    if progress is not None:
+                        progress(1)
+                    yield finished(index, value if ok else Failed("error", value, took), took)
+                now = time.monotonic()
+                for w in list(self.workers):
+                    if not w.queue or w.conn in ready:
+                        continue
+                    index = w.queue[0][0]
+                    wall = now - w.started
+                    stat = _proc_stat(w.process.pid) if w.cpu_started is not None else None
+                    guard = self.wall_guard(limit[index])
+                    if stat is not None and stat[0] - w.cpu_started >= limit[index]:
+                        what = f"no result after {limit[index]:g}s of CPU time; worker killed"
+                    elif wall >= guard and (stat is None or not stat[1] or wall >= guard * STARVED_FACTOR):
+                        # a runnable worker is waiting for a CPU (a loaded machine), not hung: its CPU
+                        # budget decides, unless the wait is absurd
+                        what = (f"no result after {wall:.0f}s wall-clock (the outer guard of a {limit[index]:g}s "
+                                "CPU budget); worker killed")
+                    else:
+                        continue
+                    lost = self._lost(w, todo, Failed("timeout", what, wall))
+                    if lost is not None:
+                        if progress is not None:
+                            progress(1)
+                        yield finished(*lost)
+        finally:  # left with items in flight (the caller's stream raised, or it stopped reading):
+            for w in list(self.workers):  # their answers must not reach the next map
+                if w.queue:
+                    w.queue.clear()
+                    self._replace(w)
+
+    def _lost(self, w: _Worker, todo: deque, head: Failed | None) -> tuple[int, Failed, float] | None:
+        """A worker is gone or killed: its running item gets ``head`` (returned as (index, result,
+        seconds)), the queued ones go back (the running one too when ``head`` is None)."""
+        failed = None
         if w.queue and head is not None:
             index = w.queue.popleft()[0]
             took = head.seconds or time.monotonic() - w.started
-            seconds[index] = took
-            results[index] = Failed(head.kind, head.message, took)
+            failed = (index, Failed(head.kind, head.message, took), took)
         for index, item, _ in reversed(w.queue):
             todo.appendleft((index, item))
         w.queue.clear()
         self._replace(w)
+        return failed
 
     def close(self) -> None:
         for w in self.workers:

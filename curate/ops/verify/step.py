@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -183,6 +183,11 @@ class Verify(Step):
                     progress(1)
         else:
             raw = self._get_pool().map(tasks, [self._deadline(t) for t in tasks], progress=progress)
+        return self._verdicts(tasks, raw)
+
+    @staticmethod
+    def _verdicts(tasks: list[dict[str, Any]], raw: list[Any]) -> list[dict[str, Any]]:
+        """The checker's results as verdict dicts (a pool's failure becomes an unverifiable verdict)."""
         out = []
         for task, r in zip(tasks, raw, strict=True):
             if isinstance(r, Failed):
@@ -194,7 +199,38 @@ class Verify(Step):
 
     def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
         # rows_done: the stage's progress bar moves as each row is checked, not once per part
-        verdicts = self.run_tasks(self.tasks(batch), progress=rows_done) if batch.height else []
+        return self._result(batch, self.run_tasks(self.tasks(batch), progress=rows_done) if batch.height else [])
+
+    def apply_parts(self, parts: Iterator[tuple[pl.DataFrame, int]]) -> Iterator[StepResult]:
+        """``apply`` over a stream of parts through one pool: the next part's rows go to the
+        workers while this one's last rows finish, so no worker idles at a part's end; each part's
+        result is the one ``apply`` gives it."""
+        if (default_workers() if self.workers is None else self.workers) == 0:
+            yield from super().apply_parts(parts)
+            return
+        pending: deque[tuple[pl.DataFrame, list[dict[str, Any]]]] = deque()  # parts sent, not answered
+        got: list[Any] = []  # the pool's results not yet given to a part, in row order
+
+        def rows() -> Iterator[tuple[dict[str, Any], float]]:
+            for batch, _ in parts:
+                tasks = self.tasks(batch) if batch.height else []
+                pending.append((batch, tasks))
+                yield from ((t, self._deadline(t)) for t in tasks)
+
+        def answered() -> Iterator[StepResult]:
+            while pending and len(got) >= len(pending[0][1]):
+                batch, tasks = pending.popleft()
+                raw = got[:len(tasks)]
+                del got[:len(tasks)]
+                yield self._result(batch, self._verdicts(tasks, raw))
+
+        for r in self._get_pool().imap(rows(), progress=rows_done):
+            got.append(r)
+            yield from answered()
+        yield from answered()
+
+    def _result(self, batch: pl.DataFrame, verdicts: list[dict[str, Any]]) -> StepResult:
+        """A part's kept and rejected rows from its rows' verdicts."""
         annotated = batch.with_columns(
             pl.Series("verify_correct", [v["correct"] for v in verdicts], dtype=pl.Boolean),
             pl.Series("verify_error", [v["error"] for v in verdicts], dtype=pl.String),
