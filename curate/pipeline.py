@@ -629,8 +629,9 @@ class _Run:
             bar.update(max(0, r["rows"] - within.take()))
 
         with reporting(within.add):
-            if self.engine.name == "local" and planned is None and not ahead:  # one stream of parts
-                apply_parts(step, i, tasks, out_schema, rschema, on_result, getattr(self.engine, "threads", 1))
+            if self.engine.name == "local" and not ahead:  # one stream of parts
+                apply_parts(step, i, tasks, out_schema, rschema, on_result, getattr(self.engine, "threads", 1),
+                            planned)
             else:
                 self.engine.map(work, tasks, state=step, workers=workers, on_result=on_result)
         bar.close()

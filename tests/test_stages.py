@@ -15,7 +15,7 @@ import pytest
 from curate import Pipeline, read
 from curate.engines import LocalEngine
 from curate.io.outdir import TRASH_NAME
-from curate.ops import Decontaminate, ExtractAnswer, Filter
+from curate.ops import Decontaminate, ExactDedup, ExtractAnswer, Filter, MinHashDedup
 from curate.step import Step, StepResult, reject_where
 
 
@@ -150,3 +150,19 @@ def test_a_part_failing_on_a_thread_stops_the_run_and_the_rerun_resumes(samples_
                                                   card=False, engine=LocalEngine(threads=1))
     assert resumed.to_polars().equals(fresh.to_polars())
     assert resumed.rejects("slow_test_step").equals(fresh.rejects("slow_test_step"))
+
+
+@pytest.mark.parametrize("step", [ExactDedup, MinHashDedup])
+def test_a_dedups_planned_apply_on_threads_gives_the_one_thread_dataset(step, samples_dir, tmp_path):
+    """Each input file twice: the second copies are dropped, whichever thread applies their part."""
+    data = tmp_path / "in"
+    data.mkdir()
+    for f in sorted(samples_dir.glob("*.jsonl")):
+        for copy in ("a", "b"):
+            (data / f"{copy}_{f.name}").write_bytes(f.read_bytes())
+    runs = [Pipeline([step()], batch_size=16).run(read(data), out=tmp_path / f"t{n}", progress=False, card=False,
+                                                  engine=LocalEngine(threads=n)) for n in (1, 3)]
+    one, many = runs
+    assert one.rows == 180 and many.to_polars().equals(one.to_polars())
+    assert many.rejects(step.name).height == 180
+    assert many.rejects(step.name).equals(one.rejects(step.name))

@@ -91,19 +91,29 @@ def apply_part(step: Step, i: int, task: PartTask, out_schema: pa.Schema, reject
 
 
 def apply_parts(step: Step, i: int, tasks: list[PartTask], out_schema: pa.Schema, reject_schema: pa.Schema,
-                on_result: Callable[[dict[str, int]], Any] | None = None, threads: int = 1) -> None:
-    """``apply_part`` for consecutive parts in this process, through ``step.apply_parts``: the
-    next part is read while one is applied, and a step with a worker pool keeps it busy across
-    parts; a ``thread_safe`` step's parts are applied ``threads`` at a time. Each part is written,
-    in order, as soon as its result comes, so a killed run resumes from there."""
+                on_result: Callable[[dict[str, int]], Any] | None = None, threads: int = 1,
+                planned: PlannedApply | None = None) -> None:
+    """``apply_part`` for consecutive parts in this process, through ``step.apply_parts`` (or the
+    planned apply of a global step): the next part is read while one is applied, a step with a
+    worker pool keeps it busy across parts, and a ``thread_safe`` step's parts are applied
+    ``threads`` at a time. Each part is written, in order, as soon as its result comes, so a
+    killed run resumes from there."""
     batches: dict[int, pl.DataFrame] = {}
 
-    def parts() -> Iterator[tuple[pl.DataFrame, int]]:
+    def parts() -> Iterator[tuple[pl.DataFrame, PartTask]]:
         for task, table in zip(tasks, read_ahead(t.src for t in tasks), strict=True):
             batches[task.k] = batch = pl.from_arrow(table)
-            yield batch, task.offset
+            yield batch, task
 
-    results = _on_threads(step, parts(), threads) if threads > 1 and step.thread_safe else step.apply_parts(parts())
+    def apply_one(batch: pl.DataFrame, task: PartTask) -> StepResult:
+        if planned is not None and task.plan is not None:
+            return planned(step, batch, task.offset, Path(task.plan))
+        return step.apply(batch, task.offset)
+
+    if planned is not None or (threads > 1 and step.thread_safe):
+        results = _on_threads(apply_one, parts(), threads if step.thread_safe else 1)  # planned: no apply_parts
+    else:
+        results = step.apply_parts((batch, task.offset) for batch, task in parts())
     for task in tasks:
         t0 = time.perf_counter()  # a part's seconds: from the previous part's write to its result
         result = next(results, None)
@@ -117,14 +127,20 @@ def apply_parts(step: Step, i: int, tasks: list[PartTask], out_schema: pa.Schema
         raise PipelineError(f"step {i} '{step.name}': apply_parts returned more results than parts")
 
 
-def _on_threads(step: Step, parts: Iterator[tuple[pl.DataFrame, int]], threads: int) -> Iterator[StepResult]:
-    """``step.apply`` on each part, ``threads`` parts at a time (polars, numpy and Arrow release
-    the GIL), the results in part order; at most ``threads`` parts are held beyond the one yielded."""
+def _on_threads(apply: Callable[[pl.DataFrame, PartTask], StepResult],
+                parts: Iterator[tuple[pl.DataFrame, PartTask]], threads: int) -> Iterator[StepResult]:
+    """``apply`` on each part, ``threads`` parts at a time (polars, numpy and Arrow release the
+    GIL), the results in part order; at most ``threads`` parts are held beyond the one yielded.
+    One thread: on this one, in order."""
+    if threads <= 1:
+        for batch, task in parts:
+            yield apply(batch, task)
+        return
     with ThreadPoolExecutor(threads) as pool:
         window: deque[Future[StepResult]] = deque()
         try:
-            for batch, offset in parts:
-                window.append(pool.submit(step.apply, batch, offset))
+            for batch, task in parts:
+                window.append(pool.submit(apply, batch, task))
                 if len(window) > threads:
                     yield window.popleft().result()
             while window:

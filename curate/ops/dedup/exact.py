@@ -40,6 +40,7 @@ class ExactDedup(Step):
 
     name = "exact_dedup"
     needs_global_pass = True
+    thread_safe = True  # the planned apply only reads its part's plan
     reject_columns = {"duplicate_of": pa.string()}
 
     mode: Literal["problem_response", "problem"] = field(

@@ -261,6 +261,7 @@ class MinHashDedup(Step):
 
     name = "minhash_dedup"
     needs_global_pass = True
+    thread_safe = True  # the planned apply only reads its part's plan
     reject_columns = {"duplicate_of": pa.string(), "minhash_jaccard": pa.float64()}
 
     mode: Literal["problem", "problem_response"] = field(
