@@ -1,6 +1,10 @@
 """Stage round trips of a short recipe: whole ``curate run --no-card`` of two checkouts, interleaved.
 
     python bench/bench_stages.py --before /path/to/other/checkout --rows 100000 --repeat 5
+    python bench/bench_stages.py --before CHECKOUT --recipes verify decontam_problems decontam_traces
+
+The last form is the before/after of the other benches' whole commands (``bench_verify.py
+--whole``'s verify recipe on the labelled rows, ``bench_decontam.py --whole``'s two inputs).
 
 Two one-step recipes over the same 100k-row Parquet (bench_minhash's corpus: real problems, 5%
 planted near-duplicates): ``filter: {}`` (a step that keeps every row, so the time is the read
@@ -28,13 +32,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_minhash import corpus  # noqa: E402
 
 HERE = Path(__file__).resolve().parent.parent
-RECIPES = {"filter": "filter: {}", "minhash_dedup": "minhash_dedup: {}"}
+RECIPES = {"filter": "filter: {}", "minhash_dedup": "minhash_dedup: {}", "verify": "verify: {keep: all, workers: 2}",
+           "decontam_problems": "decontaminate: {fields: [problem]}",
+           "decontam_traces": "decontaminate: {fields: [problem, thinking, solution]}"}
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Wall and CPU seconds (user + sys) of one whole process."""
+def recipe_input(recipe: str, work: Path, data: Path, rows: int) -> str:
+    """The ``input:`` of a recipe: the minhash corpus, or the input the named bench uses."""
+    if recipe == "verify":
+        from bench.bench_verify import FILES
+
+        folder = work / "verify-in"
+        folder.mkdir(exist_ok=True)
+        for f in FILES:
+            if "minerva" not in f.name and not (folder / f.name).exists():
+                (folder / f.name).symlink_to(f)
+        return f"{{path: {folder}}}"
+    if recipe.startswith("decontam_"):
+        from bench.bench_decontam import write_inputs
+
+        if not (work / "problems.jsonl").exists():
+            write_inputs(work, rows, 10_000)
+        name = recipe.removeprefix("decontam_")
+        return f"{{path: {work / (name + '.jsonl')}, format: {'limo' if name == 'problems' else 'harness'}}}"
+    return f"{{path: {data}}}"
+
+
+def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """Wall and CPU seconds (user + sys) of one whole process, run in ``cwd``: ``python -m`` puts
+    its working directory first on ``sys.path``, so run from a checkout it would import that
+    checkout's curate whatever ``PYTHONPATH`` says."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status):
@@ -63,7 +92,7 @@ def main() -> None:
         for recipe in args.recipes:
             step = RECIPES[recipe]
             path = work / f"{recipe}.yaml"
-            path.write_text(f"input: {{path: {data}}}\nsteps:\n  - {step}\n")
+            path.write_text(f"input: {recipe_input(recipe, work, data, args.rows)}\nsteps:\n  - {step}\n")
             for label, repo in checkouts.items():
                 out = work / f"out-{recipe}-{label}"
                 cmd = [sys.executable, "-m", "curate.cli", "run", str(path), "--out", str(out), "--overwrite",
@@ -73,7 +102,7 @@ def main() -> None:
         for k in range(args.repeat):
             order = commands[k % len(commands):] + commands[:k % len(commands)]
             for recipe, label, cmd, env, _ in order:
-                runs[recipe, label].append(timed(cmd, env))
+                runs[recipe, label].append(timed(cmd, env, work))
         print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end; {args.rows} rows; "
               f"{args.repeat} interleaved runs each, medians")
         print("| recipe | checkout | wall s | CPU s | CPU s (min) | wall / before | CPU / before | stages (last run) |")

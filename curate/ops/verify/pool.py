@@ -44,7 +44,9 @@ from typing import Any
 _READY = "ready"
 DEPTH = 2  # items sent to a worker ahead: the one it runs and the next
 POLL_S = 0.05  # how often running items' CPU time is read
-STARVED_FACTOR = 10  # a runnable worker is killed by the wall-clock guard only after 10x as long
+# a runnable process waiting for a CPU (a loaded machine) is killed by a wall-clock guard only after
+# 10x as long: the pool's workers and the code sandbox's programs alike
+STARVED_FACTOR = 10
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from curate.ops.verify._launch import SETUP_FAILED, landlock_abi
+from curate.ops.verify.pool import STARVED_FACTOR
 
 _LAUNCH = str(Path(__file__).with_name("_launch.py"))
 
@@ -311,13 +312,11 @@ def _run_delay(pid: int) -> float | None:
         return None
 
 
-STARVED_CAP = 10  # the guard never waits more than 10x its wall-clock limit, however loaded the machine
-
-
 def _wait(proc: subprocess.Popen, wall_s: float) -> tuple[int, int, resource.struct_rusage]:
     """wait4 with a wall-clock guard (polls; the child's rusage tells CPU limits from wall limits).
     The guard counts the time the program was not waiting for a CPU: on a loaded machine a program
-    that only starts slowly is not killed as one that blocks (capped at ``STARVED_CAP`` x)."""
+    that only starts slowly is not killed as one that blocks (capped at ``STARVED_FACTOR`` times
+    the limit, as the verify pool's guard is)."""
     start = time.monotonic()
     delay = 0.0005
     while True:
@@ -327,7 +326,7 @@ def _wait(proc: subprocess.Popen, wall_s: float) -> tuple[int, int, resource.str
         elapsed = time.monotonic() - start
         if elapsed >= wall_s:
             waited = _run_delay(proc.pid) or 0.0
-            if elapsed - waited >= wall_s or elapsed >= wall_s * STARVED_CAP:
+            if elapsed - waited >= wall_s or elapsed >= wall_s * STARVED_FACTOR:
                 raise subprocess.TimeoutExpired(proc.args, wall_s)
         time.sleep(delay)
         delay = min(delay * 2, 0.02)
