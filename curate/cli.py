@@ -90,6 +90,9 @@ def main() -> None:
 @click.option("--address", metavar="ADDR",
               help="--engine ray: the cluster to join (auto, ray://head:10001; default: $RAY_ADDRESS, "
                    "else a local Ray on this machine). OUT must be on storage every node sees.")
+@click.option("--threads", type=click.IntRange(min=1), metavar="N",
+              help="--engine local: apply N parts at once on threads for the steps that allow it (decontaminate, "
+                   "the dedups' apply; default: one per CPU, at most 4). The output does not depend on N.")
 @click.option("--keep-work", is_flag=True,
               help="Leave the per-step Parquet parts in OUT/.curate (else they move to OUT/.curate-cache).")
 @click.option("--no-card", is_flag=True, help="Skip the dataset card (README.md + plots); `curate card` writes it later.")
@@ -100,8 +103,8 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars, no step lines, no table: warnings and the last line.")
 @click.option("-v", "--verbose", is_flag=True, help="Also say which stages are reused or resumed, and why.")
 def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progress: bool | None,
-        engine: str, address: str | None, keep_work: bool, no_card: bool, no_cache: bool, strict: bool,
-        quiet: bool, verbose: bool) -> None:
+        engine: str, address: str | None, threads: int | None, keep_work: bool, no_card: bool, no_cache: bool,
+        strict: bool, quiet: bool, verbose: bool) -> None:
     """Run a YAML RECIPE and write a dataset folder.
 
     \b
@@ -133,6 +136,12 @@ def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progre
 
     if quiet and verbose:
         raise click.UsageError("--quiet and --verbose contradict each other")
+    if threads is not None:
+        if engine != "local":
+            raise click.UsageError("--threads is for --engine local (a Ray cluster sizes its own workers)")
+        from curate.engines import LocalEngine
+
+        engine = LocalEngine(threads=threads)  # type: ignore[assignment]
     command = "curate " + " ".join(shlex.quote(a) for a in click.get_current_context().meta["curate.argv"])
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     with _console_log(level), warnings.catch_warnings():

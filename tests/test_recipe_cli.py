@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 from click.testing import CliRunner
 
@@ -312,3 +313,23 @@ def test_cli_run_ends_with_a_table_where_things_are_and_a_log(tmp_path, math500_
     res = runner.invoke(main, ["run", str(path), "--out", str(tmp_path / "q"), "--quiet"])
     rows = json.loads((tmp_path / "q" / "manifest.json").read_text())["output"]["rows"]
     assert res.exit_code == 0 and res.output.strip().splitlines() == [f"wrote {rows} rows to {tmp_path / 'q'}"]
+
+
+def test_threads_option_gives_the_same_dataset_and_is_local_only(tmp_path):
+    """`--threads` sizes the local engine's threads; the dataset does not depend on it."""
+    runner = CliRunner()
+    recipe = str(REPO / "pipelines" / "dedup_decontam.yaml")
+    outs = {}
+    for n in ("1", "3"):
+        res = runner.invoke(main, ["run", recipe, "--out", str(tmp_path / n), "--threads", n, "--no-card", "-q"])
+        assert res.exit_code == 0, res.output
+        outs[n] = json.loads((tmp_path / n / "manifest.json").read_text())
+    assert [(f["name"], f["kept"], f["rejected"]) for f in outs["1"]["funnel"]] == \
+        [(f["name"], f["kept"], f["rejected"]) for f in outs["3"]["funnel"]]
+    one, three = (pl.read_parquet(sorted((tmp_path / n / "data").glob("*.parquet"))) for n in ("1", "3"))
+    assert one.height > 0 and one.equals(three)
+    for name in ("03-decontaminate", "02-minhash_dedup"):
+        rejects = [pl.read_parquet(tmp_path / n / "rejects" / f"{name}.parquet") for n in ("1", "3")]
+        assert rejects[0].height > 0 and rejects[0].equals(rejects[1])
+    res = runner.invoke(main, ["run", recipe, "--out", str(tmp_path / "r"), "--threads", "2", "--engine", "ray"])
+    assert res.exit_code == 2 and "--threads is for --engine local" in res.output
