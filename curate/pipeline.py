@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from curate.engines.base import Engine
+from curate.engines.base import Engine, LocalEngine
 from curate.engines.llm import given
 from curate.engines.parts import (
     PartTask,
@@ -629,9 +629,8 @@ class _Run:
             bar.update(max(0, r["rows"] - within.take()))
 
         with reporting(within.add):
-            if self.engine.name == "local" and not ahead:  # one stream of parts
-                apply_parts(step, i, tasks, out_schema, rschema, on_result, getattr(self.engine, "threads", 1),
-                            planned)
+            if isinstance(self.engine, LocalEngine):  # one stream of parts (nothing is generated ahead here)
+                apply_parts(step, i, tasks, out_schema, rschema, on_result, self.engine.threads, planned)
             else:
                 self.engine.map(work, tasks, state=step, workers=workers, on_result=on_result)
         bar.close()

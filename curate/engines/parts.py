@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +84,7 @@ def apply_part(step: Step, i: int, task: PartTask, out_schema: pa.Schema, reject
     """Run ``step`` on one part and write its kept rows (with counts) and its rejects, atomically."""
     batch = pl.read_parquet(task.src)
     t0 = time.perf_counter()
-    if planned is not None and task.plan is not None:
-        result = planned(step, batch, task.offset, Path(task.plan))
-    else:
-        result = step.apply(batch, task.offset)
+    result = _apply(step, batch, task, planned)
     return _write_result(step, i, task, batch, result, time.perf_counter() - t0, out_schema, reject_schema)
 
 
@@ -105,13 +103,9 @@ def apply_parts(step: Step, i: int, tasks: list[PartTask], out_schema: pa.Schema
             batches[task.k] = batch = pl.from_arrow(table)
             yield batch, task
 
-    def apply_one(batch: pl.DataFrame, task: PartTask) -> StepResult:
-        if planned is not None and task.plan is not None:
-            return planned(step, batch, task.offset, Path(task.plan))
-        return step.apply(batch, task.offset)
-
     if planned is not None or (threads > 1 and step.thread_safe):
-        results = _on_threads(apply_one, parts(), threads if step.thread_safe else 1)  # planned: no apply_parts
+        results = _on_threads(partial(_apply, step, planned=planned), parts(),  # planned: no apply_parts
+                              threads if step.thread_safe else 1)
     else:
         results = step.apply_parts((batch, task.offset) for batch, task in parts())
     for task in tasks:
@@ -125,6 +119,13 @@ def apply_parts(step: Step, i: int, tasks: list[PartTask], out_schema: pa.Schema
             on_result(info)
     if next(results, None) is not None:
         raise PipelineError(f"step {i} '{step.name}': apply_parts returned more results than parts")
+
+
+def _apply(step: Step, batch: pl.DataFrame, task: PartTask, planned: PlannedApply | None = None) -> StepResult:
+    """One part's result: the planned apply of a global step that wrote a plan, else ``apply``."""
+    if planned is not None and task.plan is not None:
+        return planned(step, batch, task.offset, Path(task.plan))
+    return step.apply(batch, task.offset)
 
 
 def _on_threads(apply: Callable[[pl.DataFrame, PartTask], StepResult],

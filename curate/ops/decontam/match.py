@@ -74,6 +74,7 @@ class BenchmarkIndex:
         self.n_items = len(self.item_ids)
         self._text_items_arr = np.array(self._text_items, dtype=np.int64)
         self._texts = texts
+        self._text_pos = {g: k for k, g in enumerate(self._text_items)}  # global item -> its text
         self._tokens = Tokens(pl.Series(texts, dtype=pl.String)) if texts else None
         self._gram_indexes: dict[int, _GramIndex] = {}
         self._exact: dict[int, int] | None = None
@@ -81,8 +82,6 @@ class BenchmarkIndex:
 
     def text_of(self, item: int) -> str | None:
         """The problem text of a global item (None for fingerprint-only sets)."""
-        if not hasattr(self, "_text_pos"):
-            self._text_pos = {g: k for k, g in enumerate(self._text_items)}
         k = self._text_pos.get(item)
         return None if k is None else self._texts[k]
 
@@ -90,7 +89,6 @@ class BenchmarkIndex:
         """Build now what these matchers would build on first use (``n``: the ngram matcher's
         words per n-gram), so that several threads can match batches at once: every lazy part is
         built whole and then published by one assignment, and after this none is left to build."""
-        self.text_of(-1)
         if "ngram" in methods:
             self._gram_index(n)
         if "exact" in methods and self._exact is None:

@@ -151,17 +151,20 @@ class Verify(Step):
 
     def warm_up(self) -> None:
         """Start the pool's imports in the background (the runner calls this before reading)."""
-        if (default_workers() if self.workers is None else self.workers) > 0:
+        if self._pool_size() > 0:
             self._get_pool().launch()
 
     def start_pool(self) -> None:
         """Start the worker pool now and wait until every worker is ready (benchmarks, services)."""
         self._get_pool().start()
 
+    def _pool_size(self) -> int:
+        """Checker processes: ``workers``, or one per core when unset (0: rows checked inline)."""
+        return default_workers() if self.workers is None else self.workers
+
     def _get_pool(self) -> WorkerPool:
         if self._pool is None:
-            workers = default_workers() if self.workers is None else self.workers
-            self._pool = WorkerPool(verify_task, max(1, workers), self.timeout_s + GRACE_S,
+            self._pool = WorkerPool(verify_task, max(1, self._pool_size()), self.timeout_s + GRACE_S,
                                     preload=("curate.ops.verify.math", "curate.ops.verify.code"))
             weakref.finalize(self, _shutdown, self._pool)
         return self._pool
@@ -170,8 +173,7 @@ class Verify(Step):
                   progress: Callable[[int], Any] | None = None) -> list[dict[str, Any]]:
         """Verdicts for plain task dicts (what ``apply`` does, without polars); ``progress(1)``
         as each task finishes."""
-        workers = default_workers() if self.workers is None else self.workers
-        if workers == 0:
+        if self._pool_size() == 0:
             _warm_inline()  # math-verify's lazy set-up, paid once and not on the first row's clock
             raw: list[Any] = []
             for t in tasks:
@@ -205,7 +207,7 @@ class Verify(Step):
         """``apply`` over a stream of parts through one pool: the next part's rows go to the
         workers while this one's last rows finish, so no worker idles at a part's end; each part's
         result is the one ``apply`` gives it."""
-        if (default_workers() if self.workers is None else self.workers) == 0:
+        if self._pool_size() == 0:
             yield from super().apply_parts(parts)
             return
         pending: deque[tuple[pl.DataFrame, list[dict[str, Any]]]] = deque()  # parts sent, not answered
