@@ -37,6 +37,7 @@ from tqdm import tqdm
 from curate.engines.base import Engine, LocalEngine
 from curate.engines.llm import given
 from curate.engines.parts import (
+    AUTO_PARTS,
     PartTask,
     apply_part,
     apply_parts,
@@ -226,14 +227,16 @@ class Pipeline:
     """An ordered list of steps. ``Pipeline([ExactDedup(), Filter(...)]).run(source, out=...)``."""
 
     def __init__(self, steps: Sequence[Step], *, variants: dict[str, Sequence[Step]] | None = None,
-                 batch_size: int = 1024, name: str | None = None, description: str | None = None,
+                 batch_size: int | None = None, name: str | None = None, description: str | None = None,
                  card: dict[str, Any] | None = None):
         """``variants`` maps a config name to the extra steps that make it from the shared base
         (e.g. ``{"clean": [], "shuffle_67": [ShuffleSteps(ratio=0.67)]}``); the base runs once and
         each variant is written as its own config, ``data/<name>/train-*.parquet``.
         ``name``, ``description`` and ``card`` (``license``, ``pretty_name``) go to the manifest and
-        the dataset card; they are not part of the fingerprint."""
-        if batch_size < 1:
+        the dataset card; they are not part of the fingerprint.
+        ``batch_size``: rows per part (the unit every stage reads, applies and writes, and a killed
+        run resumes from); None sizes parts by content, up to 16,384 rows or ~32 MiB each."""
+        if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.name, self.description, self.card = name, description, dict(card or {})
         self.steps = _check_steps(steps, "step")
@@ -242,6 +245,11 @@ class Pipeline:
             if not _CONFIG_NAME.fullmatch(name):
                 raise ValueError(f"variant name {name!r}: use letters, digits, '_' and '-' (it names a folder)")
         self.batch_size = batch_size
+
+    @property
+    def parts(self) -> int | str:
+        """How the input is cut into parts, as fingerprinted: ``batch_size``, or the content rule."""
+        return self.batch_size if self.batch_size is not None else AUTO_PARTS
 
     def recipe(self) -> dict[str, Any]:
         """Steps (and variants) as recipe entries (``[{name: params}]``), the shape YAML recipes use."""
@@ -399,7 +407,7 @@ class _Run:
         schemas = self.p.plan(input_schema)  # fail before any work
         base_schema = schemas[-1] if schemas else input_schema
         variant_schemas = self.p.variant_plans(base_schema)
-        fingerprint = _hash(self.source.fingerprint(), self.p.recipe(), SCHEMA_VERSION, self.p.batch_size)
+        fingerprint = _hash(self.source.fingerprint(), self.p.recipe(), SCHEMA_VERSION, self.p.parts)
         done = self._existing(fingerprint)  # refuses a folder that is not ours before writing to it
         self.out.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.out / LOG_FILE, encoding="utf-8")
@@ -448,7 +456,7 @@ class _Run:
         started = time.time()
         from curate import __version__  # another curate release computes its own stages
 
-        read_fp = _hash(self.source.fingerprint(), SCHEMA_VERSION, self.p.batch_size, __version__)
+        read_fp = _hash(self.source.fingerprint(), SCHEMA_VERSION, self.p.parts, __version__)
         if self.engine.name == "local":  # the steps run in this process: their start-up overlaps the read
             for step in [*self.p.steps, *(s for v in self.p.variants.values() for s in v)]:
                 step.warm_up()

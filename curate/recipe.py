@@ -101,8 +101,8 @@ def parse_recipe(doc: Any, where: str = "recipe") -> Recipe:
     bad = set(out) - OUTPUT_KEYS
     if bad:
         raise RecipeError(f"{where}: output: unknown key(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(OUTPUT_KEYS))}")
-    batch_size = doc.get("batch_size", 1024)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+    batch_size = doc.get("batch_size")  # absent: parts sized by content
+    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
         raise RecipeError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
     for key in ("name", "description"):
         if doc.get(key) is not None and not isinstance(doc[key], str):

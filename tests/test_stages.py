@@ -166,3 +166,48 @@ def test_a_dedups_planned_apply_on_threads_gives_the_one_thread_dataset(step, sa
     assert one.rows == 180 and many.to_polars().equals(one.to_polars())
     assert many.rejects(step.name).height == 180
     assert many.rejects(step.name).equals(one.rejects(step.name))
+
+
+def _read_parts(out) -> list[int]:
+    folder = out / ".curate-cache" / "stage-00-read"
+    return [pq.ParquetFile(p).metadata.num_rows for p in sorted(folder.glob("part-*.parquet"))]
+
+
+def test_without_a_batch_size_parts_are_sized_by_content_and_the_rows_are_the_same(samples_dir, tmp_path,
+                                                                                   monkeypatch):
+    from curate.engines import parts
+
+    fixed = Pipeline(_steps(), batch_size=7).run(read(samples_dir), out=tmp_path / "fixed", progress=False,
+                                                 card=False)
+    auto = Pipeline(_steps()).run(read(samples_dir), out=tmp_path / "auto", progress=False, card=False)
+    assert _read_parts(tmp_path / "auto") == [120, 60]  # short rows: one part per input file
+    assert auto.manifest["recipe"]["batch_size"] is None
+    assert auto.to_polars().equals(fixed.to_polars()) and auto.rejects().equals(fixed.rejects())
+
+    # long rows: a part closes at about PART_MAX_BYTES (~8 KB a row here) before it reaches PART_MAX_ROWS
+    monkeypatch.setattr(parts, "READ_BATCH_ROWS", 8)
+    monkeypatch.setattr(parts, "PART_MAX_BYTES", 200_000)
+    small = Pipeline(_steps()).run(read(samples_dir), out=tmp_path / "small", progress=False, card=False)
+    sizes = _read_parts(tmp_path / "small")
+    assert sum(sizes) == 180 and max(sizes) <= 32 and len(sizes) >= 6, sizes  # not 120 and 60
+    assert small.to_polars().equals(fixed.to_polars())
+    monkeypatch.setattr(parts, "PART_MAX_ROWS", 16)  # and at PART_MAX_ROWS before the byte limit
+    rows = Pipeline(_steps()).run(read(samples_dir), out=tmp_path / "rows", progress=False, card=False)
+    assert _read_parts(tmp_path / "rows") == [16] * 7 + [8] + [16] * 3 + [12]
+    assert rows.to_polars().equals(fixed.to_polars())
+
+
+def test_joined_read_batches_keep_their_rejects_and_counts(tmp_path):
+    from curate.engines.parts import joined
+
+    lines = [b'{"problem": "p%d", "thinking": "t", "solution": "s"}' % i for i in range(10)]
+    lines[3] = b"{not json"
+    lines[7] = b'{"problem": "p7"}'
+    (tmp_path / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    source = read(tmp_path / "in.jsonl")
+    batches = list(joined(source.batches(3), source.schema(), max_rows=6, max_bytes=1 << 30))
+    assert [b.rows for b in batches] == [6, 4]  # candidate rows: kept rows and rejects
+    assert [b.traces.num_rows for b in batches] == [5, 3]
+    assert [r["line"] for b in batches for r in b.rejects.to_pylist()] == [4, 8]
+    assert [r["problem"] for b in batches for r in b.traces.select(["problem"]).to_pylist()] == [
+        f"p{i}" for i in range(10) if i not in (3, 7)]

@@ -507,7 +507,8 @@ def _recipe_yaml(folder: Folder) -> str:
                            "steps": short(m["recipe"]["steps"])}
     if m["recipe"].get("variants"):
         doc["variants"] = {n: short(vs) for n, vs in m["recipe"]["variants"].items()}
-    doc["batch_size"] = m["recipe"].get("batch_size")
+    if m["recipe"].get("batch_size") is not None:
+        doc["batch_size"] = m["recipe"]["batch_size"]
     return yaml.safe_dump(doc, sort_keys=False, width=100)
 
 
