@@ -102,7 +102,8 @@ class Folder:
             frames = []
             for path in self.files(config):
                 reader = pq.ParquetFile(path, pre_buffer=False)  # no read-ahead of 20 MB row groups
-                for batch in reader.iter_batches(batch_size=1024, columns=text + small, use_threads=False):
+                rows = _batch_rows(reader.metadata)
+                for batch in reader.iter_batches(batch_size=rows, columns=text + small, use_threads=False):
                     frames.append(reduce(batch))
             if not frames:  # no rows: an empty frame, same columns (empty_table imports pandas: only here)
                 frames.append(reduce(self.schema(config).empty_table().select(text + small)))
@@ -119,6 +120,13 @@ class Folder:
         entries = self.manifest.get("configs", {}).get(config, {}).get("funnel", [])
         recipe = self.manifest["recipe"].get("variants", {}).get(config, [])
         return [(f, *next(iter(s.items()))) for f, s in zip(entries, recipe)]
+
+
+def _batch_rows(meta: pq.FileMetaData, target_bytes: int = 16 << 20) -> int:
+    """Rows per batch when reading a shard for the card: ~``target_bytes`` of data (short rows:
+    few batches; 1 MB traces: 64 rows at a time), 64 to 65,536."""
+    size = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+    return max(64, min(65_536, target_bytes * max(meta.num_rows, 1) // max(size, 1)))
 
 
 def _by_split(files: list[str]) -> dict[str, list[str]]:

@@ -387,10 +387,10 @@ class MinHashDedup(Step):
         (response length and number hash per row), ``bands`` (the positions of the rows with
         shingles, then their band keys: bands + 1 rows) and, to check on Jaccard, ``shingles``
         (sorted ``pos << 32 | hash`` keys). A unit reads and signs about ``_SIGN_TEXT_BYTES`` of
-        compared text at a time, as many parts as the text per row read so far says fit (a
-        pipeline's parts hold 1,024 rows: signed one by one, the fixed cost of each polars and
-        numpy call was most of the time; a Parquet file's size says little, near-copies compress
-        to nothing). Ids are read back from the parts."""
+        compared text at a time, as many parts as the text per row read so far says fit (parts of
+        a fixed ``batch_size`` may hold few rows: signed one by one, the fixed cost of each polars
+        and numpy call was most of the time; a Parquet file's size says little, near-copies
+        compress to nothing). Ids are read back from the parts."""
         arrays = {w: ctx.arrays(w) for w in ("sig", "facts", "bands", "shingles")}
         items = [(k, path, offset, count) for (k, path, offset), count in zip(ctx.items(), ctx.counts, strict=True)]
         per_part = max(1, ctx.rows // max(len(items), 1))
