@@ -235,7 +235,8 @@ class Pipeline:
         ``name``, ``description`` and ``card`` (``license``, ``pretty_name``) go to the manifest and
         the dataset card; they are not part of the fingerprint.
         ``batch_size``: rows per part (the unit every stage reads, applies and writes, and a killed
-        run resumes from); None sizes parts by content, up to 16,384 rows or ~4 MiB each."""
+        run resumes from); None joins batches of 1,024 rows into parts of up to 16,384 rows or
+        ~4 MiB."""
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.name, self.description, self.card = name, description, dict(card or {})

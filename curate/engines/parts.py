@@ -56,10 +56,10 @@ class PartTask:
 # Parts sized by content when a pipeline sets no ``batch_size``: the reader assembles READ_BATCH_ROWS
 # rows at a time and consecutive batches are joined until a part holds PART_MAX_ROWS rows or about
 # PART_MAX_BYTES of Arrow data. Each part costs a file and a task in every stage (~5 ms a stage
-# here), so 100k short problems (~390 B a row) make 10 parts instead of 98. Long rows keep parts
-# small, as a stage holds a few parts at once (read ahead, on threads, written behind) and peak
-# memory follows: 5 KB traces make parts of ~850 rows (32 MiB parts: +300 MiB peak, measured);
-# 1 MB traces, ~4 rows.
+# here), so 100k short problems (~390 B a row) make 10 parts instead of 98. Rows of over ~4 KB are
+# not joined (1,024 rows a part, as with the fixed size): a stage holds a few parts at once (read
+# ahead, on threads, written behind) and peak memory follows the part size (32 MiB parts: +300 MiB
+# on 5 KB traces, measured).
 READ_BATCH_ROWS = 1024
 PART_MAX_ROWS = 16_384
 PART_MAX_BYTES = 4 << 20
