@@ -89,11 +89,13 @@ def test_import_curate_is_lazy_but_complete():
     assert "pyarrow" in loaded  # the names resolve on first use
 
 
-@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
-def test_a_run_without_the_card_does_not_import_pandas(tmp_path, math500_sample, kind):
-    """pyarrow imports pandas (~0.4 s) when it converts Python objects (pa.array, from_pydict,
-    pa.scalar) or loads pyarrow.dataset (pq.read_table); reading JSONL or a Parquet of text columns
-    and writing shards and rejects need neither."""
+@pytest.mark.parametrize(("kind", "steps"), [("jsonl", "[]"), ("parquet", "[]"),
+                                            ("jsonl", "[decontaminate: {fields: [problem, thinking]}]")])
+def test_a_run_without_the_card_does_not_import_pandas(tmp_path, math500_sample, kind, steps):
+    """pyarrow imports pandas (~0.2-0.4 s) when it converts Python objects (pa.array, from_pydict,
+    pa.scalar), loads pyarrow.dataset (pq.read_table) or turns an array into numpy (to_numpy);
+    reading JSONL or a Parquet of text columns, decontaminating, and writing shards and rejects
+    need none of these."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -108,7 +110,7 @@ def test_a_run_without_the_card_does_not_import_pandas(tmp_path, math500_sample,
         pq.write_table(pa.table({"id": [str(r["idx"]) for r in recs], "problem": [r["question"] for r in recs],
                                  "thinking": [r["code"][0] for r in recs], "solution": ["s"] * len(recs)}), data)
     recipe = tmp_path / "noop.yaml"
-    recipe.write_text(f"name: noop\ninput: {{path: {data}}}\nsteps: []\noutput: {{path: {tmp_path / 'out'}}}\n")
+    recipe.write_text(f"name: noop\ninput: {{path: {data}}}\nsteps: {steps}\noutput: {{path: {tmp_path / 'out'}}}\n")
     code = ("import contextlib, io\nfrom curate.cli import main\n"
             "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
             f"    main(['run', {str(recipe)!r}, '--no-card', '-q'])")
