@@ -37,7 +37,13 @@ def test_shards_split_across_parts_hold_every_row_once_in_order(samples_dir, tmp
     assert any(s % 16 for s in sizes)
 
 
-def test_a_failed_write_behind_the_read_stops_the_run_and_the_rerun_resumes(samples_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("batch_size", [20, None])  # fixed parts; read batches of 10 joined in twos
+def test_a_failed_write_behind_the_read_stops_the_run_and_the_rerun_resumes(samples_dir, tmp_path, monkeypatch,
+                                                                             batch_size):
+    from curate.engines import parts
+
+    monkeypatch.setattr(parts, "READ_BATCH_ROWS", 10)
+    monkeypatch.setattr(parts, "PART_MAX_ROWS", 20)
     reference = Pipeline(_steps(), batch_size=20).run(read(samples_dir), out=tmp_path / "ref", progress=False,
                                                       card=False)
     out = tmp_path / "ds"
@@ -52,14 +58,14 @@ def test_a_failed_write_behind_the_read_stops_the_run_and_the_rerun_resumes(samp
 
     monkeypatch.setattr(pq, "write_table", failing)
     with pytest.raises(OSError, match="Input/output error"):
-        Pipeline(_steps(), batch_size=20).run(read(samples_dir), out=out, progress=False, card=False)
+        Pipeline(_steps(), batch_size=batch_size).run(read(samples_dir), out=out, progress=False, card=False)
     read_stage = out / ".curate" / "stage-00-read"
     written = sorted(p.name for p in read_stage.glob("part-*.parquet"))
     assert written == ["part-00000-00000.parquet", "part-00000-00001.parquet"], written
     assert not list(read_stage.glob(".*.tmp")), "a failed write leaves no partial file"
     assert not (out / "manifest.json").exists()
     monkeypatch.setattr(pq, "write_table", real)
-    again = Pipeline(_steps(), batch_size=20).run(read(samples_dir), out=out, progress=False, card=False)
+    again = Pipeline(_steps(), batch_size=batch_size).run(read(samples_dir), out=out, progress=False, card=False)
     assert again.to_polars().equals(reference.to_polars())
     assert again.funnel.drop("seconds").equals(reference.funnel.drop("seconds"))
     assert again.rejects().sort("id").equals(reference.rejects().sort("id"))
