@@ -38,6 +38,7 @@ from curate.engines.base import Engine, LocalEngine
 from curate.engines.llm import given
 from curate.engines.parts import (
     AUTO_PARTS,
+    READ_BATCH_ROWS,
     PartTask,
     apply_part,
     apply_parts,
@@ -236,7 +237,7 @@ class Pipeline:
         the dataset card; they are not part of the fingerprint.
         ``batch_size``: rows per part (the unit every stage reads, applies and writes, and a killed
         run resumes from); None joins batches of 1,024 rows into parts of up to 16,384 rows or
-        ~4 MiB."""
+        ~4 MiB, unless a step keeps a model or a worker pool (``part_rows``)."""
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.name, self.description, self.card = name, description, dict(card or {})
@@ -248,9 +249,19 @@ class Pipeline:
         self.batch_size = batch_size
 
     @property
+    def part_rows(self) -> int | None:
+        """Rows per part: ``batch_size``; else 1,024 when a step keeps a model or a worker pool
+        (``worker_resources``), so a killed run redoes at most 1,024 rows of that work; else None,
+        parts sized by content (``curate.engines.parts.joined``)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        steps = [*self.steps, *(s for vs in self.variants.values() for s in vs)]
+        return READ_BATCH_ROWS if any(s.worker_resources() is not None for s in steps) else None
+
+    @property
     def parts(self) -> int | str:
-        """How the input is cut into parts, as fingerprinted: ``batch_size``, or the content rule."""
-        return self.batch_size if self.batch_size is not None else AUTO_PARTS
+        """How the input is cut into parts, as fingerprinted."""
+        return self.part_rows or AUTO_PARTS
 
     def recipe(self) -> dict[str, Any]:
         """Steps (and variants) as recipe entries (``[{name: params}]``), the shape YAML recipes use."""
@@ -577,7 +588,7 @@ class _Run:
         if not reused:
             bar = self._bar(f"[0/{len(self.p.steps)}] read", None)
             splits = list(enumerate(self.source.splits()))
-            batch_size = self.p.batch_size
+            batch_size = self.p.part_rows
 
             def work(_: Any, item: tuple[int, Source]) -> dict[str, int]:
                 return read_split(item[1], item[0], folder, schema, batch_size)

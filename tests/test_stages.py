@@ -217,3 +217,32 @@ def test_joined_read_batches_keep_their_rejects_and_counts(tmp_path):
     assert [r["line"] for b in batches for r in b.rejects.to_pylist()] == [4, 8]
     assert [r["problem"] for b in batches for r in b.traces.select(["problem"]).to_pylist()] == [
         f"p{i}" for i in range(10) if i not in (3, 7)]
+
+
+@dataclass
+class _Pooled(Step):
+    """A step that keeps workers (as a model step or verify does): it keeps the input's rows."""
+
+    name = "pooled_test_step"
+
+    def worker_resources(self) -> dict[str, float] | None:
+        return {}
+
+    def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
+        return StepResult(batch)
+
+
+def test_parts_stay_at_1024_rows_when_a_step_keeps_a_model_or_a_worker_pool(tmp_path):
+    """A killed model or verify stage redoes at most one part: 1,024 rows, however short."""
+    data = tmp_path / "short.jsonl"
+    data.write_text("".join(f'{{"problem": "p{i}", "thinking": "t", "solution": "s"}}\n' for i in range(1500)))
+    runs = {"auto": Pipeline([Filter()]), "pooled": Pipeline([Filter(), _Pooled()]),
+            "pooled variant": Pipeline([Filter()], variants={"v": [_Pooled()]}),
+            "fixed": Pipeline([_Pooled()], batch_size=600)}
+    assert [p.part_rows for p in runs.values()] == [None, 1024, 1024, 600]
+    for name, pipeline in runs.items():
+        out = tmp_path / name.replace(" ", "_")
+        result = pipeline.run(read(data), out=out, progress=False, card=False)
+        assert result.rows == 1500
+        want = {"auto": [1500], "pooled": [1024, 476], "pooled variant": [1024, 476], "fixed": [600, 600, 300]}
+        assert _read_parts(out) == want[name], name

@@ -59,7 +59,8 @@ class PartTask:
 # here), so 100k short problems (~390 B a row) make 10 parts instead of 98. Rows of over ~4 KB are
 # not joined (1,024 rows a part, as with the fixed size): a stage holds a few parts at once (read
 # ahead, on threads, written behind) and peak memory follows the part size (32 MiB parts: +300 MiB
-# on 5 KB traces, measured).
+# on 5 KB traces, measured). A pipeline with a step that keeps a model or a worker pool keeps
+# 1,024-row parts (``Pipeline.part_rows``): a part is what a killed run redoes.
 READ_BATCH_ROWS = 1024
 PART_MAX_ROWS = 16_384
 PART_MAX_BYTES = 4 << 20
