@@ -359,3 +359,18 @@ print(json.dumps([result.stats["dropped"], [m for m in ("pandas", "scipy", "data
                          env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PATH": "/usr/bin:/bin"})
     dropped, loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert dropped >= 190 and loaded == []
+
+
+def test_int_values_reads_arrow_integers_as_numpy():
+    import pyarrow as pa
+
+    from curate.text import int_values
+
+    for t in (pa.int32(), pa.int64(), pa.uint8()):
+        values = pa.array([5, 0, 7, 3, 9], t).slice(1, 3)  # a slice: the buffer's offset counts
+        got = int_values(values)
+        assert got.tolist() == [0, 7, 3] and got.dtype.itemsize == t.bit_width // 8
+    with pytest.raises(ValueError, match="without nulls"):
+        int_values(pa.array([1, None], pa.int32()))
+    with pytest.raises(ValueError, match="integers"):
+        int_values(pa.array([1.5], pa.float64()))

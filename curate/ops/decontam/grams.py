@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.text import _BASE, _BASE_INV, fmix64, token_hash, tokenize_series
+from curate.text import _BASE, _BASE_INV, fmix64, int_values, token_hash, tokenize_series
 
 FILTER_BITS = 24  # 16 MiB of bools: ~1% of non-member windows pass for 200k benchmark grams
 _SHIFT = np.uint64(64 - FILTER_BITS)
@@ -58,12 +58,6 @@ def unfmix64(h: np.ndarray) -> np.ndarray:
     return h
 
 
-def _numpy(values: pa.Array) -> np.ndarray:
-    """A null-free Arrow array of numbers as numpy, through polars: pyarrow's own ``to_numpy``
-    imports pandas (~0.17 s, once a process) even for a zero-copy view."""
-    return pl.Series(values).to_numpy()
-
-
 class Tokens:
     """One batch's tokens: per-token hash, row offsets, and n-gram hashes on demand."""
 
@@ -81,7 +75,7 @@ class Tokens:
             values = values.cast(pa.large_string())
         enc = pc.dictionary_encode(values)
         self.vocab: pa.Array = enc.dictionary
-        self.ids = _numpy(enc.indices).astype(np.int64, copy=False)
+        self.ids = int_values(enc.indices).astype(np.int64)
         self.vocab_hashes = np.fromiter((token_hash(t) for t in self.vocab.to_pylist()), dtype=np.uint64,
                                         count=len(self.vocab))
         self.hashes = self.vocab_hashes[self.ids]
@@ -158,7 +152,7 @@ class Tokens:
 
     def char_lengths(self) -> np.ndarray:
         """Length of each row's normalised text (tokens joined by one space)."""
-        tok_chars = _numpy(pc.utf8_length(self.vocab)).astype(np.int64)[self.ids]
+        tok_chars = int_values(pc.utf8_length(self.vocab)).astype(np.int64)[self.ids]
         cs = np.zeros(len(tok_chars) + 1, dtype=np.int64)
         np.cumsum(tok_chars, out=cs[1:])
         return cs[self.offsets[1:]] - cs[self.offsets[:-1]] + np.maximum(self.lengths - 1, 0)
