@@ -8,7 +8,6 @@ cluster), so the files, and so the dataset, come out the same.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.cpus import available_cpus
 from curate.errors import PipelineError
 from curate.globalpass import PlannedApply
 from curate.io.read import ReadBatch, Source
@@ -195,11 +195,7 @@ def _on_threads(apply: Callable[[pl.DataFrame, PartTask], StepResult],
 def local_threads() -> int:
     """Threads a thread-safe step's parts are applied on by default: the CPUs this process may
     use, at most 4 (each holds a part in memory)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 4))
+    return min(available_cpus(), 4)
 
 
 def _write_result(step: Step, i: int, task: PartTask, batch: pl.DataFrame, result: StepResult, seconds: float,

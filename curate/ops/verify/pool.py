@@ -41,6 +41,8 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from curate.cpus import available_cpus
+
 _READY = "ready"
 DEPTH = 2  # items sent to a worker ahead: the one it runs and the next
 POLL_S = 0.05  # how often running items' CPU time is read
@@ -531,10 +533,7 @@ def default_workers() -> int:
     """The CPUs this process may run on (``CURATE_WORKERS`` when a distributed engine reserved fewer)."""
     if os.environ.get("CURATE_WORKERS", "").isdigit():
         return max(1, int(os.environ["CURATE_WORKERS"]))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return available_cpus()
 
 
 def probe(item: Any) -> Any:
