@@ -249,14 +249,18 @@ class Pipeline:
         self.batch_size = batch_size
 
     @property
+    def all_steps(self) -> list[Step]:
+        """The base steps, then each variant's."""
+        return [*self.steps, *(s for vs in self.variants.values() for s in vs)]
+
+    @property
     def part_rows(self) -> int | None:
         """Rows per part: ``batch_size``; else 1,024 when a step keeps a model or a worker pool
         (``worker_resources``), so a killed run redoes at most 1,024 rows of that work; else None,
         parts sized by content (``curate.engines.parts.joined``)."""
         if self.batch_size is not None:
             return self.batch_size
-        steps = [*self.steps, *(s for vs in self.variants.values() for s in vs)]
-        return READ_BATCH_ROWS if any(s.worker_resources() is not None for s in steps) else None
+        return READ_BATCH_ROWS if any(s.worker_resources() is not None for s in self.all_steps) else None
 
     @property
     def parts(self) -> int | str:
@@ -470,7 +474,7 @@ class _Run:
 
         read_fp = _hash(self.source.fingerprint(), SCHEMA_VERSION, self.p.parts, __version__)
         if self.engine.name == "local":  # the steps run in this process: their start-up overlaps the read
-            for step in [*self.p.steps, *(s for v in self.p.variants.values() for s in v)]:
+            for step in self.p.all_steps:
                 step.warm_up()
         funnel = [self._read_stage(read_fp, input_schema)]
         base_fp, base, funnel_steps = self._chain(self.p.steps, schemas, read_fp, funnel[0], first=1, folder=self.work)
