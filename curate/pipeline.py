@@ -35,7 +35,6 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from curate.engines.base import Engine, LocalEngine
-from curate.engines.llm import given
 from curate.engines.parts import (
     AUTO_PARTS,
     READ_BATCH_ROWS,
@@ -644,7 +643,11 @@ class _Run:
             workers = {k: v for k, v in workers.items() if k != "num_gpus"}
 
         def work(s: Step, task: PartTask) -> dict[str, int]:
-            with given(s, gen, task.k) if ahead else contextlib.nullcontext():
+            if not ahead:
+                return apply_part(s, i, task, out_schema, rschema, planned)
+            from curate.engines.llm import given  # model backends: imported by runs that generate
+
+            with given(s, gen, task.k):
                 return apply_part(s, i, task, out_schema, rschema, planned)
 
         within = _RowCount(bar)  # rows a step reports inside a part (in this process) move the bar early

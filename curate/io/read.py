@@ -122,8 +122,9 @@ class _RowBuilder:
     """Validates drafts from a format adapter and finishes them into schema rows."""
 
     options: ReadOptions
-    # source ids are unique per input file (eval dumps number every file from 0)
-    seen_ids: dict[tuple[str, str], str] = field(default_factory=dict)
+    # source ids are unique per input file (eval dumps number every file from 0); where each was
+    # first seen: "file:line", or the 1-based row of a table (formatted only for an error)
+    seen_ids: dict[tuple[str, str], str | int] = field(default_factory=dict)
 
     def finish(self, draft: dict, fmt: Format, source: str, where: str, file: str = "") -> dict:
         fields = draft.get("_fields") or {}
@@ -163,7 +164,8 @@ class _RowBuilder:
         if source_id is not None:
             first = self.seen_ids.get((file or source, source_id))
             if first is not None:
-                raise RowError("source_id", f"duplicate id {source_id!r} (first seen at {first})")
+                at = f"{file or source}:{first}" if isinstance(first, int) else first
+                raise RowError("source_id", f"duplicate id {source_id!r} (first seen at {at})")
             self.seen_ids[(file or source, source_id)] = where
         row.update(
             id=trace_id(problem, thinking, solution),
@@ -837,9 +839,7 @@ def _column_batches(batches: Iterable[pa.RecordBatch], path: Path, builder: _Row
                 yield asm.emit()
             row0 += n
             continue
-        for k, i in enumerate(ids):
-            if i is not None:
-                builder.seen_ids[(file, i)] = f"{file}:{row0 + k + 1}"
+        builder.seen_ids.update(((file, i), k) for k, i in enumerate(ids, row0 + 1) if i is not None)
         p, th, so = problem.to_pylist(), thinking.to_pylist(), solution.to_pylist()
         source = None if opts.source else col("source", blank_is_null=True)
         teacher = None if opts.teacher else col("teacher")

@@ -1,13 +1,13 @@
 """Decontamination's kernel: a batch's tokens hashed once, its n-gram hashes by array arithmetic,
 and membership in a benchmark's gram set without a Python set (or loop) per row.
 
-``Tokens`` cuts a batch of texts into the same lower-cased ``\\w+`` tokens as
-:class:`curate.text.TokenBatch` and gives the same n-gram hashes (``gram_hash``), but
-hashes each distinct token once (pyarrow dictionary encoding), takes every window of one width
-from contiguous slices of one prefix-sum array, and lets a caller hash windows at chosen
-positions only. ``GramSet`` answers "which benchmark items hold this hash" for millions of
-hashes: a 2**24-bit filter rejects almost every window with one array lookup, and only the few
-that pass are searched in the sorted (hash, item) table. The matchers compare raw hashes (before
+``Tokens`` hashes a batch's lower-cased ``\\w+`` tokens straight from the text's bytes, as
+:class:`curate.text.TokenBatch` does (``word_token_hashes``: each distinct token hashed once, no
+Python string per token), and gives the same n-gram hashes (``gram_hash``): every window of one
+width from contiguous slices of one prefix-sum array, or windows at chosen positions only.
+``GramSet`` answers "which benchmark items hold this hash" for millions of hashes: a 2**24-bit
+filter rejects almost every window with one array lookup, and only the few that pass are
+searched in the sorted (hash, item) table. The matchers compare raw hashes (before
 ``fmix64``; the index holds ``unfmix64`` of the stored ones), so no window of a batch is finalised.
 """
 
@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from curate.text import _BASE, _BASE_INV, fmix64, int_values, token_hash, tokenize_series
+from curate.text import _BASE, _BASE_INV, fmix64, tokenize_series, word_token_hashes
 
 FILTER_BITS = 24  # 16 MiB of bools: ~1% of non-member windows pass for 200k benchmark grams
 _SHIFT = np.uint64(64 - FILTER_BITS)
 _M1_INV = np.uint64(pow(0xFF51AFD7ED558CCD, -1, 1 << 64))  # inverses of fmix64's two multipliers
 _M2_INV = np.uint64(pow(0xC4CEB9FE1A85EC53, -1, 1 << 64))
 _S33 = np.uint64(33)
+_TOP16 = np.uint64(48)
 _powers_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
 
@@ -62,29 +61,26 @@ class Tokens:
     """One batch's tokens: per-token hash, row offsets, and n-gram hashes on demand."""
 
     def __init__(self, texts: pl.Series):
-        toks = tokenize_series(texts).rechunk()
-        self._lists = toks
-        arr = toks.to_arrow()
-        if isinstance(arr, pa.ChunkedArray):
-            arr = arr.combine_chunks()
-        self.lengths = toks.list.len().fill_null(0).to_numpy().astype(np.int64)
+        self._texts = texts
+        self._lists: pl.Series | None = None
+        # each token hashed from the text's bytes, no Python string per token (n-gram matching of
+        # long responses needs only the hashes; the strings are cut when exact or fuzzy asks)
+        self.lengths, self.hashes = word_token_hashes(texts)
         self.offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
         np.cumsum(self.lengths, out=self.offsets[1:])
-        values = arr.flatten()
-        if values.type != pa.large_string():
-            values = values.cast(pa.large_string())
-        enc = pc.dictionary_encode(values)
-        self.vocab: pa.Array = enc.dictionary
-        self.ids = int_values(enc.indices).astype(np.int64)
-        self.vocab_hashes = np.fromiter((token_hash(t) for t in self.vocab.to_pylist()), dtype=np.uint64,
-                                        count=len(self.vocab))
-        self.hashes = self.vocab_hashes[self.ids]
         n = len(self.hashes)
         powers, _ = _powers(n + 1)
         self._prefix = np.zeros(n + 1, dtype=np.uint64)
         with np.errstate(over="ignore"):
             np.cumsum(self.hashes * powers[:n], out=self._prefix[1:])
         self._row_end: np.ndarray | None = None
+
+    @property
+    def lists(self) -> pl.Series:
+        """Each row's tokens as strings (``tokenize_series``): cut on first use."""
+        if self._lists is None:
+            self._lists = tokenize_series(self._texts).rechunk()
+        return self._lists
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -143,19 +139,26 @@ class Tokens:
 
     def normalised(self, rows: np.ndarray) -> list[str]:
         """The normalised text (tokens joined by one space) of the given rows."""
-        return self._lists.gather(rows).list.join(" ").fill_null("").to_list()
+        return self.lists.gather(rows).list.join(" ").fill_null("").to_list()
 
     def exact_keys(self) -> pl.Series:
         """Each row's tokens joined without digits and underscores: the lower-cased text stripped of
         ``[\\W\\d_]`` (``benchmarks.exact_key``), from the tokens already cut (a regex over far less text)."""
-        return self._lists.list.join("").str.replace_all(r"[\d_]+", "")
+        return self.lists.list.join("").str.replace_all(r"[\d_]+", "")
 
     def char_lengths(self) -> np.ndarray:
         """Length of each row's normalised text (tokens joined by one space)."""
-        tok_chars = int_values(pc.utf8_length(self.vocab)).astype(np.int64)[self.ids]
-        cs = np.zeros(len(tok_chars) + 1, dtype=np.int64)
-        np.cumsum(tok_chars, out=cs[1:])
-        return cs[self.offsets[1:]] - cs[self.offsets[:-1]] + np.maximum(self.lengths - 1, 0)
+        return self.lists.list.join(" ").fill_null("").str.len_chars().to_numpy().astype(np.int64)
+
+    def holding(self, values: np.ndarray) -> np.ndarray:
+        """Flat positions of the tokens whose hash is one of ``values`` (a few): a 16-bit prefix
+        filter passes ~len(values) / 65,536 of the tokens to ``np.isin``."""
+        if not len(values) or not len(self.hashes):
+            return np.empty(0, np.int64)
+        prefix = np.zeros(1 << 16, dtype=np.bool_)
+        prefix[values >> _TOP16] = True
+        cand = np.flatnonzero(prefix[self.hashes >> _TOP16])
+        return cand[np.isin(self.hashes[cand], values)]
 
 
 class GramSet:

@@ -140,8 +140,8 @@ class BenchmarkIndex:
         rows, inside = toks.locate(qpos, n)
         found = [(qpos[inside], rows[inside], items[inside], every[qpos[inside]], n)]
         firsts = [f for f in index.short_firsts.values() if f is not None]
-        at_first = (np.flatnonzero(np.isin(toks.vocab_hashes, np.concatenate(firsts))[toks.ids])
-                    if firsts else np.empty(0, np.int64))  # where some short item's first token is
+        # where some short item's first token is
+        at_first = toks.holding(np.concatenate(firsts) if firsts else np.empty(0, np.uint64))
         for m in index.short_lengths.tolist():  # items shorter than n: windows of exactly their length
             first = index.short_firsts.get(m)
             at = None if first is None else at_first[np.isin(toks.hashes[at_first], first)]

@@ -40,8 +40,10 @@ problems whose numbers differ are never duplicates ("4 balls in 3 boxes" vs "5 b
 from __future__ import annotations
 
 import os
+import queue
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +53,7 @@ import polars as pl
 import pyarrow as pa
 import xxhash
 
+from curate.cpus import available_cpus
 from curate.globalpass import (
     PartArrays,
     PartFiles,
@@ -397,16 +400,37 @@ class MinHashDedup(Step):
         units = [[items[k] for k in g.tolist()] for g in
                  np.array_split(np.arange(len(items)), ctx.groups(len(items), per_part, _ROWS_PER_SIGN)) if len(g)]
 
+        side_by_side = available_cpus() if ctx.engine.width() == 1 else 1  # a wider engine runs units so
+
         def sign_unit(s: MinHashDedup, unit: list[tuple[int, str, int, int]]) -> dict[str, int]:
-            signer = Signer(s.num_perm, s.seed, s.shingle, s.size, s.workers)
-            i, per_row = 0, None  # bytes per row (``_sign_parts``), from the parts read so far
-            while i < len(unit):
-                j, rows = i + 1, unit[i][3]
-                while per_row is not None and j < len(unit) and (rows + unit[j][3]) * per_row <= _SIGN_TEXT_BYTES:
-                    rows += unit[j][3]
-                    j += 1
-                per_row = s._sign_parts(signer, unit[i:j], arrays) / max(rows, 1)
-                i = j
+            # batches are signed ``side_by_side`` at once, each on a Signer of its own: reading and
+            # tokenising a batch is mostly one thread's work, which left the other cores idle
+            signers: queue.SimpleQueue[Signer] = queue.SimpleQueue()
+            for _ in range(min(side_by_side, len(unit))):
+                signers.put(Signer(s.num_perm, s.seed, s.shingle, s.size, s.workers))
+
+            def sign(parts: list[tuple[int, str, int, int]]) -> tuple[int, int]:
+                signer = signers.get()
+                try:
+                    return s._sign_parts(signer, parts, arrays), sum(count for *_, count in parts)
+                finally:
+                    signers.put(signer)
+
+            pending: deque[Future[tuple[int, int]]] = deque()
+            i, per_row = 0, None  # bytes per row (``_sign_parts``), from the last batch signed
+            with ThreadPoolExecutor(min(side_by_side, len(unit))) as pool:
+                while i < len(unit):
+                    j, rows = i + 1, unit[i][3]
+                    while per_row is not None and j < len(unit) and (rows + unit[j][3]) * per_row <= _SIGN_TEXT_BYTES:
+                        rows += unit[j][3]
+                        j += 1
+                    pending.append(pool.submit(sign, unit[i:j]))
+                    i = j
+                    while pending and (per_row is None or len(pending) >= side_by_side):
+                        weight, rows = pending.popleft().result()
+                        per_row = weight / max(rows, 1)
+                for done in pending:
+                    done.result()
             return {"rows": sum(count for *_, count in unit)}
 
         ctx.map(sign_unit, units, state=self, on_result=ctx.told())
