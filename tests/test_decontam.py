@@ -241,6 +241,35 @@ def test_kernel_hashes_and_membership_match_the_reference_definitions(traces):
     assert sorted(zip(qpos.tolist(), found.tolist(), strict=True)) == want and len(want) >= 500
 
 
+def test_token_strings_are_cut_only_for_exact_and_fuzzy(traces, monkeypatch):
+    """Tokens hashes tokens from the text's bytes: n-gram matching of long responses cuts no token
+    strings (``tokenize_series``), exact and fuzzy cut them for their field only; ``holding``
+    finds every position of the given token hashes, as ``np.isin`` does."""
+    import numpy as np
+
+    import curate.ops.decontam.grams as grams
+    from curate.ops.decontam.grams import Tokens
+
+    toks = Tokens(traces["thinking"].head(50))
+    common = np.unique(toks.hashes)[:: max(1, len(np.unique(toks.hashes)) // 40)]
+    for values in (common, common[:1], np.empty(0, np.uint64), np.array([1, 2, 3], dtype=np.uint64)):
+        assert np.array_equal(toks.holding(values), np.flatnonzero(np.isin(toks.hashes, values)))
+    assert len(toks.holding(common)) > 100
+
+    step = Decontaminate(fields=["problem", "thinking", "solution"])
+    step.index  # noqa: B018  (built first: the index of the benchmarks' own texts may cut strings)
+    cut: list[str] = []  # the field of each text column cut into token strings
+    tokenize = grams.tokenize_series
+    monkeypatch.setattr(grams, "tokenize_series", lambda texts: cut.append(texts.name) or tokenize(texts))
+    k = pl.int_range(pl.len())  # every other problem made clean: exact and fuzzy search those
+    batch = traces.head(300).with_columns(pl.when(k % 2 == 0).then(pl.format("unrelated question {} on pears", k))
+                                          .otherwise(pl.col("problem")).alias("problem"))
+    assert step.apply(batch, 0).rejected.height >= 150
+    assert cut and set(cut) == {"problem"}  # the problem field only (exact, fuzzy), never the responses
+    monkeypatch.setattr(grams, "tokenize_series", lambda texts: (_ for _ in ()).throw(AssertionError("cut")))
+    assert Decontaminate(fields=["thinking", "solution"], method=["ngram"]).apply(batch, 0).rejected.height >= 50
+
+
 def test_pruned_search_equals_every_method_and_field_searched_alone(traces, problems):
     """A row a method matched is not searched by later methods, nor by later fields once one scored
     1 (issue 19): the result equals running each (method, field) alone and taking, per row, the
