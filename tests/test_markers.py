@@ -121,3 +121,36 @@ def test_markerless_response_is_reasoning_plus_answer_paragraph(math500_response
     for s in splits[:50]:
         again = split_response(join_response(s.thinking, s.solution, "none", None))
         assert (again.thinking, again.solution) == (s.thinking, s.solution)
+
+
+def test_boxed_paragraph_rule_on_generated_responses():
+    """The solution paragraph is found by one scan of the text: on generated markerless responses
+    (boxed answers early, late, split across a paragraph break, "Final Answer" headings, Unicode
+    spaces) it is the paragraph the rule names, found here paragraph by paragraph."""
+    import random
+    import re
+
+    from curate.io.markers import _ANSWER_HEADING, _BOXED, _PARAGRAPH_BREAK, ANSWER_LOOKBACK
+
+    def by_paragraph(text: str) -> tuple[str, str]:
+        body = text.strip()
+        starts = [0] + [m.end() for m in _PARAGRAPH_BREAK.finditer(body) if m.end() < len(body)]
+        if len(starts) < 2:
+            return "", body
+        ends = [*starts[1:], len(body)]
+        boxed = [i for i, (a, b) in enumerate(zip(starts, ends)) if _BOXED.search(body, a, b)]
+        k = boxed[-1] if boxed and boxed[-1] >= len(starts) - ANSWER_LOOKBACK else len(starts) - 1
+        if k > 0 and _ANSWER_HEADING.match(body[starts[k - 1]:ends[k - 1]].strip()):
+            k -= 1
+        return body[:starts[k]].strip(), body[starts[k]:].strip()
+
+    rng = random.Random(7)
+    bits = ["So x = 2.", "\\boxed{4}", "\\boxed\n\n{5}", "\\fbox {6}", "\\boxed \t{7}", "**Final Answer**",
+            "Answer:", "\\boxed", "{", "\u3000", "\u00a0", "text", "$x^2$", "\\\\boxed{8}"]
+    seps = ["\n\n", "\n \n", "\n\t\n  ", " ", "\n", "\u2028\n\n", ""]
+    texts = ["".join(rng.choice(bits) + rng.choice(seps) for _ in range(rng.randint(1, 12))) for _ in range(5000)]
+    assert sum(bool(re.search(r"\\boxed\s*\n[ \t]*\n\s*\{", t)) for t in texts) > 100  # boxed across a break
+    for text in texts:
+        got = split_response(text) if not any(m in text for m in ALL_MARKERS) else None
+        if got is not None:
+            assert (got.thinking, got.solution) == by_paragraph(text), text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from typing import NamedTuple
 
 SKY_BEGIN_THOUGHT = "<|begin_of_thought|>"
@@ -57,12 +58,25 @@ def split_plain(text: str) -> SplitResponse:
     starts = [0] + [m.end() for m in _PARAGRAPH_BREAK.finditer(body) if m.end() < len(body)]
     if len(starts) < 2:
         return SplitResponse("", body, None, "none")
-    ends = [*starts[1:], len(body)]
-    boxed = [i for i, (a, b) in enumerate(zip(starts, ends, strict=True)) if _BOXED.search(body, a, b)]
-    k = boxed[-1] if boxed and boxed[-1] >= len(starts) - ANSWER_LOOKBACK else len(starts) - 1
-    if k > 0 and _ANSWER_HEADING.match(body[starts[k - 1]:ends[k - 1]].strip()):
+    k = len(starts) - 1
+    boxed = _last_boxed_paragraph(body, starts)
+    if boxed is not None and boxed >= len(starts) - ANSWER_LOOKBACK:
+        k = boxed
+    if k > 0 and _ANSWER_HEADING.match(body[starts[k - 1]:starts[k]].strip()):
         k -= 1
     return SplitResponse(body[:starts[k]].strip(), body[starts[k]:].strip(), None, "none")
+
+
+def _last_boxed_paragraph(body: str, starts: list[int]) -> int | None:
+    """The last paragraph holding a whole ``\\boxed{`` (a match inside its bounds), or None: one
+    scan of the text, not a search per paragraph (a match that runs across a paragraph break
+    counts for neither, as a search bounded to each paragraph finds)."""
+    last = None
+    for m in _BOXED.finditer(body):
+        i = bisect_right(starts, m.start()) - 1
+        if i + 1 == len(starts) or m.end() <= starts[i + 1]:
+            last = i
+    return last
 
 
 def _clean(text: str, markers: tuple[str, ...]) -> str:
@@ -81,29 +95,30 @@ def _join(*parts: str) -> str:
 
 
 def _split_sky(text: str) -> SplitResponse:
-    start = text.find(SKY_BEGIN_THOUGHT)
-    head, body = (text[:start], text[start + len(SKY_BEGIN_THOUGHT) :]) if start >= 0 else ("", text)
-    end = body.find(SKY_END_THOUGHT)
-    if end < 0:
-        sol_at = body.find(SKY_BEGIN_SOLUTION)
-        if sol_at < 0:
-            return SplitResponse(_clean(_join(head, body), _SKY_MARKERS), "", False, "sky-t1")
-        thinking, rest, closed = body[:sol_at], body[sol_at:], False
-    else:
-        thinking, rest, closed = body[:end], body[end + len(SKY_END_THOUGHT) :], True
-    return SplitResponse(_clean(_join(head, thinking), _SKY_MARKERS), _clean(rest, _SKY_MARKERS),
-                         closed, "sky-t1")
+    return _split_marked(text, SKY_BEGIN_THOUGHT, SKY_END_THOUGHT, SKY_BEGIN_SOLUTION, _SKY_MARKERS, "sky-t1")
 
 
 def _split_think(text: str) -> SplitResponse:
-    start = text.find(THINK_OPEN)
-    head, body = (text[:start], text[start + len(THINK_OPEN) :]) if start >= 0 else ("", text)
-    end = body.find(THINK_CLOSE)
-    if end < 0:
-        return SplitResponse(_clean(_join(head, body), _THINK_MARKERS), "", False, "think")
-    thinking, rest = body[:end], body[end + len(THINK_CLOSE) :]
-    return SplitResponse(_clean(_join(head, thinking), _THINK_MARKERS), _clean(rest, _THINK_MARKERS),
-                         True, "think")
+    return _split_marked(text, THINK_OPEN, THINK_CLOSE, None, _THINK_MARKERS, "think")
+
+
+def _split_marked(text: str, begin: str, end: str, solution: str | None, markers: tuple[str, ...],
+                  style: str) -> SplitResponse:
+    """Thinking between ``begin`` (optional) and ``end``; what precedes ``begin`` heads the
+    thinking. Without ``end`` the block is unclosed: with a ``solution`` marker the solution
+    starts there, else everything is thinking. Positions are found in ``text`` itself and each
+    part sliced once (responses run to 100 KB: copies of the whole body were most of the cost)."""
+    start = text.find(begin)
+    head, at = (text[:start], start + len(begin)) if start >= 0 else ("", 0)
+    stop = text.find(end, at)
+    if stop >= 0:
+        thinking, rest, closed = text[at:stop], text[stop + len(end):], True
+    else:
+        sol_at = -1 if solution is None else text.find(solution, at)
+        if sol_at < 0:
+            return SplitResponse(_clean(_join(head, text[at:]), markers), "", False, style)
+        thinking, rest, closed = text[at:sol_at], text[sol_at:], False
+    return SplitResponse(_clean(_join(head, thinking), markers), _clean(rest, markers), closed, style)
 
 
 def join_response(thinking: str, solution: str, style: str = "think", closed: bool | None = True) -> str:
