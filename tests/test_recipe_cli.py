@@ -117,6 +117,26 @@ def test_input_paths_are_relative_to_the_recipe(tmp_path, math500_sample):
     assert run_recipe(path, out=tmp_path / "o").rows == 120
 
 
+def test_cli_run_keeps_the_collector_off_what_was_loaded_before(tmp_path, monkeypatch, math500_sample):
+    """``curate run`` freezes the objects alive when the run starts (the imported libraries: the
+    cyclic collector skips them) and unfreezes them when it ends, so a process that goes on (a
+    test runner, a notebook) collects as before; at exit they are frozen again."""
+    import atexit
+    import gc
+
+    import curate.recipe
+
+    seen, exits = [], []
+    real = curate.recipe.run_recipe
+    monkeypatch.setattr(curate.recipe, "run_recipe", lambda *a, **k: seen.append(gc.get_freeze_count()) or real(*a, **k))
+    monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: exits.append(fn))
+    (tmp_path / "r.yaml").write_text(f"input: {{path: {math500_sample}}}\nsteps: []\n")
+    res = CliRunner().invoke(main, ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert seen and seen[0] > 10_000  # frozen during the run: polars, pyarrow, numpy and the rest
+    assert gc.get_freeze_count() == 0 and gc.freeze in exits
+
+
 def test_cli_run_inspect_export(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
