@@ -119,22 +119,24 @@ def test_input_paths_are_relative_to_the_recipe(tmp_path, math500_sample):
 
 def test_cli_run_keeps_the_collector_off_what_was_loaded_before(tmp_path, monkeypatch, math500_sample):
     """``curate run`` freezes the objects alive when the run starts (the imported libraries: the
-    cyclic collector skips them) and unfreezes them when it ends, so a process that goes on (a
-    test runner, a notebook) collects as before; at exit they are frozen again."""
+    cyclic collector skips them) and collects less often; when it ends both are undone, so a
+    process that goes on (a test runner, a notebook) collects as before; at exit it freezes."""
     import atexit
     import gc
 
     import curate.recipe
 
     seen, exits = [], []
-    real = curate.recipe.run_recipe
-    monkeypatch.setattr(curate.recipe, "run_recipe", lambda *a, **k: seen.append(gc.get_freeze_count()) or real(*a, **k))
+    real, threshold = curate.recipe.run_recipe, gc.get_threshold()
+    monkeypatch.setattr(curate.recipe, "run_recipe",
+                        lambda *a, **k: seen.append((gc.get_freeze_count(), gc.get_threshold())) or real(*a, **k))
     monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: exits.append(fn))
     (tmp_path / "r.yaml").write_text(f"input: {{path: {math500_sample}}}\nsteps: []\n")
     res = CliRunner().invoke(main, ["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o"), "--quiet"])
     assert res.exit_code == 0, res.output
-    assert seen and seen[0] > 10_000  # frozen during the run: polars, pyarrow, numpy and the rest
-    assert gc.get_freeze_count() == 0 and gc.freeze in exits
+    assert seen and seen[0][0] > 10_000  # frozen during the run: polars, pyarrow, numpy and the rest
+    assert seen[0][1] == (10_000, 20, 20)  # and collected less often
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == threshold and gc.freeze in exits
 
 
 def test_cli_run_inspect_export(tmp_path, monkeypatch):
