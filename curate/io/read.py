@@ -19,7 +19,7 @@ import os
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -465,8 +465,16 @@ def _array(values: list, type: pa.DataType) -> pa.Array:
     return _arrow_table({"v": values}, pa.schema([("v", type)])).column(0).combine_chunks()
 
 
+@lru_cache(maxsize=64)
+def _values(values: tuple, type: pa.DataType) -> pa.Array:
+    """``_array`` of a fixed set of values (the domains, the finish reasons), built once."""
+    return _array(list(values), type)
+
+
+@lru_cache(maxsize=256)
 def _scalar(value: Any, type: pa.DataType) -> pa.Scalar:
-    """An Arrow scalar for compute functions (they convert a bare Python value with pa.scalar)."""
+    """An Arrow scalar for compute functions (they convert a bare Python value with pa.scalar);
+    kept, as the column path asks for the same few a dozen times a batch (scalars are immutable)."""
     return _array([value], type)[0]
 
 
@@ -636,7 +644,7 @@ def _curate_table_batches(
                                pc.equal(pc.utf8_trim_whitespace(table["problem"]), _scalar("", pa.large_string())))
         bad = pc.or_(
             empty_problem,
-            pc.or_(pc.is_null(table["id"]), pc.invert(pc.is_in(table["domain"], _array(list(DOMAINS), pa.string())))),
+            pc.or_(pc.is_null(table["id"]), pc.invert(pc.is_in(table["domain"], _values(tuple(DOMAINS), pa.string())))),
         )
         bad = pc.fill_null(bad, _scalar(True, pa.bool_()))
         if pc.any(bad).as_py():
@@ -822,8 +830,8 @@ def _column_batches(batches: Iterable[pa.RecordBatch], path: Path, builder: _Row
         bad = pc.or_kleene(pc.is_null(problem), pc.equal(pc.utf8_trim_whitespace(problem), blank))
         bad = pc.or_(bad, pc.and_(pc.equal(pc.utf8_trim_whitespace(thinking), blank),
                                   pc.equal(pc.utf8_trim_whitespace(solution), blank)))
-        bad = pc.or_(bad, pc.invert(pc.is_in(domain, _array(list(DOMAINS), pa.large_string()))))
-        bad = pc.or_(bad, pc.and_(pc.is_valid(finish), pc.invert(pc.is_in(finish, _array(list(_FINISH_REASONS),
+        bad = pc.or_(bad, pc.invert(pc.is_in(domain, _values(tuple(DOMAINS), pa.large_string()))))
+        bad = pc.or_(bad, pc.and_(pc.is_valid(finish), pc.invert(pc.is_in(finish, _values(_FINISH_REASONS,
                                                                                           pa.large_string())))))
         if opts.max_chars is not None:
             bad = pc.or_(bad, pc.greater(pc.add(pc.utf8_length(thinking), pc.utf8_length(solution)),
