@@ -71,6 +71,42 @@ def test_a_failed_write_behind_the_read_stops_the_run_and_the_rerun_resumes(samp
     assert again.rejects().sort("id").equals(reference.rejects().sort("id"))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_failed_write_behind_a_step_stops_the_run_and_the_rerun_resumes(samples_dir, tmp_path, monkeypatch,
+                                                                          threads):
+    """A step's parts are written on a helper thread while the next is applied: a failed write
+    stops the run with the parts before it (each with its rejects) and no partial file, and the
+    rerun makes the same dataset."""
+    engine = LocalEngine(threads=threads)
+    reference = Pipeline(_steps(), batch_size=20).run(read(samples_dir), out=tmp_path / "ref", progress=False,
+                                                      card=False, engine=engine)
+    out = tmp_path / "ds"
+    real = pq.write_table
+    calls = []
+
+    def failing(table, where, **kw):
+        if "stage-01-" in str(where) and os.path.basename(str(where)).startswith(".part-"):
+            calls.append(where)
+            if len(calls) == 3:  # the third part of the first step, written while the fourth is applied
+                raise OSError(errno.EIO, os.strerror(errno.EIO), str(where))
+        return real(table, where, **kw)
+
+    monkeypatch.setattr(pq, "write_table", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        Pipeline(_steps(), batch_size=20).run(read(samples_dir), out=out, progress=False, card=False, engine=engine)
+    stage = next((out / ".curate").glob("stage-01-*"))
+    written = sorted(p.name for p in stage.glob("part-*.parquet"))
+    assert written == ["part-00000.parquet", "part-00001.parquet"], written
+    assert not list(stage.glob(".*.tmp")), "a failed write leaves no partial file"
+    assert not (out / "manifest.json").exists()
+    monkeypatch.setattr(pq, "write_table", real)
+    again = Pipeline(_steps(), batch_size=20).run(read(samples_dir), out=out, progress=False, card=False,
+                                                  engine=engine)
+    assert again.to_polars().equals(reference.to_polars())
+    assert again.funnel.drop("seconds").equals(reference.funnel.drop("seconds"))
+    assert again.rejects().sort("id").equals(reference.rejects().sort("id"))
+
+
 def test_old_trees_are_moved_aside_and_gone_when_the_run_ends(samples_dir, math500_sample, tmp_path):
     out = tmp_path / "ds"
     Pipeline(_steps(), batch_size=16).run(read(samples_dir), out=out, progress=False, card=False)

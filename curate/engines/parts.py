@@ -149,17 +149,18 @@ def apply_parts(step: Step, i: int, tasks: list[PartTask], out_schema: pa.Schema
                               threads if step.thread_safe else 1)
     else:
         results = step.apply_parts((batch, task.offset) for batch, task in parts())
-    for task in tasks:
-        t0 = time.perf_counter()  # a part's seconds: from the previous part's write to its result
-        result = next(results, None)
-        if result is None:
-            raise PipelineError(f"step {i} '{step.name}': apply_parts stopped before part {task.k}")
-        info = _write_result(step, i, task, batches.pop(task.k), result, time.perf_counter() - t0,
-                             out_schema, reject_schema)
-        if on_result is not None:
-            on_result(info)
-    if next(results, None) is not None:
-        raise PipelineError(f"step {i} '{step.name}': apply_parts returned more results than parts")
+    with WriteBehind() as writer:  # part k is written while part k + 1 is applied
+        for task in tasks:
+            t0 = time.perf_counter()  # a part's seconds: from the previous part's result to its own
+            result = next(results, None)
+            if result is None:
+                raise PipelineError(f"step {i} '{step.name}': apply_parts stopped before part {task.k}")
+            info = _write_result(step, i, task, batches.pop(task.k), result, time.perf_counter() - t0,
+                                 out_schema, reject_schema, writer)
+            if on_result is not None:
+                on_result(info)
+        if next(results, None) is not None:
+            raise PipelineError(f"step {i} '{step.name}': apply_parts returned more results than parts")
 
 
 def _apply(step: Step, batch: pl.DataFrame, task: PartTask, planned: PlannedApply | None = None) -> StepResult:
@@ -199,8 +200,9 @@ def local_threads() -> int:
 
 
 def _write_result(step: Step, i: int, task: PartTask, batch: pl.DataFrame, result: StepResult, seconds: float,
-                  out_schema: pa.Schema, reject_schema: pa.Schema) -> dict[str, int]:
-    """Check a part's result (no row lost) and write its kept rows, with counts, and its rejects."""
+                  out_schema: pa.Schema, reject_schema: pa.Schema, writer: WriteBehind | None = None) -> dict[str, int]:
+    """Check a part's result (no row lost) and write its kept rows, with counts, and its rejects
+    (on ``writer``'s thread when given: the caller goes on while the part is encoded)."""
     kept, rejected = result.kept, result.rejected
     n_rej = 0 if rejected is None else rejected.height
     expected = step.output_rows(batch.height)
@@ -209,14 +211,23 @@ def _write_result(step: Step, i: int, task: PartTask, batch: pl.DataFrame, resul
             f"step {i} '{step.name}' returned {kept.height} kept + {n_rej} rejected rows "
             f"for a batch of {batch.height} (expected {expected} in all): rows would be lost"
         )
-    if n_rej:
-        write_parquet_atomic(conform_rejects(rejected, reject_schema, step), task.rejects)
     stats: dict[str, Any] = {"rows_in": batch.height, "rejected": n_rej, "seconds": seconds}
     if expected != batch.height:
         stats["rows_out"] = expected
     if result.stats:
         stats["stats"] = result.stats
-    write_parquet_atomic(conform(kept, out_schema, step), Path(task.dest), {"part": stats}, WORK_COMPRESSION)
+    kept_table = conform(kept, out_schema, step)  # a step's wrong column type is its error, raised here
+    rejects_table = conform_rejects(rejected, reject_schema, step) if n_rej else None
+
+    def write() -> None:  # the rejects first: a part on disk means its rejects are too
+        if rejects_table is not None:
+            write_parquet_atomic(rejects_table, task.rejects)
+        write_parquet_atomic(kept_table, Path(task.dest), {"part": stats}, WORK_COMPRESSION)
+
+    if writer is None:
+        write()
+    else:
+        writer.submit(write)
     return {"rows": batch.height}
 
 
