@@ -92,7 +92,8 @@ def main() -> None:
                    "else a local Ray on this machine). OUT must be on storage every node sees.")
 @click.option("--threads", type=click.IntRange(min=1), metavar="N",
               help="--engine local: apply N parts at once on threads for the steps that allow it (decontaminate, "
-                   "the dedups' apply; default: one per CPU, at most 4). The output does not depend on N.")
+                   "the dedups' apply) and sign N batches at once in minhash_dedup (default: one per CPU, at "
+                   "most 4). The output does not depend on N.")
 @click.option("--keep-work", is_flag=True,
               help="Leave the per-step Parquet parts in OUT/.curate (else they move to OUT/.curate-cache).")
 @click.option("--no-card", is_flag=True, help="Skip the dataset card (README.md + plots); `curate card` writes it later.")

@@ -56,6 +56,9 @@ class Runner:
     def width(self) -> int:
         raise NotImplementedError
 
+    def threads_per_unit(self) -> int:
+        raise NotImplementedError
+
     def scratch(self, folder: Path) -> Scratch:
         raise NotImplementedError
 
@@ -84,6 +87,11 @@ class PassContext:
     def gpus(self) -> float:
         """GPUs the engine can give to workers."""
         return self.engine.gpus()
+
+    def threads(self) -> int:
+        """Threads one unit of work may keep busy in its process: the local engine's ``threads``
+        (it runs units one after another), 1 on an engine that runs units side by side."""
+        return self.engine.threads_per_unit()
 
     def buckets(self) -> int:
         """Hash buckets of a shuffle: the engine's ``buckets`` when set, else ~250k rows each, and

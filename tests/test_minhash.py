@@ -316,8 +316,8 @@ def test_numbers_compare_as_the_sorted_joined_numbers(problems):
 def test_parts_signed_together_give_the_same_answer(traces, monkeypatch):
     """Consecutive parts are read and signed together, a few MiB at a time: parts of any size,
     signed in batches of one part or of many, one batch at a time or several side by side (the
-    local engine signs one per CPU at once), keep and reject the same rows with the same
-    Jaccard values."""
+    local engine signs as many at once as it has threads), keep and reject the same rows with
+    the same Jaccard values."""
     import curate.ops.dedup.minhash as minhash
 
     frame = traces.head(1500)
@@ -334,9 +334,11 @@ def test_parts_signed_together_give_the_same_answer(traces, monkeypatch):
     monkeypatch.setattr(minhash, "_SIGN_TEXT_BYTES", 1)  # every part signed on its own
     apart = run(97)
     whole = run(frame.height)
-    monkeypatch.setattr(minhash, "available_cpus", lambda: 1)  # one batch at a time
+    from curate.engines import LocalEngine
+
+    monkeypatch.setattr(LocalEngine, "threads_per_unit", lambda self: 1)  # one batch at a time
     one_at_a_time = run(97)
-    monkeypatch.setattr(minhash, "available_cpus", lambda: 5)  # five at once: batches finish out of order
+    monkeypatch.setattr(LocalEngine, "threads_per_unit", lambda self: 5)  # five at once: out of order
     side_by_side = run(97)
     assert together.height >= 300
     for other in (apart, whole, one_at_a_time, side_by_side):

@@ -56,6 +56,10 @@ class Engine(Runner):
         """Units of work the engine runs side by side (a pass splits its work into at least as many)."""
         return 1
 
+    def threads_per_unit(self) -> int:
+        """Threads one unit of a pass may keep busy in its process (see ``PassContext.threads``)."""
+        return 1
+
     def scratch(self, folder: Path) -> Scratch:
         """Where a global pass's units hand each other data: files under ``folder``, which every
         worker must see."""
@@ -74,7 +78,9 @@ class LocalEngine(Engine):
         """``buckets`` fixes the width of a global pass's hash shuffle (exact dedup); its units of
         work run here one after another, handing each other data in memory (``scratch="files"``:
         as the ray engine does, through files under the stage's ``_fit/``). A ``thread_safe``
-        step applies ``threads`` parts at once (default: one per CPU, at most 4)."""
+        step applies ``threads`` parts at once, and a pass's unit may keep as many threads busy
+        (``threads_per_unit``: MinHash signs that many batches at once); default: one per CPU,
+        at most 4."""
         if scratch not in ("memory", "files"):
             raise ValueError(f"scratch must be memory or files, not {scratch!r}")
         if threads is not None and threads < 1:
@@ -82,6 +88,9 @@ class LocalEngine(Engine):
         self.buckets = buckets
         self.scratch_kind = scratch
         self.threads = threads or local_threads()
+
+    def threads_per_unit(self) -> int:
+        return self.threads
 
     def scratch(self, folder: Path) -> Scratch:
         return MemoryScratch() if self.scratch_kind == "memory" else FileScratch(folder)

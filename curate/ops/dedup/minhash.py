@@ -53,7 +53,6 @@ import polars as pl
 import pyarrow as pa
 import xxhash
 
-from curate.cpus import available_cpus
 from curate.globalpass import (
     PartArrays,
     PartFiles,
@@ -400,7 +399,7 @@ class MinHashDedup(Step):
         units = [[items[k] for k in g.tolist()] for g in
                  np.array_split(np.arange(len(items)), ctx.groups(len(items), per_part, _ROWS_PER_SIGN)) if len(g)]
 
-        side_by_side = available_cpus() if ctx.engine.width() == 1 else 1  # a wider engine runs units so
+        side_by_side = ctx.threads()  # batches signed at once: the local engine's threads (a unit at a time)
 
         def sign_unit(s: MinHashDedup, unit: list[tuple[int, str, int, int]]) -> dict[str, int]:
             # batches are signed ``side_by_side`` at once, each on a Signer of its own: reading and
@@ -427,8 +426,8 @@ class MinHashDedup(Step):
                     pending.append(pool.submit(sign, unit[i:j]))
                     i = j
                     while pending and (per_row is None or len(pending) >= side_by_side):
-                        weight, rows = pending.popleft().result()
-                        per_row = weight / max(rows, 1)
+                        weight, signed = pending.popleft().result()
+                        per_row = weight / max(signed, 1)
                 for done in pending:
                     done.result()
             return {"rows": sum(count for *_, count in unit)}
