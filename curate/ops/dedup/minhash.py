@@ -472,14 +472,26 @@ class MinHashDedup(Step):
         store, bands, parts = ctx.scratch, ctx.arrays("bands"), range(len(ctx.parts))
         groups = [g.tolist() for g in np.array_split(np.arange(self.bands), ctx.groups(self.bands, ctx.rows, _KEYS_PER_TASK))]
 
+        threads = ctx.threads()  # bands paired at once (the sorts release the GIL)
+
         def band_task(_: Any, item: tuple[int, list[int]]) -> dict[str, int]:
             g, group = item
             arrays = [bands.array(k) for k in parts]
             pos = np.concatenate([a[0] for a in arrays]).astype(np.int64)
-            found = np.empty((0, 2), dtype=np.int64)
-            for b in group:
+
+            def band(b: int) -> np.ndarray:
                 sk, at = shared_buckets(np.concatenate([a[1 + b] for a in arrays]))
-                found = unique_pairs(np.concatenate([found, bucket_pairs(sk, pos[at])]))
+                return bucket_pairs(sk, pos[at])
+
+            found = np.empty((0, 2), dtype=np.int64)
+            with ThreadPoolExecutor(max(1, min(threads, len(group)))) as pool:
+                pending: deque[Future[np.ndarray]] = deque()
+                for b in group:  # merged band by band, at most ``threads`` bands ahead (memory)
+                    pending.append(pool.submit(band, b))
+                    if len(pending) >= threads:
+                        found = unique_pairs(np.concatenate([found, pending.popleft().result()]))
+                for done in pending:
+                    found = unique_pairs(np.concatenate([found, done.result()]))
             store.put(f"pairs/{g:03d}", found)
             return {"rows": len(pos)}
 
