@@ -131,7 +131,7 @@ def _hash_tokens(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.n
     size = ends - starts
     short = np.flatnonzero(size <= 8)
     keys = np.ascontiguousarray(short_keys(data, starts[short], size[short]))
-    out[short] = _distinct(pa.Array.from_buffers(pa.uint64(), len(keys), [None, pa.py_buffer(keys)]), _short_token_hash)
+    out[short] = _short_hashes(pa.Array.from_buffers(pa.uint64(), len(keys), [None, pa.py_buffer(keys)]))
     long = np.flatnonzero(size > 8)
     if len(long):
         n = size[long]
@@ -153,6 +153,33 @@ def short_keys(data: np.ndarray, starts: np.ndarray, size: np.ndarray) -> np.nda
 
 def _short_token_hash(key: int) -> int:
     return xxhash.xxh3_64_intdigest(key.to_bytes(8, "little").rstrip(b"\0"))
+
+
+# short-token keys hashed so far in this process and their hashes, sorted by key: a word seen in
+# one batch is looked up, not hashed again in Python, in the next (a corpus reuses a few tens of
+# thousands of short words). Replaced whole, never changed in place: threads read it as they go.
+_SHORT_SEEN: tuple[np.ndarray, np.ndarray] = (np.empty(0, np.uint64), np.empty(0, np.uint64))
+SHORT_SEEN_MAX = 1 << 20  # 16 MB of keys and hashes at most
+
+
+def _short_hashes(keys: pa.Array) -> np.ndarray:
+    """``_short_token_hash`` of each key: its distinct keys are looked up in ``_SHORT_SEEN``, and
+    only the ones not there are hashed (and added while the table has room)."""
+    global _SHORT_SEEN
+    encoded = keys.dictionary_encode()
+    distinct = int_values(encoded.dictionary)
+    seen_keys, seen_hashes = _SHORT_SEEN
+    at = np.minimum(np.searchsorted(seen_keys, distinct), max(len(seen_keys) - 1, 0))
+    known = seen_keys[at] == distinct if len(seen_keys) else np.zeros(len(distinct), dtype=np.bool_)
+    hashes = np.empty(len(distinct), dtype=np.uint64)
+    hashes[known] = seen_hashes[at[known]]
+    new = np.sort(distinct[~known])
+    new_hashes = np.array([_short_token_hash(k) for k in new.tolist()], dtype=np.uint64)
+    hashes[~known] = new_hashes[np.searchsorted(new, distinct[~known])]
+    if len(new) and len(seen_keys) + len(new) <= SHORT_SEEN_MAX:
+        where = np.searchsorted(seen_keys, new)
+        _SHORT_SEEN = (np.insert(seen_keys, where, new), np.insert(seen_hashes, where, new_hashes))
+    return hashes[int_values(encoded.indices)]
 
 
 def _distinct(keys: pa.Array, hash_of: Callable[[Any], int]) -> np.ndarray:

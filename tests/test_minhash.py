@@ -382,3 +382,26 @@ def test_int_values_reads_arrow_integers_as_numpy():
         int_values(pa.array([1, None], pa.int32()))
     with pytest.raises(ValueError, match="integers"):
         int_values(pa.array([1.5], pa.float64()))
+
+
+def test_short_token_hashes_kept_across_batches_equal_hashing_each(problems, monkeypatch):
+    """Short tokens' hashes are kept from batch to batch (a word seen before is looked up, not
+    hashed again): batches that share words, and batches after the table is full, give every
+    token ``token_hash`` of its text, as hashing each token on its own does."""
+    import numpy as np
+
+    import curate.text as text
+    from curate.text import token_hash, tokenize_series, word_token_hashes
+
+    monkeypatch.setattr(text, "_SHORT_SEEN", (np.empty(0, np.uint64), np.empty(0, np.uint64)))
+    monkeypatch.setattr(text, "SHORT_SEEN_MAX", 3000)  # full after a few batches: new words hashed, not kept
+    batches = [pl.Series(problems[k: k + 300], dtype=pl.String) for k in range(0, 2400, 200)]  # overlapping
+    sizes = []
+    for batch in batches:
+        lengths, hashes = word_token_hashes(batch)
+        flat = tokenize_series(batch).explode().drop_nulls().to_list()
+        assert np.array_equal(hashes, np.array([token_hash(t) for t in flat], dtype=np.uint64))
+        sizes.append(len(text._SHORT_SEEN[0]))
+        keys = text._SHORT_SEEN[0]
+        assert (np.diff(keys.astype(np.float64)) >= 0).all() and len(np.unique(keys)) == len(keys)
+    assert 0 < sizes[0] < sizes[1] and sizes[-1] <= 3000 and sizes[-1] == sizes[-2]  # grew, then stopped
