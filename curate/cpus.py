@@ -1,9 +1,17 @@
-"""The CPUs this process may run on: what the verify pool's workers and the local engine's
-threads are counted from (stdlib only, so a worker pool's zygote imports nothing heavy)."""
+"""The CPUs this process may run on (what the verify pool's workers and the local engine's
+threads are counted from), and work spread over them on threads. Stdlib only, so a worker
+pool's zygote imports nothing heavy."""
 
 from __future__ import annotations
 
 import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def available_cpus() -> int:
@@ -12,3 +20,25 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def in_order(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Iterator[R]:
+    """``fn`` of each item, ``threads`` at a time (numpy, polars and Arrow release the GIL), the
+    results in item order; ``items`` is read lazily, at most ``threads`` items beyond the one
+    whose result is yielded. One thread: on this one, in order."""
+    if threads <= 1:
+        for item in items:
+            yield fn(item)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        window: deque[Future[R]] = deque()
+        try:
+            for item in items:
+                window.append(pool.submit(fn, item))
+                if len(window) > threads:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:
+            for f in window:
+                f.cancel()

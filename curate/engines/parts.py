@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,7 +19,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.cpus import available_cpus
+from curate.cpus import available_cpus, in_order
 from curate.errors import PipelineError
 from curate.globalpass import PlannedApply
 from curate.io.read import ReadBatch, Source
@@ -145,8 +143,8 @@ def apply_parts(step: Step, i: int, tasks: list[PartTask], out_schema: pa.Schema
             yield batch, task
 
     if planned is not None or (threads > 1 and step.thread_safe):
-        results = _on_threads(partial(_apply, step, planned=planned), parts(),  # planned: no apply_parts
-                              threads if step.thread_safe else 1)
+        apply = partial(_apply, step, planned=planned)  # planned: no apply_parts
+        results = in_order(lambda part: apply(*part), parts(), threads if step.thread_safe else 1)
     else:
         results = step.apply_parts((batch, task.offset) for batch, task in parts())
     with WriteBehind() as writer:  # part k is written while part k + 1 is applied
@@ -168,29 +166,6 @@ def _apply(step: Step, batch: pl.DataFrame, task: PartTask, planned: PlannedAppl
     if planned is not None and task.plan is not None:
         return planned(step, batch, task.offset, Path(task.plan))
     return step.apply(batch, task.offset)
-
-
-def _on_threads(apply: Callable[[pl.DataFrame, PartTask], StepResult],
-                parts: Iterator[tuple[pl.DataFrame, PartTask]], threads: int) -> Iterator[StepResult]:
-    """``apply`` on each part, ``threads`` parts at a time (polars, numpy and Arrow release the
-    GIL), the results in part order; at most ``threads`` parts are held beyond the one yielded.
-    One thread: on this one, in order."""
-    if threads <= 1:
-        for batch, task in parts:
-            yield apply(batch, task)
-        return
-    with ThreadPoolExecutor(threads) as pool:
-        window: deque[Future[StepResult]] = deque()
-        try:
-            for batch, task in parts:
-                window.append(pool.submit(apply, batch, task))
-                if len(window) > threads:
-                    yield window.popleft().result()
-            while window:
-                yield window.popleft().result()
-        finally:
-            for f in window:
-                f.cancel()
 
 
 def local_threads() -> int:

@@ -41,9 +41,8 @@ from __future__ import annotations
 
 import os
 import queue
-from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +52,7 @@ import polars as pl
 import pyarrow as pa
 import xxhash
 
+from curate.cpus import in_order
 from curate.globalpass import (
     PartArrays,
     PartFiles,
@@ -407,6 +407,17 @@ class MinHashDedup(Step):
             signers: queue.SimpleQueue[Signer] = queue.SimpleQueue()
             for _ in range(min(side_by_side, len(unit))):
                 signers.put(Signer(s.num_perm, s.seed, s.shingle, s.size, s.workers))
+            per_row: float | None = None  # bytes per row (``_sign_parts``), from the last batch signed
+
+            def batches() -> Iterator[list[tuple[int, str, int, int]]]:
+                i = 0
+                while i < len(unit):
+                    j, rows = i + 1, unit[i][3]
+                    while per_row is not None and j < len(unit) and (rows + unit[j][3]) * per_row <= _SIGN_TEXT_BYTES:
+                        rows += unit[j][3]
+                        j += 1
+                    yield unit[i:j]
+                    i = j
 
             def sign(parts: list[tuple[int, str, int, int]]) -> tuple[int, int]:
                 signer = signers.get()
@@ -415,21 +426,8 @@ class MinHashDedup(Step):
                 finally:
                     signers.put(signer)
 
-            pending: deque[Future[tuple[int, int]]] = deque()
-            i, per_row = 0, None  # bytes per row (``_sign_parts``), from the last batch signed
-            with ThreadPoolExecutor(min(side_by_side, len(unit))) as pool:
-                while i < len(unit):
-                    j, rows = i + 1, unit[i][3]
-                    while per_row is not None and j < len(unit) and (rows + unit[j][3]) * per_row <= _SIGN_TEXT_BYTES:
-                        rows += unit[j][3]
-                        j += 1
-                    pending.append(pool.submit(sign, unit[i:j]))
-                    i = j
-                    while pending and (per_row is None or len(pending) >= side_by_side):
-                        weight, signed = pending.popleft().result()
-                        per_row = weight / max(signed, 1)
-                for done in pending:
-                    done.result()
+            for weight, signed in in_order(sign, batches(), side_by_side):
+                per_row = weight / max(signed, 1)
             return {"rows": sum(count for *_, count in unit)}
 
         ctx.map(sign_unit, units, state=self, on_result=ctx.told())
@@ -484,14 +482,8 @@ class MinHashDedup(Step):
                 return bucket_pairs(sk, pos[at])
 
             found = np.empty((0, 2), dtype=np.int64)
-            with ThreadPoolExecutor(max(1, min(threads, len(group)))) as pool:
-                pending: deque[Future[np.ndarray]] = deque()
-                for b in group:  # merged band by band, at most ``threads`` bands ahead (memory)
-                    pending.append(pool.submit(band, b))
-                    if len(pending) >= threads:
-                        found = unique_pairs(np.concatenate([found, pending.popleft().result()]))
-                for done in pending:
-                    found = unique_pairs(np.concatenate([found, done.result()]))
+            for pairs in in_order(band, group, threads):  # merged band by band (memory)
+                found = unique_pairs(np.concatenate([found, pairs]))
             store.put(f"pairs/{g:03d}", found)
             return {"rows": len(pos)}
 
