@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -131,7 +130,7 @@ def _hash_tokens(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.n
     size = ends - starts
     short = np.flatnonzero(size <= 8)
     keys = np.ascontiguousarray(short_keys(data, starts[short], size[short]))
-    out[short] = _short_hashes(pa.Array.from_buffers(pa.uint64(), len(keys), [None, pa.py_buffer(keys)]))
+    out[short] = _distinct(pa.Array.from_buffers(pa.uint64(), len(keys), [None, pa.py_buffer(keys)]), _short_hashes)
     long = np.flatnonzero(size > 8)
     if len(long):
         n = size[long]
@@ -139,7 +138,7 @@ def _hash_tokens(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.n
         np.cumsum(n, out=offs[1:])
         packed = data[np.repeat(starts[long], n) + ramp(n)]
         tokens = pa.Array.from_buffers(pa.large_binary(), len(long), [None, pa.py_buffer(offs), pa.py_buffer(packed)])
-        out[long] = _distinct(tokens, xxhash.xxh3_64_intdigest)
+        out[long] = _distinct(tokens, _long_hashes)
     return out
 
 
@@ -163,11 +162,10 @@ SHORT_SEEN_MAX = 1 << 20  # 16 MB of keys and hashes at most
 
 
 def _short_hashes(keys: pa.Array) -> np.ndarray:
-    """``_short_token_hash`` of each key: its distinct keys are looked up in ``_SHORT_SEEN``, and
-    only the ones not there are hashed (and added while the table has room)."""
+    """``_short_token_hash`` of each distinct key: looked up in ``_SHORT_SEEN``, and only the ones
+    not there are hashed (and added while the table has room)."""
     global _SHORT_SEEN
-    encoded = keys.dictionary_encode()
-    distinct = int_values(encoded.dictionary)
+    distinct = int_values(keys)
     seen_keys, seen_hashes = _SHORT_SEEN
     at = np.minimum(np.searchsorted(seen_keys, distinct), max(len(seen_keys) - 1, 0))
     known = seen_keys[at] == distinct if len(seen_keys) else np.zeros(len(distinct), dtype=np.bool_)
@@ -179,15 +177,19 @@ def _short_hashes(keys: pa.Array) -> np.ndarray:
     if len(new) and len(seen_keys) + len(new) <= SHORT_SEEN_MAX:
         where = np.searchsorted(seen_keys, new)
         _SHORT_SEEN = (np.insert(seen_keys, where, new), np.insert(seen_hashes, where, new_hashes))
-    return hashes[int_values(encoded.indices)]
+    return hashes
 
 
-def _distinct(keys: pa.Array, hash_of: Callable[[Any], int]) -> np.ndarray:
-    """``hash_of`` each key, called once per distinct key (arrow's dictionary encoding: one hash
-    table on this thread, ~3x cheaper in CPU than polars' unique + replace)."""
+def _long_hashes(keys: pa.Array) -> np.ndarray:
+    """xxh3-64 of each distinct token longer than 8 bytes."""
+    return np.array([xxhash.xxh3_64_intdigest(k) for k in keys.to_pylist()], dtype=np.uint64)
+
+
+def _distinct(keys: pa.Array, hashes_of: Callable[[pa.Array], np.ndarray]) -> np.ndarray:
+    """The hash of each key, ``hashes_of`` asked once per distinct key (arrow's dictionary
+    encoding: one hash table on this thread, ~3x cheaper in CPU than polars' unique + replace)."""
     encoded = keys.dictionary_encode()
-    hashes = np.array([hash_of(k) for k in encoded.dictionary.to_pylist()], dtype=np.uint64)
-    return hashes[int_values(encoded.indices)]
+    return hashes_of(encoded.dictionary)[int_values(encoded.indices)]
 
 
 def int_values(values: pa.Array) -> np.ndarray:
