@@ -63,6 +63,7 @@ class Tokens:
     def __init__(self, texts: pl.Series):
         self._texts = texts
         self._lists: pl.Series | None = None
+        self._joined: pl.Series | None = None
         # each token hashed from the text's bytes, no Python string per token (n-gram matching of
         # long responses needs only the hashes; the strings are cut when exact or fuzzy asks)
         self.lengths, self.hashes = word_token_hashes(texts)
@@ -137,9 +138,16 @@ class Tokens:
             h = (self._prefix[end] - self._prefix[pos]) * inv[pos]
         return pos, h if raw else fmix64(h)
 
+    @property
+    def joined(self) -> pl.Series:
+        """Each row's normalised text: its tokens joined by one space (made on first use)."""
+        if self._joined is None:
+            self._joined = self.lists.list.join(" ").fill_null("")
+        return self._joined
+
     def normalised(self, rows: np.ndarray) -> list[str]:
         """The normalised text (tokens joined by one space) of the given rows."""
-        return self.lists.gather(rows).list.join(" ").fill_null("").to_list()
+        return self.joined.gather(rows).to_list()
 
     def exact_keys(self) -> pl.Series:
         """Each row's tokens joined without digits and underscores: the lower-cased text stripped of
@@ -148,7 +156,7 @@ class Tokens:
 
     def char_lengths(self) -> np.ndarray:
         """Length of each row's normalised text (tokens joined by one space)."""
-        return self.lists.list.join(" ").fill_null("").str.len_chars().to_numpy().astype(np.int64)
+        return self.joined.str.len_chars().to_numpy().astype(np.int64)
 
     def holding(self, values: np.ndarray) -> np.ndarray:
         """Flat positions of the tokens whose hash is one of ``values`` (a few): a 16-bit prefix
