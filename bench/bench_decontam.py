@@ -45,6 +45,7 @@ import polars as pl
 from rapidfuzz import fuzz
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import compile_bytecode  # noqa: E402
 from bench.real_traces import rewrite, traces_with_items  # noqa: E402
 from curate.ops import Decontaminate  # noqa: E402
 from curate.ops.decontam import benchmarks as bench  # noqa: E402
@@ -156,6 +157,7 @@ def whole(rows: int, n_traces: int, reps: int) -> None:
     """`curate run` (with and without the card) against the peer script, whole processes, interleaved."""
     root = Path(__file__).resolve().parent.parent
     env_python = sys.executable
+    compile_bytecode()
     load = os.getloadavg()[0]
     print("## Whole command: `curate run` vs open-r1's 8-gram script\n")
     print("Median wall seconds of each contender and, in brackets, its median CPU seconds (user+sys);")

@@ -47,6 +47,7 @@ import polars as pl
 
 # the checkout to measure: this one, or --pass-cpu's --before (its curate, this bench)
 sys.path.insert(0, os.environ.get("CURATE_BENCH_CHECKOUT", str(Path(__file__).resolve().parent.parent)))
+from bench import compile_bytecode  # noqa: E402
 from bench.planted import VARIANTS, exact_jaccard_pairs, held_out, kept_rows, merges, plant, score  # noqa: E402
 from curate import read  # noqa: E402
 from curate.globalpass import run_here  # noqa: E402
@@ -290,6 +291,7 @@ def whole(args: argparse.Namespace, work: Path) -> None:
         path.write_text(script)
         commands[name] = [sys.executable, str(path), str(data), str(work / f"{name}-out.parquet")]
     curate = [str(Path(sys.executable).parent / "curate")]
+    compile_bytecode(Path(sys.path[0]))
     for card, params in ((True, ""), (False, ""), (False, JACCARD_ONLY)):
         name = "curate run" + ("" if card else " --no-card") + (" (Jaccard only)" if params else "")
         out = work / f"out-{int(card)}-{int(bool(params))}"

@@ -29,6 +29,7 @@ from pathlib import Path
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import compile_bytecode  # noqa: E402
 from bench.bench_minhash import corpus  # noqa: E402
 
 HERE = Path(__file__).resolve().parent.parent
@@ -88,6 +89,7 @@ def main() -> None:
                       "thinking": ["Let me think step by step."] * len(texts),
                       "solution": ["The answer is $\\boxed{1}$."] * len(texts)}).write_parquet(data)
         checkouts = {"after": HERE, **({"before": args.before.resolve()} if args.before else {})}
+        compile_bytecode(*checkouts.values())
         commands = []
         for recipe in args.recipes:
             step = RECIPES[recipe]

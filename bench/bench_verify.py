@@ -28,14 +28,17 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import polars as pl
 
-from curate import read
-from curate.ops.verify.pool import Failed, default_workers
-from curate.ops.verify.step import Verify
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import compile_bytecode  # noqa: E402
+from curate import read  # noqa: E402
+from curate.ops.verify.pool import Failed, default_workers  # noqa: E402
+from curate.ops.verify.step import Verify  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -118,7 +121,6 @@ def speed(workers: int, timeout_s: float, repeats: int) -> dict:
     Best-of-N, because this 2-core machine is shared: other processes take CPU in bursts.
     ``cpu_s`` (process + workers) shows the work itself, which load elsewhere does not change."""
     import subprocess
-    import sys
 
     runs: dict[str, list[dict]] = {"plain": [], "inline": [], "pool": []}
     for _ in range(repeats):  # alternate the modes so a burst of load elsewhere hits all alike
@@ -225,10 +227,10 @@ def whole(workers: int, reps: int) -> None:
     interleaved; median wall and CPU seconds (user + sys of the process and its children)."""
     import statistics
     import subprocess
-    import sys
     import tempfile
 
     files = [f for f in FILES if "minerva" not in f.name]
+    compile_bytecode()
     with tempfile.TemporaryDirectory(prefix="curate-bench-verify-") as tmp:
         folder = Path(tmp)
         (folder / "in").mkdir()
