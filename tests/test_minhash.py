@@ -405,3 +405,15 @@ def test_short_token_hashes_kept_across_batches_equal_hashing_each(problems, mon
         keys = text._SHORT_SEEN[0]
         assert (np.diff(keys.astype(np.float64)) >= 0).all() and len(np.unique(keys)) == len(keys)
     assert 0 < sizes[0] < sizes[1] and sizes[-1] <= 3000 and sizes[-1] == sizes[-2]  # grew, then stopped
+
+
+def test_signer_threads_follow_the_cpus_this_process_may_use(monkeypatch) -> None:
+    """A container or ``taskset`` limit, not the host's core count, sizes the signing threads."""
+    import os
+
+    from curate.ops.dedup.minhash import Signer
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert Signer().workers == 3
+    assert Signer(workers=5).workers == 5

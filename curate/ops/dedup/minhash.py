@@ -39,7 +39,6 @@ problems whose numbers differ are never duplicates ("4 balls in 3 boxes" vs "5 b
 
 from __future__ import annotations
 
-import os
 import queue
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +51,7 @@ import polars as pl
 import pyarrow as pa
 import xxhash
 
-from curate.cpus import in_order
+from curate.cpus import available_cpus, in_order
 from curate.globalpass import (
     PartArrays,
     PartFiles,
@@ -134,7 +133,7 @@ class Signer:
     def __init__(self, num_perm: int = 100, seed: int = 1, unit: str = "word", size: int = 3, workers: int = 0):
         self.a, self.b = permutations(num_perm, seed)
         self.num_perm, self.unit, self.size = num_perm, unit, size
-        self.workers = workers or min(os.cpu_count() or 1, 8)
+        self.workers = workers or min(available_cpus(), 8)  # a container's CPU limit, not the host's
         # one pool and one buffer per thread for the Signer's life: threads made afresh per batch
         # each leave memory in their own malloc arena (measured: +55% peak RSS on long traces)
         self._pool: ThreadPoolExecutor | None = None
