@@ -114,7 +114,7 @@ def _write_read_part(traces: pa.Table, part: Path, stats: dict[str, Any], reject
                      rejects_path: Path | None) -> None:
     """A read part's rejects, then the part itself (its existence says both are written)."""
     if rejects_path is not None:
-        write_parquet_atomic(rejects, rejects_path)
+        write_parquet_atomic(rejects, rejects_path, None, WORK_COMPRESSION)
     write_parquet_atomic(traces, part, {"part": stats}, WORK_COMPRESSION)
 
 
@@ -196,7 +196,7 @@ def _write_result(step: Step, i: int, task: PartTask, batch: pl.DataFrame, resul
 
     def write() -> None:  # the rejects first: a part on disk means its rejects are too
         if rejects_table is not None:
-            write_parquet_atomic(rejects_table, task.rejects)
+            write_parquet_atomic(rejects_table, task.rejects, None, WORK_COMPRESSION)
         write_parquet_atomic(kept_table, Path(task.dest), {"part": stats}, WORK_COMPRESSION)
 
     if writer is None:

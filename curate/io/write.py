@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 METADATA_KEY = b"curate"
 COMPRESSION = "zstd"  # published shards: small on the hub
-WORK_COMPRESSION = "lz4"  # intermediate stage parts: 2-3x faster to read back than zstd, written once
+WORK_COMPRESSION = "lz4"  # stage parts and their rejects: 2-3x faster to write and read back than zstd
 
 
 def temp_path(path: Path) -> Path:
