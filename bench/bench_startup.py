@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from bench import compile_bytecode  # noqa: E402
+
 ROWS = [{"problem": f"What is {i}+1?", "thinking": "think " * 20, "solution": f"\\boxed{{{i + 1}}}"}
         for i in range(5)]
 CARD_ONLY = ("import shutil, time\nimport curate.pipeline, curate.ops, pyarrow, polars, rich.console\n"
@@ -64,6 +67,7 @@ def main() -> None:
         work = Path(tmp)
         (work / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
         (work / "r.yaml").write_text("input: in.jsonl\nsteps:\n  - filter: {}\n")
+        compile_bytecode(*trees.values())  # as an install does (PYTHONDONTWRITEBYTECODE=1 never writes them)
         for tree in trees.values():  # warm the page cache and .pyc files once, not timed
             for argv in COMMANDS.values():
                 timed(tree, argv, work)
