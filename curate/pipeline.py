@@ -22,7 +22,6 @@ import os
 import platform
 import re
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -477,8 +476,9 @@ class _Run:
         if self.engine.name == "local":  # the steps run in this process: their start-up overlaps the read
             for step in self.p.all_steps:
                 step.warm_up()
-        if self.card:
-            _import_behind("curate.card.card")  # ~0.1 s of imports (plots, hub card) off the run's end
+        if self.card:  # the card's imports (~0.1 s: plots, the hub's card class) while the steps started
+            with contextlib.suppress(ImportError):  # above warm up (verify's zygote), not after the last step
+                importlib.import_module("curate.card.card")
         funnel = [self._read_stage(read_fp, input_schema)]
         base_fp, base, funnel_steps = self._chain(self.p.steps, schemas, read_fp, funnel[0], first=1, folder=self.work)
         funnel += funnel_steps
@@ -869,18 +869,6 @@ def _stage_label(folder: Path) -> str:
     label = folder.name.removeprefix("stage-")
     parent = folder.parent.name
     return f"{parent.removeprefix('variant-')}/{label}" if parent.startswith("variant-") else label
-
-
-def _import_behind(module: str) -> None:
-    """Import ``module`` on a helper thread, so its import overlaps the steps (an idle parent while
-    verify's workers run, say) instead of following them; the main thread's own import of it
-    waits for this one (Python's per-module import lock), a failed one is redone and reported there."""
-
-    def run() -> None:
-        with contextlib.suppress(Exception):
-            importlib.import_module(module)
-
-    threading.Thread(target=run, name=f"import {module}", daemon=True).start()
 
 
 def _write_card(out: Path) -> None:
