@@ -74,6 +74,35 @@ def main() -> None:
     """
 
 
+def _start_early(recipe: Path) -> None:
+    """Start the slow set-up of the recipe's steps that have one (``curate.ops.EARLY_START``) now,
+    so it runs beside this process's imports. A recipe that does not read here is left to the run,
+    which says what is wrong with it."""
+    from importlib import import_module
+
+    import yaml
+
+    from curate.ops import EARLY_START
+
+    try:
+        doc = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return
+    if not isinstance(doc, dict):
+        return
+    variants = doc.get("variants")
+    for steps in [doc.get("steps"), *(variants.values() if isinstance(variants, dict) else [])]:
+        for entry in steps if isinstance(steps, list) else []:
+            if isinstance(entry, str):  # a bare step name
+                entry = {entry: {}}
+            if not isinstance(entry, dict) or len(entry) != 1:
+                continue
+            ((name, params),) = entry.items()
+            if name in EARLY_START:
+                module, function = EARLY_START[name].split(":")
+                getattr(import_module(module), function)(params if isinstance(params, dict) else {})
+
+
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
@@ -132,6 +161,8 @@ def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progre
     """
     import warnings
 
+    if engine == "local":
+        _start_early(recipe)  # before the imports below: verify's worker pool imports beside them
     from curate.pipeline import EmptyResultWarning
     from curate.recipe import run_recipe
 

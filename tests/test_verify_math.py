@@ -254,6 +254,7 @@ def test_two_stage_parse_gives_what_full_ll_gives(monkeypatch) -> None:
 
 def test_two_stage_parse_costs_less_cpu(monkeypatch) -> None:
     """The point of it: on real answers it spends well under the LL parser's CPU time."""
+    import gc
     import time
 
     from latex2sympy2_extended.latex2sympy2 import _Latex2Sympy
@@ -261,11 +262,21 @@ def test_two_stage_parse_costs_less_cpu(monkeypatch) -> None:
     from curate.ops.verify import latex_fast
 
     def cpu() -> float:
-        t0 = time.process_time()
-        for _ in range(3):
-            for s in TWO_STAGE:
-                _converted(s)
-        return time.process_time() - t0
+        """The best of three rounds, the collector off: a full collection walking the process's
+        heap (sympy, the parser's DFA) in one round is not the parser's cost."""
+        gc.collect()
+        gc.disable()
+        try:
+            rounds = []
+            for _ in range(3):
+                t0 = time.process_time()
+                for _ in range(3):
+                    for s in TWO_STAGE:
+                        _converted(s)
+                rounds.append(time.process_time() - t0)
+            return min(rounds)
+        finally:
+            gc.enable()
 
     cpu()  # both parsers' caches warm
     fast = cpu()

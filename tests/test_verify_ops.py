@@ -131,6 +131,51 @@ def test_run_starts_the_verify_pool_before_reading(tmp_path, math500_sample) -> 
     assert seen[2:] == ["nothing read", "none"]
 
 
+def test_curate_run_launches_the_verify_zygote_before_its_imports_and_the_pool_adopts_it(
+        tmp_path, math500_sample, monkeypatch) -> None:
+    """``curate run`` starts verify's zygote from the recipe (``curate.ops.EARLY_START``) before it
+    imports the pipeline; the step's pool adopts that one, so one zygote serves the run. A recipe
+    whose verify checks inline, or one that does not parse, starts none; one never adopted is
+    stopped at exit (``_close_early``)."""
+    from click.testing import CliRunner
+
+    import curate.ops.verify.pool as pool_module
+    from curate.cli import _start_early, main
+
+    made: list[int] = []
+
+    class Counted(pool_module._Zygote):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self.process.pid)
+
+    monkeypatch.setattr(pool_module, "_Zygote", Counted)
+    launched: list[str] = []
+    start = pool_module.start_early
+    monkeypatch.setattr(pool_module, "start_early", lambda *a: launched.append("early") or start(*a))
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"input: {{path: {math500_sample}}}\nsteps:\n  - verify: {{keep: all, workers: 1}}\n")
+    result = CliRunner().invoke(main, ["run", str(recipe), "--out", str(tmp_path / "out"), "--no-card", "-q"])
+    assert result.exit_code == 0, result.output
+    assert launched == ["early"] and len(made) == 1  # the early zygote was the run's only one
+    assert not pool_module._EARLY  # adopted
+    assert not Path(f"/proc/{made[0]}").exists()  # stopped and reaped with the pool
+
+    for text in ("steps:\n  - verify: {workers: 0}\n", "steps: [verify: {keep: all\n", "- not a mapping\n",
+                 "steps:\n  - filter: {}\n"):
+        recipe.write_text(f"input: {{path: {math500_sample}}}\n" + text)
+        _start_early(recipe)
+    assert launched == ["early"] and not pool_module._EARLY
+
+    recipe.write_text(f"input: {{path: {math500_sample}}}\nvariants:\n  v: [verify]\nsteps: []\n")
+    _start_early(recipe)  # a variant's step counts too; this one is never adopted
+    assert launched == ["early", "early"] and len(pool_module._EARLY) == 1
+    zygote = next(iter(pool_module._EARLY.values())).process
+    pool_module._close_early()
+    assert zygote.poll() is not None and not pool_module._EARLY
+
+
 def test_pool_imap_takes_the_next_items_while_the_last_ones_run() -> None:
     """A stream's items go to workers as they have room: a slow item at the end of one batch
     runs beside the next batch's items, which are taken before the slow one is answered."""

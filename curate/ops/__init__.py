@@ -70,6 +70,11 @@ OPERATORS: dict[str, str] = {
     "Verify": "curate.ops.verify.step",
 }
 
+#: Steps with a slow set-up that ``curate run`` starts before its own imports (recipe name ->
+#: "module:function", the function called with the step's recipe params; the module must import
+#: nothing heavy). The step then adopts what was started; what it never adopts is stopped at exit.
+EARLY_START: dict[str, str] = {"verify": "curate.ops.verify:start_early"}
+
 _registry: dict[str, type[Step]] = {}  # recipe name -> class: the built-ins, then registered steps
 
 

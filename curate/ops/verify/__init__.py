@@ -10,6 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 KINDS = ("math", "code", "mcq")
+PRELOAD = ("curate.ops.verify.math", "curate.ops.verify.code")  # what the pool's zygote imports
+
+
+def start_early(params: dict[str, Any]) -> None:
+    """``verify``'s early start (``curate.ops.EARLY_START``): launch its worker pool's zygote before
+    the run's own imports, unless the step checks rows inline (``workers: 0``)."""
+    if params.get("workers") == 0:
+        return
+    from curate.ops.verify.pool import start_early as launch
+
+    launch(verify_task, PRELOAD)
 
 
 def verify_task(task: dict[str, Any]) -> dict[str, Any]:
@@ -30,4 +41,4 @@ def verify_task(task: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown verification kind {kind!r}; use {', '.join(KINDS)}")
 
 
-__all__ = ["KINDS", "verify_task"]
+__all__ = ["KINDS", "PRELOAD", "start_early", "verify_task"]

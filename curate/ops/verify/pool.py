@@ -25,6 +25,7 @@ An item's clock starts only when a ready worker starts running it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import os
@@ -283,6 +284,25 @@ class _Worker:
         self.conn.close()
 
 
+_EARLY: dict[tuple[Callable[[Any], Any], tuple[str, ...]], _Zygote] = {}
+
+
+def start_early(fn: Callable[[Any], Any], preload: Sequence[str]) -> None:
+    """Launch the zygote a pool of ``fn`` with these ``preload`` modules will ask for, now: its
+    imports then run beside the caller's own (``curate run`` calls this before importing polars),
+    and the pool's ``launch`` adopts it. One not adopted is stopped at exit."""
+    key = (fn, tuple(preload))
+    if key not in _EARLY:
+        if not _EARLY:
+            atexit.register(_close_early)
+        _EARLY[key] = _Zygote(fn, preload)
+
+
+def _close_early() -> None:
+    while _EARLY:
+        _EARLY.popitem()[1].close()
+
+
 class WorkerPool:
     """Map a top-level function over items in ``workers`` processes, each item bounded by a budget.
 
@@ -311,7 +331,7 @@ class WorkerPool:
         """Start the zygote's imports in the background and return at once (``map`` and ``start``
         wait for them): a caller with other work to do first overlaps the two."""
         if self.zygote is None:
-            self.zygote = _Zygote(self.fn, self.preload)
+            self.zygote = _EARLY.pop((self.fn, self.preload), None) or _Zygote(self.fn, self.preload)
 
     def _start(self) -> _Worker:
         self.launch()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 import polars as pl
 import pyarrow as pa
 
-from curate.ops.verify import verify_task
+from curate.ops.verify import PRELOAD, verify_task
 from curate.ops.verify.mcq import gold_letter
 from curate.ops.verify.pool import Failed, WorkerPool, default_workers
 from curate.progress import rows_done
@@ -165,7 +165,7 @@ class Verify(Step):
     def _get_pool(self) -> WorkerPool:
         if self._pool is None:
             self._pool = WorkerPool(verify_task, max(1, self._pool_size()), self.timeout_s + GRACE_S,
-                                    preload=("curate.ops.verify.math", "curate.ops.verify.code"))
+                                    preload=PRELOAD)
             weakref.finalize(self, _shutdown, self._pool)
         return self._pool
 
