@@ -177,9 +177,10 @@ def whole(rows: int, n_traces: int, reps: int) -> None:
                              f"{stem}.jsonl", f"peer_{stem}.jsonl", "--fields", *peer_fields]}
             runs: dict[str, list[tuple[float, float, str, float]]] = {k: [] for k in cmds}
             step_s = []
-            for _ in range(reps):
-                for key, cmd in cmds.items():
-                    runs[key].append(timed(cmd, folder))
+            keys = list(cmds)
+            for r in range(reps):  # each rep starts one contender later: no contender always follows another
+                for key in keys[r % len(keys):] + keys[: r % len(keys)]:
+                    runs[key].append(timed(cmds[key], folder))
                     if key == "no_card":
                         step_s.append(_stage(folder / f"nocard_{stem}")["decontaminate"]["seconds"])
             wall = {k: sorted(r[0] for r in v)[reps // 2] for k, v in runs.items()}

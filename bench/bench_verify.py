@@ -244,8 +244,12 @@ def whole(workers: int, reps: int) -> None:
                 "plain loop script": [sys.executable, "-c", PLAIN_SCRIPT, *map(str, files)]}
         runs: dict[str, list[tuple[float, float]]] = {k: [] for k in cmds}
         loads = []
-        for _ in range(reps):
-            for name, cmd in cmds.items():
+        # each rep starts one contender later: on this VM a process run right after the 7 s loop
+        # took ~0.4 s longer, so a fixed order biased whichever contender followed the loop
+        names = list(cmds)
+        for r in range(reps):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                cmd = cmds[name]
                 loads.append(os.getloadavg()[0])
                 t0 = time.perf_counter()
                 proc = subprocess.Popen(cmd, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
