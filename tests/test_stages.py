@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -282,3 +283,44 @@ def test_parts_stay_at_1024_rows_when_a_step_keeps_a_model_or_a_worker_pool(tmp_
         assert result.rows == 1500
         want = {"auto": [1500], "pooled": [1024, 476], "pooled variant": [1024, 476], "fixed": [600, 600, 300]}
         assert _read_parts(out) == want[name], name
+
+
+@dataclass
+class _Seen(Step):
+    """Records, as each part is applied, how many of this stage's parts are on disk."""
+
+    out: str = ""
+    model: dict | None = None  # a model block makes it a model step (``model_settings``)
+    name = "seen_test_step"
+
+    def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
+        stage = next(iter(sorted((Path(self.out) / ".curate").glob("stage-01-*"))), None)
+        _ON_DISK.append(len(list(stage.glob("part-*.parquet"))) if stage else 0)
+        return StepResult(batch)
+
+
+_ON_DISK: list[int] = []
+
+
+def test_a_model_steps_part_is_on_disk_before_the_next_part_asks_the_model(samples_dir, tmp_path, monkeypatch):
+    """A step's parts are written behind the next part's apply, except a model step's: killed
+    between the two, a part written behind would be generated, and paid for, twice. With part
+    writes made slow, the model step finds every earlier part on disk; the other step does not."""
+    real = pq.write_table
+
+    def slow(table, where, **kw):
+        if "stage-01-" in str(where) and os.path.basename(str(where)).startswith(".part-"):
+            time.sleep(0.3)
+        return real(table, where, **kw)
+
+    monkeypatch.setattr(pq, "write_table", slow)
+    seen = {}
+    for label, model in (("model", {"backend": "echo"}), ("plain", None)):
+        _ON_DISK.clear()
+        out = tmp_path / label
+        Pipeline([_Seen(out=str(out), model=model)], batch_size=20).run(read(samples_dir), out=out, progress=False,
+                                                                         card=False)
+        seen[label] = list(_ON_DISK)
+    assert len(seen["model"]) >= 3
+    assert seen["model"] == list(range(len(seen["model"])))  # part k applied with parts 0..k-1 written
+    assert seen["plain"][1:] != list(range(1, len(seen["plain"])))  # written behind: not yet there

@@ -147,14 +147,17 @@ def apply_parts(step: Step, i: int, tasks: list[PartTask], out_schema: pa.Schema
         results = in_order(lambda part: apply(*part), parts(), threads if step.thread_safe else 1)
     else:
         results = step.apply_parts((batch, task.offset) for batch, task in parts())
-    with WriteBehind() as writer:  # part k is written while part k + 1 is applied
+    # part k is written while part k + 1 is applied; but a step that calls a model writes part k
+    # before asking for the next: killed in between, a written-behind part would be paid for twice
+    behind = step.model_settings() is None
+    with WriteBehind() as writer:
         for task in tasks:
             t0 = time.perf_counter()  # a part's seconds: from the previous part's result to its own
             result = next(results, None)
             if result is None:
                 raise PipelineError(f"step {i} '{step.name}': apply_parts stopped before part {task.k}")
             info = _write_result(step, i, task, batches.pop(task.k), result, time.perf_counter() - t0,
-                                 out_schema, reject_schema, writer)
+                                 out_schema, reject_schema, writer if behind else None)
             if on_result is not None:
                 on_result(info)
         if next(results, None) is not None:
