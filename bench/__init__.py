@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import compileall
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -16,3 +17,11 @@ def compile_bytecode(*checkouts: Path) -> None:
     """
     for checkout in checkouts or (Path(__file__).resolve().parent.parent,):
         compileall.compile_dir(Path(checkout) / "curate", quiet=1)
+
+
+def rotated(names: Sequence[str], rep: int) -> list[str]:
+    """The contenders' order in repetition ``rep``: each rep starts one later, so none always runs
+    right after another (on the project VM a process run after the 7 s verify loop took ~0.4 s
+    longer, which a fixed order charged to whichever contender came next)."""
+    k = rep % len(names)
+    return [*names[k:], *names[:k]]

@@ -45,7 +45,7 @@ import polars as pl
 from rapidfuzz import fuzz
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import compile_bytecode  # noqa: E402
+from bench import compile_bytecode, rotated  # noqa: E402
 from bench.real_traces import rewrite, traces_with_items  # noqa: E402
 from curate.ops import Decontaminate  # noqa: E402
 from curate.ops.decontam import benchmarks as bench  # noqa: E402
@@ -177,9 +177,8 @@ def whole(rows: int, n_traces: int, reps: int) -> None:
                              f"{stem}.jsonl", f"peer_{stem}.jsonl", "--fields", *peer_fields]}
             runs: dict[str, list[tuple[float, float, str, float]]] = {k: [] for k in cmds}
             step_s = []
-            keys = list(cmds)
-            for r in range(reps):  # each rep starts one contender later: no contender always follows another
-                for key in keys[r % len(keys):] + keys[: r % len(keys)]:
+            for r in range(reps):
+                for key in rotated(list(cmds), r):
                     runs[key].append(timed(cmds[key], folder))
                     if key == "no_card":
                         step_s.append(_stage(folder / f"nocard_{stem}")["decontaminate"]["seconds"])

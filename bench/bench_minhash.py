@@ -47,7 +47,7 @@ import polars as pl
 
 # the checkout to measure: this one, or --pass-cpu's --before (its curate, this bench)
 sys.path.insert(0, os.environ.get("CURATE_BENCH_CHECKOUT", str(Path(__file__).resolve().parent.parent)))
-from bench import compile_bytecode  # noqa: E402
+from bench import compile_bytecode, rotated  # noqa: E402
 from bench.planted import VARIANTS, exact_jaccard_pairs, held_out, kept_rows, merges, plant, score  # noqa: E402
 from curate import read  # noqa: E402
 from curate.globalpass import run_here  # noqa: E402
@@ -300,8 +300,7 @@ def whole(args: argparse.Namespace, work: Path) -> None:
         commands[name] = [*curate, "run", str(recipe), "--overwrite", "--no-progress", *([] if card else ["--no-card"])]
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for r in range(args.repeat):
-        names = list(commands)
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in rotated(list(commands), r):
             runs[name].append(timed(commands[name]))
     n = min(args.rows, args.loop_rows)
     want, twin = truth(texts[:n])

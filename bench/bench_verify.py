@@ -35,7 +35,7 @@ from pathlib import Path
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import compile_bytecode  # noqa: E402
+from bench import compile_bytecode, rotated  # noqa: E402
 from curate import read  # noqa: E402
 from curate.ops.verify.pool import Failed, default_workers  # noqa: E402
 from curate.ops.verify.step import Verify  # noqa: E402
@@ -244,11 +244,8 @@ def whole(workers: int, reps: int) -> None:
                 "plain loop script": [sys.executable, "-c", PLAIN_SCRIPT, *map(str, files)]}
         runs: dict[str, list[tuple[float, float]]] = {k: [] for k in cmds}
         loads = []
-        # each rep starts one contender later: on this VM a process run right after the 7 s loop
-        # took ~0.4 s longer, so a fixed order biased whichever contender followed the loop
-        names = list(cmds)
         for r in range(reps):
-            for name in names[r % len(names):] + names[: r % len(names)]:
+            for name in rotated(list(cmds), r):
                 cmd = cmds[name]
                 loads.append(os.getloadavg()[0])
                 t0 = time.perf_counter()

@@ -8,7 +8,7 @@ every verify worker is a fresh process. ``build`` parses the 7,474 answers of th
 split (bundled, ``curate/data/real/problems``; training answers, not benchmark ones) and pickles
 both DFAs into ``latex_dfa.pkl.gz`` beside this module; ``load`` puts them back, once per process
 (the pool's zygote, so every fork starts warm). The DFA only remembers predictions ANTLR would
-compute anyway, so parse trees and verdicts are the same (``tests/test_verify.py`` checks both).
+compute anyway, so parse trees and verdicts are the same (``tests/test_verify_math.py`` checks both).
 
 The file is keyed by the antlr4 runtime's version and a hash of the grammar's serialized ATNs;
 under another version it is not loaded and parsing starts cold, as before. Rebuild it with
@@ -29,7 +29,7 @@ import pickle
 import sys
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 PATH = Path(__file__).with_name("latex_dfa.pkl.gz")
 ANSWERS = Path(__file__).resolve().parents[2] / "data" / "real" / "problems" / "deepscaler_train_math.json.gz"
@@ -63,7 +63,7 @@ class _Pickler(pickle.Pickler):
     the bytes and half the load time.
     """
 
-    def __init__(self, file: io.BytesIO):
+    def __init__(self, file: BinaryIO):
         super().__init__(file, protocol=4)
         from antlr4.atn.ATNConfig import ATNConfig
         from antlr4.atn.ATNState import ATNState
@@ -91,7 +91,7 @@ class _Pickler(pickle.Pickler):
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO):
+    def __init__(self, file: BinaryIO):
         super().__init__(file)
         self.objects = {f"{name} states": atn.states for name, atn in _atns().items()}
 
@@ -106,11 +106,12 @@ def _tables() -> tuple[list, list, dict]:
 
 def dump(path: Path = PATH) -> None:
     """Write this process's DFAs (atomically) under the current key."""
+    from curate.io.write import replacing  # noqa: PLC0415 - pyarrow: only when building, not in the zygote
+
     buf = io.BytesIO()
     _Pickler(buf).dump((key(), *_tables()))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(gzip.compress(buf.getvalue(), compresslevel=9, mtime=0))
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_bytes(gzip.compress(buf.getvalue(), compresslevel=9, mtime=0))
 
 
 def load(path: Path = PATH) -> bool:
