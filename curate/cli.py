@@ -161,6 +161,9 @@ def run(recipe: Path, out: Path | None, overwrite: bool, no_resume: bool, progre
     """
     import warnings
 
+    from curate.cpus import single_threaded_blas
+
+    single_threaded_blas()  # before numpy loads
     if engine == "local":
         _start_early(recipe)  # before the imports below: verify's worker pool imports beside them
     from curate.pipeline import EmptyResultWarning

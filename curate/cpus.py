@@ -42,3 +42,11 @@ def in_order(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Iterator
         finally:
             for f in window:
                 f.cancel()
+
+
+def single_threaded_blas() -> None:
+    """Ask numpy's OpenBLAS for no helper threads (unless ``OPENBLAS_NUM_THREADS`` is set): they
+    spin ~0.1 CPU s after numpy's import, beside the run's own work, and no step's hot path calls
+    BLAS (torch, for embeddings and training, has its own threads). Read once, when numpy loads,
+    so ``curate run`` calls it first; a library caller's process is left as it is."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -83,6 +83,25 @@ def test_a_noop_run_with_the_card_imports_no_datasets_hub_client_pandas_or_matpl
     assert (tmp_path / "out" / "README.md").exists() and (tmp_path / "out" / "plots" / "funnel.png").exists()
 
 
+@pytest.mark.parametrize("given", [None, "3"])
+def test_a_run_asks_numpy_for_no_blas_threads_before_numpy_loads(tmp_path, math500_sample, given):
+    """`curate run` sets OPENBLAS_NUM_THREADS=1 before numpy is imported (its helper threads spin
+    ~0.1 CPU s at import, and no step needs BLAS); a value the user set is kept."""
+    _noop_recipe(tmp_path, math500_sample)
+    code = ("import contextlib, io, os, sys\nfrom curate.cli import main\nseen = []\n"
+            "class Watch:\n"
+            "    def find_spec(self, name, *a):\n"
+            "        if name == 'numpy' and not seen: seen.append(os.environ.get('OPENBLAS_NUM_THREADS'))\n"
+            "sys.meta_path.insert(0, Watch())\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "    main(['run', 'r.yaml', '--out', 'out', '-q', '--no-card'])\n"
+            "print(seen)")
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", **({"OPENBLAS_NUM_THREADS": given} if given else {})}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
+                         env=env)
+    assert out.stdout.strip().splitlines()[-1] == repr([given or "1"])
+
+
 def test_import_curate_is_lazy_but_complete():
     assert _loaded_after("import curate") == []
     loaded = _loaded_after("from curate import read, Pipeline, run_recipe, TRACE_SCHEMA")
