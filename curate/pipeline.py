@@ -24,7 +24,7 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -39,9 +39,11 @@ from curate.engines.base import Engine, LocalEngine
 from curate.engines.parts import (
     AUTO_PARTS,
     READ_BATCH_ROWS,
+    PartStream,
     PartTask,
     apply_part,
     apply_parts,
+    read_parts,
     read_split,
     reject_schema,
     write_shard,
@@ -479,9 +481,14 @@ class _Run:
         if self.card:  # the card's imports (~0.1 s: plots, the hub's card class) while the steps started
             with contextlib.suppress(ImportError):  # above warm up (verify's zygote), not after the last step
                 importlib.import_module("curate.card.card")
-        funnel = [self._read_stage(read_fp, input_schema)]
-        base_fp, base, funnel_steps = self._chain(self.p.steps, schemas, read_fp, funnel[0], first=1, folder=self.work)
-        funnel += funnel_steps
+        reading = self._read_stage(read_fp, input_schema, stream=self._can_stream(read_fp))
+        try:  # a streamed read feeds the first step its parts as they are read
+            base_fp, base, funnel_steps = self._chain(self.p.steps, schemas, read_fp, reading, first=1,
+                                                      folder=self.work)
+        finally:
+            if isinstance(reading, _StreamedRead):
+                reading.close()  # when the first step failed: the read stops at its next part
+        funnel = [reading.entry() if isinstance(reading, _StreamedRead) else reading, *funnel_steps]
         outputs: dict[str | None, tuple[dict, pa.Schema, list[dict]]] = {}
         if not self.p.variants:
             outputs[None] = (base, base_schema, [])
@@ -492,9 +499,9 @@ class _Run:
             outputs[name] = (last, variant_schemas[name][-1] if steps else base_schema, vfunnel)
         return self._finish(fingerprint, funnel, outputs, started)
 
-    def _chain(self, steps: list[Step], schemas: list[pa.Schema], fp: str, prev: dict[str, Any], first: int,
-               folder: Path, label: str = "") -> tuple[str, dict[str, Any], list[dict]]:
-        """Run steps one stage each from the stage ``prev`` (its funnel entry), chaining fingerprints;
+    def _chain(self, steps: list[Step], schemas: list[pa.Schema], fp: str, prev: dict[str, Any] | _StreamedRead,
+               first: int, folder: Path, label: str = "") -> tuple[str, dict[str, Any], list[dict]]:
+        """Run steps one stage each from the stage ``prev`` (its funnel entry, or the streamed read), chaining fingerprints;
         returns the last fingerprint, the last stage's entry, and the funnel."""
         funnel = []
         for i, (step, schema) in enumerate(zip(steps, schemas), first):
@@ -589,29 +596,57 @@ class _Run:
         return entry
 
     # --- stage 0: read ---------------------------------------------------------------------------
-    def _read_stage(self, fingerprint: str, schema: pa.Schema) -> dict[str, Any]:
-        folder = _stage_dir(self.work, 0, "read")
-        reused = self._open_stage(folder, fingerprint)
-        if not reused:
-            bar = self._bar(f"[0/{len(self.p.steps)}] read", None)
-            splits = list(enumerate(self.source.splits()))
-            batch_size = self.p.part_rows
+    def _can_stream(self, read_fp: str) -> bool:
+        """Whether the read stage can hand its parts to the first step as it reads them: on this
+        process's engine, for a first step that needs neither a global pass nor a model, when
+        neither stage is finished already."""
+        if not isinstance(self.engine, LocalEngine) or not self.p.steps:
+            return False
+        first = self.p.steps[0]
+        if first.needs_global_pass or first.model_settings() is not None:
+            return False
+        first_fp = _hash(read_fp, {first.name: first.params()})
+        return not (_finished(_stage_dir(self.work, 0, "read"), read_fp)
+                    or _finished(_stage_dir(self.work, 1, first.name), first_fp))
 
+    def _read_stage(self, fingerprint: str, schema: pa.Schema, stream: bool = False) -> dict[str, Any] | _StreamedRead:
+        """The read stage's funnel entry; with ``stream``, a read running on a thread whose parts
+        the first step takes as they come (its entry once it is done)."""
+        folder = _stage_dir(self.work, 0, "read")
+        label = f"[0/{len(self.p.steps)}] read"
+        if self._open_stage(folder, fingerprint):
+            return self._done(label, self._stage_stats(0, "read", folder), True)
+        bar = self._bar(label, None)
+        splits = list(enumerate(self.source.splits()))
+        batch_size = self.p.part_rows
+
+        def produce(put: Callable[[Path, pa.Table], None] | None = None) -> None:
             def work(_: Any, item: tuple[int, Source]) -> dict[str, int]:
-                return read_split(item[1], item[0], folder, schema, batch_size)
+                return read_split(item[1], item[0], folder, schema, batch_size, put)
 
             self.engine.map(work, splits, on_result=lambda r: bar.update(r["rows"]))
-            bar.close()
             if not any(folder.glob("part-*.parquet")):  # empty input: one empty part keeps the stage well-formed
-                write_parquet_atomic(schema.empty_table(), folder / "part-00000-00000.parquet",
-                                     {"part": {"rows_in": 0, "rejected": 0, "seconds": 0.0}})
+                empty, path = schema.empty_table(), folder / "part-00000-00000.parquet"
+                write_parquet_atomic(empty, path, {"part": {"rows_in": 0, "rejected": 0, "seconds": 0.0}})
+                if put is not None:
+                    put(path, empty)
+
+        def close() -> dict[str, Any]:
+            bar.close()
             self._close_stage(folder, fingerprint, {})
-        return self._done(f"[0/{len(self.p.steps)}] read", self._stage_stats(0, "read", folder), reused)
+            return self._done(label, self._stage_stats(0, "read", folder), False)
+
+        if stream:
+            return _StreamedRead(PartStream(produce), close)
+        produce()
+        return close()
 
     # --- stage i: one step ---------------------------------------------------------------------
-    def _step_stage(self, i: int, step: Step, fingerprint: str, prev: dict[str, Any], out_schema: pa.Schema,
-                    folder: Path, step_label: str) -> dict[str, Any]:
+    def _step_stage(self, i: int, step: Step, fingerprint: str, prev: dict[str, Any] | _StreamedRead,
+                    out_schema: pa.Schema, folder: Path, step_label: str) -> dict[str, Any]:
         n = len(self.p.steps) + max((len(v) for v in self.p.variants.values()), default=0)
+        if isinstance(prev, _StreamedRead):
+            return self._streamed_step_stage(i, n, step, fingerprint, prev, out_schema, folder, step_label)
         if self._open_stage(folder, fingerprint):
             return self._done(f"[{i}/{n}] {step_label}", self._stage_stats(i, step.name, folder), True)
         parts = [Path(p) for p, _ in prev["_parts"]]  # the input stage's parts, counted when it closed
@@ -661,11 +696,39 @@ class _Run:
 
         with reporting(within.add):
             if isinstance(self.engine, LocalEngine):  # one stream of parts (nothing is generated ahead here)
-                apply_parts(step, i, tasks, out_schema, rschema, on_result, self.engine.threads, planned)
+                apply_parts(step, i, read_parts(tasks), out_schema, rschema, on_result, self.engine.threads, planned)
             else:
                 self.engine.map(work, tasks, state=step, workers=workers, on_result=on_result)
         bar.close()
         self._close_stage(folder, fingerprint, {"fit_seconds": fit_seconds})
+        return self._done(f"[{i}/{n}] {step_label}", self._stage_stats(i, step.name, folder), False)
+
+    def _streamed_step_stage(self, i: int, n: int, step: Step, fingerprint: str, read: _StreamedRead,
+                             out_schema: pa.Schema, folder: Path, step_label: str) -> dict[str, Any]:
+        """The first step applied to the read's parts as they come (``_can_stream``: it has no
+        global pass and no model), each written as part k of its stage as before."""
+        self._open_stage(folder, fingerprint)
+        step.prepare()  # beside the read of the first part
+        rschema = reject_schema(out_schema, step)
+        bar = self._bar(f"[{i}/{n}] {step_label}", None)
+
+        def inputs() -> Iterator[tuple[PartTask, pa.Table]]:
+            offset = 0
+            for k, (src, table) in enumerate(read.parts):
+                task = PartTask(k, str(src), str(folder / f"part-{k:05d}.parquet"), offset)
+                offset += table.num_rows
+                if Path(task.dest).exists():  # written by a killed run
+                    bar.update(table.num_rows)
+                else:
+                    yield task, table
+
+        within = _RowCount(bar)
+        with reporting(within.add):
+            apply_parts(step, i, inputs(), out_schema, rschema,
+                        lambda r: bar.update(max(0, r["rows"] - within.take())), self.engine.threads)
+        bar.close()
+        read.entry()  # the read's line of the log comes first
+        self._close_stage(folder, fingerprint, {"fit_seconds": 0.0})
         return self._done(f"[{i}/{n}] {step_label}", self._stage_stats(i, step.name, folder), False)
 
     def _stage_stats(self, i: int, name: str, folder: Path) -> dict[str, Any]:
@@ -819,6 +882,36 @@ class _Run:
 
         results = self.engine.map(work, items)
         return [{"step": name, "path": dest, "rows": r["rows"]} for (name, dest, _), r in zip(items, results, strict=True)]
+
+
+class _StreamedRead:
+    """A read stage running on a thread (``PartStream``): its parts, then its funnel entry."""
+
+    def __init__(self, stream: PartStream, close: Callable[[], dict[str, Any]]):
+        self.parts, self._close = stream, close
+        self._entry: dict[str, Any] | None = None
+
+    def entry(self) -> dict[str, Any]:
+        """Wait for the read to end, close its stage: its funnel entry."""
+        if self._entry is None:
+            self.parts.finish()
+            self._entry = self._close()
+        return self._entry
+
+    def close(self) -> None:
+        """Stop the read if it still runs (its consumer failed); its stage stays open."""
+        self.parts.close()
+
+
+def _finished(folder: Path, fingerprint: str) -> bool:
+    """A stage folder that holds this fingerprint's completed stage."""
+    meta = folder / "_meta.json"
+    if not meta.exists():
+        return False
+    with contextlib.suppress(ValueError):
+        info = json.loads(meta.read_text())
+        return bool(info.get("complete")) and info.get("fingerprint") == fingerprint
+    return False
 
 
 class _RowCount:

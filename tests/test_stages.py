@@ -52,14 +52,16 @@ def test_a_failed_write_behind_the_read_stops_the_run_and_the_rerun_resumes(samp
     calls = []
 
     def failing(table, where, **kw):
-        calls.append(where)
-        if len(calls) == 3:  # the third read part, written while the fourth batch is read
-            raise OSError(errno.EIO, os.strerror(errno.EIO), str(where))
+        if "stage-00-read" in str(where) and ".part-" in str(where):  # the read's parts (the first
+            calls.append(where)  # step's are written beside them: it takes each part as it is read)
+            if len(calls) == 3:  # the third read part, written while the fourth batch is read
+                raise OSError(errno.EIO, os.strerror(errno.EIO), str(where))
         return real(table, where, **kw)
 
     monkeypatch.setattr(pq, "write_table", failing)
     with pytest.raises(OSError, match="Input/output error"):
         Pipeline(_steps(), batch_size=batch_size).run(read(samples_dir), out=out, progress=False, card=False)
+    assert len(calls) == 3
     read_stage = out / ".curate" / "stage-00-read"
     written = sorted(p.name for p in read_stage.glob("part-*.parquet"))
     assert written == ["part-00000-00000.parquet", "part-00000-00001.parquet"], written
@@ -324,3 +326,84 @@ def test_a_model_steps_part_is_on_disk_before_the_next_part_asks_the_model(sampl
     assert len(seen["model"]) >= 3
     assert seen["model"] == list(range(len(seen["model"])))  # part k applied with parts 0..k-1 written
     assert seen["plain"][1:] != list(range(1, len(seen["plain"])))  # written behind: not yet there
+
+
+@dataclass
+class _Gate(Step):
+    """Opens ``_GATE`` when it applies the first part; the read waits for it after its first part."""
+
+    name = "gate_test_step"
+
+    def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
+        if offset == 0:
+            _GATE.set()
+        return StepResult(batch)
+
+
+_GATE = threading.Event()
+
+
+def test_the_first_step_applies_each_part_while_the_read_goes_on(samples_dir, tmp_path, monkeypatch):
+    """The read stage hands its parts to the first step as it reads them (no round trip through
+    the stage's files first): part 0 is applied while the read holds part 1 back, and the dataset,
+    funnel and rejects equal those of a run whose stages ran one after the other."""
+    from curate import pipeline
+
+    real_read_split = pipeline.read_split
+    waited: list[bool] = []
+
+    def gated_read_split(source, s, folder, schema, batch_size, on_part=None):
+        def announce(path, table):
+            if on_part is not None:
+                on_part(path, table)
+            if not waited:  # after the first part: wait (at most 10 s) until the step has applied it
+                waited.append(_GATE.wait(10))
+
+        return real_read_split(source, s, folder, schema, batch_size, announce)
+
+    _GATE.clear()
+    monkeypatch.setattr(pipeline, "read_split", gated_read_split)
+    steps = [_Gate(), *_steps()]
+    streamed = Pipeline(steps, batch_size=16).run(read(samples_dir), out=tmp_path / "streamed", progress=False,
+                                                  card=False)
+    assert waited == [True]
+    monkeypatch.setattr(pipeline._Run, "_can_stream", lambda self, fp: False)
+    staged = Pipeline(steps, batch_size=16).run(read(samples_dir), out=tmp_path / "staged", progress=False,
+                                                card=False)
+    assert streamed.to_polars().equals(staged.to_polars())
+    assert streamed.funnel.drop("seconds").equals(staged.funnel.drop("seconds"))
+    assert streamed.rejects().equals(staged.rejects())
+    assert streamed.rows == staged.rows > 0
+
+
+@dataclass
+class _Fails(Step):
+    """Raises on the part at row offset ``at``."""
+
+    at: int = 32
+    name = "fails_test_step"
+
+    def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
+        if offset == self.at:
+            raise RuntimeError(f"failed at row {offset}")
+        return StepResult(batch)
+
+
+def test_a_first_step_that_fails_mid_read_stops_the_read_and_the_rerun_resumes(samples_dir, tmp_path):
+    """The step fails on its third part while the read goes on: the run raises the step's error
+    (the read's thread stops, none is left behind), and the rerun reads and applies what is
+    missing and makes the dataset a clean run makes."""
+    reference = Pipeline([_Fails(at=-1), *_steps()], batch_size=16).run(read(samples_dir), out=tmp_path / "ref",
+                                                                         progress=False, card=False)
+    out = tmp_path / "ds"
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(RuntimeError, match="failed at row 32"):
+        Pipeline([_Fails(at=32), *_steps()], batch_size=16).run(read(samples_dir), out=out, progress=False,
+                                                                card=False)
+    assert not [t for t in threading.enumerate() if t.name == "curate-stream" and t.name not in before]
+    step_parts = sorted(p.name for p in (out / ".curate" / "stage-01-fails_test_step").glob("part-*.parquet"))
+    assert step_parts == ["part-00000.parquet", "part-00001.parquet"]
+    again = Pipeline([_Fails(at=-1), *_steps()], batch_size=16).run(read(samples_dir), out=out, progress=False,
+                                                                     card=False)
+    assert again.to_polars().equals(reference.to_polars())
+    assert again.funnel.drop("seconds").equals(reference.funnel.drop("seconds"))

@@ -8,8 +8,11 @@ cluster), so the files, and so the dataset, come out the same.
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -65,10 +68,11 @@ PART_MAX_BYTES = 4 << 20
 AUTO_PARTS = f"auto:{READ_BATCH_ROWS}:{PART_MAX_ROWS}:{PART_MAX_BYTES}"  # fingerprints the rule
 
 
-def read_split(source: Source, s: int, folder: Path, schema: pa.Schema, batch_size: int | None) -> dict[str, int]:
+def read_split(source: Source, s: int, folder: Path, schema: pa.Schema, batch_size: int | None,
+               on_part: Callable[[Path, pa.Table], None] | None = None) -> dict[str, int]:
     """Read input split ``s`` into parts ``part-SSSSS-KKKKK.parquet`` (and their read rejects) of
     ``batch_size`` rows each, or sized by content when it is None; parts already written by a
-    killed run are kept."""
+    killed run are kept. ``on_part`` gets each part's path and rows as soon as they are read."""
     rows = 0
     t0 = time.perf_counter()
     batches = (source.batches(batch_size) if batch_size else
@@ -76,14 +80,83 @@ def read_split(source: Source, s: int, folder: Path, schema: pa.Schema, batch_si
     with WriteBehind() as writer:  # part k is written while batch k + 1 is read
         for k, batch in enumerate(batches):
             part = folder / f"part-{s:05d}-{k:05d}.parquet"
+            traces = batch.traces.cast(schema)
             if not part.exists():
                 rejects = folder / f"rejects-{s:05d}-{k:05d}.parquet" if batch.rejects.num_rows else None
                 stats = {"rows_in": batch.rows, "rejected": batch.rejects.num_rows,
                          "seconds": time.perf_counter() - t0}
-                writer.submit(_write_read_part, batch.traces.cast(schema), part, stats, batch.rejects, rejects)
+                writer.submit(_write_read_part, traces, part, stats, batch.rejects, rejects)
+            if on_part is not None:
+                on_part(part, traces)
             rows += batch.rows
             t0 = time.perf_counter()
     return {"rows": rows}
+
+
+class PartStream:
+    """A stage's parts handed to the next stage as they are made: ``produce(put)`` runs on a
+    thread (the read stage) and calls ``put(path, table)`` for each part, in order; iterating
+    gets them, at most ``ahead`` waiting, and raises the producer's error. The producer still
+    writes every part, so a killed run resumes as from separate stages."""
+
+    _END = object()
+
+    def __init__(self, produce: Callable[[Callable[[Path, pa.Table], None]], Any], ahead: int = 2):
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self.result: Any = None
+        self._thread = threading.Thread(target=self._run, args=(produce,), name="curate-stream", daemon=True)
+        self._thread.start()
+
+    def _run(self, produce: Callable[[Callable[[Path, pa.Table], None]], Any]) -> None:
+        try:
+            self.result = produce(self._put)
+        except _Stopped:
+            pass
+        except BaseException as e:  # noqa: BLE001 - raised again in the consumer's thread
+            self._error = e
+        finally:
+            self._offer(self._END)
+
+    def _put(self, path: Path, table: pa.Table) -> None:
+        if not self._offer((path, table)):
+            raise _Stopped
+
+    def _offer(self, item: Any) -> bool:
+        """Queue ``item`` unless the consumer has stopped listening (False then)."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[tuple[Path, pa.Table]]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                if self._error is not None:
+                    raise self._error
+                return
+            yield item
+
+    def finish(self) -> Any:
+        """Wait for the producer to end (it ends early if the consumer stopped); its result."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.result
+
+    def close(self) -> None:
+        """Stop listening: the producer stops at its next part; wait for it."""
+        self._stop.set()
+        self._thread.join()
+
+
+class _Stopped(Exception):
+    """The consumer of a ``PartStream`` stopped: its producer ends quietly."""
 
 
 def joined(batches: Iterator[ReadBatch], schema: pa.Schema, max_rows: int, max_bytes: int) -> Iterator[ReadBatch]:
@@ -127,41 +200,50 @@ def apply_part(step: Step, i: int, task: PartTask, out_schema: pa.Schema, reject
     return _write_result(step, i, task, batch, result, time.perf_counter() - t0, out_schema, reject_schema)
 
 
-def apply_parts(step: Step, i: int, tasks: list[PartTask], out_schema: pa.Schema, reject_schema: pa.Schema,
-                on_result: Callable[[dict[str, int]], Any] | None = None, threads: int = 1,
-                planned: PlannedApply | None = None) -> None:
-    """``apply_part`` for consecutive parts in this process, through ``step.apply_parts`` (or the
-    planned apply of a global step): the next part is read while one is applied, a step with a
-    worker pool keeps it busy across parts, and a ``thread_safe`` step's parts are applied
-    ``threads`` at a time. Each part is written, in order, as soon as its result comes, so a
-    killed run resumes from there."""
-    batches: dict[int, pl.DataFrame] = {}
+def apply_parts(step: Step, i: int, inputs: Iterable[tuple[PartTask, pa.Table]], out_schema: pa.Schema,
+                reject_schema: pa.Schema, on_result: Callable[[dict[str, int]], Any] | None = None,
+                threads: int = 1, planned: PlannedApply | None = None) -> None:
+    """``apply_part`` for consecutive parts (each task with its input table: ``read_parts``, or
+    a ``PartStream``'s) in this process, through ``step.apply_parts`` (or the planned apply of a
+    global step): a step with a worker pool keeps it busy across parts, and a ``thread_safe``
+    step's parts are applied ``threads`` at a time. Each part is written, in order, as soon as
+    its result comes, so a killed run resumes from there."""
+    held: deque[tuple[PartTask, pl.DataFrame]] = deque()  # given to the step, not yet written
 
     def parts() -> Iterator[tuple[pl.DataFrame, PartTask]]:
-        for task, table in zip(tasks, read_ahead(t.src for t in tasks), strict=True):
-            batches[task.k] = batch = pl.from_arrow(table)
+        for task, table in inputs:
+            batch = pl.from_arrow(table)
+            held.append((task, batch))
             yield batch, task
 
+    given = parts()
     if planned is not None or (threads > 1 and step.thread_safe):
         apply = partial(_apply, step, planned=planned)  # planned: no apply_parts
-        results = in_order(lambda part: apply(*part), parts(), threads if step.thread_safe else 1)
+        results = in_order(lambda part: apply(*part), given, threads if step.thread_safe else 1)
     else:
-        results = step.apply_parts((batch, task.offset) for batch, task in parts())
+        results = step.apply_parts((batch, task.offset) for batch, task in given)
     # part k is written while part k + 1 is applied; but a step that calls a model writes part k
     # before asking for the next: killed in between, a written-behind part would be paid for twice
     behind = step.model_settings() is None
     with WriteBehind() as writer:
-        for task in tasks:
-            t0 = time.perf_counter()  # a part's seconds: from the previous part's result to its own
-            result = next(results, None)
-            if result is None:
-                raise PipelineError(f"step {i} '{step.name}': apply_parts stopped before part {task.k}")
-            info = _write_result(step, i, task, batches.pop(task.k), result, time.perf_counter() - t0,
+        t0 = time.perf_counter()  # a part's seconds: from the previous part's result to its own
+        for result in results:
+            if not held:
+                raise PipelineError(f"step {i} '{step.name}': apply_parts returned more results than parts")
+            task, batch = held.popleft()
+            info = _write_result(step, i, task, batch, result, time.perf_counter() - t0,
                                  out_schema, reject_schema, writer if behind else None)
             if on_result is not None:
                 on_result(info)
-        if next(results, None) is not None:
-            raise PipelineError(f"step {i} '{step.name}': apply_parts returned more results than parts")
+            t0 = time.perf_counter()
+        missing = held[0][0] if held else next(given, (None, None))[1]
+        if missing is not None:
+            raise PipelineError(f"step {i} '{step.name}': apply_parts stopped before part {missing.k}")
+
+
+def read_parts(tasks: list[PartTask]) -> Iterator[tuple[PartTask, pa.Table]]:
+    """Each task with its input part, read on a helper thread one part ahead."""
+    return zip(tasks, read_ahead(t.src for t in tasks), strict=True)
 
 
 def _apply(step: Step, batch: pl.DataFrame, task: PartTask, planned: PlannedApply | None = None) -> StepResult:
