@@ -83,24 +83,18 @@ def _start_early(recipe: Path) -> None:
     import yaml
 
     from curate.ops import EARLY_START
+    from curate.recipedoc import step_entries, step_lists
 
     try:
         doc = yaml.safe_load(recipe.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        lists = step_lists(doc, str(recipe)) if isinstance(doc, dict) else {}
+        entries = [e for steps in lists.values() for e in step_entries(steps, str(recipe))]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, CurateError):
         return
-    if not isinstance(doc, dict):
-        return
-    variants = doc.get("variants")
-    for steps in [doc.get("steps"), *(variants.values() if isinstance(variants, dict) else [])]:
-        for entry in steps if isinstance(steps, list) else []:
-            if isinstance(entry, str):  # a bare step name
-                entry = {entry: {}}
-            if not isinstance(entry, dict) or len(entry) != 1:
-                continue
-            ((name, params),) = entry.items()
-            if name in EARLY_START:
-                module, function = EARLY_START[name].split(":")
-                getattr(import_module(module), function)(params if isinstance(params, dict) else {})
+    for name, params, _ in entries:
+        if name in EARLY_START:
+            module, function = EARLY_START[name].split(":")
+            getattr(import_module(module), function)(params)
 
 
 @main.command()

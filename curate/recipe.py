@@ -21,6 +21,7 @@ import yaml
 from curate.errors import RecipeError
 from curate.io.read import Source, read
 from curate.pipeline import Pipeline, RunResult
+from curate.recipedoc import mapping, step_entries, step_lists
 from curate.step import build_step
 
 TOP_KEYS = {"input", "steps", "variants", "output", "model", "batch_size", "name", "description", "card"}
@@ -55,14 +56,6 @@ class Recipe:
         return read(resolved if len(resolved) > 1 else resolved[0], fmt, **spec)
 
 
-def _mapping(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise RecipeError(f"{where}: expected a mapping, got {type(value).__name__}")
-    return value
-
-
 def parse_recipe(doc: Any, where: str = "recipe") -> Recipe:
     if not isinstance(doc, dict):
         raise RecipeError(f"{where}: a recipe is a mapping with input, steps and output")
@@ -75,7 +68,7 @@ def parse_recipe(doc: Any, where: str = "recipe") -> Recipe:
     inp = doc["input"]
     if isinstance(inp, str):
         inp = {"path": inp}
-    inp = _mapping(inp, f"{where}: input")
+    inp = mapping(inp, f"{where}: input")
     bad = set(inp) - INPUT_KEYS
     if bad:
         raise RecipeError(f"{where}: input: unknown key(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(INPUT_KEYS))}")
@@ -88,16 +81,14 @@ def parse_recipe(doc: Any, where: str = "recipe") -> Recipe:
                           "(in a path, give the revision as hf://datasets/ORG/NAME@REVISION/...)")
     if "steps" not in doc:
         raise RecipeError(f"{where}: missing key 'steps' (use `steps: []` to import, validate and write)")
-    model = _mapping(doc.get("model"), f"{where}: model") or None
-    steps = _steps(doc["steps"], f"{where}: steps", model)
-    variants_doc = _mapping(doc.get("variants"), f"{where}: variants")
-    variants = {}
-    for name, vsteps in variants_doc.items():
-        variants[str(name)] = _steps(vsteps, f"{where}: variants.{name}", model)
+    model = mapping(doc.get("model"), f"{where}: model") or None
+    lists = step_lists(doc, where)
+    steps = _steps(lists.pop(None), f"{where}: steps", model)
+    variants = {name: _steps(vsteps, f"{where}: variants.{name}", model) for name, vsteps in lists.items()}
     out = doc.get("output") or {}
     if isinstance(out, str):
         out = {"path": out}
-    out = _mapping(out, f"{where}: output")
+    out = mapping(out, f"{where}: output")
     bad = set(out) - OUTPUT_KEYS
     if bad:
         raise RecipeError(f"{where}: output: unknown key(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(OUTPUT_KEYS))}")
@@ -119,7 +110,7 @@ def parse_recipe(doc: Any, where: str = "recipe") -> Recipe:
 def _card(value: Any, where: str) -> dict[str, Any]:
     """The ``card:`` block: ``license`` (an SPDX-style id such as apache-2.0), ``pretty_name``,
     ``language`` (a code or a list of codes)."""
-    card = dict(_mapping(value, where))
+    card = dict(mapping(value, where))
     bad = set(card) - CARD_KEYS
     if bad:
         raise RecipeError(f"{where}: unknown key(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(CARD_KEYS))}")
@@ -134,23 +125,13 @@ def _card(value: Any, where: str) -> dict[str, Any]:
 
 
 def _steps(doc: Any, where: str, model: dict[str, Any] | None = None) -> list:
-    """A list of ``{step_name: {params}}`` entries (a bare name means no parameters).
+    """The steps of a ``steps`` list (``recipedoc.step_entries``: a bare name means no parameters).
 
     The recipe's top-level ``model:`` block is every model-backed step's ``model`` parameter,
     unless the step sets its own.
     """
-    doc = doc if doc is not None else []
-    if not isinstance(doc, list):
-        raise RecipeError(f"{where} must be a list of {{step_name: {{params}}}} entries")
     steps = []
-    for i, entry in enumerate(doc):
-        at = f"{where}[{i}]"
-        if isinstance(entry, str):
-            entry = {entry: {}}
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise RecipeError(f"{at}: each step is a mapping with one key, the step name (e.g. - filter: {{...}})")
-        ((name, params),) = entry.items()
-        params = dict(_mapping(params, f"{at}.{name}"))
+    for name, params, at in step_entries(doc, where):
         if model is not None and "model" not in params and _takes_model(name):
             params["model"] = dict(model)
         steps.append(build_step(name, params, at))

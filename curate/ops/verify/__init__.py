@@ -13,10 +13,18 @@ KINDS = ("math", "code", "mcq")
 PRELOAD = ("curate.ops.verify.math", "curate.ops.verify.code")  # what the pool's zygote imports
 
 
+def pool_size(workers: int | None) -> int:
+    """Checker processes for the step's ``workers``: as given, or one per core when unset (0: the
+    rows are checked inline, with no pool)."""
+    from curate.ops.verify.pool import default_workers
+
+    return default_workers() if workers is None else workers
+
+
 def start_early(params: dict[str, Any]) -> None:
     """``verify``'s early start (``curate.ops.EARLY_START``): launch its worker pool's zygote before
-    the run's own imports, unless the step checks rows inline (``workers: 0``)."""
-    if params.get("workers") == 0:
+    the run's own imports, unless the step will have no pool."""
+    if pool_size(params.get("workers")) == 0:
         return
     from curate.ops.verify.pool import start_early as launch
 
@@ -41,4 +49,4 @@ def verify_task(task: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown verification kind {kind!r}; use {', '.join(KINDS)}")
 
 
-__all__ = ["KINDS", "PRELOAD", "start_early", "verify_task"]
+__all__ = ["KINDS", "PRELOAD", "pool_size", "start_early", "verify_task"]

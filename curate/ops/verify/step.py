@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 import polars as pl
 import pyarrow as pa
 
-from curate.ops.verify import PRELOAD, verify_task
+from curate.ops.verify import PRELOAD, pool_size, verify_task
 from curate.ops.verify.mcq import gold_letter
 from curate.ops.verify.pool import Failed, WorkerPool, default_workers
 from curate.progress import rows_done
@@ -159,8 +159,7 @@ class Verify(Step):
         self._get_pool().start()
 
     def _pool_size(self) -> int:
-        """Checker processes: ``workers``, or one per core when unset (0: rows checked inline)."""
-        return default_workers() if self.workers is None else self.workers
+        return pool_size(self.workers)
 
     def _get_pool(self) -> WorkerPool:
         if self._pool is None:
