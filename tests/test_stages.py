@@ -407,3 +407,34 @@ def test_a_first_step_that_fails_mid_read_stops_the_read_and_the_rerun_resumes(s
                                                                      card=False)
     assert again.to_polars().equals(reference.to_polars())
     assert again.funnel.drop("seconds").equals(reference.funnel.drop("seconds"))
+
+
+@dataclass
+class _Miscounts(Step):
+    """An ``apply_parts`` that gives ``extra`` results more (or fewer, when negative) than parts."""
+
+    extra: int = 0
+    name = "miscounts_test_step"
+
+    def apply(self, batch: pl.DataFrame, offset: int) -> StepResult:
+        return StepResult(batch)
+
+    def apply_parts(self, parts):
+        for batch, offset in parts:
+            yield self.apply(batch, offset)
+            if self.extra < 0:  # after the first part
+                return
+        for _ in range(self.extra):
+            yield StepResult(batch)
+
+
+@pytest.mark.parametrize("extra, message", [(-1, "apply_parts stopped before part 1"),
+                                            (1, "apply_parts returned more results than parts")])
+def test_an_apply_parts_that_miscounts_its_parts_stops_the_run(samples_dir, tmp_path, extra, message):
+    """A step whose ``apply_parts`` drops or adds a result is an error naming the step, not a
+    dataset with rows lost or made up."""
+    from curate.errors import PipelineError
+
+    with pytest.raises(PipelineError, match=f"step 1 'miscounts_test_step': {message}"):
+        Pipeline([_Miscounts(extra=extra)], batch_size=16).run(read(samples_dir), out=tmp_path / "ds",
+                                                               progress=False, card=False)

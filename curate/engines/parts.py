@@ -72,7 +72,7 @@ def read_split(source: Source, s: int, folder: Path, schema: pa.Schema, batch_si
                on_part: Callable[[Path, pa.Table], None] | None = None) -> dict[str, int]:
     """Read input split ``s`` into parts ``part-SSSSS-KKKKK.parquet`` (and their read rejects) of
     ``batch_size`` rows each, or sized by content when it is None; parts already written by a
-    killed run are kept. ``on_part`` gets each part's path and rows as soon as they are read."""
+    killed run are kept. ``on_part`` gets each part's path and table as soon as it is read."""
     rows = 0
     t0 = time.perf_counter()
     batches = (source.batches(batch_size) if batch_size else
@@ -101,17 +101,16 @@ class PartStream:
 
     _END = object()
 
-    def __init__(self, produce: Callable[[Callable[[Path, pa.Table], None]], Any], ahead: int = 2):
+    def __init__(self, produce: Callable[[Callable[[Path, pa.Table], None]], None], ahead: int = 2):
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=ahead)
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self.result: Any = None
         self._thread = threading.Thread(target=self._run, args=(produce,), name="curate-stream", daemon=True)
         self._thread.start()
 
-    def _run(self, produce: Callable[[Callable[[Path, pa.Table], None]], Any]) -> None:
+    def _run(self, produce: Callable[[Callable[[Path, pa.Table], None]], None]) -> None:
         try:
-            self.result = produce(self._put)
+            produce(self._put)
         except _Stopped:
             pass
         except BaseException as e:  # noqa: BLE001 - raised again in the consumer's thread
@@ -142,12 +141,11 @@ class PartStream:
                 return
             yield item
 
-    def finish(self) -> Any:
-        """Wait for the producer to end (it ends early if the consumer stopped); its result."""
+    def finish(self) -> None:
+        """Wait for the producer to end; raise its error."""
         self._thread.join()
         if self._error is not None:
             raise self._error
-        return self.result
 
     def close(self) -> None:
         """Stop listening: the producer stops at its next part; wait for it."""
