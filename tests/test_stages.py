@@ -438,3 +438,27 @@ def test_an_apply_parts_that_miscounts_its_parts_stops_the_run(samples_dir, tmp_
     with pytest.raises(PipelineError, match=f"step 1 'miscounts_test_step': {message}"):
         Pipeline([_Miscounts(extra=extra)], batch_size=16).run(read(samples_dir), out=tmp_path / "ds",
                                                                progress=False, card=False)
+
+
+def test_a_streamed_steps_seconds_leave_out_its_wait_for_the_read(samples_dir, tmp_path, monkeypatch):
+    """The funnel's seconds for the first step are its own work: with the read slowed to 0.5 s a
+    part, a step that does nothing reports far less than the 0.5 s per part it waited."""
+    from curate import pipeline
+
+    real_read_split = pipeline.read_split
+
+    def slow_read_split(source, s, folder, schema, batch_size, on_part=None):
+        def announce(path, table):
+            time.sleep(0.5)
+            if on_part is not None:
+                on_part(path, table)
+
+        return real_read_split(source, s, folder, schema, batch_size, announce)
+
+    monkeypatch.setattr(pipeline, "read_split", slow_read_split)
+    result = Pipeline([Filter()], batch_size=50).run(read(samples_dir), out=tmp_path / "ds", progress=False,
+                                                      card=False)
+    funnel = {r["name"]: r for r in result.funnel.to_dicts()}
+    parts = len(list((tmp_path / "ds" / ".curate-cache" / "stage-01-filter").glob("part-*.parquet")))
+    assert parts >= 3
+    assert funnel["filter"]["seconds"] < 0.25 * parts  # it waited 0.5 s for each

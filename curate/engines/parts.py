@@ -207,9 +207,16 @@ def apply_parts(step: Step, i: int, inputs: Iterable[tuple[PartTask, pa.Table]],
     step's parts are applied ``threads`` at a time. Each part is written, in order, as soon as
     its result comes, so a killed run resumes from there."""
     held: deque[tuple[PartTask, pl.DataFrame]] = deque()  # given to the step, not yet written
+    waited = [0.0]  # seconds spent waiting for input parts (a streamed read): not the step's time
 
     def parts() -> Iterator[tuple[pl.DataFrame, PartTask]]:
-        for task, table in inputs:
+        given = iter(inputs)
+        while True:
+            w0 = time.perf_counter()
+            task, table = next(given, (None, None))
+            waited[0] += time.perf_counter() - w0
+            if task is None:
+                return
             batch = pl.from_arrow(table)
             held.append((task, batch))
             yield batch, task
@@ -224,16 +231,18 @@ def apply_parts(step: Step, i: int, inputs: Iterable[tuple[PartTask, pa.Table]],
     # before asking for the next: killed in between, a written-behind part would be paid for twice
     behind = step.model_settings() is None
     with WriteBehind() as writer:
-        t0 = time.perf_counter()  # a part's seconds: from the previous part's result to its own
+        # a part's seconds: from the previous part's result to its own, less the wait for input
+        t0, waited[0] = time.perf_counter(), 0.0
         for result in results:
             if not held:
                 raise PipelineError(f"step {i} '{step.name}': apply_parts returned more results than parts")
             task, batch = held.popleft()
-            info = _write_result(step, i, task, batch, result, time.perf_counter() - t0,
-                                 out_schema, reject_schema, writer if behind else None)
+            seconds = max(0.0, time.perf_counter() - t0 - waited[0])
+            info = _write_result(step, i, task, batch, result, seconds, out_schema, reject_schema,
+                                 writer if behind else None)
             if on_result is not None:
                 on_result(info)
-            t0 = time.perf_counter()
+            t0, waited[0] = time.perf_counter(), 0.0
         missing = held[0][0] if held else next(given, (None, None))[1]
         if missing is not None:
             raise PipelineError(f"step {i} '{step.name}': apply_parts stopped before part {missing.k}")
