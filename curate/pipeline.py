@@ -567,18 +567,16 @@ class _Run:
     def _open_stage(self, folder: Path, fingerprint: str) -> bool:
         """Prepare a stage folder; returns True when the stage already completed."""
         self.used.add(folder)
-        meta_path = folder / "_meta.json"
-        if meta_path.exists():
-            meta = json.loads(meta_path.read_text())
-            if meta.get("fingerprint") == fingerprint:
-                if meta.get("complete"):
-                    return True
-                log.debug("%s: resuming a stage begun before", folder.relative_to(self.work))
-                self.ran.append(_stage_label(folder))
-                return False
+        meta = _stage_meta(folder)
+        if meta.get("fingerprint") == fingerprint:
+            if meta.get("complete"):
+                return True
+            log.debug("%s: resuming a stage begun before", folder.relative_to(self.work))
+            self.ran.append(_stage_label(folder))
+            return False
         self.trash.discard(folder)
         self.ran.append(_stage_label(folder))
-        write_json_atomic({"fingerprint": fingerprint, "complete": False}, meta_path)
+        write_json_atomic({"fingerprint": fingerprint, "complete": False}, folder / "_meta.json")
         return False
 
     def _close_stage(self, folder: Path, fingerprint: str, extra: dict[str, Any]) -> None:
@@ -736,7 +734,7 @@ class _Run:
         parts with their row counts (``_parts``) and its rejects files (``_rejects``) go along
         for the next stage and the final write."""
         rows_in = rows_out = rejected = kept = 0
-        seconds = json.loads((folder / "_meta.json").read_text()).get("fit_seconds", 0.0)
+        seconds = _stage_meta(folder).get("fit_seconds", 0.0)
         step_stats: dict[str, Any] = {}
         parts: list[tuple[str, int]] = []
         for part in sorted(folder.glob("part-*.parquet")):
@@ -903,15 +901,20 @@ class _StreamedRead:
         self.parts.close()
 
 
+def _stage_meta(folder: Path) -> dict[str, Any]:
+    """A stage folder's ``_meta.json`` (its fingerprint, whether complete); empty when it has none
+    or it does not read (the stage is then made again)."""
+    with contextlib.suppress(OSError, ValueError):
+        meta = json.loads((folder / "_meta.json").read_text())
+        if isinstance(meta, dict):
+            return meta
+    return {}
+
+
 def _finished(folder: Path, fingerprint: str) -> bool:
     """A stage folder that holds this fingerprint's completed stage."""
-    meta = folder / "_meta.json"
-    if not meta.exists():
-        return False
-    with contextlib.suppress(ValueError):
-        info = json.loads(meta.read_text())
-        return bool(info.get("complete")) and info.get("fingerprint") == fingerprint
-    return False
+    meta = _stage_meta(folder)
+    return bool(meta.get("complete")) and meta.get("fingerprint") == fingerprint
 
 
 class _RowCount:
