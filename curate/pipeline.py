@@ -24,11 +24,11 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 import pyarrow as pa
@@ -77,6 +77,7 @@ CACHE_DIR = ".curate-cache"  # the stages of the last finished run, where the ne
 LOG_FILE = "run.log"
 MANIFEST = "manifest.json"
 log = logging.getLogger("curate.run")
+T = TypeVar("T")
 _LIBRARIES = ("pyarrow", "polars", "numpy", "datasets", "huggingface_hub", "math-verify",
               "datasketch", "sentence-transformers", "torch", "transformers", "vllm")
 
@@ -505,7 +506,7 @@ class _Run:
         returns the last fingerprint, the last stage's entry, and the funnel."""
         funnel = []
         for i, (step, schema) in enumerate(zip(steps, schemas), first):
-            fp = _hash(fp, {step.name: step.params()})
+            fp = _step_fingerprint(fp, step)
             stage = _stage_dir(folder, i, step.name)
             prev = self._step_stage(i, step, fp, prev, schema, stage, label + step.name)
             funnel.append(prev)
@@ -603,9 +604,8 @@ class _Run:
         first = self.p.steps[0]
         if first.needs_global_pass or first.model_settings() is not None:
             return False
-        first_fp = _hash(read_fp, {first.name: first.params()})
         return not (_finished(_stage_dir(self.work, 0, "read"), read_fp)
-                    or _finished(_stage_dir(self.work, 1, first.name), first_fp))
+                    or _finished(_stage_dir(self.work, 1, first.name), _step_fingerprint(read_fp, first)))
 
     def _read_stage(self, fingerprint: str, schema: pa.Schema, stream: bool = False) -> dict[str, Any] | _StreamedRead:
         """The read stage's funnel entry; with ``stream``, a read running on a thread whose parts
@@ -642,91 +642,66 @@ class _Run:
     # --- stage i: one step ---------------------------------------------------------------------
     def _step_stage(self, i: int, step: Step, fingerprint: str, prev: dict[str, Any] | _StreamedRead,
                     out_schema: pa.Schema, folder: Path, step_label: str) -> dict[str, Any]:
+        """One step over the stage before: its finished parts (``prev``'s funnel entry), or the read's
+        parts as they come (a ``_StreamedRead``: see ``_can_stream``)."""
         n = len(self.p.steps) + max((len(v) for v in self.p.variants.values()), default=0)
-        if isinstance(prev, _StreamedRead):
-            return self._streamed_step_stage(i, n, step, fingerprint, prev, out_schema, folder, step_label)
-        if self._open_stage(folder, fingerprint):
+        streamed = prev if isinstance(prev, _StreamedRead) else None
+        if self._open_stage(folder, fingerprint):  # never with a streamed read: it is for unfinished stages
             return self._done(f"[{i}/{n}] {step_label}", self._stage_stats(i, step.name, folder), True)
-        parts = [Path(p) for p, _ in prev["_parts"]]  # the input stage's parts, counted when it closed
-        counts = [rows for _, rows in prev["_parts"]]
-        total = sum(counts)
         fit_seconds = 0.0
         planned = None
-        if step.needs_global_pass:
-            t0 = time.perf_counter()
-            bar = self._bar(f"[{i}/{n}] {step_label} (fit)", total)
-            planned = self.engine.fit(step, parts, counts, folder / "_fit", lambda: _frames(parts, bar),
-                                      progress=bar.update)
-            bar.close()
-            fit_seconds = time.perf_counter() - t0
-        step.prepare()
+        total = None
+        if streamed is None:
+            parts = [Path(p) for p, _ in prev["_parts"]]  # the input stage's parts, counted when it closed
+            counts = [rows for _, rows in prev["_parts"]]
+            total = sum(counts)
+            if step.needs_global_pass:
+                t0 = time.perf_counter()
+                bar = self._bar(f"[{i}/{n}] {step_label} (fit)", total)
+                planned = self.engine.fit(step, parts, counts, folder / "_fit", lambda: _frames(parts, bar),
+                                          progress=bar.update)
+                bar.close()
+                fit_seconds = time.perf_counter() - t0
+        step.prepare()  # with a streamed read: beside the read of the first part
         rschema = reject_schema(out_schema, step)
         bar = self._bar(f"[{i}/{n}] {step_label}", total)
-        tasks, offset = [], 0
-        for k, (part, count) in enumerate(zip(parts, counts, strict=True)):
-            task = PartTask(k, str(part), str(folder / f"part-{k:05d}.parquet"), offset,
-                            str(folder / "_fit" / f"plan-{k:05d}.parquet") if planned else None)
-            offset += count
-            if Path(task.dest).exists():
-                bar.update(count)
-            else:
-                tasks.append(task)
-
-        gen = folder / "_gen"
-        ahead = self.engine.generate_ahead(step, tasks, gen, lambda what, total: self._bar(
-            f"[{i}/{n}] {step_label} ({what})", total))
-        workers = step.worker_resources()
-        if ahead and workers:  # the model ran in the generation pass: the apply only reads its output
-            workers = {k: v for k, v in workers.items() if k != "num_gpus"}
-
-        def work(s: Step, task: PartTask) -> dict[str, int]:
-            if not ahead:
-                return apply_part(s, i, task, out_schema, rschema, planned)
-            from curate.engines.llm import given  # model backends: imported by runs that generate
-
-            with given(s, gen, task.k):
-                return apply_part(s, i, task, out_schema, rschema, planned)
-
         within = _RowCount(bar)  # rows a step reports inside a part (in this process) move the bar early
 
         def on_result(r: dict[str, int]) -> None:
             bar.update(max(0, r["rows"] - within.take()))
 
-        with reporting(within.add):
-            if isinstance(self.engine, LocalEngine):  # one stream of parts (nothing is generated ahead here)
-                apply_parts(step, i, read_parts(tasks), out_schema, rschema, on_result, self.engine.threads, planned)
-            else:
-                self.engine.map(work, tasks, state=step, workers=workers, on_result=on_result)
+        if streamed is not None:  # on this process's engine, with no global pass and no model
+            inputs = ((src, table.num_rows, table) for src, table in streamed.parts)
+            with reporting(within.add):
+                apply_parts(step, i, _pending(folder, inputs, False, bar), out_schema, rschema, on_result,
+                            self.engine.threads)
+            streamed.entry()  # the read's line of the log comes first
+        else:
+            tasks = [task for task, _ in _pending(folder, ((p, c, None) for p, c in prev["_parts"]),
+                                                  planned is not None, bar)]
+            gen = folder / "_gen"
+            ahead = self.engine.generate_ahead(step, tasks, gen, lambda what, total: self._bar(
+                f"[{i}/{n}] {step_label} ({what})", total))
+            workers = step.worker_resources()
+            if ahead and workers:  # the model ran in the generation pass: the apply only reads its output
+                workers = {k: v for k, v in workers.items() if k != "num_gpus"}
+
+            def work(s: Step, task: PartTask) -> dict[str, int]:
+                if not ahead:
+                    return apply_part(s, i, task, out_schema, rschema, planned)
+                from curate.engines.llm import given  # model backends: only runs that generate
+
+                with given(s, gen, task.k):
+                    return apply_part(s, i, task, out_schema, rschema, planned)
+
+            with reporting(within.add):
+                if isinstance(self.engine, LocalEngine):  # one stream of parts (nothing is generated ahead here)
+                    apply_parts(step, i, read_parts(tasks), out_schema, rschema, on_result, self.engine.threads,
+                                planned)
+                else:
+                    self.engine.map(work, tasks, state=step, workers=workers, on_result=on_result)
         bar.close()
         self._close_stage(folder, fingerprint, {"fit_seconds": fit_seconds})
-        return self._done(f"[{i}/{n}] {step_label}", self._stage_stats(i, step.name, folder), False)
-
-    def _streamed_step_stage(self, i: int, n: int, step: Step, fingerprint: str, read: _StreamedRead,
-                             out_schema: pa.Schema, folder: Path, step_label: str) -> dict[str, Any]:
-        """The first step applied to the read's parts as they come (``_can_stream``: it has no
-        global pass and no model), each written as part k of its stage as before."""
-        self._open_stage(folder, fingerprint)
-        step.prepare()  # beside the read of the first part
-        rschema = reject_schema(out_schema, step)
-        bar = self._bar(f"[{i}/{n}] {step_label}", None)
-
-        def inputs() -> Iterator[tuple[PartTask, pa.Table]]:
-            offset = 0
-            for k, (src, table) in enumerate(read.parts):
-                task = PartTask(k, str(src), str(folder / f"part-{k:05d}.parquet"), offset)
-                offset += table.num_rows
-                if Path(task.dest).exists():  # written by a killed run
-                    bar.update(table.num_rows)
-                else:
-                    yield task, table
-
-        within = _RowCount(bar)
-        with reporting(within.add):
-            apply_parts(step, i, inputs(), out_schema, rschema,
-                        lambda r: bar.update(max(0, r["rows"] - within.take())), self.engine.threads)
-        bar.close()
-        read.entry()  # the read's line of the log comes first
-        self._close_stage(folder, fingerprint, {"fit_seconds": 0.0})
         return self._done(f"[{i}/{n}] {step_label}", self._stage_stats(i, step.name, folder), False)
 
     def _stage_stats(self, i: int, name: str, folder: Path) -> dict[str, Any]:
@@ -901,6 +876,21 @@ class _StreamedRead:
         self.parts.close()
 
 
+def _pending(folder: Path, parts: Iterable[tuple[str | Path, int, T]], planned: bool,
+             bar: tqdm) -> Iterator[tuple[PartTask, T]]:
+    """Part k of the stage in ``folder`` for each input part (source, rows, what goes along), row
+    offsets counted on; the parts a killed run already wrote only move the bar."""
+    offset = 0
+    for k, (src, rows, along) in enumerate(parts):
+        task = PartTask(k, str(src), str(folder / f"part-{k:05d}.parquet"), offset,
+                        str(folder / "_fit" / f"plan-{k:05d}.parquet") if planned else None)
+        offset += rows
+        if Path(task.dest).exists():
+            bar.update(rows)
+        else:
+            yield task, along
+
+
 def _stage_meta(folder: Path) -> dict[str, Any]:
     """A stage folder's ``_meta.json`` (its fingerprint, whether complete); empty when it has none
     or it does not read (the stage is then made again)."""
@@ -954,6 +944,11 @@ def _check_outputs(out: Path, manifest: dict[str, Any]) -> str | None:
         if not (out / r["path"]).is_file():
             return f"rejects file {r['path']} listed in {MANIFEST} is missing"
     return None
+
+
+def _step_fingerprint(before: str, step: Step) -> str:
+    """A step's stage fingerprint: the stage before it, chained with the step's name and parameters."""
+    return _hash(before, {step.name: step.params()})
 
 
 def _stage_dir(folder: Path, i: int, name: str) -> Path:

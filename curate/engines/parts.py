@@ -210,10 +210,10 @@ def apply_parts(step: Step, i: int, inputs: Iterable[tuple[PartTask, pa.Table]],
     waited = [0.0]  # seconds spent waiting for input parts (a streamed read): not the step's time
 
     def parts() -> Iterator[tuple[pl.DataFrame, PartTask]]:
-        given = iter(inputs)
+        source = iter(inputs)
         while True:
             w0 = time.perf_counter()
-            task, table = next(given, (None, None))
+            task, table = next(source, (None, None))
             waited[0] += time.perf_counter() - w0
             if task is None:
                 return
